@@ -1,0 +1,130 @@
+//! Client authentication: where the token is taken from, and its verification.
+
+use hyper::Request;
+use hyper::header::{AUTHORIZATION, COOKIE};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::Deserialize;
+
+/// The claims teamchat reads from a token (PROTOCOL.md, Connecting).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    pub teams: Vec<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+}
+
+impl Claims {
+    pub fn is_staff(&self) -> bool {
+        self.role.as_deref() == Some("staff")
+    }
+
+    /// Whether the user may send and write receipts in the team.
+    pub fn is_member(&self, team: &str) -> bool {
+        self.teams.iter().any(|t| t == team)
+    }
+
+    /// Whether the user may join and read the team.
+    pub fn may_read(&self, team: &str) -> bool {
+        self.is_member(team) || self.is_staff()
+    }
+}
+
+/// Why a token was refused: missing or invalid closes 4001 (HTTP 401), expired 4003.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthError {
+    Missing,
+    Invalid,
+    Expired,
+}
+
+impl AuthError {
+    pub fn close_code(self) -> u16 {
+        match self {
+            AuthError::Missing | AuthError::Invalid => 4001,
+            AuthError::Expired => 4003,
+        }
+    }
+
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing token",
+            AuthError::Invalid => "invalid token",
+            AuthError::Expired => "token expired",
+        }
+    }
+}
+
+/// Where a token came from; only cookie tokens are Origin-checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    Query,
+    Header,
+    Cookie,
+}
+
+/// The token of a request, from the first source present: `token` query parameter,
+/// `Authorization: Bearer`, cookie `tc_token`. Later sources are never consulted.
+pub fn extract_token<B>(req: &Request<B>) -> Option<(String, TokenSource)> {
+    if let Some(query) = req.uri().query() {
+        if let Some((_, token)) =
+            url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token")
+        {
+            return Some((token.into_owned(), TokenSource::Query));
+        }
+    }
+    if let Some(value) = req.headers().get(AUTHORIZATION) {
+        let value = value.to_str().unwrap_or_default();
+        let token = value.strip_prefix("Bearer ").unwrap_or_default().trim();
+        return Some((token.to_owned(), TokenSource::Header));
+    }
+    for header in req.headers().get_all(COOKIE) {
+        for pair in header.to_str().unwrap_or_default().split(';') {
+            if let Some((name, value)) = pair.trim().split_once('=') {
+                if name == "tc_token" {
+                    return Some((value.to_owned(), TokenSource::Cookie));
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Verifies HS256 tokens with the shared secret.
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Verifier {
+    pub fn new(secret: &str) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 30;
+        validation.validate_aud = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        Self {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.is_empty() {
+            return Err(AuthError::Missing);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid,
+            },
+        )?;
+        let claims = data.claims;
+        if !teamchat_shared::ids::is_valid_id(&claims.sub) {
+            return Err(AuthError::Invalid);
+        }
+        Ok(claims)
+    }
+}

@@ -1,0 +1,177 @@
+//! The gateway's narrow interface to Redis: append a durable event, read a team's state,
+//! read a range of its stream. Pub/sub lives in `tail`.
+
+use anyhow::Context;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamRangeReply;
+use teamchat_shared::config::GatewayConfig;
+use teamchat_shared::event::{self, EventKind, MessageData, StreamEvent};
+use teamchat_shared::keys::Keys;
+use teamchat_shared::scripts;
+
+/// How long `message:send` dedupe keys live (PROTOCOL.md: within 24 h).
+const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
+
+/// Entries read per XRANGE call.
+const RANGE_PAGE: usize = 1_000;
+
+#[derive(Clone)]
+pub struct Broker {
+    conn: ConnectionManager,
+    keys: Keys,
+    stream_maxlen: u64,
+}
+
+/// A team's state for `room:joined`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TeamState {
+    pub epoch: String,
+    pub offset: u64,
+    pub seq: u64,
+}
+
+/// What the append script returned: the message's identity, new or from the first send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub is_new: bool,
+    pub seq: u64,
+    pub offset: u64,
+    pub epoch: String,
+    pub id: String,
+    pub ts: i64,
+}
+
+impl Broker {
+    pub async fn connect(config: &GatewayConfig) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.redis.redis_url.as_str())?;
+        let conn = client
+            .get_connection_manager()
+            .await
+            .context("connecting to Redis")?;
+        Ok(Self {
+            conn,
+            keys: config.redis.keys(),
+            stream_maxlen: config.stream_maxlen,
+        })
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Appends a new message (dedupe on `client_id`). The ack may be sent once this returns.
+    pub async fn append_message(
+        &self,
+        team: &str,
+        src: &str,
+        data: &MessageData,
+    ) -> redis::RedisResult<Appended> {
+        let keys = &self.keys;
+        let payload = serde_json::to_string(data).expect("message data encodes as JSON");
+        let reply: Vec<String> = scripts::APPEND
+            .key(keys.team_meta(team))
+            .key(keys.team_events(team))
+            .key(keys.ingest(keys.shard_of(team)))
+            .key(keys.dedupe(team, &data.user, &data.client_id))
+            .arg(team)
+            .arg(EventKind::Message.as_str())
+            .arg(src)
+            .arg(payload)
+            .arg(self.stream_maxlen)
+            .arg(keys.team_channel(team))
+            .arg(DEDUPE_TTL_SECS)
+            .arg(scripts::new_epoch())
+            .arg(&data.id)
+            .arg(data.ts)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        parse_appended(&reply).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "append script reply",
+            ))
+        })
+    }
+
+    /// The team's epoch (created on first use), newest offset and newest message seq.
+    pub async fn team_state(&self, team: &str) -> redis::RedisResult<TeamState> {
+        let reply: (String, u64, u64) = scripts::TEAM_STATE
+            .key(self.keys.team_meta(team))
+            .arg(scripts::new_epoch())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(TeamState {
+            epoch: reply.0,
+            offset: reply.1,
+            seq: reply.2,
+        })
+    }
+
+    /// The offset of the team's newest durable event.
+    pub async fn top_offset(&self, team: &str) -> redis::RedisResult<u64> {
+        let offset: Option<u64> = self
+            .conn
+            .clone()
+            .hget(self.keys.team_meta(team), "offset")
+            .await?;
+        Ok(offset.unwrap_or(0))
+    }
+
+    /// The team's events with offsets in `from..=to` that the stream still holds, in order.
+    pub async fn read_range(
+        &self,
+        team: &str,
+        from: u64,
+        to: u64,
+    ) -> redis::RedisResult<Vec<StreamEvent>> {
+        let key = self.keys.team_events(team);
+        let mut events = Vec::new();
+        let mut start = from;
+        while start <= to {
+            let reply: StreamRangeReply = self
+                .conn
+                .clone()
+                .xrange_count(&key, format!("{start}-0"), format!("{to}-0"), RANGE_PAGE)
+                .await?;
+            let count = reply.ids.len();
+            for entry in reply.ids {
+                let Some(offset) = event::offset_of_entry_id(&entry.id) else {
+                    continue;
+                };
+                match event::from_fields(Some(team), Some(offset), event::entry_fields(&entry.map))
+                {
+                    Ok(event) => events.push(event),
+                    Err(error) => tracing::error!(%error, team, offset, "undecodable stream entry"),
+                }
+                start = offset + 1;
+            }
+            if count < RANGE_PAGE {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
+    /// Redis answers PING.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        redis::cmd("PING")
+            .query_async::<String>(&mut self.conn.clone())
+            .await
+            .map(|_| ())
+    }
+}
+
+fn parse_appended(reply: &[String]) -> Option<Appended> {
+    let [is_new, seq, offset, epoch, id, ts] = reply else {
+        return None;
+    };
+    Some(Appended {
+        is_new: is_new == "1",
+        seq: seq.parse().ok()?,
+        offset: offset.parse().ok()?,
+        epoch: epoch.clone(),
+        id: id.clone(),
+        ts: ts.parse().ok()?,
+    })
+}

@@ -1,0 +1,126 @@
+//! The rooms of this gateway: which teams its connections joined, each with one room task
+//! (see `room`) and one channel subscription that lives exactly as long as the room.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use teamchat_shared::config::GatewayConfig;
+use teamchat_shared::event::Published;
+use teamchat_shared::keys::Keys;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::Broker;
+use crate::room::{Join, Room, RoomCmd};
+use crate::tail::{self, SubCmd};
+
+/// Published events buffered per room before the room must catch up from the stream.
+const ROOM_EVENT_BUFFER: usize = 4_096;
+
+pub struct Hub {
+    rooms: Mutex<HashMap<String, RoomEntry>>,
+    subs: mpsc::UnboundedSender<SubCmd>,
+    broker: Broker,
+    tail_check: Duration,
+}
+
+struct RoomEntry {
+    cmds: mpsc::UnboundedSender<RoomCmd>,
+    events: mpsc::Sender<Published>,
+    members: usize,
+}
+
+impl Hub {
+    /// Opens the pub/sub connection and starts the subscriber and dispatcher tasks.
+    pub async fn start(
+        config: &GatewayConfig,
+        broker: Broker,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = redis::Client::open(config.redis.redis_url.as_str())?;
+        let pubsub = client
+            .get_async_pubsub()
+            .await
+            .context("opening the pub/sub connection")?;
+        let (sink, stream) = pubsub.split();
+        let (subs, sub_cmds) = mpsc::unbounded_channel();
+        let hub = Arc::new(Self {
+            rooms: Mutex::new(HashMap::new()),
+            subs,
+            broker,
+            tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
+        });
+        let subscriber = tokio::spawn(tail::run_subscriber(sink, sub_cmds));
+        let dispatcher = tokio::spawn(tail::run_dispatcher(stream, hub.clone()));
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            subscriber.abort();
+            dispatcher.abort();
+        });
+        Ok(hub)
+    }
+
+    pub fn keys(&self) -> &Keys {
+        self.broker.keys()
+    }
+
+    /// Adds a connection to a team's room; the room answers it (see `room::Join`).
+    pub fn join(&self, team: &str, join: Join) {
+        let mut rooms = self.rooms.lock().expect("hub lock");
+        let entry = rooms
+            .entry(team.to_owned())
+            .or_insert_with(|| self.open_room(team));
+        entry.members += 1;
+        let _ = entry.cmds.send(RoomCmd::Join(join));
+    }
+
+    /// Removes a connection from a team's room. With `reply`, the room sends `room:left`.
+    pub fn leave(&self, team: &str, conn_id: u64, reply: Option<Option<String>>) {
+        let mut rooms = self.rooms.lock().expect("hub lock");
+        let Some(entry) = rooms.get_mut(team) else {
+            return;
+        };
+        let _ = entry.cmds.send(RoomCmd::Leave { conn_id, reply });
+        entry.members -= 1;
+        if entry.members == 0 {
+            let _ = entry.cmds.send(RoomCmd::Shutdown);
+            rooms.remove(team);
+            // Queued under the lock, so a room opened later subscribes after this.
+            let _ = self
+                .subs
+                .send(SubCmd::Unsubscribe(self.keys().team_channel(team)));
+        }
+    }
+
+    /// Hands a published event to its room. A full room buffer drops it: the room sees
+    /// the offset gap and reads the missing events from the stream.
+    pub fn dispatch(&self, team: &str, published: Published) {
+        let rooms = self.rooms.lock().expect("hub lock");
+        if let Some(entry) = rooms.get(team) {
+            let _ = entry.events.try_send(published);
+        }
+    }
+
+    /// Teams with a room on this gateway.
+    pub fn room_count(&self) -> usize {
+        self.rooms.lock().expect("hub lock").len()
+    }
+
+    fn open_room(&self, team: &str) -> RoomEntry {
+        let (cmds, cmd_rx) = mpsc::unbounded_channel();
+        let (events, event_rx) = mpsc::channel(ROOM_EVENT_BUFFER);
+        let (ready_tx, ready) = oneshot::channel();
+        let _ = self
+            .subs
+            .send(SubCmd::Subscribe(self.keys().team_channel(team), ready_tx));
+        let room = Room::new(team.to_owned(), self.broker.clone(), self.tail_check);
+        tokio::spawn(room.run(ready, cmd_rx, event_rx));
+        RoomEntry {
+            cmds,
+            events,
+            members: 0,
+        }
+    }
+}

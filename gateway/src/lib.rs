@@ -1,0 +1,100 @@
+//! The gateway: a thin, stateless WebSocket server. Clients connect and authenticate
+//! (`server`, `auth`), each connection runs a reader and a writer (`session`, `writer`),
+//! rooms are joined through the `hub`, durable events are appended to Redis (`broker`), and
+//! each joined team's channel is tailed (`tail`) and fanned out in offset order (`room`).
+//! History over HTTP merges PostgreSQL with the unsynced end of the stream (`history`).
+
+pub mod auth;
+pub mod broker;
+pub mod history;
+pub mod hub;
+pub mod room;
+pub mod server;
+pub mod session;
+pub mod tail;
+pub mod writer;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::postgres::PgPoolOptions;
+use teamchat_shared::config::GatewayConfig;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Verifier;
+use crate::broker::Broker;
+use crate::hub::Hub;
+
+/// What every request handler and session shares.
+pub struct AppState {
+    pub config: GatewayConfig,
+    pub verifier: Verifier,
+    pub broker: Broker,
+    pub hub: Arc<Hub>,
+    pub db: sqlx::PgPool,
+    /// Fires when the gateway stops: sessions close with 1012.
+    pub shutdown: CancellationToken,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Gateway {
+    /// Binds `config.listen` (port 0 picks a free port), connects to Redis and serves.
+    pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let addr = listener.local_addr()?;
+        let shutdown = CancellationToken::new();
+        let broker = Broker::connect(&config).await?;
+        let hub = Hub::start(&config, broker.clone(), shutdown.clone()).await?;
+        let db = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect_lazy(&config.database_url)
+            .context("parsing DATABASE_URL")?;
+        let state = Arc::new(AppState {
+            verifier: Verifier::new(&config.jwt_secret),
+            config,
+            broker,
+            hub,
+            db,
+            shutdown: shutdown.clone(),
+        });
+        let task = tokio::spawn(server::serve(state, listener));
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes every session with 1012.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,286 @@
+//! One team's room on this gateway: the single sequencer of the team's events for the local
+//! members. It delivers each durable event once, in offset order, to every member except
+//! the session that caused it, and reads from the team stream whatever pub/sub did not
+//! bring: on start, on an offset gap, on a periodic check of the stream's top, and to
+//! replay what a joining member missed (`since`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use teamchat_shared::event::{Published, StreamEvent};
+use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::broker::{Broker, TeamState};
+use crate::writer::{OutFrame, Outbound};
+
+/// A connection in a room.
+pub struct Member {
+    pub conn_id: u64,
+    pub session: Arc<str>,
+    pub queue: mpsc::Sender<Outbound>,
+    /// Cancelled when the member's queue overflows: its writer closes with 1013.
+    pub slow: CancellationToken,
+}
+
+/// A join request. The room sends `room:joined` (and any replay) into the member's queue
+/// before any live event, then answers `done`.
+pub struct Join {
+    pub member: Member,
+    pub rid: Option<String>,
+    pub since: Option<Since>,
+    pub done: oneshot::Sender<Result<(), RequestError>>,
+}
+
+pub enum RoomCmd {
+    Join(Join),
+    /// `reply: Some(rid)` sends `room:left` with that rid.
+    Leave {
+        conn_id: u64,
+        reply: Option<Option<String>>,
+    },
+    Shutdown,
+}
+
+pub struct Room {
+    team: String,
+    broker: Broker,
+    tail_check: Duration,
+    epoch: String,
+    /// Offset of the newest event delivered to the members.
+    last: u64,
+    members: Vec<Member>,
+}
+
+impl Room {
+    pub fn new(team: String, broker: Broker, tail_check: Duration) -> Self {
+        Self {
+            team,
+            broker,
+            tail_check,
+            epoch: String::new(),
+            last: 0,
+            members: Vec::new(),
+        }
+    }
+
+    /// Runs until shut down. Waits for the subscription first, so nothing published after
+    /// a state read can be missed.
+    pub async fn run(
+        mut self,
+        subscribed: oneshot::Receiver<()>,
+        mut cmds: mpsc::UnboundedReceiver<RoomCmd>,
+        mut events: mpsc::Receiver<Published>,
+    ) {
+        let _ = subscribed.await;
+        let mut check = tokio::time::interval(self.tail_check);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                received = cmds.recv_many(&mut batch, 256) => {
+                    if received == 0 {
+                        return;
+                    }
+                    let mut joins = Vec::new();
+                    for cmd in batch.drain(..) {
+                        match cmd {
+                            RoomCmd::Join(join) => joins.push(join),
+                            other => {
+                                // Keep the order: joins queued before this go first.
+                                self.on_joins(std::mem::take(&mut joins)).await;
+                                match other {
+                                    RoomCmd::Leave { conn_id, reply } => self.on_leave(conn_id, reply),
+                                    _ => return,
+                                }
+                            }
+                        }
+                    }
+                    self.on_joins(joins).await;
+                }
+                Some(published) = events.recv() => self.on_published(published).await,
+                _ = check.tick() => self.check_top().await,
+            }
+        }
+    }
+
+    /// Answers joins with one state read: the room first delivers everything up to the
+    /// state's offset to its members, so each new member starts exactly there.
+    async fn on_joins(&mut self, joins: Vec<Join>) {
+        if joins.is_empty() {
+            return;
+        }
+        let state = match self.broker.team_state(&self.team).await {
+            Ok(state) => state,
+            Err(e) => {
+                warn!(error = %e, team = %self.team, "join: Redis unavailable");
+                for join in joins {
+                    let mut err = RequestError::new(
+                        ErrorCode::Unavailable,
+                        "storage unavailable, retry later",
+                    );
+                    (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
+                    let _ = join.done.send(Err(err));
+                }
+                return;
+            }
+        };
+        if self.epoch.is_empty() {
+            (self.epoch, self.last) = (state.epoch.clone(), state.offset);
+        } else if state.offset > self.last && !self.fill(self.last + 1, state.offset).await {
+            // The stream could not be read: members cannot start at a consistent point.
+            for join in joins {
+                let mut err =
+                    RequestError::new(ErrorCode::Unavailable, "storage unavailable, retry later");
+                (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
+                let _ = join.done.send(Err(err));
+            }
+            return;
+        }
+        for join in joins {
+            let replay = match &join.since {
+                Some(since) => Some(self.replay_since(since, &state).await),
+                None => None,
+            };
+            let joined = ServerFrame::RoomJoined {
+                team: self.team.clone(),
+                epoch: state.epoch.clone(),
+                offset: state.offset.to_string(),
+                seq: state.seq,
+                recovered: replay.as_ref().map(Option::is_some),
+                rid: join.rid,
+            };
+            let member = join.member;
+            let mut ok = member.queue.try_send(Outbound::Own(joined)).is_ok();
+            for event in replay.flatten().unwrap_or_default() {
+                ok = ok
+                    && member
+                        .queue
+                        .try_send(Outbound::Shared(OutFrame::new(ServerFrame::from_event(
+                            &event,
+                        ))))
+                        .is_ok();
+            }
+            if ok {
+                self.members.push(member);
+            } else {
+                member.slow.cancel();
+            }
+            let _ = join.done.send(Ok(()));
+        }
+    }
+
+    /// The events after `since`, if the stream still holds all of them and the epoch
+    /// matches; `None` means the client must reload (`recovered: false`).
+    async fn replay_since(&self, since: &Since, state: &TeamState) -> Option<Vec<StreamEvent>> {
+        let from: u64 = since.offset.parse().ok()?;
+        if since.epoch != state.epoch || from > state.offset {
+            return None;
+        }
+        if from == state.offset {
+            return Some(Vec::new());
+        }
+        let events = self
+            .broker
+            .read_range(&self.team, from + 1, state.offset)
+            .await
+            .ok()?;
+        let complete = events.len() as u64 == state.offset - from
+            && events.first().map(|e| e.offset) == Some(from + 1);
+        complete.then_some(events)
+    }
+
+    fn on_leave(&mut self, conn_id: u64, reply: Option<Option<String>>) {
+        let Some(index) = self.members.iter().position(|m| m.conn_id == conn_id) else {
+            return;
+        };
+        let member = self.members.swap_remove(index);
+        if let Some(rid) = reply {
+            let left = ServerFrame::RoomLeft {
+                team: self.team.clone(),
+                rid,
+            };
+            if member.queue.try_send(Outbound::Own(left)).is_err() {
+                member.slow.cancel();
+            }
+        }
+    }
+
+    async fn on_published(&mut self, published: Published) {
+        let offset = published.event.offset;
+        if self.epoch.is_empty() || offset <= self.last {
+            // Before the first state read nobody is a member yet; otherwise a duplicate.
+            return;
+        }
+        if offset > self.last + 1 && !self.fill(self.last + 1, offset - 1).await {
+            // Deliver nothing past a gap; the periodic check retries the read.
+            return;
+        }
+        self.deliver(&published.event);
+    }
+
+    /// Catches up with the stream's top: events pub/sub lost or has not brought yet.
+    async fn check_top(&mut self) {
+        if self.epoch.is_empty() || self.members.is_empty() {
+            return;
+        }
+        match self.broker.top_offset(&self.team).await {
+            Ok(top) if top > self.last => {
+                self.fill(self.last + 1, top).await;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, team = %self.team, "tail check: Redis unavailable"),
+        }
+    }
+
+    /// Reads `from..=to` from the stream and delivers it. Returns false when Redis could not
+    /// be read. If the stream no longer holds the whole range, the members cannot be given
+    /// a gap: they are closed with 1013 and resume with `since` (getting `recovered: false`).
+    async fn fill(&mut self, from: u64, to: u64) -> bool {
+        let events = match self.broker.read_range(&self.team, from, to).await {
+            Ok(events) => events,
+            Err(e) => {
+                warn!(error = %e, team = %self.team, "gap fill: Redis unavailable");
+                return false;
+            }
+        };
+        let complete = events.len() as u64 == to - from + 1;
+        if !complete {
+            error!(team = %self.team, from, to, got = events.len(), "events trimmed before delivery");
+            for member in self.members.drain(..) {
+                member.slow.cancel();
+            }
+            self.last = to;
+            return true;
+        }
+        for event in &events {
+            self.deliver(event);
+        }
+        true
+    }
+
+    /// Sends one event to every member but its sender, encoded once per encoding.
+    fn deliver(&mut self, event: &StreamEvent) {
+        debug_assert_eq!(event.offset, self.last + 1);
+        self.last = event.offset;
+        if self.members.is_empty() {
+            return;
+        }
+        let frame = OutFrame::new(ServerFrame::from_event(event));
+        self.members.retain(|member| {
+            if *member.session == *event.src {
+                return true;
+            }
+            match member.queue.try_send(Outbound::Shared(frame.clone())) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    member.slow.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}

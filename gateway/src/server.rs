@@ -1,0 +1,161 @@
+//! The HTTP server: accepts TCP connections, routes `/ws` upgrades to sessions and the
+//! HTTP endpoints (history, health, readiness) to their handlers.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use teamchat_shared::protocol::Encoding;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::AppState;
+use crate::auth::{self, TokenSource};
+use crate::{history, session};
+
+pub type Body = Full<Bytes>;
+
+/// Accepts connections until shutdown.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = state.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| route(state.clone(), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+            {
+                debug!(error = %e, %peer, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let response = match (req.method(), path.as_str()) {
+        (&Method::GET, "/ws") => upgrade(state, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/readyz") => ready(&state).await,
+        (&Method::GET, p) if p.starts_with("/v1/teams/") => history::handle(&state, &req).await,
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    };
+    Ok(response)
+}
+
+/// Upgrades to WebSocket. The token is checked here; a bad one still upgrades, so that the
+/// client learns why through the close code (4001/4003), as PROTOCOL.md asks.
+fn upgrade(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "WebSocket upgrade expected",
+        );
+    }
+    let token = auth::extract_token(&req);
+    if let Some((_, TokenSource::Cookie)) = &token {
+        let origin = req.headers().get(ORIGIN).and_then(|o| o.to_str().ok());
+        let allowed = origin.is_some_and(|o| state.config.allowed_origins.iter().any(|a| a == o));
+        if !allowed {
+            return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+        }
+    }
+    let auth = match &token {
+        Some((token, _)) => state.verifier.verify(token),
+        None => Err(auth::AuthError::Missing),
+    };
+    let (encoding, echo) = choose_subprotocol(&req);
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(ws) => {
+                let upgraded = ws.into_inner().into_inner();
+                session::run(state, upgraded, auth, encoding).await;
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    if echo {
+        parts.headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
+    }
+    Response::from_parts(parts, Body::default())
+}
+
+/// The first offered subprotocol we speak; JSON (not echoed) when none is offered.
+fn choose_subprotocol<B>(req: &Request<B>) -> (Encoding, bool) {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|name| Encoding::from_subprotocol(name.trim()))
+        .map_or((Encoding::Json, false), |encoding| (encoding, true))
+}
+
+async fn ready(state: &AppState) -> Response<Body> {
+    let redis = state.broker.ping().await.is_ok();
+    let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let status = if redis && postgres {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        &serde_json::json!({"redis": redis, "postgres": postgres}),
+    )
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(
+        serde_json::to_vec(value).expect("JSON values encode"),
+    ));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An HTTP error as PROTOCOL.md gives it: `{"code","message"}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({"code": code, "message": message}),
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+}

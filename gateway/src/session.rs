@@ -1,0 +1,352 @@
+//! One client connection after the upgrade: welcome, then read frames and carry out
+//! requests in order, while the writer task (see `writer`) sends what is queued.
+
+use std::collections::HashSet;
+use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Role, WebSocketError};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use teamchat_shared::event::MessageData;
+use teamchat_shared::protocol::{
+    self, ClientFrame, Encoding, ErrorCode, Limits, Request, RequestError, ServerFrame,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::AppState;
+use crate::auth::{AuthError, Claims};
+use crate::room::{Join, Member};
+use crate::writer::{self, CloseSignals, Outbound};
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The per-connection state the reader keeps.
+struct Session {
+    state: Arc<AppState>,
+    claims: Claims,
+    conn_id: u64,
+    session: Arc<str>,
+    encoding: Encoding,
+    queue: mpsc::Sender<Outbound>,
+    signals: CloseSignals,
+    joined: HashSet<String>,
+}
+
+/// Runs a connection from the upgrade to the close.
+pub async fn run(
+    state: Arc<AppState>,
+    upgraded: Upgraded,
+    auth: Result<Claims, AuthError>,
+    encoding: Encoding,
+) {
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            warn!("upgraded connection is not a TCP stream");
+            return;
+        }
+    };
+    let (read, write) = parts.io.into_inner().into_split();
+    // Bytes the client sent right after its handshake may already sit in hyper's buffer.
+    let read = Cursor::new(parts.read_buf).chain(read);
+    let (queue, queue_rx) = mpsc::channel(state.config.send_queue.max(2));
+    let signals = CloseSignals::default();
+    let heartbeat = Duration::from_millis(state.config.heartbeat_ms.max(100));
+    let writer = tokio::spawn(writer::run(
+        write,
+        queue_rx,
+        encoding,
+        heartbeat,
+        signals.clone(),
+        state.shutdown.clone(),
+    ));
+
+    let claims = match auth {
+        Ok(claims) => claims,
+        Err(error) => {
+            let _ = queue
+                .send(Outbound::Close(error.close_code(), error.reason()))
+                .await;
+            let _ = writer.await;
+            return;
+        }
+    };
+
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let session_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+    let welcome = ServerFrame::Welcome {
+        user: claims.sub.clone(),
+        session: session_id.to_string(),
+        heartbeat_ms: state.config.heartbeat_ms,
+        max_frame: state.config.max_frame,
+    };
+    let _ = queue.send(Outbound::Own(welcome)).await;
+
+    let mut session = Session {
+        state,
+        claims,
+        conn_id,
+        session: session_id,
+        encoding,
+        queue,
+        signals,
+        joined: HashSet::new(),
+    };
+    session.read_loop(read, heartbeat).await;
+    for team in std::mem::take(&mut session.joined) {
+        session.state.hub.leave(&team, conn_id, None);
+    }
+    drop(session.queue);
+    let _ = writer.await;
+}
+
+impl Session {
+    async fn read_loop<R>(&mut self, read: R, heartbeat: Duration)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
+        let (mut ws, _) =
+            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+        ws.set_max_message_size(self.state.config.max_frame + 1);
+        let mut ws = FragmentCollectorRead::new(ws);
+        let limits = Limits {
+            max_body: self.state.config.max_body,
+            max_meta: self.state.config.max_meta,
+        };
+        let control = self.queue.clone();
+        // Pongs and close echoes the reader owes go through the writer's queue.
+        let mut obligated = move |frame: Frame<'_>| {
+            let (opcode, payload) = (frame.opcode, Bytes::copy_from_slice(&frame.payload));
+            let control = control.clone();
+            async move {
+                control
+                    .send(Outbound::Control(opcode, payload))
+                    .await
+                    .map_err(|_| std::io::Error::other("writer gone"))
+            }
+        };
+        let silence = heartbeat * 2;
+        loop {
+            let frame = tokio::select! {
+                read = tokio::time::timeout(silence, ws.read_frame(&mut obligated)) => read,
+                _ = self.signals.done.cancelled() => {
+                    // The writer closed; give the peer a moment to answer, then drop.
+                    return;
+                }
+            };
+            let frame = match frame {
+                Err(_) => {
+                    self.close(4000, "no heartbeat").await;
+                    return;
+                }
+                Ok(Err(WebSocketError::FrameTooLarge)) => {
+                    self.close(1009, "frame too large").await;
+                    return;
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, "connection read ended");
+                    self.close(1002, "protocol error").await;
+                    return;
+                }
+                Ok(Ok(frame)) => frame,
+            };
+            match frame.opcode {
+                OpCode::Text | OpCode::Binary => {
+                    if frame.payload.len() > self.state.config.max_frame {
+                        self.close(1009, "frame too large").await;
+                        return;
+                    }
+                    let reply = match protocol::decode_client(&frame.payload, self.encoding, limits)
+                    {
+                        Ok(request) => self.handle(request).await,
+                        Err(error) => Some(error.into_frame()),
+                    };
+                    if let Some(reply) = reply {
+                        if self.queue.send(Outbound::Own(reply)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                // The close echo is already queued by the obligated send.
+                OpCode::Close => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Queues a close frame and waits (briefly) for the writer to send it.
+    async fn close(&self, code: u16, reason: &'static str) {
+        let _ = self.queue.send(Outbound::Close(code, reason)).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
+    }
+
+    /// Carries out one request; returns the direct reply the reader queues, if any.
+    async fn handle(&mut self, frame: ClientFrame) -> Option<ServerFrame> {
+        let ClientFrame { rid, request } = frame;
+        let result = match request {
+            Request::Ping => return Some(ServerFrame::Pong { rid }),
+            Request::RoomJoin { team, since } => self.join(team, since, rid.clone()).await,
+            Request::RoomLeave { team } => self.leave(team, rid.clone()),
+            Request::MessageSend {
+                team,
+                client_id,
+                body,
+                meta,
+            } => {
+                self.send_message(team, client_id, body, meta, rid.clone())
+                    .await
+            }
+        };
+        match result {
+            Ok(reply) => reply,
+            Err(mut error) => {
+                error.rid = rid;
+                Some(error.into_frame())
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        team: String,
+        since: Option<protocol::Since>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        let room_error = |code, message: &str| RequestError {
+            team: Some(team.clone()),
+            room: true,
+            ..RequestError::new(code, message)
+        };
+        if !self.claims.may_read(&team) {
+            return Err(room_error(ErrorCode::Forbidden, "team not in token"));
+        }
+        if self.joined.contains(&team) {
+            // Already joined: nothing changes; the room's answer was given on the first join.
+            return Err(room_error(ErrorCode::BadRequest, "already joined"));
+        }
+        if self.joined.len() >= self.state.config.max_rooms {
+            return Err(room_error(
+                ErrorCode::TooManyRooms,
+                "too many rooms on this connection",
+            ));
+        }
+        let (done, answered) = oneshot::channel();
+        let member = Member {
+            conn_id: self.conn_id,
+            session: self.session.clone(),
+            queue: self.queue.clone(),
+            slow: self.signals.slow.clone(),
+        };
+        self.state.hub.join(
+            &team,
+            Join {
+                member,
+                rid,
+                since,
+                done,
+            },
+        );
+        match answered.await {
+            Ok(Ok(())) => {
+                self.joined.insert(team);
+                Ok(None)
+            }
+            Ok(Err(error)) => {
+                self.state.hub.leave(&team, self.conn_id, None);
+                Err(error)
+            }
+            Err(_) => {
+                self.state.hub.leave(&team, self.conn_id, None);
+                Err(room_error(ErrorCode::Unavailable, "room unavailable"))
+            }
+        }
+    }
+
+    fn leave(
+        &mut self,
+        team: String,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        if !self.joined.remove(&team) {
+            return Err(RequestError {
+                team: Some(team),
+                room: true,
+                ..RequestError::new(ErrorCode::NotJoined, "team not joined")
+            });
+        }
+        self.state.hub.leave(&team, self.conn_id, Some(rid));
+        Ok(None)
+    }
+
+    async fn send_message(
+        &mut self,
+        team: String,
+        client_id: String,
+        body: String,
+        meta: Option<serde_json::Value>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        let error = |code, message: &str| RequestError {
+            team: Some(team.clone()),
+            ..RequestError::new(code, message)
+        };
+        if !self.joined.contains(&team) {
+            return Err(error(ErrorCode::NotJoined, "team not joined"));
+        }
+        if !self.claims.is_member(&team) {
+            return Err(error(ErrorCode::Forbidden, "team not in token"));
+        }
+        let data = MessageData {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            client_id,
+            user: self.claims.sub.clone(),
+            name: self.claims.name.clone(),
+            body,
+            meta,
+            ts: now_ms(),
+        };
+        match self
+            .state
+            .broker
+            .append_message(&team, &self.session, &data)
+            .await
+        {
+            Ok(appended) => Ok(Some(ServerFrame::MessageAck {
+                client_id: data.client_id,
+                team,
+                seq: appended.seq,
+                id: appended.id,
+                offset: appended.offset.to_string(),
+                ts: appended.ts,
+                rid,
+            })),
+            Err(e) => {
+                warn!(error = %e, "append failed");
+                Err(error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable, retry later",
+                ))
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,149 @@
+//! The writer half of a connection: drains the connection's bounded send queue and writes
+//! every frame queued so far with one syscall, sends heartbeat pings, and closes.
+//!
+//! Frames for many recipients are encoded once per encoding (`OutFrame`) and shared.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload};
+use teamchat_shared::protocol::{Encoding, ServerFrame};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A server frame shared by every local recipient, encoded at most once per encoding.
+pub struct OutFrame {
+    frame: ServerFrame,
+    json: OnceLock<Bytes>,
+    msgpack: OnceLock<Bytes>,
+}
+
+impl OutFrame {
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        })
+    }
+
+    pub fn bytes(&self, encoding: Encoding) -> &Bytes {
+        let cell = match encoding {
+            Encoding::Json => &self.json,
+            Encoding::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| self.frame.encode(encoding))
+    }
+}
+
+/// What a connection's queue carries.
+pub enum Outbound {
+    /// A frame shared with other recipients.
+    Shared(Arc<OutFrame>),
+    /// A frame for this connection only (replies, welcome).
+    Own(ServerFrame),
+    /// A control frame the reader owes the peer (pong, close echo).
+    Control(OpCode, Bytes),
+    /// Close the connection with this code; nothing is written after it.
+    Close(u16, &'static str),
+}
+
+/// Why the writer stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriterEnd {
+    Closed(u16),
+    QueueDropped,
+    WriteFailed,
+}
+
+/// Close signals a connection's other parts raise for the writer.
+#[derive(Clone, Default)]
+pub struct CloseSignals {
+    /// The send queue overflowed: close 1013.
+    pub slow: CancellationToken,
+    /// The writer finished; the reader stops waiting for the peer.
+    pub done: CancellationToken,
+}
+
+/// Runs the writer until the connection closes.
+pub async fn run(
+    mut socket: OwnedWriteHalf,
+    mut queue: mpsc::Receiver<Outbound>,
+    encoding: Encoding,
+    heartbeat: Duration,
+    signals: CloseSignals,
+    shutdown: CancellationToken,
+) -> WriterEnd {
+    let mut buffer = BytesMut::new();
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let end = loop {
+        let closed = tokio::select! {
+            biased;
+            _ = signals.slow.cancelled() => push(&mut buffer, Outbound::Close(1013, "too slow"), encoding),
+            _ = shutdown.cancelled() => push(&mut buffer, Outbound::Close(1012, "gateway restarting"), encoding),
+            item = queue.recv() => {
+                let Some(item) = item else { break WriterEnd::QueueDropped };
+                let mut closed = push(&mut buffer, item, encoding);
+                // Coalesce: everything queued now goes out in one write.
+                while closed.is_none() && buffer.len() < 256 * 1024 {
+                    let Ok(item) = queue.try_recv() else { break };
+                    closed = push(&mut buffer, item, encoding);
+                }
+                closed
+            }
+            _ = ping.tick() => {
+                push_frame(&mut buffer, OpCode::Ping, b"");
+                None
+            }
+        };
+        if socket.write_all(&buffer).await.is_err() {
+            break WriterEnd::WriteFailed;
+        }
+        buffer.clear();
+        if let Some(code) = closed {
+            break WriterEnd::Closed(code);
+        }
+    };
+    signals.done.cancel();
+    end
+}
+
+/// Appends an item to the write buffer; returns the close code once a close frame is in it.
+fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16> {
+    let opcode = match encoding {
+        Encoding::Json => OpCode::Text,
+        Encoding::MsgPack => OpCode::Binary,
+    };
+    match item {
+        Outbound::Shared(frame) => push_frame(buffer, opcode, frame.bytes(encoding)),
+        Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
+        Outbound::Control(OpCode::Close, payload) => {
+            push_frame(buffer, OpCode::Close, &payload);
+            return Some(
+                payload
+                    .get(..2)
+                    .map_or(1000, |b| u16::from_be_bytes([b[0], b[1]])),
+            );
+        }
+        Outbound::Control(op, payload) => push_frame(buffer, op, &payload),
+        Outbound::Close(code, reason) => {
+            let mut payload = Vec::with_capacity(2 + reason.len());
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(reason.as_bytes());
+            push_frame(buffer, OpCode::Close, &payload);
+            return Some(code);
+        }
+    }
+    None
+}
+
+/// Appends one unmasked server frame.
+fn push_frame(buffer: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    let mut head = [0u8; 10];
+    let len = Frame::new(true, opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
+    buffer.extend_from_slice(&head[..len]);
+    buffer.extend_from_slice(payload);
+}

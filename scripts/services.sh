@@ -1,0 +1,128 @@
+# Sourced by scripts/run and scripts/test: makes Redis and PostgreSQL answer at REDIS_URL and
+# DATABASE_URL. Installs them from the OS packages when missing, starts them in a local data
+# folder (.data/) when nothing answers, and `services_stop` stops only what it started.
+# shellcheck shell=bash
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DATA=${TEAMCHAT_DATA:-$ROOT/.data}
+export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
+export DATABASE_URL=${DATABASE_URL:-postgres://teamchat:teamchat@127.0.0.1:5432/teamchat}
+STARTED_REDIS=""
+STARTED_PG=""
+
+log() { printf '\033[1m[services]\033[0m %s\n' "$*" >&2; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+# url_part URL FIELD: host, port, user, password or db of a redis:// or postgres:// URL.
+url_part() {
+  python3 - "$1" "$2" <<'PY'
+import sys, urllib.parse
+u = urllib.parse.urlsplit(sys.argv[1])
+default = 6379 if u.scheme.startswith("redis") else 5432
+print({"host": u.hostname or "127.0.0.1", "port": u.port or default, "user": u.username or "",
+       "password": u.password or "", "db": u.path.lstrip("/")}[sys.argv[2]])
+PY
+}
+
+services_install() {
+  local need=()
+  command -v redis-server >/dev/null || need+=(redis-server)
+  [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || need+=(postgresql)
+  command -v psql >/dev/null || need+=(postgresql-client)
+  [ ${#need[@]} -eq 0 ] && return 0
+  log "installing ${need[*]} from the OS packages"
+  # Keep the packages' own services from starting: this script runs what it needs.
+  local policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
+    as_root chmod +x "$policy"
+  fi
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+  [ -n "$policy" ] && as_root rm -f "$policy"
+  return 0
+}
+
+redis_answers() { redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; }
+
+services_start_redis() {
+  if redis_answers; then
+    log "Redis answers at $REDIS_URL"
+    return
+  fi
+  local port
+  port=$(url_part "$REDIS_URL" port)
+  mkdir -p "$DATA/redis"
+  log "starting Redis on 127.0.0.1:$port (data in $DATA/redis, AOF on)"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$DATA/redis" \
+    --appendonly yes --appendfsync everysec --save "" \
+    --daemonize yes --pidfile "$DATA/redis/redis.pid" --logfile "$DATA/redis/redis.log"
+  for _ in $(seq 100); do redis_answers && break; sleep 0.1; done
+  redis_answers || { log "Redis did not start; see $DATA/redis/redis.log"; return 1; }
+  STARTED_REDIS=$port
+}
+
+# PostgreSQL refuses to run as root: run its tools as the postgres user then.
+pg_run() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+pg_answers() { pg_isready -q -h "$(url_part "$DATABASE_URL" host)" -p "$(url_part "$DATABASE_URL" port)"; }
+
+services_start_postgres() {
+  local host port user password db bin
+  host=$(url_part "$DATABASE_URL" host)
+  port=$(url_part "$DATABASE_URL" port)
+  user=$(url_part "$DATABASE_URL" user)
+  password=$(url_part "$DATABASE_URL" password)
+  db=$(url_part "$DATABASE_URL" db)
+  if pg_answers; then
+    log "PostgreSQL answers at $host:$port"
+  else
+    bin=$(pg_bin)
+    mkdir -p "$DATA"
+    if [ ! -f "$DATA/pg/PG_VERSION" ]; then
+      log "initialising PostgreSQL in $DATA/pg"
+      mkdir -p "$DATA/pg"
+      [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/pg"
+      pg_run "$bin/initdb" -D "$DATA/pg" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    log "starting PostgreSQL on 127.0.0.1:$port"
+    pg_run "$bin/pg_ctl" -D "$DATA/pg" -l "$DATA/pg/server.log" -w -t 60 \
+      -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=500" \
+      start >/dev/null
+    STARTED_PG=$DATA/pg
+  fi
+  # The role and database of DATABASE_URL (the role may create databases: tests make their own).
+  if ! PGPASSWORD=$password psql "$DATABASE_URL" -Atqc 'SELECT 1' >/dev/null 2>&1; then
+    log "creating role $user and database $db"
+    psql -h "$host" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 -qc \
+      "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$user') THEN
+         CREATE ROLE \"$user\" LOGIN CREATEDB PASSWORD '$password'; END IF; END\$\$;" \
+      || { log "cannot create role $user: set DATABASE_URL to a database you can use"; return 1; }
+    psql -h "$host" -p "$port" -U postgres -d postgres -qc "CREATE DATABASE \"$db\" OWNER \"$user\"" 2>/dev/null || true
+  fi
+  PGPASSWORD=$password psql "$DATABASE_URL" -Atqc 'SELECT 1' >/dev/null \
+    || { log "cannot connect to $DATABASE_URL"; return 1; }
+}
+
+services_up() {
+  services_install
+  services_start_redis
+  services_start_postgres
+}
+
+services_stop() {
+  if [ -n "$STARTED_REDIS" ]; then
+    log "stopping the Redis it started"
+    redis-cli -p "$STARTED_REDIS" shutdown nosave >/dev/null 2>&1 || true
+  fi
+  if [ -n "$STARTED_PG" ]; then
+    log "stopping the PostgreSQL it started"
+    pg_run "$(pg_bin)/pg_ctl" -D "$STARTED_PG" -m fast -w stop >/dev/null 2>&1 || true
+  fi
+}

@@ -1,0 +1,120 @@
+//! Configuration of the binaries: every setting is a CLI flag and an environment variable,
+//! with the defaults documented in the README's configuration table.
+
+use clap::{Args, Parser};
+use std::net::SocketAddr;
+
+use crate::keys::Keys;
+
+/// Where Redis is and how keys are laid out; gateways and workers must agree on it.
+#[derive(Args, Clone, Debug)]
+pub struct RedisArgs {
+    /// Redis server URL.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of every Redis key and channel (lets several deployments share one Redis).
+    #[arg(long, env = "REDIS_PREFIX", default_value = "tc")]
+    pub redis_prefix: String,
+    /// Number of shards teams are hashed over; each shard has one ingest stream.
+    #[arg(long, env = "SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub shards: u32,
+}
+
+impl RedisArgs {
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.redis_prefix.clone(), self.shards)
+    }
+}
+
+/// The gateway: WebSocket and HTTP server.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "teamchat-gateway",
+    about = "teamchat WebSocket gateway",
+    version
+)]
+pub struct GatewayConfig {
+    /// Address the HTTP/WebSocket server listens on.
+    #[arg(long, env = "LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// PostgreSQL URL, read by HTTP history.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://teamchat:teamchat@127.0.0.1:5432/teamchat"
+    )]
+    pub database_url: String,
+    /// HS256 secret that client tokens are signed with.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: String,
+    /// Origins allowed to upgrade with a `tc_token` cookie (comma-separated).
+    #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Interval of server pings; a connection silent for twice this is closed.
+    #[arg(long, env = "HEARTBEAT_MS", default_value_t = 25_000)]
+    pub heartbeat_ms: u64,
+    /// Largest frame a client may send, in bytes (close 1009 above it).
+    #[arg(long, env = "MAX_FRAME", default_value_t = 1_048_576)]
+    pub max_frame: usize,
+    /// Largest message body, in bytes of UTF-8.
+    #[arg(long, env = "MAX_BODY", default_value_t = 16_384)]
+    pub max_body: usize,
+    /// Largest message `meta`, in bytes of its JSON encoding.
+    #[arg(long, env = "MAX_META", default_value_t = 4_096)]
+    pub max_meta: usize,
+    /// Rooms one connection may join at once.
+    #[arg(long, env = "MAX_ROOMS", default_value_t = 10)]
+    pub max_rooms: usize,
+    /// Frames queued for one connection before it counts as too slow (close 1013).
+    #[arg(long, env = "SEND_QUEUE", default_value_t = 1_024)]
+    pub send_queue: usize,
+    /// Approximate number of events kept in each team stream (what recovery can replay).
+    #[arg(long, env = "STREAM_MAXLEN", default_value_t = 100_000)]
+    pub stream_maxlen: u64,
+    /// How often a tailed team's stream top is checked for events pub/sub did not deliver.
+    #[arg(long, env = "TAIL_CHECK_MS", default_value_t = 1_000)]
+    pub tail_check_ms: u64,
+    /// Log one JSON object per line instead of human-readable text.
+    #[arg(long, env = "LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// The worker: syncs the ingest streams into PostgreSQL.
+#[derive(Parser, Clone, Debug)]
+#[command(
+    name = "teamchat-worker",
+    about = "teamchat stream-to-PostgreSQL worker",
+    version
+)]
+pub struct WorkerConfig {
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// PostgreSQL URL; migrations are applied at start.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://teamchat:teamchat@127.0.0.1:5432/teamchat"
+    )]
+    pub database_url: String,
+    /// Consumer group the workers share.
+    #[arg(long, env = "WORKER_GROUP", default_value = "sync")]
+    pub group: String,
+    /// This worker's consumer name; a restarted worker with the same name resumes its
+    /// pending entries at once (others are reclaimed after `claim_idle_ms`).
+    #[arg(long, env = "WORKER_NAME", default_value = "worker-1")]
+    pub consumer: String,
+    /// Most entries written in one transaction.
+    #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
+    pub batch_size: usize,
+    /// Longest wait for new entries before a read returns what it has.
+    #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 100)]
+    pub batch_wait_ms: u64,
+    /// Entries pending this long on another consumer are claimed by this one.
+    #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
+    pub claim_idle_ms: u64,
+    /// Log one JSON object per line instead of human-readable text.
+    #[arg(long, env = "LOG_JSON")]
+    pub log_json: bool,
+}

@@ -1,0 +1,189 @@
+//! The durable event model: what the append script writes to a team stream, the ingest
+//! streams and the team channel, and how the gateway and worker read it back.
+//!
+//! A stream entry holds `k` (kind), `seq` (the message it concerns), `src` (the session that
+//! caused it, so the gateway does not echo an event to its sender) and `d` (the kind's data
+//! as JSON). The entry id of the team stream is `<offset>-0`; ingest entries carry the
+//! team and offset as fields. Pub/sub messages hold the same parts, newline-separated.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The kinds of durable event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Message,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Message => "message",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "message" => Some(EventKind::Message),
+            _ => None,
+        }
+    }
+}
+
+/// The data of a new message, as stored in `d`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageData {
+    pub id: String,
+    pub client_id: String,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<Value>,
+    pub ts: i64,
+}
+
+/// One durable event of a team, as read back from a stream or the team channel.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamEvent {
+    pub team: String,
+    pub offset: u64,
+    pub kind: EventKind,
+    pub seq: u64,
+    pub src: String,
+    pub data: MessageData,
+}
+
+/// Why a stored event could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("missing field {0}")]
+    Missing(&'static str),
+    #[error("bad field {0}")]
+    Bad(&'static str),
+    #[error("bad data: {0}")]
+    Data(#[from] serde_json::Error),
+}
+
+/// A pub/sub message of the team channel: `epoch \n offset \n kind \n seq \n src \n data`.
+#[derive(Debug)]
+pub struct Published {
+    pub epoch: String,
+    pub event: StreamEvent,
+}
+
+impl Published {
+    pub fn parse(team: &str, payload: &[u8]) -> Result<Self, DecodeError> {
+        let text = std::str::from_utf8(payload).map_err(|_| DecodeError::Bad("utf8"))?;
+        let mut parts = text.splitn(6, '\n');
+        let mut next = |name| parts.next().ok_or(DecodeError::Missing(name));
+        let epoch = next("epoch")?.to_owned();
+        let offset = next("offset")?
+            .parse()
+            .map_err(|_| DecodeError::Bad("offset"))?;
+        let kind = EventKind::parse(next("kind")?).ok_or(DecodeError::Bad("kind"))?;
+        let seq = next("seq")?.parse().map_err(|_| DecodeError::Bad("seq"))?;
+        let src = next("src")?.to_owned();
+        let data = serde_json::from_str(next("data")?)?;
+        Ok(Published {
+            epoch,
+            event: StreamEvent {
+                team: team.to_owned(),
+                offset,
+                kind,
+                seq,
+                src,
+                data,
+            },
+        })
+    }
+}
+
+/// The fields of a stream entry, as `(name, value)` pairs, whichever stream it came from.
+pub fn from_fields<'a>(
+    team: Option<&str>,
+    offset: Option<u64>,
+    fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<StreamEvent, DecodeError> {
+    let (mut team, mut offset) = (team.map(str::to_owned), offset);
+    let (mut kind, mut seq, mut src, mut data) = (None, None, None, None);
+    for (name, value) in fields {
+        let text = || std::str::from_utf8(value).map_err(|_| DecodeError::Bad("utf8"));
+        match name {
+            "team" => team = Some(text()?.to_owned()),
+            "off" => offset = Some(text()?.parse().map_err(|_| DecodeError::Bad("off"))?),
+            "k" => kind = Some(EventKind::parse(text()?).ok_or(DecodeError::Bad("k"))?),
+            "seq" => seq = Some(text()?.parse().map_err(|_| DecodeError::Bad("seq"))?),
+            "src" => src = Some(text()?.to_owned()),
+            "d" => data = Some(serde_json::from_slice(value)?),
+            _ => {}
+        }
+    }
+    Ok(StreamEvent {
+        team: team.ok_or(DecodeError::Missing("team"))?,
+        offset: offset.ok_or(DecodeError::Missing("off"))?,
+        kind: kind.ok_or(DecodeError::Missing("k"))?,
+        seq: seq.ok_or(DecodeError::Missing("seq"))?,
+        src: src.unwrap_or_default(),
+        data: data.ok_or(DecodeError::Missing("d"))?,
+    })
+}
+
+/// The offset of a team-stream entry id `<offset>-0`.
+pub fn offset_of_entry_id(id: &str) -> Option<u64> {
+    id.strip_suffix("-0")?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data() -> MessageData {
+        MessageData {
+            id: "m1".into(),
+            client_id: "c1".into(),
+            user: "u1".into(),
+            name: Some("Ann".into()),
+            body: "hi\nthere".into(),
+            meta: Some(serde_json::json!({"k": 1})),
+            ts: 1_763_900_000_123,
+        }
+    }
+
+    #[test]
+    fn published_message_round_trips() {
+        let d = serde_json::to_string(&data()).unwrap();
+        let payload = format!("ep1\n42\nmessage\n7\nsess\n{d}");
+        let p = Published::parse("t1", payload.as_bytes()).unwrap();
+        assert_eq!(p.epoch, "ep1");
+        assert_eq!(p.event.offset, 42);
+        assert_eq!(p.event.seq, 7);
+        assert_eq!(p.event.src, "sess");
+        assert_eq!(p.event.data, data());
+    }
+
+    #[test]
+    fn truncated_publish_is_an_error() {
+        assert!(Published::parse("t1", b"ep1\n42\nmessage").is_err());
+        assert!(Published::parse("t1", b"ep1\nx\nmessage\n1\ns\n{}").is_err());
+    }
+
+    #[test]
+    fn entry_ids_give_offsets() {
+        assert_eq!(offset_of_entry_id("17-0"), Some(17));
+        assert_eq!(offset_of_entry_id("17-1"), None);
+    }
+}
+
+/// The `(name, value)` pairs of a stream entry read with redis-rs; non-string values are
+/// passed over.
+pub fn entry_fields(
+    map: &std::collections::HashMap<String, redis::Value>,
+) -> impl Iterator<Item = (&str, &[u8])> {
+    map.iter().filter_map(|(name, value)| match value {
+        redis::Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
+        redis::Value::SimpleString(text) => Some((name.as_str(), text.as_bytes())),
+        _ => None,
+    })
+}

@@ -1,0 +1,122 @@
+//! The Redis key schema. Every key and channel an event touches carries its team's shard as
+//! a hash tag (`{s<N>}`), so the append script's keys always live in one cluster slot.
+
+/// Builds key names under a prefix (`tc` by default; tests use their own to isolate).
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+    shards: u32,
+}
+
+impl Keys {
+    pub fn new(prefix: impl Into<String>, shards: u32) -> Self {
+        assert!(shards > 0, "shard count must be positive");
+        Self {
+            prefix: prefix.into(),
+            shards,
+        }
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
+    }
+
+    /// The team's shard: FNV-1a of the team id, modulo the shard count. Stable across
+    /// processes and versions, since every gateway and worker must agree on it.
+    pub fn shard_of(&self, team: &str) -> u32 {
+        let mut hash: u32 = 0x811c_9dc5;
+        for byte in team.as_bytes() {
+            hash ^= u32::from(*byte);
+            hash = hash.wrapping_mul(0x0100_0193);
+        }
+        hash % self.shards
+    }
+
+    fn team_key(&self, team: &str, suffix: &str) -> String {
+        format!(
+            "{}:{{s{}}}:team:{}:{}",
+            self.prefix,
+            self.shard_of(team),
+            team,
+            suffix
+        )
+    }
+
+    /// The team's durable event stream; entry ids are `<offset>-0`.
+    pub fn team_events(&self, team: &str) -> String {
+        self.team_key(team, "events")
+    }
+
+    /// The team's meta hash: `epoch`, `offset` (last durable event), `seq` (last message).
+    pub fn team_meta(&self, team: &str) -> String {
+        self.team_key(team, "meta")
+    }
+
+    /// The pub/sub channel the team's events are published on.
+    pub fn team_channel(&self, team: &str) -> String {
+        self.team_key(team, "ch")
+    }
+
+    /// Remembers the ack of a `message:send` for 24 h, keyed by user and `client_id`.
+    pub fn dedupe(&self, team: &str, user: &str, client_id: &str) -> String {
+        // The client id is free text: hex-encode it so it cannot collide with the separators.
+        let client_hex: String = client_id.bytes().map(|b| format!("{b:02x}")).collect();
+        self.team_key(team, &format!("dedupe:{user}:{client_hex}"))
+    }
+
+    /// The shard's ingest stream, read by the workers' consumer group.
+    pub fn ingest(&self, shard: u32) -> String {
+        format!("{}:{{s{}}}:ingest", self.prefix, shard)
+    }
+
+    /// All ingest streams, shard 0 first.
+    pub fn all_ingest(&self) -> Vec<String> {
+        (0..self.shards).map(|s| self.ingest(s)).collect()
+    }
+
+    /// The team a channel name belongs to, if it is one of ours.
+    pub fn team_of_channel<'a>(&self, channel: &'a str) -> Option<&'a str> {
+        let rest = channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{s")?;
+        let (_, rest) = rest.split_once("}:team:")?;
+        rest.strip_suffix(":ch")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_of_a_team_share_one_hash_tag() {
+        let keys = Keys::new("tc", 16);
+        let tag = format!("{{s{}}}", keys.shard_of("acme"));
+        for key in [
+            keys.team_events("acme"),
+            keys.team_meta("acme"),
+            keys.team_channel("acme"),
+            keys.dedupe("acme", "u1", "c:1"),
+            keys.ingest(keys.shard_of("acme")),
+        ] {
+            assert!(key.contains(&tag), "{key} lacks {tag}");
+        }
+    }
+
+    #[test]
+    fn channel_maps_back_to_its_team() {
+        let keys = Keys::new("t-9", 16);
+        let channel = keys.team_channel("a:b.c");
+        assert_eq!(keys.team_of_channel(&channel), Some("a:b.c"));
+        assert_eq!(keys.team_of_channel("other:{s1}:team:x:ch"), None);
+    }
+
+    #[test]
+    fn shards_spread_teams() {
+        let keys = Keys::new("tc", 16);
+        let used: std::collections::HashSet<u32> = (0..200)
+            .map(|i| keys.shard_of(&format!("team{i}")))
+            .collect();
+        assert_eq!(used.len(), 16);
+    }
+}

@@ -1,0 +1,14 @@
+//! Tracing set-up for the binaries: human output on a terminal, JSON when asked.
+
+use tracing_subscriber::EnvFilter;
+
+/// `json` selects one JSON object per line; the level comes from `RUST_LOG` (default `info`).
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,23 @@
+//! The Redis scripts, kept as `.lua` files beside this crate and loaded by SHA at first use
+//! (`redis::Script` falls back to EVAL when the server does not know the script yet).
+
+use redis::Script;
+use std::sync::LazyLock;
+
+/// Appends one durable event: dedupe, next offset and seq, XADD to the team and ingest
+/// streams, PUBLISH on the team channel. See `scripts/append.lua`.
+pub static APPEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/append.lua")));
+
+/// A team's epoch, newest offset and newest seq, for `room:joined`.
+pub static TEAM_STATE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/team_state.lua")));
+
+/// A new random epoch, used when a team (or its lost stream) starts afresh.
+pub fn new_epoch() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{:x}", nanos ^ (u128::from(std::process::id()) << 64))
+}

@@ -1,0 +1,193 @@
+//! A WebSocket test client (tokio-tungstenite, an implementation independent of the
+//! gateway's) that speaks PROTOCOL.md in JSON or MessagePack.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame it expects before failing.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Where the client puts its token.
+#[derive(Clone, Copy, Debug)]
+pub enum Auth<'a> {
+    None,
+    Query(&'a str),
+    Header(&'a str),
+    /// The cookie and the Origin header sent with it.
+    Cookie(&'a str, Option<&'a str>),
+}
+
+/// Opens a WebSocket; `protocol` is offered as `Sec-WebSocket-Protocol`.
+pub async fn open(
+    addr: SocketAddr,
+    auth: Auth<'_>,
+    protocol: Option<&str>,
+) -> Result<(Ws, Response<Option<Vec<u8>>>), tungstenite::Error> {
+    let url = match auth {
+        Auth::Query(token) => format!("ws://{addr}/ws?token={token}"),
+        _ => format!("ws://{addr}/ws"),
+    };
+    let mut request = url.into_client_request()?;
+    let headers = request.headers_mut();
+    match auth {
+        Auth::Header(token) => {
+            headers.insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+            );
+        }
+        Auth::Cookie(token, origin) => {
+            headers.insert(
+                "cookie",
+                HeaderValue::from_str(&format!("tc_token={token}")).unwrap(),
+            );
+            if let Some(origin) = origin {
+                headers.insert("origin", HeaderValue::from_str(origin).unwrap());
+            }
+        }
+        Auth::None | Auth::Query(_) => {}
+    }
+    if let Some(protocol) = protocol {
+        headers.insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_str(protocol).unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(request).await
+}
+
+/// A connected, welcomed client.
+pub struct Client {
+    pub ws: Ws,
+    pub msgpack: bool,
+    pub welcome: Value,
+}
+
+impl Client {
+    /// Connects with a JSON subprotocol and the token in the query; expects the welcome.
+    pub async fn connect(addr: SocketAddr, token: &str) -> Client {
+        Self::connect_as(addr, Auth::Query(token), false).await
+    }
+
+    pub async fn connect_msgpack(addr: SocketAddr, token: &str) -> Client {
+        Self::connect_as(addr, Auth::Query(token), true).await
+    }
+
+    pub async fn connect_as(addr: SocketAddr, auth: Auth<'_>, msgpack: bool) -> Client {
+        let protocol = if msgpack {
+            "teamchat.v1.msgpack"
+        } else {
+            "teamchat.v1.json"
+        };
+        let (ws, response) = open(addr, auth, Some(protocol))
+            .await
+            .expect("WebSocket upgrade");
+        assert_eq!(
+            response
+                .headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some(protocol)
+        );
+        let mut client = Client {
+            ws,
+            msgpack,
+            welcome: Value::Null,
+        };
+        client.welcome = client.expect("session:welcome").await;
+        client
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        let message = if self.msgpack {
+            Message::Binary(rmp_serde::to_vec_named(&frame).unwrap().into())
+        } else {
+            Message::text(frame.to_string())
+        };
+        self.ws.send(message).await.expect("sending a frame");
+    }
+
+    /// The next data frame, decoded; control frames are passed over. Fails on a close.
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("connection ended")
+                .expect("reading a frame");
+            match message {
+                Message::Text(text) => {
+                    assert!(!self.msgpack, "text frame on a MessagePack connection");
+                    return serde_json::from_str(&text).expect("server frames are JSON");
+                }
+                Message::Binary(bytes) => {
+                    assert!(self.msgpack, "binary frame on a JSON connection");
+                    return rmp_serde::from_slice(&bytes).expect("server frames are MessagePack");
+                }
+                Message::Close(frame) => panic!("connection closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next data frame, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let frame = self.recv().await;
+        assert_eq!(frame["type"], kind, "unexpected frame {frame}");
+        frame
+    }
+
+    /// Reads until the server closes; returns the close code. Data frames before it are
+    /// returned too, so a test can check nothing unexpected came.
+    pub async fn close_code(&mut self) -> (u16, Vec<Value>) {
+        close_code(&mut self.ws).await
+    }
+
+    /// Joins a team; returns `room:joined`.
+    pub async fn join(&mut self, team: &str) -> Value {
+        self.send(json!({"type": "room:join", "team": team})).await;
+        self.expect("room:joined").await
+    }
+
+    /// Sends a message; returns its `message:ack`.
+    pub async fn send_message(&mut self, team: &str, client_id: &str, body: &str) -> Value {
+        self.send(
+            json!({"type": "message:send", "team": team, "client_id": client_id, "body": body}),
+        )
+        .await;
+        self.expect("message:ack").await
+    }
+}
+
+/// Reads a raw socket until the server closes; returns the code and the data frames before.
+pub async fn close_code(ws: &mut Ws) -> (u16, Vec<Value>) {
+    let mut frames = Vec::new();
+    loop {
+        let next = tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("timed out waiting for a close");
+        match next {
+            Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frames),
+            Some(Ok(Message::Close(None))) => return (1005, frames),
+            Some(Ok(Message::Text(text))) => {
+                frames.push(serde_json::from_str(&text).unwrap_or(Value::Null))
+            }
+            Some(Ok(Message::Binary(bytes))) => {
+                frames.push(rmp_serde::from_slice(&bytes).unwrap_or(Value::Null))
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("connection failed before a close frame: {e}"),
+            None => panic!("connection ended without a close frame"),
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Test support: every test gets its own Redis key prefix and its own PostgreSQL database
+//! on the real servers at `REDIS_URL` / `DATABASE_URL`, tokens signed like a real issuer's,
+//! and a WebSocket client that speaks PROTOCOL.md over TCP.
+
+pub mod client;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::Parser;
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+use teamchat_shared::config::{GatewayConfig, WorkerConfig};
+use teamchat_shared::keys::Keys;
+
+pub use client::Client;
+
+pub const SECRET: &str = "test-secret";
+const SHARDS: u32 = 4;
+
+/// One test's isolated slice of Redis and PostgreSQL.
+pub struct TestEnv {
+    pub prefix: String,
+    pub redis_url: String,
+    pub database_url: String,
+}
+
+fn unique_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "t{}_{}_{}",
+        std::process::id(),
+        nanos % 1_000_000_000,
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+impl TestEnv {
+    /// A fresh key prefix and a fresh, empty database.
+    pub async fn new() -> Self {
+        let redis_url =
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let admin_url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://teamchat:teamchat@127.0.0.1:5432/teamchat".into());
+        let name = unique_name();
+        let admin: PgConnectOptions = admin_url.parse().expect("DATABASE_URL parses");
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("PostgreSQL at DATABASE_URL (run scripts/test)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .expect("creating the test database");
+        let database_url = admin.database(&name).to_url_lossy().to_string();
+        TestEnv {
+            prefix: name,
+            redis_url,
+            database_url,
+        }
+    }
+
+    pub fn keys(&self) -> Keys {
+        Keys::new(self.prefix.clone(), SHARDS)
+    }
+
+    fn common_args(&self) -> Vec<String> {
+        vec![
+            format!("--redis-url={}", self.redis_url),
+            format!("--redis-prefix={}", self.prefix),
+            format!("--shards={SHARDS}"),
+            format!("--database-url={}", self.database_url),
+        ]
+    }
+
+    /// A gateway on a free loopback port; `extra` are more CLI flags (`--heartbeat-ms=200`).
+    pub fn gateway_config(&self, extra: &[&str]) -> GatewayConfig {
+        let mut args = vec!["teamchat-gateway".to_owned(), "--listen=127.0.0.1:0".into()];
+        args.extend(self.common_args());
+        args.push(format!("--jwt-secret={SECRET}"));
+        args.extend(extra.iter().map(|s| s.to_string()));
+        GatewayConfig::try_parse_from(args).expect("gateway flags parse")
+    }
+
+    pub fn worker_args(&self, consumer: &str) -> Vec<String> {
+        let mut args = self.common_args();
+        args.push(format!("--consumer={consumer}"));
+        args.push("--batch-wait-ms=20".into());
+        args
+    }
+
+    pub fn worker_config(&self, consumer: &str) -> WorkerConfig {
+        let mut args = vec!["teamchat-worker".to_owned()];
+        args.extend(self.worker_args(consumer));
+        WorkerConfig::try_parse_from(args).expect("worker flags parse")
+    }
+
+    /// The test's database.
+    pub async fn pg(&self) -> PgPool {
+        PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await
+            .expect("test database")
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis at REDIS_URL (run scripts/test)")
+    }
+
+    /// A valid token for `user`, member of `teams`, expiring in an hour.
+    pub fn token(&self, user: &str, teams: &[&str]) -> String {
+        sign(
+            &json!({"sub": user, "teams": teams, "name": format!("{user} name"), "exp": now() + 3600}),
+        )
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Signs arbitrary claims with the test secret (HS256).
+pub fn sign(claims: &Value) -> String {
+    sign_with(claims, SECRET)
+}
+
+pub fn sign_with(claims: &Value, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("signing a token")
+}
+
+/// `ws://` URL of a gateway's WebSocket endpoint.
+pub fn ws_url(addr: SocketAddr) -> String {
+    format!("ws://{addr}/ws")
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`. For state that
+/// has no event to await (rows a worker writes into PostgreSQL).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs a path of a gateway; returns the status and the JSON body.
+pub async fn http_get(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::TokioIo;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connecting to the gateway");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = hyper::Request::get(path_and_query).header("host", addr.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let response = sender
+        .send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&body)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
+    (status, value)
+}

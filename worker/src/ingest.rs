@@ -1,0 +1,151 @@
+//! Reading the ingest streams through the consumer group: new entries, this consumer's own
+//! pending entries after a restart, entries claimed from dead consumers, and acks.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use teamchat_shared::config::WorkerConfig;
+use teamchat_shared::event::{self, StreamEvent};
+
+/// One ingest entry: where it came from, and the event or why it could not be decoded.
+#[derive(Debug)]
+pub struct Entry {
+    pub stream: String,
+    pub id: String,
+    pub event: Result<StreamEvent, String>,
+    /// The raw fields, kept for the dead-letter table.
+    pub fields: serde_json::Value,
+}
+
+pub struct Ingest {
+    /// Blocking reads get a connection of their own, with no response timeout.
+    blocking: MultiplexedConnection,
+    streams: Vec<String>,
+    group: String,
+    consumer: String,
+    batch_size: usize,
+    wait: Duration,
+    claim_idle_ms: u64,
+}
+
+impl Ingest {
+    pub async fn connect(config: &WorkerConfig) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.redis.redis_url.as_str())?;
+        let blocking = client
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+            )
+            .await
+            .context("connecting to Redis")?;
+        Ok(Self {
+            blocking,
+            streams: config.redis.keys().all_ingest(),
+            group: config.group.clone(),
+            consumer: config.consumer.clone(),
+            batch_size: config.batch_size.max(1),
+            wait: Duration::from_millis(config.batch_wait_ms),
+            claim_idle_ms: config.claim_idle_ms,
+        })
+    }
+
+    /// Creates the consumer group on every ingest stream (and the stream) if missing.
+    pub async fn ensure_groups(&mut self) -> anyhow::Result<()> {
+        for stream in &self.streams {
+            let created: redis::RedisResult<()> = self
+                .blocking
+                .xgroup_create_mkstream(stream, &self.group, "0")
+                .await;
+            match created {
+                Ok(()) => {}
+                Err(e) if e.code() == Some("BUSYGROUP") => {}
+                Err(e) => return Err(e).context("creating the consumer group"),
+            }
+        }
+        Ok(())
+    }
+
+    /// New entries, waiting up to `batch_wait_ms` for the first.
+    pub async fn read_new(&mut self) -> anyhow::Result<Vec<Entry>> {
+        let ids = vec![">"; self.streams.len()];
+        let options = StreamReadOptions::default()
+            .group(&self.group, &self.consumer)
+            .count(self.batch_size)
+            .block(self.wait.as_millis() as usize);
+        let reply: Option<StreamReadReply> = self
+            .blocking
+            .xread_options(&self.streams, &ids, &options)
+            .await?;
+        Ok(reply.map(flatten).unwrap_or_default())
+    }
+
+    /// Entries delivered to this consumer but never acked (it crashed before COMMIT).
+    pub async fn read_own_pending(&mut self) -> anyhow::Result<Vec<Entry>> {
+        let ids = vec!["0"; self.streams.len()];
+        let options = StreamReadOptions::default()
+            .group(&self.group, &self.consumer)
+            .count(self.batch_size);
+        let reply: Option<StreamReadReply> = self
+            .blocking
+            .xread_options(&self.streams, &ids, &options)
+            .await?;
+        Ok(reply.map(flatten).unwrap_or_default())
+    }
+
+    /// Takes over entries pending on other consumers for longer than `claim_idle_ms`.
+    pub async fn claim_idle(&mut self) -> anyhow::Result<Vec<Entry>> {
+        let mut claimed = Vec::new();
+        for stream in &self.streams {
+            let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+                .arg(stream)
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg(self.claim_idle_ms)
+                .arg("0-0")
+                .arg("COUNT")
+                .arg(self.batch_size)
+                .query_async(&mut self.blocking)
+                .await?;
+            claimed.extend(reply.claimed.into_iter().map(|entry| decode(stream, entry)));
+        }
+        Ok(claimed)
+    }
+
+    /// Acknowledges entries once their batch is committed.
+    pub async fn ack(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
+        let mut pipe = redis::pipe();
+        for entry in entries {
+            pipe.xack(&entry.stream, &self.group, &[&entry.id]).ignore();
+        }
+        pipe.query_async::<()>(&mut self.blocking).await?;
+        Ok(())
+    }
+}
+
+fn flatten(reply: StreamReadReply) -> Vec<Entry> {
+    reply
+        .keys
+        .into_iter()
+        .flat_map(|key| {
+            let stream = key.key;
+            key.ids.into_iter().map(move |entry| decode(&stream, entry))
+        })
+        .collect()
+}
+
+fn decode(stream: &str, entry: StreamId) -> Entry {
+    let event =
+        event::from_fields(None, None, event::entry_fields(&entry.map)).map_err(|e| e.to_string());
+    let fields = event::entry_fields(&entry.map)
+        .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned().into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into();
+    Entry {
+        stream: stream.to_owned(),
+        id: entry.id,
+        event,
+        fields,
+    }
+}
