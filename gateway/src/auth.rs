@@ -69,12 +69,11 @@ pub enum TokenSource {
 /// The token of a request, from the first source present: `token` query parameter,
 /// `Authorization: Bearer`, cookie `tc_token`. Later sources are never consulted.
 pub fn extract_token<B>(req: &Request<B>) -> Option<(String, TokenSource)> {
-    if let Some(query) = req.uri().query() {
-        if let Some((_, token)) =
+    if let Some(query) = req.uri().query()
+        && let Some((_, token)) =
             url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "token")
-        {
-            return Some((token.into_owned(), TokenSource::Query));
-        }
+    {
+        return Some((token.into_owned(), TokenSource::Query));
     }
     if let Some(value) = req.headers().get(AUTHORIZATION) {
         let value = value.to_str().unwrap_or_default();
@@ -83,10 +82,10 @@ pub fn extract_token<B>(req: &Request<B>) -> Option<(String, TokenSource)> {
     }
     for header in req.headers().get_all(COOKIE) {
         for pair in header.to_str().unwrap_or_default().split(';') {
-            if let Some((name, value)) = pair.trim().split_once('=') {
-                if name == "tc_token" {
-                    return Some((value.to_owned(), TokenSource::Cookie));
-                }
+            if let Some((name, value)) = pair.trim().split_once('=')
+                && name == "tc_token"
+            {
+                return Some((value.to_owned(), TokenSource::Cookie));
             }
         }
     }

@@ -171,10 +171,10 @@ impl Session {
                         Ok(request) => self.handle(request).await,
                         Err(error) => Some(error.into_frame()),
                     };
-                    if let Some(reply) = reply {
-                        if self.queue.send(Outbound::Own(reply)).await.is_err() {
-                            return;
-                        }
+                    if let Some(reply) = reply
+                        && self.queue.send(Outbound::Own(reply)).await.is_err()
+                    {
+                        return;
                     }
                 }
                 // The close echo is already queued by the obligated send.

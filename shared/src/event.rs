@@ -135,6 +135,18 @@ pub fn offset_of_entry_id(id: &str) -> Option<u64> {
     id.strip_suffix("-0")?.parse().ok()
 }
 
+/// The `(name, value)` pairs of a stream entry read with redis-rs; non-string values are
+/// passed over.
+pub fn entry_fields(
+    map: &std::collections::HashMap<String, redis::Value>,
+) -> impl Iterator<Item = (&str, &[u8])> {
+    map.iter().filter_map(|(name, value)| match value {
+        redis::Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
+        redis::Value::SimpleString(text) => Some((name.as_str(), text.as_bytes())),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,16 +186,4 @@ mod tests {
         assert_eq!(offset_of_entry_id("17-0"), Some(17));
         assert_eq!(offset_of_entry_id("17-1"), None);
     }
-}
-
-/// The `(name, value)` pairs of a stream entry read with redis-rs; non-string values are
-/// passed over.
-pub fn entry_fields(
-    map: &std::collections::HashMap<String, redis::Value>,
-) -> impl Iterator<Item = (&str, &[u8])> {
-    map.iter().filter_map(|(name, value)| match value {
-        redis::Value::BulkString(bytes) => Some((name.as_str(), bytes.as_slice())),
-        redis::Value::SimpleString(text) => Some((name.as_str(), text.as_bytes())),
-        _ => None,
-    })
 }

@@ -199,7 +199,7 @@ pub fn decode_client(
         "message:send" => {
             let fields: SendFields = serde_json::from_value(Value::Object(object))
                 .map_err(|e| with_rid(bad(&format!("malformed message:send: {e}"))))?;
-            check_team(&fields.team).map_err(|e| with_rid(e))?;
+            check_team(&fields.team).map_err(&with_rid)?;
             let team_err = |e: RequestError| RequestError {
                 team: Some(fields.team.clone()),
                 ..with_rid(e)

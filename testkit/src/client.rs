@@ -191,3 +191,52 @@ pub async fn close_code(ws: &mut Ws) -> (u16, Vec<Value>) {
         }
     }
 }
+
+/// A WebSocket that does nothing on its own: no automatic pongs, so a test can play a
+/// client that went silent. Returns the socket after the 101 response.
+pub async fn open_raw(addr: SocketAddr, token: &str) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = TcpStream::connect(addr).await.expect("connecting");
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        stream
+            .read_exact(&mut byte)
+            .await
+            .expect("reading the upgrade response");
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    stream
+}
+
+/// Reads raw server frames until a close frame; returns its code. Never answers anything.
+pub async fn raw_close_code(stream: &mut TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    loop {
+        let mut head = [0u8; 2];
+        tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut head))
+            .await
+            .expect("timed out waiting for a close")
+            .expect("connection ended without a close frame");
+        let len = match head[1] & 0x7f {
+            126 => u64::from(stream.read_u16().await.unwrap()),
+            127 => stream.read_u64().await.unwrap(),
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        stream.read_exact(&mut payload).await.unwrap();
+        if head[0] & 0x0f == 0x8 {
+            return u16::from_be_bytes([payload[0], payload[1]]);
+        }
+    }
+}

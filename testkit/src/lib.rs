@@ -16,6 +16,7 @@ use teamchat_shared::config::{GatewayConfig, WorkerConfig};
 use teamchat_shared::keys::Keys;
 
 pub use client::Client;
+pub use tokio_tungstenite;
 
 pub const SECRET: &str = "test-secret";
 const SHARDS: u32 = 4;
@@ -44,6 +45,11 @@ fn unique_name() -> String {
 impl TestEnv {
     /// A fresh key prefix and a fresh, empty database.
     pub async fn new() -> Self {
+        // `RUST_LOG=debug cargo test` shows what the gateways and workers log.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let redis_url =
             std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
         let admin_url = std::env::var("DATABASE_URL")
@@ -59,6 +65,17 @@ impl TestEnv {
             .await
             .expect("creating the test database");
         let database_url = admin.database(&name).to_url_lossy().to_string();
+        // The schema is in place, as in a deployment where a worker has started once.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&database_url)
+            .await
+            .expect("test database");
+        sqlx::migrate!("../migrations")
+            .run(&pool)
+            .await
+            .expect("applying migrations");
+        pool.close().await;
         TestEnv {
             prefix: name,
             redis_url,

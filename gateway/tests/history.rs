@@ -1,0 +1,185 @@
+//! HTTP history: readable at once after the ack, from PostgreSQL once synced, and paged as
+//! PROTOCOL.md says.
+
+mod common;
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use serde_json::Value;
+use teamchat_testkit::{Client, TestEnv, eventually, http_get, now, sign};
+
+fn seqs(body: &Value) -> Vec<u64> {
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acked_messages_are_in_history_at_once_and_after_sync() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let token = env.token("alice", &["t"]);
+    let mut c = Client::connect(g.addr(), &token).await;
+    c.join("t").await;
+    let mut acks = Vec::new();
+    for n in 1..=7 {
+        acks.push(
+            c.send_message("t", &format!("c{n}"), &format!("body {n}"))
+                .await,
+        );
+    }
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+
+    // No worker has run: the messages come from the stream.
+    let (status, body) = http_get(g.addr(), "/v1/teams/t/messages", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seqs(&body), vec![7, 6, 5, 4, 3, 2, 1]);
+    assert_eq!(body["has_more"], false);
+    let newest = &body["messages"][0];
+    for field in ["seq", "id", "offset", "client_id", "ts"] {
+        assert_eq!(newest[field], acks[6][field], "{field}");
+    }
+    assert_eq!(newest["body"], "body 7");
+    assert_eq!(newest["user"], "alice");
+    assert_eq!(newest["deleted"], false);
+    assert!(newest["edited_at"].is_null());
+
+    // Paging, both directions, bounds exclusive.
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?limit=3", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![7, 6, 5], Some(true))
+    );
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?before=5&limit=3", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![4, 3, 2], Some(true))
+    );
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?before=3&limit=3", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![2, 1], Some(false))
+    );
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?after=2&limit=3", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![3, 4, 5], Some(true))
+    );
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?after=5", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![6, 7], Some(false))
+    );
+    let before_sync = http_get(g.addr(), "/v1/teams/t/messages", &headers).await.1;
+
+    // After the worker synced, the stream can be gone and history still has every message.
+    let stop = common::worker(&env, "w1");
+    let pg = env.pg().await;
+    eventually(Duration::from_secs(20), "sync watermark at 7", || async {
+        let w: Option<i64> =
+            sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
+                .fetch_optional(&pg)
+                .await
+                .ok()?;
+        (w == Some(7)).then_some(())
+    })
+    .await;
+    let mut redis = env.redis().await;
+    let _: () = redis.del(env.keys().team_events("t")).await.unwrap();
+    let (_, after_sync) = http_get(g.addr(), "/v1/teams/t/messages", &headers).await;
+    assert_eq!(after_sync, before_sync, "PostgreSQL serves the same page");
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?after=2&limit=3", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![3, 4, 5], Some(true))
+    );
+
+    // A message acked after the sync comes from the stream again, merged with the rows.
+    c.send_message("t", "c8", "body 8").await;
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages?limit=2", &headers).await;
+    assert_eq!(
+        (seqs(&body), body["has_more"].as_bool()),
+        (vec![8, 7], Some(true))
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_refuses_bad_tokens_teams_and_parameters() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let token = env.token("alice", &["t"]);
+    let expired = sign(&serde_json::json!({"sub": "alice", "teams": ["t"], "exp": now() - 3600}));
+    let get = |path: String, token: Option<String>| {
+        let addr = g.addr();
+        async move {
+            let auth = token.map(|t| format!("Bearer {t}"));
+            let headers: Vec<(&str, &str)> =
+                auth.iter().map(|a| ("authorization", a.as_str())).collect();
+            http_get(addr, &path, &headers).await
+        }
+    };
+    assert_eq!(get("/v1/teams/t/messages".into(), None).await.0, 401);
+    assert_eq!(
+        get("/v1/teams/t/messages".into(), Some("junk".into()))
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        get("/v1/teams/t/messages".into(), Some(expired)).await.0,
+        401
+    );
+    let (status, body) = get("/v1/teams/other/messages".into(), Some(token.clone())).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    for query in ["before=1&after=2", "limit=0", "limit=201", "before=abc"] {
+        let (status, body) =
+            get(format!("/v1/teams/t/messages?{query}"), Some(token.clone())).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("bad_request")),
+            "{query}"
+        );
+    }
+    // The token may also come from the query or the cookie.
+    let (status, body) = http_get(
+        g.addr(),
+        &format!("/v1/teams/t/messages?token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, body["messages"].as_array().map(Vec::len)),
+        (200, Some(0))
+    );
+    let cookie = format!("tc_token={token}");
+    assert_eq!(
+        http_get(
+            g.addr(),
+            "/v1/teams/t/messages",
+            &[("cookie", cookie.as_str())]
+        )
+        .await
+        .0,
+        200
+    );
+    // Staff read any team.
+    let staff =
+        sign(&serde_json::json!({"sub": "boss", "teams": [], "role": "staff", "exp": now() + 600}));
+    assert_eq!(
+        get("/v1/teams/other/messages".into(), Some(staff)).await.0,
+        200
+    );
+
+    assert_eq!(http_get(g.addr(), "/healthz", &[]).await.0, 200);
+    let (status, body) = http_get(g.addr(), "/readyz", &[]).await;
+    assert_eq!(
+        (status, body["redis"].as_bool(), body["postgres"].as_bool()),
+        (200, Some(true), Some(true))
+    );
+}

@@ -1,0 +1,136 @@
+//! Malformed and refused requests get the documented error or close code, and change nothing.
+
+mod common;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use teamchat_testkit::client::{self, Auth};
+use teamchat_testkit::tokio_tungstenite::tungstenite::Message;
+use teamchat_testkit::{Client, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_refused_requests_get_error_codes() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--max-body=16", "--max-meta=32"]).await;
+    let mut c = Client::connect(g.addr(), &env.token("u1", &["t"])).await;
+
+    c.ws.send(Message::text("{not json")).await.unwrap();
+    assert_eq!(c.expect("error").await["code"], "bad_request");
+    c.ws.send(Message::text("[1,2]")).await.unwrap();
+    assert_eq!(c.expect("error").await["code"], "bad_request");
+
+    c.send(json!({"type":"no:such","rid":"r9"})).await;
+    let e = c.expect("error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["rid"].as_str()),
+        (Some("unknown_type"), Some("r9"))
+    );
+
+    c.send(json!({"type":"room:join"})).await;
+    assert_eq!(c.expect("room:error").await["code"], "bad_request");
+    c.send(json!({"type":"room:join","team":"bad team!"})).await;
+    assert_eq!(c.expect("room:error").await["code"], "bad_request");
+    c.send(json!({"type":"room:join","team":"t","since":{"offset":"x"}}))
+        .await;
+    assert_eq!(c.expect("room:error").await["code"], "bad_request");
+    c.send(json!({"type":"room:leave","team":"t","rid":"l1"}))
+        .await;
+    let e = c.expect("room:error").await;
+    assert_eq!(
+        (e["code"].as_str(), e["rid"].as_str()),
+        (Some("not_joined"), Some("l1"))
+    );
+
+    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"b"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "not_joined");
+
+    c.join("t").await;
+    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"x".repeat(17)}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "too_large");
+    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":{"k":"x".repeat(40)}})).await;
+    assert_eq!(c.expect("error").await["code"], "too_large");
+    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":"text"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "bad_request");
+    c.send(json!({"type":"message:send","team":"t","client_id":"","body":"b"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "bad_request");
+    c.send(json!({"type":"message:send","team":"t","body":"b"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "bad_request");
+
+    // None of that was accepted: the first message gets seq 1 at offset 1.
+    let ack = c.send_message("t", "ok", "fine").await;
+    assert_eq!(
+        (ack["seq"].as_u64(), ack["offset"].as_str()),
+        (Some(1), Some("1"))
+    );
+
+    c.send(json!({"type":"ping","rid":"p"})).await;
+    assert_eq!(c.expect("pong").await["rid"], "p");
+
+    c.send(json!({"type":"room:leave","team":"t","rid":"bye"}))
+        .await;
+    let left = c.expect("room:left").await;
+    assert_eq!(
+        (left["team"].as_str(), left["rid"].as_str()),
+        (Some("t"), Some("bye"))
+    );
+    c.send(json!({"type":"message:send","team":"t","client_id":"c2","body":"b"}))
+        .await;
+    assert_eq!(c.expect("error").await["code"], "not_joined");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_max_frame_closes_1009() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--max-frame=1024"]).await;
+    let mut c = Client::connect(g.addr(), &env.token("u1", &["t"])).await;
+    assert_eq!(c.welcome["max_frame"], 1024);
+    let body = "x".repeat(2000);
+    c.ws.send(Message::text(json!({"type":"ping","pad":body}).to_string()))
+        .await
+        .unwrap();
+    assert_eq!(c.close_code().await.0, 1009);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_pings_at_the_heartbeat_and_answers_pings() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--heartbeat-ms=200"]).await;
+    let (mut ws, _) = client::open(g.addr(), Auth::Query(&env.token("u1", &["t"])), None)
+        .await
+        .unwrap();
+    let welcome = ws.next().await.unwrap().unwrap();
+    assert!(welcome.to_text().unwrap().contains("\"heartbeat_ms\":200"));
+    ws.send(Message::Ping(b"hi".to_vec().into())).await.unwrap();
+    let (mut got_pong, mut got_ping) = (false, false);
+    while !(got_pong && got_ping) {
+        match tokio::time::timeout(client::RECV_TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Message::Pong(payload) => {
+                assert_eq!(&payload[..], b"hi");
+                got_pong = true;
+            }
+            Message::Ping(_) => got_ping = true,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_4000() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--heartbeat-ms=100"]).await;
+    // A raw socket that never answers the server's pings: nothing reaches the gateway.
+    let mut stream = client::open_raw(g.addr(), &env.token("u1", &["t"])).await;
+    let started = std::time::Instant::now();
+    assert_eq!(client::raw_close_code(&mut stream).await, 4000);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(150));
+}
