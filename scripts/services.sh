@@ -84,18 +84,24 @@ services_start_postgres() {
     log "PostgreSQL answers at $host:$port"
   else
     bin=$(pg_bin)
+    local pgdata=$DATA/pg
     mkdir -p "$DATA"
-    if [ ! -f "$DATA/pg/PG_VERSION" ]; then
-      log "initialising PostgreSQL in $DATA/pg"
-      mkdir -p "$DATA/pg"
-      [ "$(id -u)" = 0 ] && chown postgres:postgres "$DATA/pg"
-      pg_run "$bin/initdb" -D "$DATA/pg" -U postgres --auth=trust -E UTF8 >/dev/null
+    # As root the server runs as postgres, which must reach the folder (a checkout under
+    # /root is not reachable): fall back to a folder under /var/tmp then.
+    if [ "$(id -u)" = 0 ] && ! runuser -u postgres -- test -x "$DATA"; then
+      pgdata=/var/tmp/teamchat-pg-$port
+    fi
+    if [ ! -f "$pgdata/PG_VERSION" ]; then
+      log "initialising PostgreSQL in $pgdata"
+      mkdir -p "$pgdata"
+      [ "$(id -u)" = 0 ] && chown postgres:postgres "$pgdata"
+      pg_run "$bin/initdb" -D "$pgdata" -U postgres --auth=trust -E UTF8 >/dev/null
     fi
     log "starting PostgreSQL on 127.0.0.1:$port"
-    pg_run "$bin/pg_ctl" -D "$DATA/pg" -l "$DATA/pg/server.log" -w -t 60 \
+    pg_run "$bin/pg_ctl" -D "$pgdata" -l "$pgdata/server.log" -w -t 60 \
       -o "-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=500" \
       start >/dev/null
-    STARTED_PG=$DATA/pg
+    STARTED_PG=$pgdata
   fi
   # The role and database of DATABASE_URL (the role may create databases: tests make their own).
   if ! PGPASSWORD=$password psql "$DATABASE_URL" -Atqc 'SELECT 1' >/dev/null 2>&1; then

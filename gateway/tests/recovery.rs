@@ -1,0 +1,89 @@
+//! `room:join` with `since` replays exactly what was missed, or says it cannot.
+
+mod common;
+
+use serde_json::json;
+use teamchat_testkit::{Client, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = common::two_gateways(&env).await;
+    let mut alice = Client::connect(g1.addr(), &env.token("alice", &["t"])).await;
+    alice.join("t").await;
+    let mut bob = Client::connect(g2.addr(), &env.token("bob", &["t"])).await;
+    let joined = bob.join("t").await;
+    let epoch = joined["epoch"].as_str().unwrap().to_owned();
+    alice.send_message("t", "a0", "seen").await;
+    let seen = bob.expect("message:new").await;
+    drop(bob);
+
+    let mut missed = Vec::new();
+    for n in 1..=100 {
+        missed.push(
+            alice
+                .send_message("t", &format!("a{n}"), &format!("missed {n}"))
+                .await,
+        );
+    }
+    let mut bob = Client::connect(g1.addr(), &env.token("bob", &["t"])).await;
+    bob.send(json!({"type":"room:join","team":"t","rid":"r","since":{"offset":seen["offset"],"epoch":epoch}}))
+        .await;
+    let joined = bob.expect("room:joined").await;
+    assert_eq!(joined["recovered"], true);
+    assert_eq!(joined["rid"], "r");
+    assert_eq!(joined["offset"], missed.last().unwrap()["offset"]);
+    let live = alice.send_message("t", "live", "after the rejoin").await;
+    for ack in &missed {
+        let event = bob.expect("message:new").await;
+        assert_eq!(
+            (event["offset"].clone(), event["id"].clone()),
+            (ack["offset"].clone(), ack["id"].clone())
+        );
+    }
+    assert_eq!(bob.expect("message:new").await["offset"], live["offset"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_with_another_epoch_or_a_future_offset_is_not_recovered() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let mut alice = Client::connect(g.addr(), &env.token("alice", &["a", "b", "c"])).await;
+    let epoch = alice.join("a").await["epoch"].as_str().unwrap().to_owned();
+    alice.send_message("a", "x", "one").await;
+    let mut bob = Client::connect(g.addr(), &env.token("bob", &["a", "b"])).await;
+    bob.send(json!({"type":"room:join","team":"a","since":{"offset":"0","epoch":"other"}}))
+        .await;
+    let joined = bob.expect("room:joined").await;
+    assert_eq!(joined["recovered"], false);
+    assert_eq!(joined["offset"], "1");
+    let mut carol = Client::connect(g.addr(), &env.token("carol", &["a"])).await;
+    carol
+        .send(json!({"type":"room:join","team":"a","since":{"offset":"99","epoch":epoch}}))
+        .await;
+    assert_eq!(carol.expect("room:joined").await["recovered"], false);
+    let mut dave = Client::connect(g.addr(), &env.token("dave", &["a"])).await;
+    dave.send(json!({"type":"room:join","team":"a","since":{"offset":"1","epoch":epoch}}))
+        .await;
+    assert_eq!(dave.expect("room:joined").await["recovered"], true);
+    // Without since, `recovered` is absent.
+    assert!(alice.join("c").await.get("recovered").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_joins_at_most_max_rooms() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--max-rooms=2"]).await;
+    let mut c = Client::connect(g.addr(), &env.token("u", &["a", "b", "c"])).await;
+    c.join("a").await;
+    c.join("b").await;
+    c.send(json!({"type":"room:join","team":"c"})).await;
+    let error = c.expect("room:error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["team"].as_str()),
+        (Some("too_many_rooms"), Some("c"))
+    );
+    c.send(json!({"type":"room:leave","team":"a"})).await;
+    c.expect("room:left").await;
+    c.join("c").await;
+}
