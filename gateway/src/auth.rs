@@ -99,9 +99,9 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    pub fn new(secret: &str) -> Self {
+    pub fn new(secret: &str, leeway_s: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 30;
+        validation.leeway = leeway_s;
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "sub"]);
         Self {

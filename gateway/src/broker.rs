@@ -6,7 +6,7 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use teamchat_shared::config::GatewayConfig;
-use teamchat_shared::event::{self, EventKind, MessageData, StreamEvent};
+use teamchat_shared::event::{self, Ephemeral, EventKind, MessageData, StreamEvent};
 use teamchat_shared::keys::Keys;
 use teamchat_shared::scripts;
 
@@ -151,6 +151,20 @@ impl Broker {
             }
         }
         Ok(events)
+    }
+
+    /// Publishes an ephemeral event on the team's channel (nothing is stored).
+    pub async fn publish_ephemeral(
+        &self,
+        team: &str,
+        kind: Ephemeral,
+        src: &str,
+        user: &str,
+    ) -> redis::RedisResult<()> {
+        self.conn
+            .clone()
+            .publish(self.keys.team_channel(team), kind.encode(src, user))
+            .await
     }
 
     /// Redis answers PING.

@@ -24,6 +24,7 @@ pub struct Hub {
     subs: mpsc::UnboundedSender<SubCmd>,
     broker: Broker,
     tail_check: Duration,
+    typing_timeout: Duration,
 }
 
 struct RoomEntry {
@@ -51,6 +52,7 @@ impl Hub {
             subs,
             broker,
             tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
+            typing_timeout: Duration::from_millis(config.typing_timeout_ms),
         });
         let subscriber = tokio::spawn(tail::run_subscriber(sink, sub_cmds));
         let dispatcher = tokio::spawn(tail::run_dispatcher(stream, hub.clone()));
@@ -115,7 +117,12 @@ impl Hub {
         let _ = self
             .subs
             .send(SubCmd::Subscribe(self.keys().team_channel(team), ready_tx));
-        let room = Room::new(team.to_owned(), self.broker.clone(), self.tail_check);
+        let room = Room::new(
+            team.to_owned(),
+            self.broker.clone(),
+            self.tail_check,
+            self.typing_timeout,
+        );
         tokio::spawn(room.run(ready, cmd_rx, event_rx));
         RoomEntry {
             cmds,

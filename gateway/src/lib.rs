@@ -63,7 +63,7 @@ impl Gateway {
             .connect_lazy(&config.database_url)
             .context("parsing DATABASE_URL")?;
         let state = Arc::new(AppState {
-            verifier: Verifier::new(&config.jwt_secret),
+            verifier: Verifier::new(&config.jwt_secret, config.token_leeway_s),
             config,
             broker,
             hub,

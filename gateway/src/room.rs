@@ -4,12 +4,14 @@
 //! bring: on start, on an offset gap, on a periodic check of the stream's top, and to
 //! replay what a joining member missed (`since`).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use teamchat_shared::event::{Published, StreamEvent};
+use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
 use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
@@ -20,6 +22,7 @@ use crate::writer::{OutFrame, Outbound};
 pub struct Member {
     pub conn_id: u64,
     pub session: Arc<str>,
+    pub user: Arc<str>,
     pub queue: mpsc::Sender<Outbound>,
     /// Cancelled when the member's queue overflows: its writer closes with 1013.
     pub slow: CancellationToken,
@@ -48,6 +51,9 @@ pub struct Room {
     team: String,
     broker: Broker,
     tail_check: Duration,
+    typing_timeout: Duration,
+    /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
+    typing: HashMap<String, Instant>,
     epoch: String,
     /// Offset of the newest event delivered to the members.
     last: u64,
@@ -55,11 +61,18 @@ pub struct Room {
 }
 
 impl Room {
-    pub fn new(team: String, broker: Broker, tail_check: Duration) -> Self {
+    pub fn new(
+        team: String,
+        broker: Broker,
+        tail_check: Duration,
+        typing_timeout: Duration,
+    ) -> Self {
         Self {
             team,
             broker,
             tail_check,
+            typing_timeout,
+            typing: HashMap::new(),
             epoch: String::new(),
             last: 0,
             members: Vec::new(),
@@ -102,6 +115,7 @@ impl Room {
                 }
                 Some(published) = events.recv() => self.on_published(published).await,
                 _ = check.tick() => self.check_top().await,
+                _ = sleep_until_next(&self.typing) => self.expire_typing(),
             }
         }
     }
@@ -209,7 +223,11 @@ impl Room {
     }
 
     async fn on_published(&mut self, published: Published) {
-        let offset = published.event.offset;
+        let event = match published {
+            Published::Durable { event, .. } => event,
+            Published::Ephemeral { kind, user, .. } => return self.on_typing(kind, user),
+        };
+        let offset = event.offset;
         if self.epoch.is_empty() || offset <= self.last {
             // Before the first state read nobody is a member yet; otherwise a duplicate.
             return;
@@ -218,7 +236,63 @@ impl Room {
             // Deliver nothing past a gap; the periodic check retries the read.
             return;
         }
-        self.deliver(&published.event);
+        self.deliver(&event);
+    }
+
+    /// Relays typing to other users' connections. Every gateway's room sees the same
+    /// starts and stops, so each sends the stop of a silent typist itself: no typist stays
+    /// "typing" when their gateway died.
+    fn on_typing(&mut self, kind: Ephemeral, user: String) {
+        let frame = match kind {
+            Ephemeral::TypingStart => {
+                self.typing
+                    .insert(user.clone(), Instant::now() + self.typing_timeout);
+                ServerFrame::TypingStart {
+                    team: self.team.clone(),
+                    user,
+                }
+            }
+            Ephemeral::TypingStop => {
+                if self.typing.remove(&user).is_none() {
+                    return;
+                }
+                ServerFrame::TypingStop {
+                    team: self.team.clone(),
+                    user,
+                }
+            }
+        };
+        self.send_to_others(frame);
+    }
+
+    fn expire_typing(&mut self) {
+        let now = Instant::now();
+        let silent: Vec<String> = self
+            .typing
+            .iter()
+            .filter(|(_, due)| **due <= now)
+            .map(|(user, _)| user.clone())
+            .collect();
+        for user in silent {
+            self.typing.remove(&user);
+            self.send_to_others(ServerFrame::TypingStop {
+                team: self.team.clone(),
+                user,
+            });
+        }
+    }
+
+    /// Sends an ephemeral frame to the members that are not its user's connections.
+    fn send_to_others(&mut self, frame: ServerFrame) {
+        let user = match &frame {
+            ServerFrame::TypingStart { user, .. } | ServerFrame::TypingStop { user, .. } => {
+                user.clone()
+            }
+            _ => String::new(),
+        };
+        let frame = OutFrame::new(frame);
+        self.members
+            .retain(|member| *member.user == *user || offer(member, &frame));
     }
 
     /// Catches up with the stream's top: events pub/sub lost or has not brought yet.
@@ -269,18 +343,28 @@ impl Room {
             return;
         }
         let frame = OutFrame::new(ServerFrame::from_event(event));
-        self.members.retain(|member| {
-            if *member.session == *event.src {
-                return true;
-            }
-            match member.queue.try_send(Outbound::Shared(frame.clone())) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    member.slow.cancel();
-                    false
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
-            }
-        });
+        self.members
+            .retain(|member| *member.session == *event.src || offer(member, &frame));
+    }
+}
+
+/// Queues a shared frame for a member; false when the member must go (its queue is full,
+/// and it is closed with 1013, or its connection is gone).
+fn offer(member: &Member, frame: &Arc<OutFrame>) -> bool {
+    match member.queue.try_send(Outbound::Shared(frame.clone())) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            member.slow.cancel();
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Resolves when the earliest typing stop is due; never when nobody types.
+async fn sleep_until_next(typing: &HashMap<String, Instant>) {
+    match typing.values().min() {
+        Some(due) => tokio::time::sleep_until(*due).await,
+        None => std::future::pending().await,
     }
 }

@@ -1,7 +1,7 @@
 //! One client connection after the upgrade: welcome, then read frames and carry out
 //! requests in order, while the writer task (see `writer`) sends what is queued.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,13 +11,14 @@ use bytes::Bytes;
 use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use teamchat_shared::event::MessageData;
+use teamchat_shared::event::{Ephemeral, MessageData};
 use teamchat_shared::protocol::{
     self, ClientFrame, Encoding, ErrorCode, Limits, Request, RequestError, ServerFrame,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::AppState;
@@ -40,6 +41,14 @@ struct Session {
     queue: mpsc::Sender<Outbound>,
     signals: CloseSignals,
     joined: HashSet<String>,
+    /// Teams this connection is typing in, so leaving or closing sends `typing:stop`.
+    typing: HashSet<String>,
+    /// When the token (with leeway) expires: the connection closes 4003 unless refreshed.
+    expires_at: Instant,
+    /// Times of recent `bad_request`/`unknown_type` errors (close 1008 past the limit).
+    violations: VecDeque<Instant>,
+    /// A close a request asked for (token refresh refused, too many violations).
+    close_with: Option<(u16, &'static str)>,
 }
 
 /// Runs a connection from the upgrade to the close.
@@ -101,8 +110,16 @@ pub async fn run(
         queue,
         signals,
         joined: HashSet::new(),
+        typing: HashSet::new(),
+        expires_at: Instant::now(),
+        violations: VecDeque::new(),
+        close_with: None,
     };
+    session.expires_at = session.token_deadline(session.claims.exp);
     session.read_loop(read, heartbeat).await;
+    for team in std::mem::take(&mut session.typing) {
+        session.publish_typing(&team, Ephemeral::TypingStop).await;
+    }
     for team in std::mem::take(&mut session.joined) {
         session.state.hub.leave(&team, conn_id, None);
     }
@@ -139,6 +156,10 @@ impl Session {
         loop {
             let frame = tokio::select! {
                 read = tokio::time::timeout(silence, ws.read_frame(&mut obligated)) => read,
+                _ = tokio::time::sleep_until(self.expires_at) => {
+                    self.close(4003, "token expired").await;
+                    return;
+                }
                 _ = self.signals.done.cancelled() => {
                     // The writer closed; give the peer a moment to answer, then drop.
                     return;
@@ -169,11 +190,18 @@ impl Session {
                     let reply = match protocol::decode_client(&frame.payload, self.encoding, limits)
                     {
                         Ok(request) => self.handle(request).await,
-                        Err(error) => Some(error.into_frame()),
+                        Err(error) => {
+                            self.count_violation(error.code);
+                            Some(error.into_frame())
+                        }
                     };
                     if let Some(reply) = reply
                         && self.queue.send(Outbound::Own(reply)).await.is_err()
                     {
+                        return;
+                    }
+                    if let Some((code, reason)) = self.close_with {
+                        self.close(code, reason).await;
                         return;
                     }
                 }
@@ -198,8 +226,11 @@ impl Session {
         let ClientFrame { rid, request } = frame;
         let result = match request {
             Request::Ping => return Some(ServerFrame::Pong { rid }),
+            Request::TokenRefresh { token } => return self.refresh_token(&token, rid),
+            Request::TypingStart { team } => self.typing(team, true).await,
+            Request::TypingStop { team } => self.typing(team, false).await,
             Request::RoomJoin { team, since } => self.join(team, since, rid.clone()).await,
-            Request::RoomLeave { team } => self.leave(team, rid.clone()),
+            Request::RoomLeave { team } => self.leave(team, rid.clone()).await,
             Request::MessageSend {
                 team,
                 client_id,
@@ -214,8 +245,94 @@ impl Session {
             Ok(reply) => reply,
             Err(mut error) => {
                 error.rid = rid;
+                self.count_violation(error.code);
                 Some(error.into_frame())
             }
+        }
+    }
+
+    /// The instant a token with this `exp` stops being accepted.
+    fn token_deadline(&self, exp: u64) -> Instant {
+        let valid_for =
+            (exp + self.state.config.token_leeway_s).saturating_sub(now_ms() as u64 / 1000);
+        Instant::now() + Duration::from_secs(valid_for)
+    }
+
+    /// `token:refresh`: a valid token of the same user extends the session; anything else
+    /// closes it (4003 if expired, else 4001).
+    fn refresh_token(&mut self, token: &str, rid: Option<String>) -> Option<ServerFrame> {
+        match self.state.verifier.verify(token) {
+            Ok(claims) if claims.sub == self.claims.sub => {
+                self.expires_at = self.token_deadline(claims.exp);
+                let exp = claims.exp;
+                self.claims = claims;
+                Some(ServerFrame::TokenRefreshed { exp, rid })
+            }
+            Ok(_) => {
+                self.close_with = Some((4001, "token of another user"));
+                None
+            }
+            Err(error) => {
+                self.close_with = Some((error.close_code(), error.reason()));
+                None
+            }
+        }
+    }
+
+    /// Counts protocol violations; too many within a minute closes the connection (1008).
+    fn count_violation(&mut self, code: ErrorCode) {
+        if !matches!(code, ErrorCode::BadRequest | ErrorCode::UnknownType) {
+            return;
+        }
+        let now = Instant::now();
+        while self
+            .violations
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.violations.pop_front();
+        }
+        self.violations.push_back(now);
+        if self.violations.len() >= self.state.config.max_violations.max(1) {
+            self.close_with = Some((1008, "too many protocol violations"));
+        }
+    }
+
+    async fn typing(
+        &mut self,
+        team: String,
+        start: bool,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        let error = |code, message: &str| RequestError {
+            team: Some(team.clone()),
+            ..RequestError::new(code, message)
+        };
+        if !self.joined.contains(&team) {
+            return Err(error(ErrorCode::NotJoined, "team not joined"));
+        }
+        if !self.claims.is_member(&team) {
+            return Err(error(ErrorCode::Forbidden, "team not in token"));
+        }
+        let kind = if start {
+            self.typing.insert(team.clone());
+            Ephemeral::TypingStart
+        } else {
+            self.typing.remove(&team);
+            Ephemeral::TypingStop
+        };
+        self.publish_typing(&team, kind).await;
+        Ok(None)
+    }
+
+    /// Typing is best effort: if Redis is down it is dropped (the room's timeout ends it).
+    async fn publish_typing(&self, team: &str, kind: Ephemeral) {
+        if let Err(e) = self
+            .state
+            .broker
+            .publish_ephemeral(team, kind, &self.session, &self.claims.sub)
+            .await
+        {
+            debug!(error = %e, "typing not published");
         }
     }
 
@@ -247,6 +364,7 @@ impl Session {
         let member = Member {
             conn_id: self.conn_id,
             session: self.session.clone(),
+            user: self.claims.sub.as_str().into(),
             queue: self.queue.clone(),
             slow: self.signals.slow.clone(),
         };
@@ -275,7 +393,7 @@ impl Session {
         }
     }
 
-    fn leave(
+    async fn leave(
         &mut self,
         team: String,
         rid: Option<String>,
@@ -288,6 +406,9 @@ impl Session {
             });
         }
         self.state.hub.leave(&team, self.conn_id, Some(rid));
+        if self.typing.remove(&team) {
+            self.publish_typing(&team, Ephemeral::TypingStop).await;
+        }
         Ok(None)
     }
 

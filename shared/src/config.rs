@@ -76,6 +76,15 @@ pub struct GatewayConfig {
     /// How often a tailed team's stream top is checked for events pub/sub did not deliver.
     #[arg(long, env = "TAIL_CHECK_MS", default_value_t = 1_000)]
     pub tail_check_ms: u64,
+    /// Clock-skew allowance for token expiry, in seconds (at most 30).
+    #[arg(long, env = "TOKEN_LEEWAY_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
+    pub token_leeway_s: u64,
+    /// `bad_request`/`unknown_type` errors within a minute that close a connection (1008).
+    #[arg(long, env = "MAX_VIOLATIONS", default_value_t = 10)]
+    pub max_violations: usize,
+    /// A typist silent this long gets a `typing:stop` sent on their behalf.
+    #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 6_000)]
+    pub typing_timeout_ms: u64,
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,

@@ -66,16 +66,56 @@ pub enum DecodeError {
     Data(#[from] serde_json::Error),
 }
 
-/// A pub/sub message of the team channel: `epoch \n offset \n kind \n seq \n src \n data`.
+/// An ephemeral event: published on the team channel only, never stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ephemeral {
+    TypingStart,
+    TypingStop,
+}
+
+impl Ephemeral {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ephemeral::TypingStart => "typing:start",
+            Ephemeral::TypingStop => "typing:stop",
+        }
+    }
+
+    /// The pub/sub payload: `!kind \n src \n user`. Durable payloads start with an epoch,
+    /// which is hex, so the `!` tells them apart.
+    pub fn encode(&self, src: &str, user: &str) -> String {
+        format!("!{}\n{src}\n{user}", self.as_str())
+    }
+}
+
+/// A pub/sub message of the team channel.
 #[derive(Debug)]
-pub struct Published {
-    pub epoch: String,
-    pub event: StreamEvent,
+pub enum Published {
+    /// A durable event: `epoch \n offset \n kind \n seq \n src \n data`.
+    Durable { epoch: String, event: StreamEvent },
+    /// An ephemeral event caused by `user` on session `src`.
+    Ephemeral {
+        kind: Ephemeral,
+        src: String,
+        user: String,
+    },
 }
 
 impl Published {
     pub fn parse(team: &str, payload: &[u8]) -> Result<Self, DecodeError> {
         let text = std::str::from_utf8(payload).map_err(|_| DecodeError::Bad("utf8"))?;
+        if let Some(rest) = text.strip_prefix('!') {
+            let mut parts = rest.splitn(3, '\n');
+            let mut next = |name| parts.next().ok_or(DecodeError::Missing(name));
+            let kind = match next("kind")? {
+                "typing:start" => Ephemeral::TypingStart,
+                "typing:stop" => Ephemeral::TypingStop,
+                _ => return Err(DecodeError::Bad("kind")),
+            };
+            let src = next("src")?.to_owned();
+            let user = next("user")?.to_owned();
+            return Ok(Published::Ephemeral { kind, src, user });
+        }
         let mut parts = text.splitn(6, '\n');
         let mut next = |name| parts.next().ok_or(DecodeError::Missing(name));
         let epoch = next("epoch")?.to_owned();
@@ -86,7 +126,7 @@ impl Published {
         let seq = next("seq")?.parse().map_err(|_| DecodeError::Bad("seq"))?;
         let src = next("src")?.to_owned();
         let data = serde_json::from_str(next("data")?)?;
-        Ok(Published {
+        Ok(Published::Durable {
             epoch,
             event: StreamEvent {
                 team: team.to_owned(),
@@ -167,12 +207,30 @@ mod tests {
     fn published_message_round_trips() {
         let d = serde_json::to_string(&data()).unwrap();
         let payload = format!("ep1\n42\nmessage\n7\nsess\n{d}");
-        let p = Published::parse("t1", payload.as_bytes()).unwrap();
-        assert_eq!(p.epoch, "ep1");
-        assert_eq!(p.event.offset, 42);
-        assert_eq!(p.event.seq, 7);
-        assert_eq!(p.event.src, "sess");
-        assert_eq!(p.event.data, data());
+        let Published::Durable { epoch, event } =
+            Published::parse("t1", payload.as_bytes()).unwrap()
+        else {
+            panic!("durable expected")
+        };
+        assert_eq!(epoch, "ep1");
+        assert_eq!(event.offset, 42);
+        assert_eq!(event.seq, 7);
+        assert_eq!(event.src, "sess");
+        assert_eq!(event.data, data());
+    }
+
+    #[test]
+    fn published_typing_round_trips() {
+        let payload = Ephemeral::TypingStop.encode("s1", "u1");
+        let Published::Ephemeral { kind, src, user } =
+            Published::parse("t", payload.as_bytes()).unwrap()
+        else {
+            panic!("ephemeral expected")
+        };
+        assert_eq!(
+            (kind, src.as_str(), user.as_str()),
+            (Ephemeral::TypingStop, "s1", "u1")
+        );
     }
 
     #[test]

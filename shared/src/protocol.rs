@@ -112,6 +112,15 @@ pub enum Request {
         meta: Option<Value>,
     },
     Ping,
+    TypingStart {
+        team: String,
+    },
+    TypingStop {
+        team: String,
+    },
+    TokenRefresh {
+        token: String,
+    },
 }
 
 /// A decoded client frame: its request and request id.
@@ -237,6 +246,21 @@ pub fn decode_client(
             }
         }
         "ping" => Request::Ping,
+        "typing:start" | "typing:stop" => {
+            let team = match object.get("team") {
+                Some(Value::String(team)) if crate::ids::is_valid_id(team) => team.clone(),
+                _ => return Err(with_rid(bad("team is missing or not a valid id"))),
+            };
+            if kind == "typing:start" {
+                Request::TypingStart { team }
+            } else {
+                Request::TypingStop { team }
+            }
+        }
+        "token:refresh" => match object.remove("token") {
+            Some(Value::String(token)) => Request::TokenRefresh { token },
+            _ => return Err(with_rid(bad("token must be a string"))),
+        },
         other => {
             return Err(with_rid(RequestError::new(
                 ErrorCode::UnknownType,
@@ -363,6 +387,16 @@ pub enum ServerFrame {
     Error(ErrorBody),
     #[serde(rename = "room:error")]
     RoomError(ErrorBody),
+    #[serde(rename = "typing:start")]
+    TypingStart { team: String, user: String },
+    #[serde(rename = "typing:stop")]
+    TypingStop { team: String, user: String },
+    #[serde(rename = "token:refreshed")]
+    TokenRefreshed {
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<String>,
+    },
     #[serde(rename = "pong")]
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
