@@ -24,6 +24,7 @@ use teamchat_shared::config::GatewayConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;
@@ -38,12 +39,14 @@ pub struct AppState {
     pub db: sqlx::PgPool,
     /// Fires when the gateway stops: sessions close with 1012.
     pub shutdown: CancellationToken,
+    /// The running sessions, awaited when draining.
+    pub sessions: TaskTracker,
 }
 
 /// A running gateway.
 pub struct Gateway {
     addr: SocketAddr,
-    shutdown: CancellationToken,
+    state: Arc<AppState>,
     task: JoinHandle<()>,
 }
 
@@ -68,24 +71,33 @@ impl Gateway {
             broker,
             hub,
             db,
-            shutdown: shutdown.clone(),
-        });
-        let task = tokio::spawn(server::serve(state, listener));
-        Ok(Self {
-            addr,
             shutdown,
-            task,
-        })
+            sessions: TaskTracker::new(),
+        });
+        let task = tokio::spawn(server::serve(state.clone(), listener));
+        Ok(Self { addr, state, task })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops accepting and closes every session with 1012.
+    /// Drains: stops accepting, lets every session finish the request in hand and close
+    /// with 1012, and waits for them up to `DRAIN_GRACE_MS`.
     pub async fn stop(self) {
-        self.shutdown.cancel();
+        self.state.shutdown.cancel();
         let _ = self.task.await;
+        self.state.sessions.close();
+        let grace = Duration::from_millis(self.state.config.drain_grace_ms);
+        if tokio::time::timeout(grace, self.state.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.state.sessions.len(),
+                "drain grace period over; stopping anyway"
+            );
+        }
     }
 }
 

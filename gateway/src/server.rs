@@ -91,7 +91,8 @@ fn upgrade(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
         Ok(pair) => pair,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
-    tokio::spawn(async move {
+    let sessions = state.sessions.clone();
+    sessions.spawn(async move {
         match upgrade.await {
             Ok(ws) => {
                 let upgraded = ws.into_inner().into_inner();

@@ -77,7 +77,6 @@ pub async fn run(
         encoding,
         heartbeat,
         signals.clone(),
-        state.shutdown.clone(),
     ));
 
     let claims = match auth {
@@ -156,6 +155,11 @@ impl Session {
         loop {
             let frame = tokio::select! {
                 read = tokio::time::timeout(silence, ws.read_frame(&mut obligated)) => read,
+                // Drain: between requests, so what was accepted is answered first.
+                _ = self.state.shutdown.cancelled() => {
+                    self.close(1012, "gateway restarting").await;
+                    return;
+                }
                 _ = tokio::time::sleep_until(self.expires_at) => {
                     self.close(4003, "token expired").await;
                     return;

@@ -14,6 +14,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+/// How long a connection marked too slow may take to accept what is being written.
+const SLOW_WRITE_GRACE: Duration = Duration::from_secs(5);
+
 /// A server frame shared by every local recipient, encoded at most once per encoding.
 pub struct OutFrame {
     frame: ServerFrame,
@@ -75,7 +78,6 @@ pub async fn run(
     encoding: Encoding,
     heartbeat: Duration,
     signals: CloseSignals,
-    shutdown: CancellationToken,
 ) -> WriterEnd {
     let mut buffer = BytesMut::new();
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
@@ -83,7 +85,6 @@ pub async fn run(
         let closed = tokio::select! {
             biased;
             _ = signals.slow.cancelled() => push(&mut buffer, Outbound::Close(1013, "too slow"), encoding),
-            _ = shutdown.cancelled() => push(&mut buffer, Outbound::Close(1012, "gateway restarting"), encoding),
             item = queue.recv() => {
                 let Some(item) = item else { break WriterEnd::QueueDropped };
                 let mut closed = push(&mut buffer, item, encoding);
@@ -99,7 +100,7 @@ pub async fn run(
                 None
             }
         };
-        if socket.write_all(&buffer).await.is_err() {
+        if !write_all_or_give_up(&mut socket, &buffer, &signals.slow).await {
             break WriterEnd::WriteFailed;
         }
         buffer.clear();
@@ -109,6 +110,22 @@ pub async fn run(
     };
     signals.done.cancel();
     end
+}
+
+/// Writes the buffer. A peer that stops reading blocks the write; once the connection is
+/// marked too slow the write gets `SLOW_WRITE_GRACE` to finish (so the close frame can
+/// follow), then the connection is given up. Returns false when the write did not complete.
+async fn write_all_or_give_up(
+    socket: &mut OwnedWriteHalf,
+    buffer: &[u8],
+    slow: &CancellationToken,
+) -> bool {
+    let write = socket.write_all(buffer);
+    tokio::pin!(write);
+    tokio::select! {
+        written = &mut write => written.is_ok(),
+        _ = slow.cancelled() => matches!(tokio::time::timeout(SLOW_WRITE_GRACE, write).await, Ok(Ok(()))),
+    }
 }
 
 /// Appends an item to the write buffer; returns the close code once a close frame is in it.

@@ -76,6 +76,9 @@ pub struct GatewayConfig {
     /// How often a tailed team's stream top is checked for events pub/sub did not deliver.
     #[arg(long, env = "TAIL_CHECK_MS", default_value_t = 1_000)]
     pub tail_check_ms: u64,
+    /// On SIGTERM, how long sessions get to finish and close (1012) before the gateway exits.
+    #[arg(long, env = "DRAIN_GRACE_MS", default_value_t = 10_000)]
+    pub drain_grace_ms: u64,
     /// Clock-skew allowance for token expiry, in seconds (at most 30).
     #[arg(long, env = "TOKEN_LEEWAY_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
     pub token_leeway_s: u64,

@@ -221,7 +221,36 @@ pub async fn open_raw(addr: SocketAddr, token: &str) -> TcpStream {
 
 /// Reads raw server frames until a close frame; returns its code. Never answers anything.
 pub async fn raw_close_code(stream: &mut TcpStream) -> u16 {
+    raw_frames_until_close(stream).await.0
+}
+
+/// Sends one masked text frame on a raw socket (see `open_raw`).
+pub async fn raw_send_text(stream: &mut TcpStream, text: &str) {
+    use tokio::io::AsyncWriteExt;
+    let payload = text.as_bytes();
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81u8];
+    match payload.len() {
+        n if n < 126 => frame.push(0x80 | n as u8),
+        n if n <= u16::MAX as usize => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    stream.write_all(&frame).await.expect("writing a frame");
+}
+
+/// Reads raw server frames until a close frame; returns the code and the data frames
+/// before it (text frames, as JSON).
+pub async fn raw_frames_until_close(stream: &mut TcpStream) -> (u16, Vec<Value>) {
     use tokio::io::AsyncReadExt;
+    let mut frames = Vec::new();
     loop {
         let mut head = [0u8; 2];
         tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut head))
@@ -234,9 +263,14 @@ pub async fn raw_close_code(stream: &mut TcpStream) -> u16 {
             n => u64::from(n),
         };
         let mut payload = vec![0u8; len as usize];
-        stream.read_exact(&mut payload).await.unwrap();
-        if head[0] & 0x0f == 0x8 {
-            return u16::from_be_bytes([payload[0], payload[1]]);
+        stream
+            .read_exact(&mut payload)
+            .await
+            .expect("reading a frame");
+        match head[0] & 0x0f {
+            0x8 => return (u16::from_be_bytes([payload[0], payload[1]]), frames),
+            0x1 => frames.push(serde_json::from_slice(&payload).expect("JSON frame")),
+            _ => {}
         }
     }
 }
