@@ -8,6 +8,7 @@ pub mod auth;
 pub mod broker;
 pub mod history;
 pub mod hub;
+pub mod limits;
 pub mod room;
 pub mod server;
 pub mod session;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::broker::Broker;
 use crate::hub::Hub;
+use crate::limits::RateLimits;
 
 /// What every request handler and session shares.
 pub struct AppState {
@@ -41,6 +43,7 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// The running sessions, awaited when draining.
     pub sessions: TaskTracker,
+    pub rate_limits: RateLimits,
 }
 
 /// A running gateway.
@@ -65,6 +68,7 @@ impl Gateway {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&config.database_url)
             .context("parsing DATABASE_URL")?;
+        let rate_limits = RateLimits::new(&config);
         let state = Arc::new(AppState {
             verifier: Verifier::new(&config.jwt_secret, config.token_leeway_s),
             config,
@@ -73,6 +77,17 @@ impl Gateway {
             db,
             shutdown,
             sessions: TaskTracker::new(),
+            rate_limits,
+        });
+        let forget = state.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => forget.rate_limits.forget_idle(),
+                    _ = forget.shutdown.cancelled() => return,
+                }
+            }
         });
         let task = tokio::spawn(server::serve(state.clone(), listener));
         Ok(Self { addr, state, task })

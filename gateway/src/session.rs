@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::auth::{AuthError, Claims};
+use crate::limits::Operation;
 use crate::room::{Join, Member};
 use crate::writer::{self, CloseSignals, Outbound};
 
@@ -228,6 +229,31 @@ impl Session {
     /// Carries out one request; returns the direct reply the reader queues, if any.
     async fn handle(&mut self, frame: ClientFrame) -> Option<ServerFrame> {
         let ClientFrame { rid, request } = frame;
+        let operation = match &request {
+            Request::MessageSend { .. } => Some(Operation::Send),
+            Request::TypingStart { .. } | Request::TypingStop { .. } => Some(Operation::Typing),
+            Request::RoomJoin { .. } => Some(Operation::Join),
+            _ => None,
+        };
+        if let Some(operation) = operation
+            && let Err(wait) = self.state.rate_limits.check(operation, &self.claims.sub)
+        {
+            let (room, team) = match &request {
+                Request::RoomJoin { team, .. } => (true, Some(team.clone())),
+                Request::MessageSend { team, .. }
+                | Request::TypingStart { team }
+                | Request::TypingStop { team } => (false, Some(team.clone())),
+                _ => (false, None),
+            };
+            let error = RequestError {
+                rid,
+                team,
+                room,
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                ..RequestError::new(ErrorCode::RateLimited, "rate limited, retry later")
+            };
+            return Some(error.into_frame());
+        }
         let result = match request {
             Request::Ping => return Some(ServerFrame::Pong { rid }),
             Request::TokenRefresh { token } => return self.refresh_token(&token, rid),

@@ -76,6 +76,15 @@ pub struct GatewayConfig {
     /// How often a tailed team's stream top is checked for events pub/sub did not deliver.
     #[arg(long, env = "TAIL_CHECK_MS", default_value_t = 1_000)]
     pub tail_check_ms: u64,
+    /// `message:send` requests per user per minute (bursts up to a quarter of it).
+    #[arg(long, env = "RATE_SEND_PER_MIN", default_value_t = 120)]
+    pub rate_send_per_min: u32,
+    /// `typing:*` requests per user per minute.
+    #[arg(long, env = "RATE_TYPING_PER_MIN", default_value_t = 120)]
+    pub rate_typing_per_min: u32,
+    /// `room:join` requests per user per minute.
+    #[arg(long, env = "RATE_JOIN_PER_MIN", default_value_t = 60)]
+    pub rate_join_per_min: u32,
     /// On SIGTERM, how long sessions get to finish and close (1012) before the gateway exits.
     #[arg(long, env = "DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,

@@ -60,6 +60,8 @@ pub struct RequestError {
     pub team: Option<String>,
     /// `room:join`/`room:leave` are answered with `room:error`, everything else with `error`.
     pub room: bool,
+    /// With `rate_limited`: when the request would be accepted.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl RequestError {
@@ -70,6 +72,7 @@ impl RequestError {
             rid: None,
             team: None,
             room: false,
+            retry_after_ms: None,
         }
     }
 
@@ -79,6 +82,7 @@ impl RequestError {
             message: self.message,
             rid: self.rid,
             team: self.team,
+            retry_after_ms: self.retry_after_ms,
         };
         if self.room {
             ServerFrame::RoomError(body)
@@ -305,6 +309,8 @@ pub struct ErrorBody {
     pub rid: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// A message as the client sees it (`message:new`, and a row of HTTP history).
