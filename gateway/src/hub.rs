@@ -25,6 +25,7 @@ pub struct Hub {
     broker: Broker,
     tail_check: Duration,
     typing_timeout: Duration,
+    presence_ttl: Duration,
 }
 
 struct RoomEntry {
@@ -53,6 +54,7 @@ impl Hub {
             broker,
             tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
+            presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),
         });
         let subscriber = tokio::spawn(tail::run_subscriber(sink, sub_cmds));
         let dispatcher = tokio::spawn(tail::run_dispatcher(stream, hub.clone()));
@@ -79,12 +81,25 @@ impl Hub {
     }
 
     /// Removes a connection from a team's room. With `reply`, the room sends `room:left`.
-    pub fn leave(&self, team: &str, conn_id: u64, reply: Option<Option<String>>) {
+    /// `done` fires when the room has let the member go.
+    pub fn leave(
+        &self,
+        team: &str,
+        conn_id: u64,
+        session: Arc<str>,
+        reply: Option<Option<String>>,
+        done: Option<oneshot::Sender<()>>,
+    ) {
         let mut rooms = self.rooms.lock().expect("hub lock");
         let Some(entry) = rooms.get_mut(team) else {
             return;
         };
-        let _ = entry.cmds.send(RoomCmd::Leave { conn_id, reply });
+        let _ = entry.cmds.send(RoomCmd::Leave {
+            conn_id,
+            session,
+            reply,
+            done,
+        });
         entry.members -= 1;
         if entry.members == 0 {
             let _ = entry.cmds.send(RoomCmd::Shutdown);
@@ -122,6 +137,7 @@ impl Hub {
             self.broker.clone(),
             self.tail_check,
             self.typing_timeout,
+            self.presence_ttl,
         );
         tokio::spawn(room.run(ready, cmd_rx, event_rx));
         RoomEntry {

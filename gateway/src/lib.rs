@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod connections;
 pub mod history;
 pub mod hub;
 pub mod limits;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::broker::Broker;
+use crate::connections::Connections;
 use crate::hub::Hub;
 use crate::limits::RateLimits;
 
@@ -44,6 +46,8 @@ pub struct AppState {
     /// The running sessions, awaited when draining.
     pub sessions: TaskTracker,
     pub rate_limits: RateLimits,
+    /// This gateway's connections, counted per user across gateways in Redis.
+    pub connections: Connections,
 }
 
 /// A running gateway.
@@ -78,7 +82,9 @@ impl Gateway {
             shutdown,
             sessions: TaskTracker::new(),
             rate_limits,
+            connections: Connections::default(),
         });
+        tokio::spawn(connections::refresh(state.clone()));
         let forget = state.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));

@@ -23,6 +23,7 @@ pub struct Member {
     pub conn_id: u64,
     pub session: Arc<str>,
     pub user: Arc<str>,
+    pub name: Option<String>,
     pub queue: mpsc::Sender<Outbound>,
     /// Cancelled when the member's queue overflows: its writer closes with 1013.
     pub slow: CancellationToken,
@@ -39,10 +40,13 @@ pub struct Join {
 
 pub enum RoomCmd {
     Join(Join),
-    /// `reply: Some(rid)` sends `room:left` with that rid.
+    /// `reply: Some(rid)` sends `room:left` with that rid; `done` fires once the member is
+    /// out, so nothing of this room follows `room:left`.
     Leave {
         conn_id: u64,
+        session: Arc<str>,
         reply: Option<Option<String>>,
+        done: Option<oneshot::Sender<()>>,
     },
     Shutdown,
 }
@@ -52,6 +56,7 @@ pub struct Room {
     broker: Broker,
     tail_check: Duration,
     typing_timeout: Duration,
+    presence_ttl: Duration,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
     typing: HashMap<String, Instant>,
     epoch: String,
@@ -66,12 +71,14 @@ impl Room {
         broker: Broker,
         tail_check: Duration,
         typing_timeout: Duration,
+        presence_ttl: Duration,
     ) -> Self {
         Self {
             team,
             broker,
             tail_check,
             typing_timeout,
+            presence_ttl,
             typing: HashMap::new(),
             epoch: String::new(),
             last: 0,
@@ -90,6 +97,8 @@ impl Room {
         let _ = subscribed.await;
         let mut check = tokio::time::interval(self.tail_check);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut presence = tokio::time::interval(self.presence_ttl / 3);
+        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {
             tokio::select! {
@@ -105,7 +114,12 @@ impl Room {
                                 // Keep the order: joins queued before this go first.
                                 self.on_joins(std::mem::take(&mut joins)).await;
                                 match other {
-                                    RoomCmd::Leave { conn_id, reply } => self.on_leave(conn_id, reply),
+                                    RoomCmd::Leave { conn_id, session, reply, done } => {
+                                        self.on_leave(conn_id, &session, reply).await;
+                                        if let Some(done) = done {
+                                            let _ = done.send(());
+                                        }
+                                    }
                                     _ => return,
                                 }
                             }
@@ -116,6 +130,7 @@ impl Room {
                 Some(published) = events.recv() => self.on_published(published).await,
                 _ = check.tick() => self.check_top().await,
                 _ = sleep_until_next(&self.typing) => self.expire_typing(),
+                _ = presence.tick() => self.refresh_presence().await,
             }
         }
     }
@@ -155,8 +170,44 @@ impl Room {
         }
         for join in joins {
             let replay = match &join.since {
-                Some(since) => Some(self.replay_since(since, &state).await),
                 None => None,
+                Some(since) => match self
+                    .replay_since(since, &state, join.member.queue.capacity())
+                    .await
+                {
+                    Ok(replay) => Some(replay),
+                    Err(e) => {
+                        warn!(error = %e, team = %self.team, "replay: Redis unavailable");
+                        let mut err = RequestError::new(
+                            ErrorCode::Unavailable,
+                            "storage unavailable, retry later",
+                        );
+                        (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
+                        let _ = join.done.send(Err(err));
+                        continue;
+                    }
+                },
+            };
+            let member = &join.member;
+            let online = self.broker.presence_join(
+                &self.team,
+                &member.session,
+                &member.user,
+                member.name.as_deref(),
+                self.presence_ttl.as_millis() as u64,
+            );
+            let online = match online.await {
+                Ok(online) => online,
+                Err(e) => {
+                    warn!(error = %e, team = %self.team, "presence: Redis unavailable");
+                    let mut err = RequestError::new(
+                        ErrorCode::Unavailable,
+                        "storage unavailable, retry later",
+                    );
+                    (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
+                    let _ = join.done.send(Err(err));
+                    continue;
+                }
             };
             let joined = ServerFrame::RoomJoined {
                 team: self.team.clone(),
@@ -169,14 +220,14 @@ impl Room {
             let member = join.member;
             let mut ok = member.queue.try_send(Outbound::Own(joined)).is_ok();
             for event in replay.flatten().unwrap_or_default() {
-                ok = ok
-                    && member
-                        .queue
-                        .try_send(Outbound::Shared(OutFrame::new(ServerFrame::from_event(
-                            &event,
-                        ))))
-                        .is_ok();
+                let frame = OutFrame::new(ServerFrame::from_event(&event));
+                ok = ok && member.queue.try_send(Outbound::Shared(frame)).is_ok();
             }
+            let list = ServerFrame::PresenceList {
+                team: self.team.clone(),
+                users: online,
+            };
+            ok = ok && member.queue.try_send(Outbound::Own(list)).is_ok();
             if ok {
                 self.members.push(member);
             } else {
@@ -186,27 +237,43 @@ impl Room {
         }
     }
 
-    /// The events after `since`, if the stream still holds all of them and the epoch
-    /// matches; `None` means the client must reload (`recovered: false`).
-    async fn replay_since(&self, since: &Since, state: &TeamState) -> Option<Vec<StreamEvent>> {
-        let from: u64 = since.offset.parse().ok()?;
+    /// The events after `since`, if the epoch matches, the stream still holds all of them
+    /// and they fit the member's free queue space; `Ok(None)` means the client must reload
+    /// (`recovered: false`), rather than be closed for overflowing its queue on every try.
+    async fn replay_since(
+        &self,
+        since: &Since,
+        state: &TeamState,
+        room_in_queue: usize,
+    ) -> redis::RedisResult<Option<Vec<StreamEvent>>> {
+        let Ok(from) = since.offset.parse::<u64>() else {
+            return Ok(None);
+        };
         if since.epoch != state.epoch || from > state.offset {
-            return None;
+            return Ok(None);
         }
-        if from == state.offset {
-            return Some(Vec::new());
+        let missed = state.offset - from;
+        // One place stays free for `room:joined`, and some for what follows.
+        if missed as usize + 1 > room_in_queue / 2 {
+            return Ok(None);
+        }
+        if missed == 0 {
+            return Ok(Some(Vec::new()));
         }
         let events = self
             .broker
             .read_range(&self.team, from + 1, state.offset)
-            .await
-            .ok()?;
-        let complete = events.len() as u64 == state.offset - from
-            && events.first().map(|e| e.offset) == Some(from + 1);
-        complete.then_some(events)
+            .await?;
+        let complete =
+            events.len() as u64 == missed && events.first().map(|e| e.offset) == Some(from + 1);
+        Ok(complete.then_some(events))
     }
 
-    fn on_leave(&mut self, conn_id: u64, reply: Option<Option<String>>) {
+    async fn on_leave(&mut self, conn_id: u64, session: &str, reply: Option<Option<String>>) {
+        if let Err(e) = self.broker.presence_leave(&self.team, session).await {
+            // The entry expires after PRESENCE_TTL_MS instead.
+            warn!(error = %e, team = %self.team, "presence leave: Redis unavailable");
+        }
         let Some(index) = self.members.iter().position(|m| m.conn_id == conn_id) else {
             return;
         };
@@ -222,9 +289,36 @@ impl Room {
         }
     }
 
+    /// Keeps this gateway's members online and lets the presence script expire the
+    /// sessions of gateways that stopped refreshing (it publishes their offline updates).
+    async fn refresh_presence(&mut self) {
+        if self.members.is_empty() {
+            return;
+        }
+        let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.session.clone()).collect();
+        let ttl = self.presence_ttl.as_millis() as u64;
+        if let Err(e) = self.broker.presence_tick(&self.team, &sessions, ttl).await {
+            warn!(error = %e, team = %self.team, "presence refresh: Redis unavailable");
+        }
+    }
+
     async fn on_published(&mut self, published: Published) {
         let event = match published {
             Published::Durable { event, .. } => event,
+            Published::Ephemeral {
+                kind: Ephemeral::PresenceOnline,
+                src,
+                user,
+            } => {
+                return self.on_presence(user, "online", &src);
+            }
+            Published::Ephemeral {
+                kind: Ephemeral::PresenceOffline,
+                src,
+                user,
+            } => {
+                return self.on_presence(user, "offline", &src);
+            }
             Published::Ephemeral { kind, user, .. } => return self.on_typing(kind, user),
         };
         let offset = event.offset;
@@ -261,8 +355,20 @@ impl Room {
                     user,
                 }
             }
+            Ephemeral::PresenceOnline | Ephemeral::PresenceOffline => return,
         };
         self.send_to_others(frame);
+    }
+
+    /// Relays a presence change to every member but the connection that caused it.
+    fn on_presence(&mut self, user: String, status: &'static str, src: &str) {
+        let frame = OutFrame::new(ServerFrame::PresenceUpdate {
+            team: self.team.clone(),
+            user,
+            status,
+        });
+        self.members
+            .retain(|member| *member.session == *src || offer(member, &frame));
     }
 
     fn expire_typing(&mut self) {

@@ -93,6 +93,26 @@ pub async fn run(
 
     let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let session_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+    let user: Arc<str> = claims.sub.as_str().into();
+    let ttl = state.config.presence_ttl_ms;
+    let limit = state.config.max_connections_per_user;
+    match state
+        .broker
+        .connection_open(&user, &session_id, limit, ttl)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = queue
+                .send(Outbound::Close(4029, "too many connections"))
+                .await;
+            let _ = writer.await;
+            return;
+        }
+        // The limit protects; it is not worth refusing service while Redis is away.
+        Err(e) => warn!(error = %e, "connection limit not checked: Redis unavailable"),
+    }
+    state.connections.register(session_id.clone(), user.clone());
     let welcome = ServerFrame::Welcome {
         user: claims.sub.clone(),
         session: session_id.to_string(),
@@ -121,10 +141,25 @@ pub async fn run(
         session.publish_typing(&team, Ephemeral::TypingStop).await;
     }
     for team in std::mem::take(&mut session.joined) {
-        session.state.hub.leave(&team, conn_id, None);
+        session
+            .state
+            .hub
+            .leave(&team, conn_id, session.session.clone(), None, None);
     }
-    drop(session.queue);
-    let _ = writer.await;
+    let state = session.state.clone();
+    state.connections.forget(&session.session);
+    if let Err(e) = state.broker.connection_close(&user, &session.session).await {
+        debug!(error = %e, "connection entry left to expire");
+    }
+    drop(session);
+    // The writer ends once the queue is dropped; a peer that never reads cannot hold it.
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
 }
 
 impl Session {
@@ -135,6 +170,9 @@ impl Session {
         let (mut ws, _) =
             fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
         ws.set_max_message_size(self.state.config.max_frame + 1);
+        // Pings are answered below, so that read_frame returns them and they count as
+        // traffic for the heartbeat.
+        ws.set_auto_pong(false);
         let mut ws = FragmentCollectorRead::new(ws);
         let limits = Limits {
             max_body: self.state.config.max_body,
@@ -200,13 +238,24 @@ impl Session {
                             Some(error.into_frame())
                         }
                     };
+                    // A peer that sends requests but does not read their replies fills its
+                    // queue like any slow reader: 1013.
                     if let Some(reply) = reply
-                        && self.queue.send(Outbound::Own(reply)).await.is_err()
+                        && self.queue.try_send(Outbound::Own(reply)).is_err()
                     {
+                        self.signals.slow.cancel();
                         return;
                     }
                     if let Some((code, reason)) = self.close_with {
                         self.close(code, reason).await;
+                        return;
+                    }
+                }
+                OpCode::Ping => {
+                    let pong =
+                        Outbound::Control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
+                    if self.queue.try_send(pong).is_err() {
+                        self.signals.slow.cancel();
                         return;
                     }
                 }
@@ -222,7 +271,10 @@ impl Session {
 
     /// Queues a close frame and waits (briefly) for the writer to send it.
     async fn close(&self, code: u16, reason: &'static str) {
-        let _ = self.queue.send(Outbound::Close(code, reason)).await;
+        if self.queue.try_send(Outbound::Close(code, reason)).is_err() {
+            // The queue is full: the peer is not reading. The writer gives up on it.
+            self.signals.slow.cancel();
+        }
         let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
     }
 
@@ -395,6 +447,7 @@ impl Session {
             conn_id: self.conn_id,
             session: self.session.clone(),
             user: self.claims.sub.as_str().into(),
+            name: self.claims.name.clone(),
             queue: self.queue.clone(),
             slow: self.signals.slow.clone(),
         };
@@ -413,11 +466,15 @@ impl Session {
                 Ok(None)
             }
             Ok(Err(error)) => {
-                self.state.hub.leave(&team, self.conn_id, None);
+                self.state
+                    .hub
+                    .leave(&team, self.conn_id, self.session.clone(), None, None);
                 Err(error)
             }
             Err(_) => {
-                self.state.hub.leave(&team, self.conn_id, None);
+                self.state
+                    .hub
+                    .leave(&team, self.conn_id, self.session.clone(), None, None);
                 Err(room_error(ErrorCode::Unavailable, "room unavailable"))
             }
         }
@@ -435,7 +492,15 @@ impl Session {
                 ..RequestError::new(ErrorCode::NotJoined, "team not joined")
             });
         }
-        self.state.hub.leave(&team, self.conn_id, Some(rid));
+        let (done, left) = oneshot::channel();
+        self.state.hub.leave(
+            &team,
+            self.conn_id,
+            self.session.clone(),
+            Some(rid),
+            Some(done),
+        );
+        let _ = left.await;
         if self.typing.remove(&team) {
             self.publish_typing(&team, Ephemeral::TypingStop).await;
         }

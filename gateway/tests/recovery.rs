@@ -41,6 +41,15 @@ async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
             (ack["offset"].clone(), ack["id"].clone())
         );
     }
+    let online = bob.expect("presence:list").await;
+    let mut users: Vec<&str> = online["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
     assert_eq!(bob.expect("message:new").await["offset"], live["offset"]);
 }
 

@@ -31,7 +31,8 @@ impl RedisArgs {
 #[command(
     name = "teamchat-gateway",
     about = "teamchat WebSocket gateway",
-    version
+    version,
+    args_override_self = true
 )]
 pub struct GatewayConfig {
     /// Address the HTTP/WebSocket server listens on.
@@ -85,6 +86,13 @@ pub struct GatewayConfig {
     /// `room:join` requests per user per minute.
     #[arg(long, env = "RATE_JOIN_PER_MIN", default_value_t = 60)]
     pub rate_join_per_min: u32,
+    /// Connections one user may hold across all gateways (close 4029 beyond).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
+    pub max_connections_per_user: u32,
+    /// How long a gateway's presence and connection entries live without a refresh: the
+    /// bound on how long users of a dead gateway still show online (refreshed every third).
+    #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 30_000)]
+    pub presence_ttl_ms: u64,
     /// On SIGTERM, how long sessions get to finish and close (1012) before the gateway exits.
     #[arg(long, env = "DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,

@@ -71,6 +71,9 @@ pub enum DecodeError {
 pub enum Ephemeral {
     TypingStart,
     TypingStop,
+    /// Published by the presence script only.
+    PresenceOnline,
+    PresenceOffline,
 }
 
 impl Ephemeral {
@@ -78,6 +81,8 @@ impl Ephemeral {
         match self {
             Ephemeral::TypingStart => "typing:start",
             Ephemeral::TypingStop => "typing:stop",
+            Ephemeral::PresenceOnline => "presence:online",
+            Ephemeral::PresenceOffline => "presence:offline",
         }
     }
 
@@ -110,6 +115,8 @@ impl Published {
             let kind = match next("kind")? {
                 "typing:start" => Ephemeral::TypingStart,
                 "typing:stop" => Ephemeral::TypingStop,
+                "presence:online" => Ephemeral::PresenceOnline,
+                "presence:offline" => Ephemeral::PresenceOffline,
                 _ => return Err(DecodeError::Bad("kind")),
             };
             let src = next("src")?.to_owned();

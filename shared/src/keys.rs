@@ -64,6 +64,20 @@ impl Keys {
         self.team_key(team, &format!("dedupe:{user}:{client_hex}"))
     }
 
+    /// The team's presence: sessions (hash), their expiry (zset), users' session counts (hash).
+    pub fn presence(&self, team: &str) -> [String; 3] {
+        [
+            self.team_key(team, "presence:sessions"),
+            self.team_key(team, "presence:expiry"),
+            self.team_key(team, "presence:users"),
+        ]
+    }
+
+    /// A user's open connections across gateways (zset of sessions by expiry).
+    pub fn user_connections(&self, user: &str) -> String {
+        format!("{}:{{u:{}}}:conns", self.prefix, user)
+    }
+
     /// The shard's ingest stream, read by the workers' consumer group.
     pub fn ingest(&self, shard: u32) -> String {
         format!("{}:{{s{}}}:ingest", self.prefix, shard)

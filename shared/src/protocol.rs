@@ -220,6 +220,15 @@ pub fn decode_client(
             if fields.client_id.is_empty() || fields.client_id.len() > 64 {
                 return Err(team_err(bad("client_id must be 1..64 bytes")));
             }
+            // PostgreSQL text and jsonb cannot hold NUL: refuse it here, not in the worker.
+            if fields.body.contains('\0')
+                || fields
+                    .meta
+                    .as_ref()
+                    .is_some_and(|m| m.to_string().contains("\\u0000"))
+            {
+                return Err(team_err(bad("body and meta cannot contain NUL")));
+            }
             if fields.body.len() > limits.max_body {
                 return Err(team_err(RequestError::new(
                     ErrorCode::TooLarge,
@@ -348,6 +357,15 @@ impl MessageView {
     }
 }
 
+/// One online user of `presence:list`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PresenceEntry {
+    pub user: String,
+    pub name: Option<String>,
+    /// Online since, in ms since the Unix epoch.
+    pub since: i64,
+}
+
 /// Frames the server sends.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "type")]
@@ -397,6 +415,17 @@ pub enum ServerFrame {
     TypingStart { team: String, user: String },
     #[serde(rename = "typing:stop")]
     TypingStop { team: String, user: String },
+    #[serde(rename = "presence:list")]
+    PresenceList {
+        team: String,
+        users: Vec<PresenceEntry>,
+    },
+    #[serde(rename = "presence:update")]
+    PresenceUpdate {
+        team: String,
+        user: String,
+        status: &'static str,
+    },
     #[serde(rename = "token:refreshed")]
     TokenRefreshed {
         exp: u64,
@@ -501,6 +530,14 @@ mod tests {
         let e = decode_json(json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":{"k":"x".repeat(40)}}))
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::TooLarge);
+
+        let nul =
+            decode_json(json!({"type":"message:send","team":"t","client_id":"c","body":"a\u{0}b"}));
+        assert_eq!(nul.unwrap_err().code, ErrorCode::BadRequest);
+        let nul = decode_json(
+            json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":{"k":"\u{0}"}}),
+        );
+        assert_eq!(nul.unwrap_err().code, ErrorCode::BadRequest);
 
         let e = decode_json(json!({"type":"message:send","team":"t","client_id":"","body":"b"}))
             .unwrap_err();

@@ -13,6 +13,14 @@ pub static APPEND: LazyLock<Script> =
 pub static TEAM_STATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/team_state.lua")));
 
+/// A team's presence: join, leave, and the periodic refresh-and-expire tick.
+pub static PRESENCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/presence.lua")));
+
+/// Connections per user across gateways: open (checking the limit), refresh, close.
+pub static CONNECTION_LIMIT: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/connection_limit.lua")));
+
 /// A new random epoch, used when a team (or its lost stream) starts afresh.
 pub fn new_epoch() -> String {
     let nanos = std::time::SystemTime::now()

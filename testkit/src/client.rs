@@ -140,11 +140,17 @@ impl Client {
         }
     }
 
-    /// The next data frame, which must be of type `kind`.
+    /// The next data frame of type `kind`. `presence:update` frames, which arrive whenever
+    /// someone comes or goes, are passed over unless `kind` is that; any other frame fails.
     pub async fn expect(&mut self, kind: &str) -> Value {
-        let frame = self.recv().await;
-        assert_eq!(frame["type"], kind, "unexpected frame {frame}");
-        frame
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == "presence:update" && kind != "presence:update" {
+                continue;
+            }
+            assert_eq!(frame["type"], kind, "unexpected frame {frame}");
+            return frame;
+        }
     }
 
     /// Reads until the server closes; returns the close code. Data frames before it are
@@ -153,10 +159,13 @@ impl Client {
         close_code(&mut self.ws).await
     }
 
-    /// Joins a team; returns `room:joined`.
+    /// Joins a team; returns `room:joined` (and checks `presence:list` follows it).
     pub async fn join(&mut self, team: &str) -> Value {
         self.send(json!({"type": "room:join", "team": team})).await;
-        self.expect("room:joined").await
+        let joined = self.expect("room:joined").await;
+        let list = self.expect("presence:list").await;
+        assert_eq!(list["team"], team);
+        joined
     }
 
     /// Sends a message; returns its `message:ack`.
@@ -226,10 +235,14 @@ pub async fn raw_close_code(stream: &mut TcpStream) -> u16 {
 
 /// Sends one masked text frame on a raw socket (see `open_raw`).
 pub async fn raw_send_text(stream: &mut TcpStream, text: &str) {
+    raw_send(stream, 0x1, text.as_bytes()).await;
+}
+
+/// Sends one masked frame with this opcode (0x1 text, 0x9 ping, …) on a raw socket.
+pub async fn raw_send(stream: &mut TcpStream, opcode: u8, payload: &[u8]) {
     use tokio::io::AsyncWriteExt;
-    let payload = text.as_bytes();
     let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x81u8];
+    let mut frame = vec![0x80u8 | opcode];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
         n if n <= u16::MAX as usize => {

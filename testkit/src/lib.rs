@@ -101,6 +101,14 @@ impl TestEnv {
         let mut args = vec!["teamchat-gateway".to_owned(), "--listen=127.0.0.1:0".into()];
         args.extend(self.common_args());
         args.push(format!("--jwt-secret={SECRET}"));
+        // Tests send in bursts; those about limits set their own (later flags win).
+        for flag in [
+            "--rate-send-per-min",
+            "--rate-typing-per-min",
+            "--rate-join-per-min",
+        ] {
+            args.push(format!("{flag}=1000000"));
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         GatewayConfig::try_parse_from(args).expect("gateway flags parse")
     }

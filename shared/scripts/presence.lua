@@ -1,0 +1,51 @@
+-- Presence of one team: which sessions are online, refreshed by their gateways, expired
+-- when a gateway stops refreshing (it died). A user is online while any session is.
+--
+-- KEYS[1] sessions hash: session -> "user \n name \n since_ms"
+-- KEYS[2] expiry zset:   session -> expiry (ms)
+-- KEYS[3] users hash:    user -> live session count
+-- ARGV[1] operation: 'join' | 'leave' | 'tick'
+-- ARGV[2] now (ms)   ARGV[3] new expiry (ms)   ARGV[4] channel
+-- join:  ARGV[5] session  ARGV[6] user  ARGV[7] name   -> returns HVALS of the sessions hash
+-- leave: ARGV[5] session                                -> returns 1
+-- tick:  ARGV[5..] sessions still connected here         -> returns 1
+--
+-- `presence:update` is published as '!presence:online|offline \n src \n user' exactly when a
+-- user's first session appears or last one goes, expiry included.
+
+local sessions, expiry, users = KEYS[1], KEYS[2], KEYS[3]
+local op, now, expires, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+
+local function drop(session, src)
+  local entry = redis.call('HGET', sessions, session)
+  redis.call('ZREM', expiry, session)
+  if not entry then return end
+  redis.call('HDEL', sessions, session)
+  local user = string.match(entry, '^([^\n]*)')
+  if redis.call('HINCRBY', users, user, -1) <= 0 then
+    redis.call('HDEL', users, user)
+    redis.call('PUBLISH', channel, '!presence:offline\n' .. src .. '\n' .. user)
+  end
+end
+
+for _, session in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
+  drop(session, '')
+end
+
+if op == 'join' then
+  local session, user, name = ARGV[5], ARGV[6], ARGV[7]
+  if redis.call('HSETNX', sessions, session, user .. '\n' .. name .. '\n' .. now) == 1 then
+    redis.call('ZADD', expiry, expires, session)
+    if redis.call('HINCRBY', users, user, 1) == 1 then
+      redis.call('PUBLISH', channel, '!presence:online\n' .. session .. '\n' .. user)
+    end
+  end
+  return redis.call('HVALS', sessions)
+elseif op == 'leave' then
+  drop(ARGV[5], ARGV[5])
+elseif op == 'tick' then
+  for i = 5, #ARGV do
+    redis.call('ZADD', expiry, 'XX', expires, ARGV[i])
+  end
+end
+return 1
