@@ -18,6 +18,9 @@ pub struct Entry {
     pub event: Result<StreamEvent, String>,
     /// The raw fields, kept for the dead-letter table.
     pub fields: serde_json::Value,
+    /// The team and offset, when readable even though the event is not: a dead letter
+    /// still counts as synced, or the team's watermark would stop at it for good.
+    pub position: Option<(String, u64)>,
 }
 
 pub struct Ingest {
@@ -138,14 +141,25 @@ fn flatten(reply: StreamReadReply) -> Vec<Entry> {
 fn decode(stream: &str, entry: StreamId) -> Entry {
     let event =
         event::from_fields(None, None, event::entry_fields(&entry.map)).map_err(|e| e.to_string());
-    let fields = event::entry_fields(&entry.map)
-        .map(|(k, v)| (k.to_owned(), String::from_utf8_lossy(v).into_owned().into()))
-        .collect::<serde_json::Map<_, _>>()
-        .into();
+    let fields: serde_json::Map<_, _> = event::entry_fields(&entry.map)
+        .map(|(k, v)| {
+            (
+                k.to_owned(),
+                serde_json::Value::from(String::from_utf8_lossy(v).into_owned()),
+            )
+        })
+        .collect();
+    let position = match (fields.get("team"), fields.get("off")) {
+        (Some(serde_json::Value::String(team)), Some(serde_json::Value::String(off))) => {
+            off.parse().ok().map(|off| (team.clone(), off))
+        }
+        _ => None,
+    };
     Entry {
         stream: stream.to_owned(),
         id: entry.id,
         event,
-        fields,
+        fields: fields.into(),
+        position,
     }
 }

@@ -72,6 +72,10 @@ impl Store {
                     dead_id.push(entry.id.clone());
                     dead_fields.push(entry.fields.to_string());
                     dead_error.push(error.clone());
+                    if let Some((team, offset)) = &entry.position {
+                        sync_team.push(team.clone());
+                        sync_offset.push(*offset as i64);
+                    }
                     continue;
                 }
             };
