@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollectorRead, Frame, OpCode, Role, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use teamchat_shared::event::{Ephemeral, MessageData};
@@ -173,7 +173,9 @@ impl Session {
         // Pings are answered below, so that read_frame returns them and they count as
         // traffic for the heartbeat.
         ws.set_auto_pong(false);
-        let mut ws = FragmentCollectorRead::new(ws);
+        // Fragments are collected here, not by fastwebsockets' collector, so that a
+        // message's total size is capped while it arrives (1009), not only its frames'.
+        let mut partial: Option<Vec<u8>> = None;
         let limits = Limits {
             max_body: self.state.config.max_body,
             max_meta: self.state.config.max_meta,
@@ -224,33 +226,52 @@ impl Session {
                 }
                 Ok(Ok(frame)) => frame,
             };
-            match frame.opcode {
-                OpCode::Text | OpCode::Binary => {
-                    if frame.payload.len() > self.state.config.max_frame {
+            let max_frame = self.state.config.max_frame;
+            let message = match frame.opcode {
+                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                    let first = frame.opcode != OpCode::Continuation;
+                    if first == partial.is_some() {
+                        self.close(1002, "bad fragmentation").await;
+                        return;
+                    }
+                    let collected = partial.get_or_insert_with(Vec::new);
+                    if collected.len() + frame.payload.len() > max_frame {
                         self.close(1009, "frame too large").await;
                         return;
                     }
-                    let reply = match protocol::decode_client(&frame.payload, self.encoding, limits)
-                    {
-                        Ok(request) => self.handle(request).await,
-                        Err(error) => {
-                            self.count_violation(error.code);
-                            Some(error.into_frame())
-                        }
-                    };
-                    // A peer that sends requests but does not read their replies fills its
-                    // queue like any slow reader: 1013.
-                    if let Some(reply) = reply
-                        && self.queue.try_send(Outbound::Own(reply)).is_err()
-                    {
-                        self.signals.slow.cancel();
-                        return;
-                    }
-                    if let Some((code, reason)) = self.close_with {
-                        self.close(code, reason).await;
-                        return;
+                    if frame.fin && collected.is_empty() {
+                        partial = None;
+                        Some(frame.payload.to_vec())
+                    } else {
+                        collected.extend_from_slice(&frame.payload);
+                        if frame.fin { partial.take() } else { None }
                     }
                 }
+                _ => None,
+            };
+            if let Some(message) = message {
+                let reply = match protocol::decode_client(&message, self.encoding, limits) {
+                    Ok(request) => self.handle(request).await,
+                    Err(error) => {
+                        self.count_violation(error.code);
+                        Some(error.into_frame())
+                    }
+                };
+                // A peer that sends requests but does not read their replies fills its
+                // queue like any slow reader: 1013.
+                if let Some(reply) = reply
+                    && self.queue.try_send(Outbound::Own(reply)).is_err()
+                {
+                    self.signals.slow.cancel();
+                    return;
+                }
+                if let Some((code, reason)) = self.close_with {
+                    self.close(code, reason).await;
+                    return;
+                }
+                continue;
+            }
+            match frame.opcode {
                 OpCode::Ping => {
                     let pong =
                         Outbound::Control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));

@@ -134,3 +134,30 @@ async fn a_silent_client_is_closed_4000() {
     assert_eq!(client::raw_close_code(&mut stream).await, 4000);
     assert!(started.elapsed() >= std::time::Duration::from_millis(150));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fragmented_messages_are_assembled_and_capped_at_max_frame() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--max-frame=1000"]).await;
+    let token = env.token("u1", &["t"]);
+    let mut raw = client::open_raw(g.addr(), &token).await;
+    let request = br#"{"type":"ping","rid":"in-three-parts"}"#;
+    client::raw_send_frame(&mut raw, false, 0x1, &request[..10]).await;
+    client::raw_send(&mut raw, 0x9, b"between").await; // control frames may interleave
+    client::raw_send_frame(&mut raw, false, 0x0, &request[10..20]).await;
+    client::raw_send_frame(&mut raw, true, 0x0, &request[20..]).await;
+    client::raw_send_text(&mut raw, r#"{"type":"nope"}"#).await;
+    // The pong of the assembled request comes before the error of the next one; the
+    // unknown type then gets its error, and closing shows both arrived.
+    client::raw_send(&mut raw, 0x8, &1000u16.to_be_bytes()).await;
+    let (_, frames) = client::raw_frames_until_close(&mut raw).await;
+    let types: Vec<&str> = frames.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["session:welcome", "pong", "error"]);
+    assert_eq!(frames[1]["rid"], "in-three-parts");
+
+    // Each fragment is small, together they pass max_frame: 1009.
+    let mut raw = client::open_raw(g.addr(), &token).await;
+    client::raw_send_frame(&mut raw, false, 0x1, &[b' '; 600]).await;
+    client::raw_send_frame(&mut raw, false, 0x0, &[b' '; 600]).await;
+    assert_eq!(client::raw_close_code(&mut raw).await, 1009);
+}

@@ -240,9 +240,14 @@ pub async fn raw_send_text(stream: &mut TcpStream, text: &str) {
 
 /// Sends one masked frame with this opcode (0x1 text, 0x9 ping, …) on a raw socket.
 pub async fn raw_send(stream: &mut TcpStream, opcode: u8, payload: &[u8]) {
+    raw_send_frame(stream, true, opcode, payload).await;
+}
+
+/// Sends one masked frame, final or not (0x0 is a continuation).
+pub async fn raw_send_frame(stream: &mut TcpStream, fin: bool, opcode: u8, payload: &[u8]) {
     use tokio::io::AsyncWriteExt;
     let mask = [0x12u8, 0x34, 0x56, 0x78];
-    let mut frame = vec![0x80u8 | opcode];
+    let mut frame = vec![if fin { 0x80u8 } else { 0 } | opcode];
     match payload.len() {
         n if n < 126 => frame.push(0x80 | n as u8),
         n if n <= u16::MAX as usize => {
