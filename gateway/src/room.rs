@@ -27,6 +27,8 @@ pub struct Member {
     pub queue: mpsc::Sender<Outbound>,
     /// Cancelled when the member's queue overflows: its writer closes with 1013.
     pub slow: CancellationToken,
+    /// Cancelled when the team's stream was lost: its writer closes with 1012.
+    pub reset: CancellationToken,
 }
 
 /// A join request. The room sends `room:joined` (and any replay) into the member's queue
@@ -156,7 +158,7 @@ impl Room {
                 return;
             }
         };
-        if self.epoch.is_empty() {
+        if self.epoch.is_empty() || self.reset_if_new_epoch(&state.epoch) {
             (self.epoch, self.last) = (state.epoch.clone(), state.offset);
         } else if state.offset > self.last && !self.fill(self.last + 1, state.offset).await {
             // The stream could not be read: members cannot start at a consistent point.
@@ -304,7 +306,13 @@ impl Room {
 
     async fn on_published(&mut self, published: Published) {
         let event = match published {
-            Published::Durable { event, .. } => event,
+            Published::Durable { epoch, event } => {
+                if self.reset_if_new_epoch(&epoch) {
+                    self.last = event.offset;
+                    return;
+                }
+                event
+            }
             Published::Ephemeral {
                 kind: Ephemeral::PresenceOnline,
                 src,
@@ -401,6 +409,22 @@ impl Room {
             .retain(|member| *member.user == *user || offer(member, &frame));
     }
 
+    /// When the team's epoch changed (its stream was lost), nothing delivered so far can be
+    /// continued: the members are closed with 1012 and rejoin with `since`, which then says
+    /// `recovered: false`. Returns whether that happened; the caller sets the new `last`.
+    fn reset_if_new_epoch(&mut self, epoch: &str) -> bool {
+        if self.epoch.is_empty() || self.epoch == epoch {
+            return false;
+        }
+        warn!(team = %self.team, old = %self.epoch, new = %epoch, "team stream was reset");
+        for member in self.members.drain(..) {
+            member.reset.cancel();
+        }
+        self.typing.clear();
+        self.epoch = epoch.to_owned();
+        true
+    }
+
     /// Catches up with the stream's top: events pub/sub lost or has not brought yet.
     async fn check_top(&mut self) {
         if self.epoch.is_empty() || self.members.is_empty() {
@@ -410,6 +434,12 @@ impl Room {
             Ok(top) if top > self.last => {
                 self.fill(self.last + 1, top).await;
             }
+            // The top went back: the stream was lost and started anew.
+            Ok(top) if top < self.last => match self.broker.team_state(&self.team).await {
+                Ok(state) if self.reset_if_new_epoch(&state.epoch) => self.last = state.offset,
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, team = %self.team, "tail check: Redis unavailable"),
+            },
             Ok(_) => {}
             Err(e) => warn!(error = %e, team = %self.team, "tail check: Redis unavailable"),
         }

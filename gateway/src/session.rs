@@ -471,6 +471,7 @@ impl Session {
             name: self.claims.name.clone(),
             queue: self.queue.clone(),
             slow: self.signals.slow.clone(),
+            reset: self.signals.reset.clone(),
         };
         self.state.hub.join(
             &team,

@@ -67,6 +67,9 @@ pub enum WriterEnd {
 pub struct CloseSignals {
     /// The send queue overflowed: close 1013.
     pub slow: CancellationToken,
+    /// The team stream was lost and started anew (new epoch): close 1012, so the client
+    /// rejoins with `since` and learns `recovered: false`.
+    pub reset: CancellationToken,
     /// The writer finished; the reader stops waiting for the peer.
     pub done: CancellationToken,
 }
@@ -85,6 +88,7 @@ pub async fn run(
         let closed = tokio::select! {
             biased;
             _ = signals.slow.cancelled() => push(&mut buffer, Outbound::Close(1013, "too slow"), encoding),
+            _ = signals.reset.cancelled() => push(&mut buffer, Outbound::Close(1012, "stream reset; rejoin with since"), encoding),
             item = queue.recv() => {
                 let Some(item) = item else { break WriterEnd::QueueDropped };
                 let mut closed = push(&mut buffer, item, encoding);

@@ -96,3 +96,37 @@ async fn a_connection_joins_at_most_max_rooms() {
     c.expect("room:left").await;
     c.join("c").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_team_stream_closes_1012_and_rejoining_is_not_recovered() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let (g1, g2) = common::two_gateways(&env).await;
+    let mut reader = Client::connect(g1.addr(), &env.token("reader", &["t"])).await;
+    let joined = reader.join("t").await;
+    let old_epoch = joined["epoch"].as_str().unwrap().to_owned();
+    let mut writer = Client::connect(g2.addr(), &env.token("writer", &["t"])).await;
+    writer.join("t").await;
+    writer.send_message("t", "m1", "before the loss").await;
+    let seen = reader.expect("message:new").await;
+
+    // Redis loses the team's stream and meta (say, a restart without persistence).
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let _: () = redis
+        .del(&[keys.team_meta("t"), keys.team_events("t")])
+        .await
+        .unwrap();
+    let ack = writer.send_message("t", "m2", "after the loss").await;
+    assert_eq!(ack["offset"], "1", "offsets start again under a new epoch");
+
+    let (code, _) = reader.close_code().await;
+    assert_eq!(code, 1012);
+    let mut reader = Client::connect(g1.addr(), &env.token("reader", &["t"])).await;
+    reader
+        .send(json!({"type":"room:join","team":"t","since":{"offset":seen["offset"],"epoch":old_epoch}}))
+        .await;
+    let joined = reader.expect("room:joined").await;
+    assert_eq!(joined["recovered"], false);
+    assert_ne!(joined["epoch"], old_epoch.as_str());
+}
