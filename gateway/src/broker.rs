@@ -9,9 +9,9 @@ use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use redis::streams::StreamRangeReply;
 use teamchat_shared::config::GatewayConfig;
-use teamchat_shared::event::{self, Ephemeral, EventKind, MessageData, StreamEvent};
+use teamchat_shared::event::{self, Ephemeral, EventData, StreamEvent};
 use teamchat_shared::keys::Keys;
-use teamchat_shared::protocol::PresenceEntry;
+use teamchat_shared::protocol::{ErrorCode, PresenceEntry, Receipt};
 use teamchat_shared::scripts;
 
 /// How long `message:send` dedupe keys live (PROTOCOL.md: within 24 h).
@@ -33,9 +33,21 @@ pub struct TeamState {
     pub epoch: String,
     pub offset: u64,
     pub seq: u64,
+    pub receipts: Vec<Receipt>,
 }
 
-/// What the append script returned: the message's identity, new or from the first send.
+/// What the append script did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Appended now (`is_new`), or appended before with the same `client_id`.
+    Appended(Appended),
+    /// Refused, nothing written: `not_found`, `forbidden` or `bad_request`.
+    Refused(ErrorCode),
+    /// A receipt not above the user's last one: nothing to do.
+    Ignored,
+}
+
+/// The appended event's identity, new or from the first send of a `client_id`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Appended {
     pub is_new: bool,
@@ -68,33 +80,47 @@ impl Broker {
         &self.keys
     }
 
-    /// Appends a new message (dedupe on `client_id`). The ack may be sent once this returns.
-    pub async fn append_message(
+    /// Appends a durable event (PROTOCOL.md's acked requests and receipts). The ack may be
+    /// sent once this returns `Appended`.
+    ///
+    /// `target` is the message an edit or delete concerns, or the seq a receipt reads up
+    /// to; `staff` lets a delete remove anyone's message.
+    pub async fn append(
         &self,
         team: &str,
         src: &str,
-        data: &MessageData,
-    ) -> redis::RedisResult<Appended> {
+        data: &EventData,
+        target: u64,
+        staff: bool,
+    ) -> redis::RedisResult<AppendOutcome> {
         let keys = &self.keys;
-        let payload = serde_json::to_string(data).expect("message data encodes as JSON");
+        let (id, dedupe) = match data {
+            EventData::Message(m) => (m.id.as_str(), keys.dedupe(team, &m.user, &m.client_id)),
+            _ => ("", keys.team_meta(team)),
+        };
         let reply: Vec<String> = scripts::APPEND
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
             .key(keys.ingest(keys.shard_of(team)))
-            .key(keys.dedupe(team, &data.user, &data.client_id))
+            .key(dedupe)
+            .key(keys.team_messages(team))
+            .key(keys.team_receipts(team))
             .arg(team)
-            .arg(EventKind::Message.as_str())
+            .arg(data.kind().as_str())
             .arg(src)
-            .arg(payload)
+            .arg(data.encode())
             .arg(self.stream_maxlen)
             .arg(keys.team_channel(team))
             .arg(DEDUPE_TTL_SECS)
             .arg(scripts::new_epoch())
-            .arg(&data.id)
-            .arg(data.ts)
+            .arg(id)
+            .arg(data.ts())
+            .arg(target)
+            .arg(data.user())
+            .arg(if staff { "1" } else { "0" })
             .invoke_async(&mut self.conn.clone())
             .await?;
-        parse_appended(&reply).ok_or_else(|| {
+        parse_outcome(&reply).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
                 "append script reply",
@@ -102,17 +128,33 @@ impl Broker {
         })
     }
 
-    /// The team's epoch (created on first use), newest offset and newest message seq.
+    /// The team's epoch (created on first use), newest offset and message seq, receipts.
     pub async fn team_state(&self, team: &str) -> redis::RedisResult<TeamState> {
-        let reply: (String, u64, u64) = scripts::TEAM_STATE
+        let reply: Vec<String> = scripts::TEAM_STATE
             .key(self.keys.team_meta(team))
+            .key(self.keys.team_receipts(team))
             .arg(scripts::new_epoch())
             .invoke_async(&mut self.conn.clone())
             .await?;
+        let bad = || {
+            redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "team state reply"))
+        };
+        let [epoch, offset, seq, receipts @ ..] = reply.as_slice() else {
+            return Err(bad());
+        };
         Ok(TeamState {
-            epoch: reply.0,
-            offset: reply.1,
-            seq: reply.2,
+            epoch: epoch.clone(),
+            offset: offset.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+            receipts: receipts
+                .chunks_exact(2)
+                .filter_map(|pair| {
+                    Some(Receipt {
+                        user: pair[0].clone(),
+                        seq: pair[1].parse().ok()?,
+                    })
+                })
+                .collect(),
         })
     }
 
@@ -314,18 +356,24 @@ impl Broker {
     }
 }
 
-fn parse_appended(reply: &[String]) -> Option<Appended> {
-    let [is_new, seq, offset, epoch, id, ts] = reply else {
-        return None;
-    };
-    Some(Appended {
-        is_new: is_new == "1",
-        seq: seq.parse().ok()?,
-        offset: offset.parse().ok()?,
-        epoch: epoch.clone(),
-        id: id.clone(),
-        ts: ts.parse().ok()?,
-    })
+fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
+    match reply {
+        [ignored] if ignored == "ignored" => Some(AppendOutcome::Ignored),
+        [err, code] if err == "err" => Some(AppendOutcome::Refused(match code.as_str() {
+            "not_found" => ErrorCode::NotFound,
+            "forbidden" => ErrorCode::Forbidden,
+            _ => ErrorCode::BadRequest,
+        })),
+        [is_new, seq, offset, epoch, id, ts] => Some(AppendOutcome::Appended(Appended {
+            is_new: is_new == "1",
+            seq: seq.parse().ok()?,
+            offset: offset.parse().ok()?,
+            epoch: epoch.clone(),
+            id: id.clone(),
+            ts: ts.parse().ok()?,
+        })),
+        _ => None,
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use teamchat_shared::event::EventKind;
+use teamchat_shared::event::EventData;
 use teamchat_shared::ids::is_valid_id;
 use teamchat_shared::protocol::MessageView;
 
@@ -24,6 +24,9 @@ struct HistoryMessage {
     message: MessageView,
     edited_at: Option<i64>,
     deleted: bool,
+    /// Offset of the newest event applied (edits apply only over older versions).
+    #[serde(skip)]
+    version: u64,
 }
 
 #[derive(sqlx::FromRow)]
@@ -39,6 +42,7 @@ struct Row {
     offset: i64,
     edited_at: Option<i64>,
     deleted: bool,
+    version: i64,
 }
 
 /// Which page: newest first before a seq (or from the newest), or oldest first after one.
@@ -138,13 +142,12 @@ async fn load(
             .bind(team)
             .fetch_optional(&state.db)
             .await?;
-    let columns =
-        r#"seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted"#;
+    let columns = r#"seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version"#;
     let fetch = (limit + 1) as i64;
     let rows: Vec<Row> = match page {
         Page::Before(before) => {
             sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {columns} FROM messages WHERE team = $1 AND ($2::int8 IS NULL OR seq < $2)
+                "SELECT {columns} FROM messages WHERE team = $1 AND id IS NOT NULL AND ($2::int8 IS NULL OR seq < $2)
                  ORDER BY seq DESC LIMIT $3"
             )))
             .bind(team)
@@ -154,7 +157,7 @@ async fn load(
             .await?
         }
         Page::After(after) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns} FROM messages WHERE team = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"
+            "SELECT {columns} FROM messages WHERE team = $1 AND id IS NOT NULL AND seq > $2 ORDER BY seq ASC LIMIT $3"
         )))
         .bind(team)
         .bind(after as i64)
@@ -174,12 +177,36 @@ async fn load(
         .read_range(team, unsynced_from, u64::MAX)
         .await?
     {
-        if event.kind == EventKind::Message && page.contains(event.seq) {
-            merged.entry(event.seq).or_insert_with(|| HistoryMessage {
-                message: MessageView::from_event(&event),
-                edited_at: None,
-                deleted: false,
-            });
+        if !page.contains(event.seq) {
+            continue;
+        }
+        match &event.data {
+            EventData::Message(m) => {
+                merged.entry(event.seq).or_insert_with(|| HistoryMessage {
+                    message: MessageView::new(team, event.seq, event.offset, m),
+                    edited_at: None,
+                    deleted: false,
+                    version: event.offset,
+                });
+            }
+            EventData::Edit(edit) => {
+                if let Some(row) = merged.get_mut(&event.seq)
+                    && !row.deleted
+                    && row.version < event.offset
+                {
+                    row.message.body = edit.body.clone();
+                    row.edited_at = Some(edit.ts);
+                    row.version = event.offset;
+                }
+            }
+            EventData::Delete(_) => {
+                if let Some(row) = merged.get_mut(&event.seq) {
+                    row.deleted = true;
+                    row.message.body.clear();
+                    row.version = row.version.max(event.offset);
+                }
+            }
+            EventData::Receipt(_) => {}
         }
     }
 
@@ -208,6 +235,7 @@ fn from_row(team: &str, row: Row) -> HistoryMessage {
         },
         edited_at: row.edited_at,
         deleted: row.deleted,
+        version: row.version as u64,
     }
 }
 

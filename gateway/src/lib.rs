@@ -10,6 +10,7 @@ pub mod connections;
 pub mod history;
 pub mod hub;
 pub mod limits;
+pub mod receipts;
 pub mod room;
 pub mod server;
 pub mod session;

@@ -230,6 +230,11 @@ impl Room {
                 users: online,
             };
             ok = ok && member.queue.try_send(Outbound::Own(list)).is_ok();
+            let receipts = ServerFrame::ReceiptList {
+                team: self.team.clone(),
+                receipts: state.receipts.clone(),
+            };
+            ok = ok && member.queue.try_send(Outbound::Own(receipts)).is_ok();
             if ok {
                 self.members.push(member);
             } else {

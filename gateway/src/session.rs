@@ -11,7 +11,7 @@ use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Role, WebSocketError};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use teamchat_shared::event::{Ephemeral, MessageData};
+use teamchat_shared::event::{ActorData, EditData, Ephemeral, EventData, MessageData};
 use teamchat_shared::protocol::{
     self, ClientFrame, Encoding, ErrorCode, Limits, Request, RequestError, ServerFrame,
 };
@@ -23,7 +23,9 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::auth::{AuthError, Claims};
+use crate::broker::AppendOutcome;
 use crate::limits::Operation;
+use crate::receipts;
 use crate::room::{Join, Member};
 use crate::writer::{self, CloseSignals, Outbound};
 
@@ -50,6 +52,8 @@ struct Session {
     violations: VecDeque<Instant>,
     /// A close a request asked for (token refresh refused, too many violations).
     close_with: Option<(u16, &'static str)>,
+    /// Started at the first `receipt:update`.
+    receipts: Option<receipts::Coalescer>,
 }
 
 /// Runs a connection from the upgrade to the close.
@@ -134,6 +138,7 @@ pub async fn run(
         expires_at: Instant::now(),
         violations: VecDeque::new(),
         close_with: None,
+        receipts: None,
     };
     session.expires_at = session.token_deadline(session.claims.exp);
     session.read_loop(read, heartbeat).await;
@@ -303,7 +308,9 @@ impl Session {
     async fn handle(&mut self, frame: ClientFrame) -> Option<ServerFrame> {
         let ClientFrame { rid, request } = frame;
         let operation = match &request {
-            Request::MessageSend { .. } => Some(Operation::Send),
+            Request::MessageSend { .. }
+            | Request::MessageEdit { .. }
+            | Request::MessageDelete { .. } => Some(Operation::Send),
             Request::TypingStart { .. } | Request::TypingStop { .. } => Some(Operation::Typing),
             Request::RoomJoin { .. } => Some(Operation::Join),
             _ => None,
@@ -314,6 +321,8 @@ impl Session {
             let (room, team) = match &request {
                 Request::RoomJoin { team, .. } => (true, Some(team.clone())),
                 Request::MessageSend { team, .. }
+                | Request::MessageEdit { team, .. }
+                | Request::MessageDelete { team, .. }
                 | Request::TypingStart { team }
                 | Request::TypingStop { team } => (false, Some(team.clone())),
                 _ => (false, None),
@@ -334,6 +343,13 @@ impl Session {
             Request::TypingStop { team } => self.typing(team, false).await,
             Request::RoomJoin { team, since } => self.join(team, since, rid.clone()).await,
             Request::RoomLeave { team } => self.leave(team, rid.clone()).await,
+            Request::MessageEdit { team, seq, body } => {
+                self.amend_message(team, seq, Some(body), rid.clone()).await
+            }
+            Request::MessageDelete { team, seq } => {
+                self.amend_message(team, seq, None, rid.clone()).await
+            }
+            Request::ReceiptUpdate { team, seq } => self.update_receipt(team, seq),
             Request::MessageSend {
                 team,
                 client_id,
@@ -529,41 +545,46 @@ impl Session {
         Ok(None)
     }
 
-    async fn send_message(
-        &mut self,
+    /// Checks a team-scoped write: joined, and in the token (staff may delete anywhere).
+    fn check_write(&self, team: &str, staff_may: bool) -> Result<(), RequestError> {
+        let error = |code, message: &str| RequestError {
+            team: Some(team.to_owned()),
+            ..RequestError::new(code, message)
+        };
+        if !self.joined.contains(team) {
+            return Err(error(ErrorCode::NotJoined, "team not joined"));
+        }
+        let allowed = self.claims.is_member(team) || (staff_may && self.claims.is_staff());
+        if !allowed {
+            return Err(error(ErrorCode::Forbidden, "team not in token"));
+        }
+        Ok(())
+    }
+
+    /// Appends a durable event for a request and builds its `message:ack`.
+    async fn append_acked(
+        &self,
         team: String,
-        client_id: String,
-        body: String,
-        meta: Option<serde_json::Value>,
+        data: EventData,
+        target: u64,
         rid: Option<String>,
     ) -> Result<Option<ServerFrame>, RequestError> {
         let error = |code, message: &str| RequestError {
             team: Some(team.clone()),
             ..RequestError::new(code, message)
         };
-        if !self.joined.contains(&team) {
-            return Err(error(ErrorCode::NotJoined, "team not joined"));
-        }
-        if !self.claims.is_member(&team) {
-            return Err(error(ErrorCode::Forbidden, "team not in token"));
-        }
-        let data = MessageData {
-            id: uuid::Uuid::now_v7().simple().to_string(),
-            client_id,
-            user: self.claims.sub.clone(),
-            name: self.claims.name.clone(),
-            body,
-            meta,
-            ts: now_ms(),
-        };
+        let staff = self.claims.is_staff();
         match self
             .state
             .broker
-            .append_message(&team, &self.session, &data)
+            .append(&team, &self.session, &data, target, staff)
             .await
         {
-            Ok(appended) => Ok(Some(ServerFrame::MessageAck {
-                client_id: data.client_id,
+            Ok(AppendOutcome::Appended(appended)) => Ok(Some(ServerFrame::MessageAck {
+                client_id: match data {
+                    EventData::Message(m) => Some(m.client_id),
+                    _ => None,
+                },
                 team,
                 seq: appended.seq,
                 id: appended.id,
@@ -571,6 +592,15 @@ impl Session {
                 ts: appended.ts,
                 rid,
             })),
+            Ok(AppendOutcome::Refused(ErrorCode::NotFound)) => {
+                Err(error(ErrorCode::NotFound, "no such message"))
+            }
+            Ok(AppendOutcome::Refused(ErrorCode::Forbidden)) => Err(error(
+                ErrorCode::Forbidden,
+                "only the author may change a message",
+            )),
+            Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
+            Ok(AppendOutcome::Ignored) => Ok(None),
             Err(e) => {
                 warn!(error = %e, "append failed");
                 Err(error(
@@ -579,6 +609,60 @@ impl Session {
                 ))
             }
         }
+    }
+
+    async fn send_message(
+        &mut self,
+        team: String,
+        client_id: String,
+        body: String,
+        meta: Option<serde_json::Value>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, false)?;
+        let data = EventData::Message(MessageData {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            client_id,
+            user: self.claims.sub.clone(),
+            name: self.claims.name.clone(),
+            body,
+            meta,
+            ts: now_ms(),
+        });
+        self.append_acked(team, data, 0, rid).await
+    }
+
+    /// `message:edit` (`body: Some`) or `message:delete`.
+    async fn amend_message(
+        &mut self,
+        team: String,
+        seq: u64,
+        body: Option<String>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, body.is_none())?;
+        let (user, ts) = (self.claims.sub.clone(), now_ms());
+        let data = match body {
+            Some(body) => EventData::Edit(EditData { user, body, ts }),
+            None => EventData::Delete(ActorData { user, ts }),
+        };
+        self.append_acked(team, data, seq, rid).await
+    }
+
+    /// `receipt:update`: no reply; coalesced per team (see `receipts`).
+    fn update_receipt(
+        &mut self,
+        team: String,
+        seq: u64,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, false)?;
+        let (state, session, user) = (&self.state, &self.session, &self.claims.sub);
+        self.receipts
+            .get_or_insert_with(|| {
+                receipts::Coalescer::spawn(state.clone(), session.clone(), user.clone())
+            })
+            .update(team, seq);
+        Ok(None)
     }
 }
 

@@ -31,11 +31,13 @@ async fn presence_follows_a_users_first_and_last_connection_across_gateways() {
     assert_eq!(users(&list), ["ann"]);
     assert_eq!(list["users"][0]["name"], "ann name");
     assert!(list["users"][0]["since"].as_i64().unwrap() > 1_700_000_000_000);
+    ann.expect("receipt:list").await;
 
     let mut ben = Client::connect(g2.addr(), &env.token("ben", &["t"])).await;
     ben.send(json!({"type":"room:join","team":"t"})).await;
     ben.expect("room:joined").await;
     assert_eq!(users(&ben.expect("presence:list").await), ["ann", "ben"]);
+    ben.expect("receipt:list").await;
     let update = ann.expect("presence:update").await;
     assert_eq!(
         update,

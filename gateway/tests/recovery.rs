@@ -50,6 +50,7 @@ async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
         .collect();
     users.sort();
     assert_eq!(users, ["alice", "bob"]);
+    bob.expect("receipt:list").await;
     assert_eq!(bob.expect("message:new").await["offset"], live["offset"]);
 }
 

@@ -1,43 +1,77 @@
 -- Appends one durable event of a team, atomically (DESIGN.md, Data path 1).
 --
--- KEYS[1] team meta hash    KEYS[2] team event stream
--- KEYS[3] shard ingest      KEYS[4] dedupe key of (team, user, client_id)
--- ARGV[1] team   ARGV[2] kind   ARGV[3] src session   ARGV[4] data (JSON)
--- ARGV[5] team stream MAXLEN (approximate)   ARGV[6] pub/sub channel
+-- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
+-- KEYS[4] dedupe key of (team, user, client_id) for messages; any key of the team otherwise
+-- KEYS[5] messages hash: seq -> "author \t id", "~author \t id" once deleted
+-- KEYS[6] receipts hash: user -> seq read up to
+-- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt)   ARGV[3] src session
+-- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
 -- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
--- ARGV[9] message id   ARGV[10] ts (ms)
+-- ARGV[9] message id (message)   ARGV[10] ts (ms)   ARGV[11] target seq (edit, delete,
+-- receipt)   ARGV[12] user   ARGV[13] '1' if the user may delete anyone's message
 --
--- Returns {is_new, seq, offset, epoch, id, ts} as strings. A repeated client_id returns
--- the first append's values with is_new = '0' and writes nothing.
+-- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
+-- append's values for a repeated client_id; {'err', code} for a refused one (nothing
+-- written); {'ignored'} for a receipt not above the user's last.
 --
--- Redis does not undo a script's earlier writes when a later command fails, so the one
--- command that can fail on its input (the team-stream XADD, whose id must grow) runs
--- before any counter moves.
+-- Redis does not undo a script's earlier writes when a later command fails, so every check
+-- comes first, and the one command that can fail on its input (the team-stream XADD,
+-- whose id must grow) runs before any counter moves.
 
-local meta, events, ingest, dedupe = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, events, ingest, dedupe, messages, receipts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local team, kind, src, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-
-local first = redis.call('GET', dedupe)
-if first then
-  local seq, offset, id, ts = string.match(first, '^(%d+) (%d+) (%S+) (%d+)$')
-  local epoch = redis.call('HGET', meta, 'epoch')
-  return {'0', seq, offset, epoch or '', id, ts}
-end
+local id, ts, user = ARGV[9], ARGV[10], ARGV[12]
 
 -- Integers as text: Lua 5.1 would print large numbers in exponent form.
-local offset = string.format('%d', (tonumber(redis.call('HGET', meta, 'offset')) or 0) + 1)
-local seq = string.format('%d', (tonumber(redis.call('HGET', meta, 'seq')) or 0) + 1)
+local function int(n) return string.format('%d', n) end
+local top_seq = tonumber(redis.call('HGET', meta, 'seq')) or 0
+local seq
 
+if kind == 'message' then
+  local first = redis.call('GET', dedupe)
+  if first then
+    local f_seq, f_offset, f_id, f_ts = string.match(first, '^(%d+) (%d+) (%S+) (%d+)$')
+    return {'0', f_seq, f_offset, redis.call('HGET', meta, 'epoch') or '', f_id, f_ts}
+  end
+  seq = int(top_seq + 1)
+elseif kind == 'edit' or kind == 'delete' then
+  seq = ARGV[11]
+  local entry = redis.call('HGET', messages, seq)
+  if not entry or string.sub(entry, 1, 1) == '~' then return {'err', 'not_found'} end
+  local author, message_id = string.match(entry, '^([^\t]*)\t(.*)$')
+  if author ~= user and not (kind == 'delete' and ARGV[13] == '1') then
+    return {'err', 'forbidden'}
+  end
+  id = message_id
+elseif kind == 'receipt' then
+  seq = ARGV[11]
+  if tonumber(seq) > top_seq then return {'err', 'bad_request'} end
+  local last = tonumber(redis.call('HGET', receipts, user))
+  if last and tonumber(seq) <= last then return {'ignored'} end
+else
+  return {'err', 'bad_request'}
+end
+
+local offset = int((tonumber(redis.call('HGET', meta, 'offset')) or 0) + 1)
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
   'k', kind, 'seq', seq, 'src', src, 'd', data)
 redis.call('HSETNX', meta, 'epoch', ARGV[8])
 local epoch = redis.call('HGET', meta, 'epoch')
-redis.call('HSET', meta, 'offset', offset, 'seq', seq)
+redis.call('HSET', meta, 'offset', offset)
+
+if kind == 'message' then
+  redis.call('HSET', meta, 'seq', seq)
+  redis.call('HSET', messages, seq, user .. '\t' .. id)
+  redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. id .. ' ' .. ts, 'EX', ARGV[7])
+elseif kind == 'delete' then
+  redis.call('HSET', messages, seq, '~' .. redis.call('HGET', messages, seq))
+elseif kind == 'receipt' then
+  redis.call('HSET', receipts, user, seq)
+end
+
 redis.call('XADD', ingest, '*',
   'team', team, 'off', offset, 'k', kind, 'seq', seq, 'd', data)
-redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. ARGV[9] .. ' ' .. ARGV[10],
-  'EX', ARGV[7])
 redis.call('PUBLISH', ARGV[6],
   epoch .. '\n' .. offset .. '\n' .. kind .. '\n' .. seq .. '\n' .. src .. '\n' .. data)
 
-return {'1', seq, offset, epoch, ARGV[9], ARGV[10]}
+return {'1', seq, offset, epoch, id, ts}

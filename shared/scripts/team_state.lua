@@ -1,9 +1,15 @@
 -- The state a room:join reports: the team's epoch (created on first use), the offset of its
--- newest durable event and its newest message seq.
+-- newest durable event, its newest message seq, and every user's read receipt.
 --
--- KEYS[1] team meta hash    ARGV[1] epoch to use if the team has none
--- Returns {epoch, offset, seq}, with '0' for an offset or seq not yet taken.
+-- KEYS[1] team meta hash    KEYS[2] receipts hash (user -> seq)
+-- ARGV[1] epoch to use if the team has none
+-- Returns {epoch, offset, seq, user1, seq1, user2, seq2, …}, '0' for an offset or seq not
+-- yet taken.
 
 redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1])
 local state = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'seq')
-return {state[1], state[2] or '0', state[3] or '0'}
+local reply = {state[1], state[2] or '0', state[3] or '0'}
+for _, field in ipairs(redis.call('HGETALL', KEYS[2])) do
+  table.insert(reply, field)
+end
+return reply

@@ -13,18 +13,27 @@ use serde_json::Value;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
     Message,
+    Edit,
+    Delete,
+    Receipt,
 }
 
 impl EventKind {
     pub fn as_str(self) -> &'static str {
         match self {
             EventKind::Message => "message",
+            EventKind::Edit => "edit",
+            EventKind::Delete => "delete",
+            EventKind::Receipt => "receipt",
         }
     }
 
     pub fn parse(kind: &str) -> Option<Self> {
         match kind {
             "message" => Some(EventKind::Message),
+            "edit" => Some(EventKind::Edit),
+            "delete" => Some(EventKind::Delete),
+            "receipt" => Some(EventKind::Receipt),
             _ => None,
         }
     }
@@ -44,15 +53,91 @@ pub struct MessageData {
     pub ts: i64,
 }
 
+/// The data of an edit (`seq` is the edited message).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EditData {
+    pub user: String,
+    pub body: String,
+    pub ts: i64,
+}
+
+/// The data of a delete or a read receipt: who, and when. For a receipt, `seq` is the
+/// message read up to.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActorData {
+    pub user: String,
+    pub ts: i64,
+}
+
+/// A durable event's data, by kind.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventData {
+    Message(MessageData),
+    Edit(EditData),
+    Delete(ActorData),
+    Receipt(ActorData),
+}
+
+impl EventData {
+    pub fn kind(&self) -> EventKind {
+        match self {
+            EventData::Message(_) => EventKind::Message,
+            EventData::Edit(_) => EventKind::Edit,
+            EventData::Delete(_) => EventKind::Delete,
+            EventData::Receipt(_) => EventKind::Receipt,
+        }
+    }
+
+    pub fn decode(kind: EventKind, json: &[u8]) -> Result<Self, serde_json::Error> {
+        Ok(match kind {
+            EventKind::Message => EventData::Message(serde_json::from_slice(json)?),
+            EventKind::Edit => EventData::Edit(serde_json::from_slice(json)?),
+            EventKind::Delete => EventData::Delete(serde_json::from_slice(json)?),
+            EventKind::Receipt => EventData::Receipt(serde_json::from_slice(json)?),
+        })
+    }
+
+    pub fn encode(&self) -> String {
+        let encoded = match self {
+            EventData::Message(d) => serde_json::to_string(d),
+            EventData::Edit(d) => serde_json::to_string(d),
+            EventData::Delete(d) | EventData::Receipt(d) => serde_json::to_string(d),
+        };
+        encoded.expect("event data encodes as JSON")
+    }
+
+    /// The user who caused the event.
+    pub fn user(&self) -> &str {
+        match self {
+            EventData::Message(d) => &d.user,
+            EventData::Edit(d) => &d.user,
+            EventData::Delete(d) | EventData::Receipt(d) => &d.user,
+        }
+    }
+
+    pub fn ts(&self) -> i64 {
+        match self {
+            EventData::Message(d) => d.ts,
+            EventData::Edit(d) => d.ts,
+            EventData::Delete(d) | EventData::Receipt(d) => d.ts,
+        }
+    }
+}
+
 /// One durable event of a team, as read back from a stream or the team channel.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamEvent {
     pub team: String,
     pub offset: u64,
-    pub kind: EventKind,
     pub seq: u64,
     pub src: String,
-    pub data: MessageData,
+    pub data: EventData,
+}
+
+impl StreamEvent {
+    pub fn kind(&self) -> EventKind {
+        self.data.kind()
+    }
 }
 
 /// Why a stored event could not be read.
@@ -132,13 +217,12 @@ impl Published {
         let kind = EventKind::parse(next("kind")?).ok_or(DecodeError::Bad("kind"))?;
         let seq = next("seq")?.parse().map_err(|_| DecodeError::Bad("seq"))?;
         let src = next("src")?.to_owned();
-        let data = serde_json::from_str(next("data")?)?;
+        let data = EventData::decode(kind, next("data")?.as_bytes())?;
         Ok(Published::Durable {
             epoch,
             event: StreamEvent {
                 team: team.to_owned(),
                 offset,
-                kind,
                 seq,
                 src,
                 data,
@@ -154,7 +238,7 @@ pub fn from_fields<'a>(
     fields: impl IntoIterator<Item = (&'a str, &'a [u8])>,
 ) -> Result<StreamEvent, DecodeError> {
     let (mut team, mut offset) = (team.map(str::to_owned), offset);
-    let (mut kind, mut seq, mut src, mut data) = (None, None, None, None);
+    let (mut kind, mut seq, mut src, mut data) = (None, None, None, None::<&[u8]>);
     for (name, value) in fields {
         let text = || std::str::from_utf8(value).map_err(|_| DecodeError::Bad("utf8"));
         match name {
@@ -163,17 +247,17 @@ pub fn from_fields<'a>(
             "k" => kind = Some(EventKind::parse(text()?).ok_or(DecodeError::Bad("k"))?),
             "seq" => seq = Some(text()?.parse().map_err(|_| DecodeError::Bad("seq"))?),
             "src" => src = Some(text()?.to_owned()),
-            "d" => data = Some(serde_json::from_slice(value)?),
+            "d" => data = Some(value),
             _ => {}
         }
     }
+    let kind = kind.ok_or(DecodeError::Missing("k"))?;
     Ok(StreamEvent {
         team: team.ok_or(DecodeError::Missing("team"))?,
         offset: offset.ok_or(DecodeError::Missing("off"))?,
-        kind: kind.ok_or(DecodeError::Missing("k"))?,
         seq: seq.ok_or(DecodeError::Missing("seq"))?,
         src: src.unwrap_or_default(),
-        data: data.ok_or(DecodeError::Missing("d"))?,
+        data: EventData::decode(kind, data.ok_or(DecodeError::Missing("d"))?)?,
     })
 }
 
@@ -223,7 +307,7 @@ mod tests {
         assert_eq!(event.offset, 42);
         assert_eq!(event.seq, 7);
         assert_eq!(event.src, "sess");
-        assert_eq!(event.data, data());
+        assert_eq!(event.data, EventData::Message(data()));
     }
 
     #[test]

@@ -52,6 +52,16 @@ impl Keys {
         self.team_key(team, "meta")
     }
 
+    /// Author and id of each message by seq (checks edits and deletes); `~` marks deleted.
+    pub fn team_messages(&self, team: &str) -> String {
+        self.team_key(team, "messages")
+    }
+
+    /// Each user's read receipt: the seq read up to.
+    pub fn team_receipts(&self, team: &str) -> String {
+        self.team_key(team, "receipts")
+    }
+
     /// The pub/sub channel the team's events are published on.
     pub fn team_channel(&self, team: &str) -> String {
         self.team_key(team, "ch")
@@ -111,6 +121,8 @@ mod tests {
             keys.team_meta("acme"),
             keys.team_channel("acme"),
             keys.dedupe("acme", "u1", "c:1"),
+            keys.team_messages("acme"),
+            keys.team_receipts("acme"),
             keys.ingest(keys.shard_of("acme")),
         ] {
             assert!(key.contains(&tag), "{key} lacks {tag}");

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{EventKind, StreamEvent};
+use crate::event::{EventData, MessageData, StreamEvent};
 
 /// The subprotocols, in the server's order of preference when a client offers both.
 pub const SUBPROTOCOL_JSON: &str = "teamchat.v1.json";
@@ -114,6 +114,19 @@ pub enum Request {
         client_id: String,
         body: String,
         meta: Option<Value>,
+    },
+    MessageEdit {
+        team: String,
+        seq: u64,
+        body: String,
+    },
+    MessageDelete {
+        team: String,
+        seq: u64,
+    },
+    ReceiptUpdate {
+        team: String,
+        seq: u64,
     },
     Ping,
     TypingStart {
@@ -259,6 +272,38 @@ pub fn decode_client(
             }
         }
         "ping" => Request::Ping,
+        "message:edit" | "message:delete" | "receipt:update" => {
+            let team = match object.get("team") {
+                Some(Value::String(team)) if crate::ids::is_valid_id(team) => team.clone(),
+                _ => return Err(with_rid(bad("team is missing or not a valid id"))),
+            };
+            let team_err = |e: RequestError| RequestError {
+                team: Some(team.clone()),
+                ..with_rid(e)
+            };
+            let Some(seq) = object.get("seq").and_then(Value::as_u64) else {
+                return Err(team_err(bad("seq must be a non-negative integer")));
+            };
+            match kind.as_str() {
+                "message:edit" => {
+                    let Some(Value::String(body)) = object.remove("body") else {
+                        return Err(team_err(bad("body must be a string")));
+                    };
+                    if body.contains('\0') {
+                        return Err(team_err(bad("body cannot contain NUL")));
+                    }
+                    if body.len() > limits.max_body {
+                        return Err(team_err(RequestError::new(
+                            ErrorCode::TooLarge,
+                            format!("body is over {} bytes", limits.max_body),
+                        )));
+                    }
+                    Request::MessageEdit { team, seq, body }
+                }
+                "message:delete" => Request::MessageDelete { team, seq },
+                _ => Request::ReceiptUpdate { team, seq },
+            }
+        }
         "typing:start" | "typing:stop" => {
             let team = match object.get("team") {
                 Some(Value::String(team)) if crate::ids::is_valid_id(team) => team.clone(),
@@ -338,13 +383,11 @@ pub struct MessageView {
 }
 
 impl MessageView {
-    /// The view of a `message` stream event.
-    pub fn from_event(event: &StreamEvent) -> Self {
-        debug_assert_eq!(event.kind, EventKind::Message);
-        let d = &event.data;
+    /// The view of a new message at `offset`.
+    pub fn new(team: &str, seq: u64, offset: u64, d: &MessageData) -> Self {
         MessageView {
-            team: event.team.clone(),
-            seq: event.seq,
+            team: team.to_owned(),
+            seq,
             id: d.id.clone(),
             client_id: d.client_id.clone(),
             user: d.user.clone(),
@@ -352,9 +395,16 @@ impl MessageView {
             body: d.body.clone(),
             meta: d.meta.clone(),
             ts: d.ts,
-            offset: event.offset.to_string(),
+            offset: offset.to_string(),
         }
     }
+}
+
+/// One user's read position, in `receipt:list`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub user: String,
+    pub seq: u64,
 }
 
 /// One online user of `presence:list`.
@@ -396,7 +446,9 @@ pub enum ServerFrame {
     },
     #[serde(rename = "message:ack")]
     MessageAck {
-        client_id: String,
+        /// Present in the ack of a `message:send`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
         team: String,
         seq: u64,
         id: String,
@@ -415,6 +467,34 @@ pub enum ServerFrame {
     TypingStart { team: String, user: String },
     #[serde(rename = "typing:stop")]
     TypingStop { team: String, user: String },
+    #[serde(rename = "message:edited")]
+    MessageEdited {
+        team: String,
+        seq: u64,
+        body: String,
+        user: String,
+        ts: i64,
+        offset: String,
+    },
+    #[serde(rename = "message:deleted")]
+    MessageDeleted {
+        team: String,
+        seq: u64,
+        user: String,
+        ts: i64,
+        offset: String,
+    },
+    #[serde(rename = "receipt:update")]
+    ReceiptUpdate {
+        team: String,
+        user: String,
+        seq: u64,
+    },
+    #[serde(rename = "receipt:list")]
+    ReceiptList {
+        team: String,
+        receipts: Vec<Receipt>,
+    },
     #[serde(rename = "presence:list")]
     PresenceList {
         team: String,
@@ -442,8 +522,31 @@ pub enum ServerFrame {
 impl ServerFrame {
     /// The frame a durable stream event is delivered as.
     pub fn from_event(event: &StreamEvent) -> Self {
-        match event.kind {
-            EventKind::Message => ServerFrame::MessageNew(MessageView::from_event(event)),
+        let (team, seq, offset) = (event.team.clone(), event.seq, event.offset.to_string());
+        match &event.data {
+            EventData::Message(d) => {
+                ServerFrame::MessageNew(MessageView::new(&event.team, event.seq, event.offset, d))
+            }
+            EventData::Edit(d) => ServerFrame::MessageEdited {
+                team,
+                seq,
+                body: d.body.clone(),
+                user: d.user.clone(),
+                ts: d.ts,
+                offset,
+            },
+            EventData::Delete(d) => ServerFrame::MessageDeleted {
+                team,
+                seq,
+                user: d.user.clone(),
+                ts: d.ts,
+                offset,
+            },
+            EventData::Receipt(d) => ServerFrame::ReceiptUpdate {
+                team,
+                user: d.user.clone(),
+                seq,
+            },
         }
     }
 

@@ -159,12 +159,13 @@ impl Client {
         close_code(&mut self.ws).await
     }
 
-    /// Joins a team; returns `room:joined` (and checks `presence:list` follows it).
+    /// Joins a team; returns `room:joined` (and checks `presence:list` and `receipt:list`
+    /// follow it).
     pub async fn join(&mut self, team: &str) -> Value {
         self.send(json!({"type": "room:join", "team": team})).await;
         let joined = self.expect("room:joined").await;
-        let list = self.expect("presence:list").await;
-        assert_eq!(list["team"], team);
+        assert_eq!(self.expect("presence:list").await["team"], team);
+        assert_eq!(self.expect("receipt:list").await["team"], team);
         joined
     }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use teamchat_shared::event::EventKind;
+use std::collections::BTreeMap;
+
+use teamchat_shared::event::{EditData, EventData, MessageData, StreamEvent};
 
 use crate::ingest::Entry;
 
@@ -26,6 +28,48 @@ struct MessageColumns {
     meta: Vec<Option<String>>,
     ts: Vec<i64>,
     offset: Vec<i64>,
+}
+
+/// The batch's changes, one per key: one statement may not touch a row twice.
+#[derive(Default)]
+struct Changes<'a> {
+    messages: BTreeMap<(&'a str, u64), (u64, &'a MessageData)>,
+    /// The newest edit of each message.
+    edits: BTreeMap<(&'a str, u64), (u64, &'a EditData)>,
+    /// The newest delete offset of each message.
+    deletes: BTreeMap<(&'a str, u64), u64>,
+    /// Each user's highest receipt: seq and its offset.
+    receipts: BTreeMap<(&'a str, &'a str), (u64, u64)>,
+}
+
+impl<'a> Changes<'a> {
+    fn add(&mut self, event: &'a StreamEvent) {
+        let key = (event.team.as_str(), event.seq);
+        match &event.data {
+            EventData::Message(m) => {
+                self.messages.entry(key).or_insert((event.offset, m));
+            }
+            EventData::Edit(e) => {
+                let slot = self.edits.entry(key).or_insert((event.offset, e));
+                if event.offset > slot.0 {
+                    *slot = (event.offset, e);
+                }
+            }
+            EventData::Delete(_) => {
+                let slot = self.deletes.entry(key).or_insert(event.offset);
+                *slot = (*slot).max(event.offset);
+            }
+            EventData::Receipt(r) => {
+                let slot = self
+                    .receipts
+                    .entry((event.team.as_str(), r.user.as_str()))
+                    .or_insert((event.seq, event.offset));
+                if event.seq > slot.0 {
+                    *slot = (event.seq, event.offset);
+                }
+            }
+        }
+    }
 }
 
 impl Store {
@@ -60,7 +104,7 @@ impl Store {
 
     /// Writes one batch in one transaction.
     pub async fn write_batch(&self, batch: &[Entry]) -> anyhow::Result<()> {
-        let mut messages = MessageColumns::default();
+        let mut changes = Changes::default();
         let (mut sync_team, mut sync_offset) = (Vec::new(), Vec::new());
         let (mut dead_stream, mut dead_id, mut dead_fields, mut dead_error) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -81,32 +125,40 @@ impl Store {
             };
             sync_team.push(event.team.clone());
             sync_offset.push(event.offset as i64);
-            match event.kind {
-                EventKind::Message => {
-                    let d = &event.data;
-                    messages.team.push(event.team.clone());
-                    messages.seq.push(event.seq as i64);
-                    messages.id.push(d.id.clone());
-                    messages.client_id.push(d.client_id.clone());
-                    messages.user_id.push(d.user.clone());
-                    messages.name.push(d.name.clone());
-                    messages.body.push(d.body.clone());
-                    messages.meta.push(d.meta.as_ref().map(|m| m.to_string()));
-                    messages.ts.push(d.ts);
-                    messages.offset.push(event.offset as i64);
-                }
-            }
+            changes.add(event);
+        }
+        let mut messages = MessageColumns::default();
+        for ((team, seq), (offset, d)) in &changes.messages {
+            messages.team.push(team.to_string());
+            messages.seq.push(*seq as i64);
+            messages.id.push(d.id.clone());
+            messages.client_id.push(d.client_id.clone());
+            messages.user_id.push(d.user.clone());
+            messages.name.push(d.name.clone());
+            messages.body.push(d.body.clone());
+            messages.meta.push(d.meta.as_ref().map(|m| m.to_string()));
+            messages.ts.push(d.ts);
+            messages.offset.push(*offset as i64);
         }
 
         let mut tx = self.pool.begin().await?;
         if !messages.team.is_empty() {
             sqlx::query(
-                r#"INSERT INTO messages (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version)
-                   SELECT t, s, i, c, u, n, b, m::jsonb, ts, o, o
+                // A row already there is either this message (redelivered: nothing to do) or
+                // the placeholder of an edit or delete that arrived first: fill it in, keeping
+                // the newer edit's body and a deletion.
+                r#"INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version)
+                   SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o
                    FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
                                $7::text[], $8::text[], $9::int8[], $10::int8[])
-                        AS x(t, s, i, c, u, n, b, m, ts, o)
-                   ON CONFLICT (team, seq) DO NOTHING"#,
+                        AS x(t, s, i, c, u, n, b, md, ts, o)
+                   ON CONFLICT (team, seq) DO UPDATE SET
+                       id = EXCLUDED.id, client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
+                       name = EXCLUDED.name, meta = EXCLUDED.meta, ts = EXCLUDED.ts, "offset" = EXCLUDED."offset",
+                       body = CASE WHEN m.deleted THEN '' WHEN m.version > EXCLUDED.version THEN m.body
+                                   ELSE EXCLUDED.body END,
+                       version = GREATEST(m.version, EXCLUDED.version)
+                   WHERE m.id IS NULL"#,
             )
             .bind(&messages.team)
             .bind(&messages.seq)
@@ -121,6 +173,7 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        write_amendments(&mut tx, &changes).await?;
         if !sync_team.is_empty() {
             advance_watermarks(&mut tx, &sync_team, &sync_offset).await?;
         }
@@ -140,6 +193,77 @@ impl Store {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Edits (newest offset wins, never over a deletion), deletes (final, whatever the order)
+/// and receipts (the highest seq wins): each commutes with the others and with the message.
+async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) -> sqlx::Result<()> {
+    if !changes.edits.is_empty() {
+        let (mut team, mut seq, mut body, mut edited_at, mut version) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((t, s), (offset, edit)) in &changes.edits {
+            team.push(t.to_string());
+            seq.push(*s as i64);
+            body.push(edit.body.clone());
+            edited_at.push(edit.ts);
+            version.push(*offset as i64);
+        }
+        sqlx::query(
+            "INSERT INTO messages AS m (team, seq, body, edited_at, version)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::int8[], $5::int8[])
+             ON CONFLICT (team, seq) DO UPDATE SET
+                 body = EXCLUDED.body, edited_at = EXCLUDED.edited_at, version = EXCLUDED.version
+             WHERE m.version < EXCLUDED.version AND NOT m.deleted",
+        )
+        .bind(&team)
+        .bind(&seq)
+        .bind(&body)
+        .bind(&edited_at)
+        .bind(&version)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !changes.deletes.is_empty() {
+        let (mut team, mut seq, mut version) = (vec![], vec![], vec![]);
+        for ((t, s), offset) in &changes.deletes {
+            team.push(t.to_string());
+            seq.push(*s as i64);
+            version.push(*offset as i64);
+        }
+        sqlx::query(
+            "INSERT INTO messages AS m (team, seq, body, deleted, version)
+             SELECT t, s, '', true, o FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(t, s, o)
+             ON CONFLICT (team, seq) DO UPDATE SET
+                 deleted = true, body = '', version = GREATEST(m.version, EXCLUDED.version)",
+        )
+        .bind(&team)
+        .bind(&seq)
+        .bind(&version)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !changes.receipts.is_empty() {
+        let (mut team, mut user, mut seq, mut offset) = (vec![], vec![], vec![], vec![]);
+        for ((t, u), (s, o)) in &changes.receipts {
+            team.push(t.to_string());
+            user.push(u.to_string());
+            seq.push(*s as i64);
+            offset.push(*o as i64);
+        }
+        sqlx::query(
+            r#"INSERT INTO receipts AS r (team, user_id, seq, "offset")
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::int8[])
+               ON CONFLICT (team, user_id) DO UPDATE SET seq = EXCLUDED.seq, "offset" = EXCLUDED."offset"
+               WHERE r.seq < EXCLUDED.seq"#,
+        )
+        .bind(&team)
+        .bind(&user)
+        .bind(&seq)
+        .bind(&offset)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Records the batch's offsets and moves each team's contiguous watermark

@@ -1,0 +1,89 @@
+//! Coalescing of one connection's read receipts: a burst of `receipt:update`s costs at most
+//! one stream event per team per second, carrying the highest seq of the burst. Pending
+//! receipts are written when the connection closes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use teamchat_shared::event::{ActorData, EventData};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::AppState;
+use crate::broker::{AppendOutcome, now_ms};
+
+/// The shortest interval between two receipt events of one connection in one team.
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// The handle a session keeps; dropping it flushes what is pending.
+pub struct Coalescer {
+    updates: mpsc::UnboundedSender<(String, u64)>,
+}
+
+impl Coalescer {
+    pub fn spawn(state: Arc<AppState>, session: Arc<str>, user: String) -> Self {
+        let (updates, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(state, session, user, rx));
+        Self { updates }
+    }
+
+    pub fn update(&self, team: String, seq: u64) {
+        let _ = self.updates.send((team, seq));
+    }
+}
+
+struct Team {
+    pending: Option<u64>,
+    next_allowed: Instant,
+}
+
+async fn run(
+    state: Arc<AppState>,
+    session: Arc<str>,
+    user: String,
+    mut updates: mpsc::UnboundedReceiver<(String, u64)>,
+) {
+    let mut teams: HashMap<String, Team> = HashMap::new();
+    loop {
+        let next_due = teams
+            .values()
+            .filter(|t| t.pending.is_some())
+            .map(|t| t.next_allowed)
+            .min();
+        let closed = tokio::select! {
+            update = updates.recv() => match update {
+                Some((team, seq)) => {
+                    let entry = teams.entry(team).or_insert(Team { pending: None, next_allowed: Instant::now() });
+                    entry.pending = Some(entry.pending.map_or(seq, |p| p.max(seq)));
+                    false
+                }
+                None => true,
+            },
+            _ = async { tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)).await }, if next_due.is_some() => false,
+        };
+        let now = Instant::now();
+        for (team, entry) in &mut teams {
+            if entry.next_allowed > now && !closed {
+                continue;
+            }
+            let Some(seq) = entry.pending.take() else {
+                continue;
+            };
+            entry.next_allowed = now + INTERVAL;
+            let data = EventData::Receipt(ActorData {
+                user: user.clone(),
+                ts: now_ms(),
+            });
+            match state.broker.append(team, &session, &data, seq, false).await {
+                Ok(AppendOutcome::Refused(code)) => debug!(?code, team, seq, "receipt refused"),
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, team, seq, "receipt not written: Redis unavailable"),
+            }
+        }
+        if closed {
+            return;
+        }
+    }
+}
