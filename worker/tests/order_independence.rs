@@ -1,0 +1,148 @@
+//! Workers commit out of order, so every write commutes: an edit or delete that reaches
+//! PostgreSQL before its message, redelivered entries, and receipts in any order all end
+//! in the same rows.
+
+use serde_json::json;
+use teamchat_shared::event::{ActorData, EditData, EventData, MessageData, StreamEvent};
+use teamchat_testkit::TestEnv;
+use teamchat_worker::ingest::Entry;
+use teamchat_worker::store::Store;
+
+fn entry(offset: u64, seq: u64, data: EventData) -> Entry {
+    Entry {
+        stream: "ingest".into(),
+        id: format!("{offset}-0"),
+        event: Ok(StreamEvent {
+            team: "t".into(),
+            offset,
+            seq,
+            src: String::new(),
+            data,
+        }),
+        fields: json!({}),
+        position: Some(("t".into(), offset)),
+    }
+}
+
+fn message(offset: u64, seq: u64, body: &str) -> Entry {
+    let data = MessageData {
+        id: format!("id{seq}"),
+        client_id: format!("c{seq}"),
+        user: "ann".into(),
+        name: None,
+        body: body.into(),
+        meta: None,
+        ts: 1_000 + offset as i64,
+    };
+    entry(offset, seq, EventData::Message(data))
+}
+
+fn edit(offset: u64, seq: u64, body: &str) -> Entry {
+    entry(
+        offset,
+        seq,
+        EventData::Edit(EditData {
+            user: "ann".into(),
+            body: body.into(),
+            ts: 1_000 + offset as i64,
+        }),
+    )
+}
+
+fn delete(offset: u64, seq: u64) -> Entry {
+    entry(
+        offset,
+        seq,
+        EventData::Delete(ActorData {
+            user: "ann".into(),
+            ts: 1_000 + offset as i64,
+        }),
+    )
+}
+
+fn receipt(offset: u64, user: &str, seq: u64) -> Entry {
+    entry(
+        offset,
+        seq,
+        EventData::Receipt(ActorData {
+            user: user.into(),
+            ts: 0,
+        }),
+    )
+}
+
+type Row = (i64, Option<String>, Option<String>, Option<i64>, bool);
+
+async fn rows(store: &Store) -> (Vec<Row>, Vec<(String, i64)>, i64) {
+    let messages =
+        sqlx::query_as("SELECT seq, id, body, edited_at, deleted FROM messages ORDER BY seq")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let receipts = sqlx::query_as("SELECT user_id, seq FROM receipts ORDER BY user_id")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    let watermark = sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    (messages, receipts, watermark)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_order_of_batches_gives_the_same_rows() {
+    // Offsets: 1 msg#1, 2 msg#2, 3 edit#1, 4 edit#1 again, 5 delete#2, 6 receipt ben 2,
+    // 7 receipt cy 1, 8 msg#3.
+    let all = || {
+        vec![
+            message(1, 1, "one"),
+            message(2, 2, "two"),
+            edit(3, 1, "one'"),
+            edit(4, 1, "one''"),
+            delete(5, 2),
+            receipt(6, "ben", 2),
+            receipt(7, "cy", 1),
+            message(8, 3, "three"),
+        ]
+    };
+    let expected: Vec<Row> = vec![
+        (
+            1,
+            Some("id1".into()),
+            Some("one''".into()),
+            Some(1_004),
+            false,
+        ),
+        (2, Some("id2".into()), Some(String::new()), None, true),
+        (3, Some("id3".into()), Some("three".into()), None, false),
+    ];
+    // In order, one batch; reversed, one entry per batch; interleaved with redeliveries.
+    let orders: Vec<Vec<Vec<usize>>> = vec![
+        vec![(0..8).collect()],
+        (0..8).rev().map(|i| vec![i]).collect(),
+        vec![vec![4, 2], vec![7, 3, 5], vec![1, 0, 6], vec![2, 4, 0]],
+    ];
+    for batches in orders {
+        let env = TestEnv::new().await;
+        let store = Store::connect(&env.database_url).await.unwrap();
+        for batch in &batches {
+            let entries: Vec<Entry> = {
+                let mut pool = all();
+                batch
+                    .iter()
+                    .map(|i| std::mem::replace(&mut pool[*i], receipt(0, "x", 0)))
+                    .collect()
+            };
+            store.write_batch(&entries).await.unwrap();
+        }
+        let (messages, receipts, watermark) = rows(&store).await;
+        assert_eq!(messages, expected, "batches {batches:?}");
+        assert_eq!(
+            receipts,
+            vec![("ben".to_owned(), 2), ("cy".to_owned(), 1)],
+            "batches {batches:?}"
+        );
+        assert_eq!(watermark, 8, "batches {batches:?}");
+    }
+}
