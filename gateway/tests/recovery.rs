@@ -5,6 +5,16 @@ mod common;
 use serde_json::json;
 use teamchat_testkit::{Client, TestEnv};
 
+/// The next `message:ack`, passing over the events others cause meanwhile.
+async fn ack_of(client: &mut Client) -> serde_json::Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == "message:ack" {
+            return frame;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
     let env = TestEnv::new().await;
@@ -18,28 +28,77 @@ async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
     let seen = bob.expect("message:new").await;
     drop(bob);
 
-    let mut missed = Vec::new();
-    for n in 1..=100 {
-        missed.push(
-            alice
-                .send_message("t", &format!("a{n}"), &format!("missed {n}"))
-                .await,
-        );
+    // 100 missed events of every durable kind, with typing in between (not replayed).
+    let mut carol = Client::connect(g2.addr(), &env.token("carol", &["t"])).await;
+    carol.join("t").await;
+    let mut missed: Vec<(String, String)> = Vec::new(); // (type, offset)
+    for n in 1..=25 {
+        alice
+            .send(json!({"type":"message:send","team":"t","client_id":format!("a{n}"),"body":format!("missed {n}")}))
+            .await;
+        let ack = ack_of(&mut alice).await;
+        missed.push(("message:new".into(), ack["offset"].as_str().unwrap().into()));
+        alice.send(json!({"type":"typing:start","team":"t"})).await;
+        alice
+            .send(json!({"type":"message:edit","team":"t","seq":ack["seq"],"body":"edited"}))
+            .await;
+        let edit = ack_of(&mut alice).await;
+        missed.push((
+            "message:edited".into(),
+            edit["offset"].as_str().unwrap().into(),
+        ));
+        alice
+            .send(json!({"type":"message:delete","team":"t","seq":ack["seq"]}))
+            .await;
+        let delete = ack_of(&mut alice).await;
+        missed.push((
+            "message:deleted".into(),
+            delete["offset"].as_str().unwrap().into(),
+        ));
+        // Receipts go out at most once a second per connection: each from a new one.
+        let mut reader = Client::connect(g2.addr(), &env.token("carol", &["t"])).await;
+        reader.join("t").await;
+        reader
+            .send(json!({"type":"receipt:update","team":"t","seq":ack["seq"]}))
+            .await;
+        let receipt = loop {
+            let frame = carol.recv().await;
+            if frame["type"] == "receipt:update" {
+                break frame;
+            }
+        };
+        assert_eq!(receipt["seq"], ack["seq"]);
+        missed.push(("receipt:update".into(), String::new()));
     }
+    assert_eq!(missed.len(), 100);
     let mut bob = Client::connect(g1.addr(), &env.token("bob", &["t"])).await;
     bob.send(json!({"type":"room:join","team":"t","rid":"r","since":{"offset":seen["offset"],"epoch":epoch}}))
         .await;
     let joined = bob.expect("room:joined").await;
     assert_eq!(joined["recovered"], true);
     assert_eq!(joined["rid"], "r");
-    assert_eq!(joined["offset"], missed.last().unwrap()["offset"]);
-    let live = alice.send_message("t", "live", "after the rejoin").await;
-    for ack in &missed {
-        let event = bob.expect("message:new").await;
-        assert_eq!(
-            (event["offset"].clone(), event["id"].clone()),
-            (ack["offset"].clone(), ack["id"].clone())
-        );
+    assert_eq!(
+        joined["offset"],
+        (seen["offset"].as_str().unwrap().parse::<u64>().unwrap() + 100).to_string()
+    );
+    alice
+        .send(
+            json!({"type":"message:send","team":"t","client_id":"live","body":"after the rejoin"}),
+        )
+        .await;
+    let live = ack_of(&mut alice).await;
+    let mut last: u64 = seen["offset"].as_str().unwrap().parse().unwrap();
+    for (kind, offset) in &missed {
+        let event = bob.recv().await;
+        assert_eq!(event["type"], kind.as_str(), "{event}");
+        if !offset.is_empty() {
+            assert_eq!(event["offset"], offset.as_str());
+        }
+        if kind != "receipt:update" {
+            let offset: u64 = event["offset"].as_str().unwrap().parse().unwrap();
+            assert!(offset > last);
+            last = offset;
+        }
     }
     let online = bob.expect("presence:list").await;
     let mut users: Vec<&str> = online["users"]
@@ -49,7 +108,7 @@ async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
         .map(|u| u["user"].as_str().unwrap())
         .collect();
     users.sort();
-    assert_eq!(users, ["alice", "bob"]);
+    assert_eq!(users, ["alice", "bob", "carol"]);
     bob.expect("receipt:list").await;
     assert_eq!(bob.expect("message:new").await["offset"], live["offset"]);
 }
