@@ -63,8 +63,14 @@ impl Broker {
         let client = redis::Client::open(config.redis.redis_url.as_str())?;
         // A slow append that still succeeds must not be reported as "nothing was accepted":
         // allow seconds, not the default 500 ms.
+        // While Redis is away, fail requests within a fraction of a second (they answer
+        // `unavailable` and the client retries) instead of queueing them on reconnects.
         let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)));
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
+            .set_number_of_retries(2)
+            .set_min_delay(std::time::Duration::from_millis(50))
+            .set_max_delay(std::time::Duration::from_millis(500));
         let conn = client
             .get_connection_manager_with_config(manager)
             .await

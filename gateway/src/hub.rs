@@ -41,12 +41,8 @@ impl Hub {
         broker: Broker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = redis::Client::open(config.redis.redis_url.as_str())?;
-        let pubsub = client
-            .get_async_pubsub()
-            .await
-            .context("opening the pub/sub connection")?;
-        let (sink, stream) = pubsub.split();
+        let client =
+            redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
         let (subs, sub_cmds) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
@@ -56,12 +52,10 @@ impl Hub {
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
             presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),
         });
-        let subscriber = tokio::spawn(tail::run_subscriber(sink, sub_cmds));
-        let dispatcher = tokio::spawn(tail::run_dispatcher(stream, hub.clone()));
+        let tail = tokio::spawn(tail::run(client, hub.clone(), sub_cmds));
         tokio::spawn(async move {
             shutdown.cancelled().await;
-            subscriber.abort();
-            dispatcher.abort();
+            tail.abort();
         });
         Ok(hub)
     }
@@ -117,6 +111,23 @@ impl Hub {
         let rooms = self.rooms.lock().expect("hub lock");
         if let Some(entry) = rooms.get(team) {
             let _ = entry.events.try_send(published);
+        }
+    }
+
+    /// The channels of every team with a room here (to subscribe again after a reconnect).
+    pub fn channels(&self) -> Vec<String> {
+        let rooms = self.rooms.lock().expect("hub lock");
+        rooms
+            .keys()
+            .map(|team| self.keys().team_channel(team))
+            .collect()
+    }
+
+    /// Asks every room to read what its stream has beyond what it delivered.
+    pub fn catch_up_all(&self) {
+        let rooms = self.rooms.lock().expect("hub lock");
+        for entry in rooms.values() {
+            let _ = entry.cmds.send(RoomCmd::CatchUp);
         }
     }
 

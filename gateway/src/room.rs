@@ -50,6 +50,8 @@ pub enum RoomCmd {
         reply: Option<Option<String>>,
         done: Option<oneshot::Sender<()>>,
     },
+    /// Read the stream beyond the last delivered offset now (pub/sub may have missed some).
+    CatchUp,
     Shutdown,
 }
 
@@ -116,6 +118,7 @@ impl Room {
                                 // Keep the order: joins queued before this go first.
                                 self.on_joins(std::mem::take(&mut joins)).await;
                                 match other {
+                                    RoomCmd::CatchUp => self.check_top().await,
                                     RoomCmd::Leave { conn_id, session, reply, done } => {
                                         self.on_leave(conn_id, &session, reply).await;
                                         if let Some(done) = done {

@@ -123,8 +123,15 @@ fn choose_subprotocol<B>(req: &Request<B>) -> (Encoding, bool) {
 }
 
 async fn ready(state: &AppState) -> Response<Body> {
-    let redis = state.broker.ping().await.is_ok();
-    let postgres = sqlx::query("SELECT 1").execute(&state.db).await.is_ok();
+    let limit = std::time::Duration::from_secs(1);
+    let redis = matches!(
+        tokio::time::timeout(limit, state.broker.ping()).await,
+        Ok(Ok(()))
+    );
+    let postgres = matches!(
+        tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&state.db)).await,
+        Ok(Ok(_))
+    );
     let status = if redis && postgres {
         StatusCode::OK
     } else {

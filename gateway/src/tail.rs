@@ -1,75 +1,135 @@
 //! Tailing team channels: one pub/sub connection per gateway, subscribed only to the teams
 //! its connections joined. Subscribe and unsubscribe requests are applied in the order the
-//! hub issued them and batched into one command each; messages are routed to their room.
+//! hub issued them and batched into one command each; messages are decoded once and routed
+//! to their room. When the connection drops it is opened again, every joined team is
+//! subscribed again, and every room catches up from its stream, so nothing published
+//! meanwhile is missed.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::aio::PubSubSink;
 use teamchat_shared::event::Published;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::hub::Hub;
 
 /// A change of the gateway's subscriptions.
 pub enum SubCmd {
-    /// Subscribe; the sender fires once Redis confirmed it.
+    /// Subscribe; the sender fires once Redis confirmed it (or the connection is down: the
+    /// channel is subscribed again on reconnect, and the room catches up then).
     Subscribe(String, oneshot::Sender<()>),
     Unsubscribe(String),
 }
 
-/// Applies subscription changes in order, batching runs of the same kind.
-pub async fn run_subscriber(mut sink: PubSubSink, mut cmds: mpsc::UnboundedReceiver<SubCmd>) {
-    let mut pending = Vec::new();
-    while cmds.recv_many(&mut pending, 1024).await > 0 {
-        let mut items = pending.drain(..).peekable();
-        while let Some(first) = items.next() {
-            match first {
-                SubCmd::Subscribe(channel, ready) => {
-                    let (mut channels, mut readies) = (vec![channel], vec![ready]);
-                    while let Some(SubCmd::Subscribe(..)) = items.peek() {
-                        if let Some(SubCmd::Subscribe(c, r)) = items.next() {
-                            channels.push(c);
-                            readies.push(r);
-                        }
-                    }
-                    if let Err(e) = sink.subscribe(&channels).await {
-                        // The room still catches up from the stream on its periodic check.
-                        error!(error = %e, "SUBSCRIBE failed");
-                    }
-                    for ready in readies {
-                        let _ = ready.send(());
-                    }
-                }
-                SubCmd::Unsubscribe(channel) => {
-                    let mut channels = vec![channel];
-                    while let Some(SubCmd::Unsubscribe(_)) = items.peek() {
-                        if let Some(SubCmd::Unsubscribe(c)) = items.next() {
-                            channels.push(c);
-                        }
-                    }
-                    if let Err(e) = sink.unsubscribe(&channels).await {
-                        warn!(error = %e, "UNSUBSCRIBE failed");
+/// Runs the pub/sub side of the gateway until the command channel closes.
+pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<SubCmd>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut first = true;
+    loop {
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "pub/sub connection failed");
+                // Keep answering subscribe requests meanwhile, so joins do not wait.
+                let deadline = tokio::time::sleep(backoff);
+                tokio::pin!(deadline);
+                loop {
+                    tokio::select! {
+                        _ = &mut deadline => break,
+                        cmd = cmds.recv() => match cmd {
+                            Some(SubCmd::Subscribe(_, ready)) => { let _ = ready.send(()); }
+                            Some(SubCmd::Unsubscribe(_)) => {}
+                            None => return,
+                        },
                     }
                 }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let (mut sink, mut stream) = pubsub.split();
+        if !first {
+            let channels = hub.channels();
+            if !channels.is_empty()
+                && let Err(e) = sink.subscribe(&channels).await
+            {
+                warn!(error = %e, "resubscribe failed");
+                continue;
+            }
+            info!(teams = channels.len(), "pub/sub reconnected");
+            hub.catch_up_all();
+        }
+        first = false;
+        let mut pending = Vec::new();
+        loop {
+            tokio::select! {
+                received = cmds.recv_many(&mut pending, 1024) => {
+                    if received == 0 {
+                        return;
+                    }
+                    if !apply(&mut sink, &mut pending).await {
+                        break;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(msg) => {
+                        let channel = msg.get_channel_name();
+                        let Some(team) = hub.keys().team_of_channel(channel) else { continue };
+                        match Published::parse(team, msg.get_payload_bytes()) {
+                            Ok(published) => hub.dispatch(team, published),
+                            Err(e) => error!(error = %e, channel, "undecodable published event"),
+                        }
+                    }
+                    None => {
+                        warn!("pub/sub connection lost; reconnecting");
+                        break;
+                    }
+                },
             }
         }
     }
 }
 
-/// Decodes each published event once and hands it to its room.
-pub async fn run_dispatcher(mut stream: PubSubStream, hub: Arc<Hub>) {
-    while let Some(msg) = stream.next().await {
-        let channel = msg.get_channel_name();
-        let Some(team) = hub.keys().team_of_channel(channel) else {
-            continue;
-        };
-        match Published::parse(team, msg.get_payload_bytes()) {
-            Ok(published) => hub.dispatch(team, published),
-            Err(e) => error!(error = %e, channel, "undecodable published event"),
+/// Applies queued subscription changes in order, batching runs of one kind. Returns false
+/// when the connection failed (the caller reconnects and resubscribes everything).
+async fn apply(sink: &mut PubSubSink, pending: &mut Vec<SubCmd>) -> bool {
+    let mut healthy = true;
+    let mut items = pending.drain(..).peekable();
+    while let Some(first) = items.next() {
+        match first {
+            SubCmd::Subscribe(channel, ready) => {
+                let (mut channels, mut readies) = (vec![channel], vec![ready]);
+                while let Some(SubCmd::Subscribe(..)) = items.peek() {
+                    if let Some(SubCmd::Subscribe(c, r)) = items.next() {
+                        channels.push(c);
+                        readies.push(r);
+                    }
+                }
+                if healthy && let Err(e) = sink.subscribe(&channels).await {
+                    error!(error = %e, "SUBSCRIBE failed");
+                    healthy = false;
+                }
+                for ready in readies {
+                    let _ = ready.send(());
+                }
+            }
+            SubCmd::Unsubscribe(channel) => {
+                let mut channels = vec![channel];
+                while let Some(SubCmd::Unsubscribe(_)) = items.peek() {
+                    if let Some(SubCmd::Unsubscribe(c)) = items.next() {
+                        channels.push(c);
+                    }
+                }
+                if healthy && let Err(e) = sink.unsubscribe(&channels).await {
+                    warn!(error = %e, "UNSUBSCRIBE failed");
+                    healthy = false;
+                }
+            }
         }
     }
-    // Rooms keep delivering from their periodic stream checks, with more latency.
-    error!("pub/sub connection closed");
+    healthy
 }

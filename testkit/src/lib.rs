@@ -3,6 +3,7 @@
 //! and a WebSocket client that speaks PROTOCOL.md over TCP.
 
 pub mod client;
+pub mod redis_server;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
