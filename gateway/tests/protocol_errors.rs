@@ -161,3 +161,23 @@ async fn fragmented_messages_are_assembled_and_capped_at_max_frame() {
     client::raw_send_frame(&mut raw, false, 0x0, &[b' '; 600]).await;
     assert_eq!(client::raw_close_code(&mut raw).await, 1009);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_1000() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let mut c = Client::connect(g.addr(), &env.token("u1", &["t"])).await;
+    c.join("t").await;
+    use teamchat_testkit::tokio_tungstenite::tungstenite::protocol::{
+        CloseFrame, frame::coding::CloseCode,
+    };
+    let normal = CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    };
+    c.ws.close(Some(normal)).await.unwrap();
+    // The server echoes the close, code included.
+    let (code, frames) = c.close_code().await;
+    assert_eq!(code, 1000);
+    assert!(frames.is_empty());
+}
