@@ -48,7 +48,7 @@ async fn a_live_connection_closes_4003_when_its_token_expires() {
     let g = common::gateway(&env, &["--token-leeway-s=0"]).await;
     let mut c = Client::connect(
         g.addr(),
-        &sign(&json!({"sub": "u1", "teams": ["t"], "exp": now() + 1})),
+        &sign(&json!({"sub": "u1", "teams": ["t"], "exp": now() + 2})),
     )
     .await;
     assert_eq!(c.close_code().await.0, 4003);
