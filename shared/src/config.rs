@@ -140,6 +140,13 @@ pub struct WorkerConfig {
     /// Longest wait for new entries before a read returns what it has.
     #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,
+    /// How often the ingest streams are trimmed behind what the group acknowledged.
+    #[arg(long, env = "TRIM_EVERY_MS", default_value_t = 5_000)]
+    pub trim_every_ms: u64,
+    /// An entry delivered more often than this (the worker kept dying on it) is moved to
+    /// the dead letters instead of being tried again.
+    #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
+    pub max_deliveries: u64,
     /// Entries pending this long on another consumer are claimed by this one.
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,

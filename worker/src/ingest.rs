@@ -6,7 +6,12 @@ use std::time::Duration;
 use anyhow::Context;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadOptions, StreamReadReply};
+use std::collections::HashMap;
+
+use redis::streams::{
+    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingReply, StreamReadOptions,
+    StreamReadReply,
+};
 use teamchat_shared::config::WorkerConfig;
 use teamchat_shared::event::{self, StreamEvent};
 
@@ -21,6 +26,8 @@ pub struct Entry {
     /// The team and offset, when readable even though the event is not: a dead letter
     /// still counts as synced, or the team's watermark would stop at it for good.
     pub position: Option<(String, u64)>,
+    /// How often the group delivered this entry (1 for a new one).
+    pub deliveries: u64,
 }
 
 pub struct Ingest {
@@ -94,7 +101,63 @@ impl Ingest {
             .blocking
             .xread_options(&self.streams, &ids, &options)
             .await?;
-        Ok(reply.map(flatten).unwrap_or_default())
+        let mut entries = reply.map(flatten).unwrap_or_default();
+        self.count_deliveries(&mut entries).await?;
+        Ok(entries)
+    }
+
+    /// Fills in how often each (re)delivered entry was delivered, from XPENDING.
+    async fn count_deliveries(&mut self, entries: &mut [Entry]) -> anyhow::Result<()> {
+        let mut by_stream: HashMap<String, Vec<usize>> = HashMap::new();
+        for (i, entry) in entries.iter().enumerate() {
+            by_stream.entry(entry.stream.clone()).or_default().push(i);
+        }
+        for (stream, indexes) in by_stream {
+            let ids: Vec<&str> = indexes.iter().map(|i| entries[*i].id.as_str()).collect();
+            let (first, last) = (
+                ids.iter().min().unwrap().to_string(),
+                ids.iter().max().unwrap().to_string(),
+            );
+            let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+                .arg(&stream)
+                .arg(&self.group)
+                .arg(first)
+                .arg(last)
+                .arg(ids.len().max(self.batch_size))
+                .arg(&self.consumer)
+                .query_async(&mut self.blocking)
+                .await?;
+            let counts: HashMap<String, u64> =
+                pending.into_iter().map(|(id, _, _, n)| (id, n)).collect();
+            for i in indexes {
+                entries[i].deliveries = counts.get(&entries[i].id).copied().unwrap_or(1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims each ingest stream behind what the group has acknowledged, so Redis holds only
+    /// what is pending or not yet read.
+    pub async fn trim_acked(&mut self) -> anyhow::Result<()> {
+        for stream in &self.streams {
+            let groups: StreamInfoGroupsReply = self.blocking.xinfo_groups(stream).await?;
+            let Some(group) = groups.groups.iter().find(|g| g.name == self.group) else {
+                continue;
+            };
+            let pending: StreamPendingReply = self.blocking.xpending(stream, &self.group).await?;
+            let keep_from = match pending {
+                StreamPendingReply::Data(data) => data.start_id,
+                _ => group.last_delivered_id.clone(),
+            };
+            redis::cmd("XTRIM")
+                .arg(stream)
+                .arg("MINID")
+                .arg("~")
+                .arg(keep_from)
+                .query_async::<i64>(&mut self.blocking)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Takes over entries pending on other consumers for longer than `claim_idle_ms`.
@@ -113,6 +176,7 @@ impl Ingest {
                 .await?;
             claimed.extend(reply.claimed.into_iter().map(|entry| decode(stream, entry)));
         }
+        self.count_deliveries(&mut claimed).await?;
         Ok(claimed)
     }
 
@@ -161,5 +225,6 @@ fn decode(stream: &str, entry: StreamId) -> Entry {
         event,
         fields: fields.into(),
         position,
+        deliveries: 1,
     }
 }

@@ -13,19 +13,47 @@ use teamchat_shared::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::ingest::Ingest;
+use tokio::time::Instant;
+
+use crate::ingest::{Entry, Ingest};
 use crate::store::Store;
 
-/// Syncs until `shutdown` fires; the batch in hand is committed and acked first.
+/// Syncs until `shutdown` fires; the batch in hand is committed and acked first. Redis
+/// errors reconnect (with backoff) instead of ending the worker.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url).await?;
     store.migrate().await.context("applying migrations")?;
-    let mut ingest = Ingest::connect(&config).await?;
+    let mut backoff = Duration::from_millis(100);
+    while !shutdown.is_cancelled() {
+        match sync(&config, &store, &shutdown).await {
+            Ok(()) => break,
+            Err(error) => {
+                warn!(%error, retry_in_ms = backoff.as_millis() as u64, "Redis unavailable; reconnecting");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => break,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    info!("worker stopped");
+    Ok(())
+}
+
+/// One connection's worth of syncing: returns Ok on shutdown, Err on a Redis error.
+async fn sync(
+    config: &WorkerConfig,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut ingest = Ingest::connect(config).await?;
     ingest.ensure_groups().await?;
     info!(consumer = %config.consumer, group = %config.group, "worker syncing");
 
     let mut pending_first = true;
-    let mut last_claim = tokio::time::Instant::now();
+    let mut last_claim = Instant::now();
+    let mut last_trim = Instant::now();
     let claim_every = Duration::from_millis(config.claim_idle_ms.max(1_000) / 2);
     while !shutdown.is_cancelled() {
         let batch = if pending_first {
@@ -34,41 +62,111 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             pending_first = !batch.is_empty();
             batch
         } else if last_claim.elapsed() >= claim_every {
-            last_claim = tokio::time::Instant::now();
+            last_claim = Instant::now();
             ingest.claim_idle().await?
         } else {
             tokio::select! {
                 batch = ingest.read_new() => batch?,
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => return Ok(()),
             }
         };
-        if batch.is_empty() {
-            continue;
-        }
         for chunk in batch.chunks(config.batch_size.max(1)) {
-            write_with_retry(&store, chunk).await;
+            if !write(store, chunk, config.max_deliveries, shutdown).await {
+                // Stopped while PostgreSQL was failing: nothing acked, all stays pending.
+                return Ok(());
+            }
             ingest.ack(chunk).await?;
         }
+        if last_trim.elapsed() >= Duration::from_millis(config.trim_every_ms) {
+            last_trim = Instant::now();
+            ingest.trim_acked().await?;
+        }
     }
-    info!("worker stopped");
     Ok(())
 }
 
-/// Writes a batch, retrying with capped exponential backoff until PostgreSQL takes it: the
-/// entries stay pending in Redis meanwhile, so nothing is acked that is not committed.
-async fn write_with_retry(store: &Store, batch: &[ingest::Entry]) {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        match store.write_batch(batch).await {
-            Ok(()) => return,
-            Err(error) => {
-                warn!(%error, entries = batch.len(), retry_in_ms = delay.as_millis() as u64, "batch write failed");
-                let jitter = Duration::from_millis(u64::from(std::process::id() % 50));
-                tokio::time::sleep(delay + jitter).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
+/// Writes a batch so that it can be acked: transient PostgreSQL errors are retried with
+/// backoff and jitter (the entries stay pending meanwhile); a data error is narrowed down
+/// by halving the batch until the entry at fault is found and dead-lettered, so its
+/// neighbours still land; entries delivered more than `max_deliveries` times are
+/// dead-lettered without a try. Returns false if shutdown came first.
+async fn write(
+    store: &Store,
+    batch: &[Entry],
+    max_deliveries: u64,
+    shutdown: &CancellationToken,
+) -> bool {
+    let (worn_out, batch): (Vec<&Entry>, Vec<&Entry>) =
+        batch.iter().partition(|e| e.deliveries > max_deliveries);
+    for entry in worn_out {
+        let error = format!("delivered {} times without being synced", entry.deliveries);
+        if !dead_letter(store, entry, &error, shutdown).await {
+            return false;
+        }
+    }
+    let mut parts: Vec<Vec<&Entry>> = vec![batch];
+    while let Some(part) = parts.pop() {
+        let mut delay = Duration::from_millis(50);
+        let error = loop {
+            match store.write_batch(&part).await {
+                Ok(()) => break None,
+                Err(e) if store::is_data_error(&e) => break Some(e),
+                Err(e) => {
+                    warn!(error = %e, entries = part.len(), "batch write failed");
+                    if !back_off(&mut delay, shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        };
+        match (error, part.as_slice()) {
+            (None, _) | (Some(_), []) => {}
+            (Some(error), [entry]) => {
+                warn!(%error, id = %entry.id, "dead-lettering an entry PostgreSQL refuses");
+                if !dead_letter(store, entry, &error.to_string(), shutdown).await {
+                    return false;
+                }
+            }
+            (Some(_), _) => {
+                let (left, right) = part.split_at(part.len() / 2);
+                parts.push(right.to_vec());
+                parts.push(left.to_vec());
             }
         }
     }
+    true
+}
+
+async fn dead_letter(
+    store: &Store,
+    entry: &Entry,
+    error: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match store.dead_letter(entry, error).await {
+            Ok(()) => return true,
+            Err(e) => {
+                warn!(error = %e, "dead letter not written");
+                if !back_off(&mut delay, shutdown).await {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps `delay` plus up to half of it again (jitter, so workers do not retry in step),
+/// then doubles it up to 5 s. False if shutdown came first.
+async fn back_off(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+    let jitter = Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
+    let slept = tokio::select! {
+        _ = tokio::time::sleep(*delay + jitter) => true,
+        _ = shutdown.cancelled() => false,
+    };
+    *delay = (*delay * 2).min(Duration::from_secs(5));
+    slept
 }
 
 /// Cancels `shutdown` on SIGTERM or Ctrl-C.

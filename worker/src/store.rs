@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use teamchat_shared::event::{EditData, EventData, MessageData, StreamEvent};
@@ -103,12 +104,13 @@ impl Store {
     }
 
     /// Writes one batch in one transaction.
-    pub async fn write_batch(&self, batch: &[Entry]) -> anyhow::Result<()> {
+    pub async fn write_batch<E: Borrow<Entry>>(&self, batch: &[E]) -> anyhow::Result<()> {
         let mut changes = Changes::default();
         let (mut sync_team, mut sync_offset) = (Vec::new(), Vec::new());
         let (mut dead_stream, mut dead_id, mut dead_fields, mut dead_error) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for entry in batch {
+            let entry: &Entry = entry.borrow();
             let event = match &entry.event {
                 Ok(event) => event,
                 Err(error) => {
@@ -189,6 +191,44 @@ impl Store {
             .bind(&dead_error)
             .execute(&mut *tx)
             .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Whether PostgreSQL refused the data itself (SQLSTATE classes 22 and 23): trying the
+/// same rows again cannot help.
+pub fn is_data_error(error: &anyhow::Error) -> bool {
+    match error.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}
+
+impl Store {
+    /// Moves one entry to the dead letters, counting its offset as synced (in one
+    /// transaction), so the team's watermark moves on.
+    pub async fn dead_letter(&self, entry: &Entry, error: &str) -> anyhow::Result<()> {
+        let position = match &entry.event {
+            Ok(event) => Some((event.team.clone(), event.offset)),
+            Err(_) => entry.position.clone(),
+        };
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO dead_letters (stream, entry_id, fields, error) VALUES ($1, $2, $3::jsonb, $4)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(&entry.stream)
+        .bind(&entry.id)
+        .bind(entry.fields.to_string())
+        .bind(error)
+        .execute(&mut *tx)
+        .await?;
+        if let Some((team, offset)) = position {
+            advance_watermarks(&mut tx, &[team], &[offset as i64]).await?;
         }
         tx.commit().await?;
         Ok(())

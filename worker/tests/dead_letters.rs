@@ -72,3 +72,150 @@ async fn an_undecodable_entry_is_dead_lettered_and_its_neighbours_sync() {
     assert_eq!(fields["off"], "2");
     stop.cancel();
 }
+
+/// Appends a raw ingest entry for team `t` at the next offset (as the append script would,
+/// minus the checks), returning its offset.
+async fn inject(env: &TestEnv, d: &str) -> u64 {
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let offset: u64 = redis.hincr(keys.team_meta("t"), "offset", 1).await.unwrap();
+    let seq: u64 = redis.hincr(keys.team_meta("t"), "seq", 1).await.unwrap();
+    let _: String = redis
+        .xadd(
+            keys.ingest(keys.shard_of("t")),
+            "*",
+            &[
+                ("team", "t".to_owned()),
+                ("off", offset.to_string()),
+                ("k", "message".to_owned()),
+                ("seq", seq.to_string()),
+                ("d", d.to_owned()),
+            ],
+        )
+        .await
+        .unwrap();
+    offset
+}
+
+fn message(id: &str, body: &str) -> String {
+    serde_json::json!({"id": id, "client_id": id, "user": "u1", "body": body, "ts": 1}).to_string()
+}
+
+async fn wait_for_watermark(pg: &sqlx::PgPool, offset: i64) {
+    eventually(Duration::from_secs(30), "the watermark", || async {
+        let w: Option<i64> =
+            sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
+                .fetch_optional(pg)
+                .await
+                .ok()?;
+        (w == Some(offset)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_postgresql_refuses_is_dead_lettered_and_its_batch_lands() {
+    let env = TestEnv::new().await;
+    inject(&env, &message("a", "fine")).await;
+    inject(&env, &message("b", "nul \u{0} inside")).await; // text cannot hold NUL
+    let last = inject(&env, &message("c", "fine too")).await;
+    let stop = CancellationToken::new();
+    tokio::spawn(teamchat_worker::run(env.worker_config("w1"), stop.clone()));
+    let pg = env.pg().await;
+    wait_for_watermark(&pg, last as i64).await;
+    let synced: Vec<String> = sqlx::query_scalar("SELECT client_id FROM messages ORDER BY seq")
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+    assert_eq!(synced, ["a", "c"]);
+    let error: String = sqlx::query_scalar("SELECT error FROM dead_letters")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert!(
+        error.contains("0x00") || error.contains("invalid byte"),
+        "{error}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_delivered_too_often_is_dead_lettered() {
+    let env = TestEnv::new().await;
+    let mut config = env.worker_config("w1");
+    config.max_deliveries = 5;
+    let offset = inject(&env, &message("a", "fine, but the worker kept dying on it")).await;
+    let stream = env.keys().ingest(env.keys().shard_of("t"));
+    let mut redis = env.redis().await;
+    // Deliver it to w1 and set its count to five, as crashes would have; the worker's own
+    // re-read of its pending entries is the sixth delivery.
+    let _: redis::Value = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("sync")
+        .arg("0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let read: redis::streams::StreamReadReply = redis
+        .xread_options(
+            &[&stream],
+            &[">"],
+            &redis::streams::StreamReadOptions::default().group("sync", "w1"),
+        )
+        .await
+        .unwrap();
+    let id = read.keys[0].ids[0].id.clone();
+    let _: redis::Value = redis::cmd("XCLAIM")
+        .arg(&stream)
+        .arg("sync")
+        .arg("w1")
+        .arg(0)
+        .arg(&id)
+        .arg("RETRYCOUNT")
+        .arg(5)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    tokio::spawn(teamchat_worker::run(config, stop.clone()));
+    let pg = env.pg().await;
+    wait_for_watermark(&pg, offset as i64).await;
+    let error: String = sqlx::query_scalar("SELECT error FROM dead_letters")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert!(error.contains("delivered 6 times"), "{error}");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_stream_is_trimmed_behind_the_group() {
+    let env = TestEnv::new().await;
+    let mut last = 0;
+    for n in 0..1_000 {
+        last = inject(&env, &message(&format!("m{n}"), "b")).await;
+    }
+    let stream = env.keys().ingest(env.keys().shard_of("t"));
+    let mut redis = env.redis().await;
+    assert_eq!(redis.xlen::<_, u64>(&stream).await.unwrap(), 1_000);
+    let mut config = env.worker_config("w1");
+    config.trim_every_ms = 10;
+    let stop = CancellationToken::new();
+    tokio::spawn(teamchat_worker::run(config, stop.clone()));
+    let pg = env.pg().await;
+    wait_for_watermark(&pg, last as i64).await;
+    // Trimming is approximate (whole stream nodes of ~100 entries): most of it must go.
+    eventually(Duration::from_secs(20), "the stream trimmed", || {
+        let (mut redis, stream) = (redis.clone(), stream.clone());
+        async move { (redis.xlen::<_, u64>(&stream).await.ok()? < 200).then_some(()) }
+    })
+    .await;
+    stop.cancel();
+}

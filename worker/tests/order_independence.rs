@@ -21,6 +21,7 @@ fn entry(offset: u64, seq: u64, data: EventData) -> Entry {
         }),
         fields: json!({}),
         position: Some(("t".into(), offset)),
+        deliveries: 1,
     }
 }
 
