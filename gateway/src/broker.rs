@@ -7,18 +7,15 @@ use std::sync::Arc;
 use anyhow::Context;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use redis::streams::StreamRangeReply;
 use teamchat_shared::config::GatewayConfig;
-use teamchat_shared::event::{self, Ephemeral, EventData, StreamEvent};
+use teamchat_shared::event::{Ephemeral, EventData, StreamEvent};
 use teamchat_shared::keys::Keys;
 use teamchat_shared::protocol::{ErrorCode, PresenceEntry, Receipt};
 use teamchat_shared::scripts;
+use teamchat_shared::stream;
 
 /// How long `message:send` dedupe keys live (PROTOCOL.md: within 24 h).
 const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
-
-/// Entries read per XRANGE call.
-const RANGE_PAGE: usize = 1_000;
 
 #[derive(Clone)]
 pub struct Broker {
@@ -181,32 +178,7 @@ impl Broker {
         from: u64,
         to: u64,
     ) -> redis::RedisResult<Vec<StreamEvent>> {
-        let key = self.keys.team_events(team);
-        let mut events = Vec::new();
-        let mut start = from;
-        while start <= to {
-            let reply: StreamRangeReply = self
-                .conn
-                .clone()
-                .xrange_count(&key, format!("{start}-0"), format!("{to}-0"), RANGE_PAGE)
-                .await?;
-            let count = reply.ids.len();
-            for entry in reply.ids {
-                let Some(offset) = event::offset_of_entry_id(&entry.id) else {
-                    continue;
-                };
-                match event::from_fields(Some(team), Some(offset), event::entry_fields(&entry.map))
-                {
-                    Ok(event) => events.push(event),
-                    Err(error) => tracing::error!(%error, team, offset, "undecodable stream entry"),
-                }
-                start = offset + 1;
-            }
-            if count < RANGE_PAGE {
-                break;
-            }
-        }
-        Ok(events)
+        stream::read_range(&mut self.conn.clone(), &self.keys, team, from, to).await
     }
 
     /// Publishes an ephemeral event on the team's channel (nothing is stored).

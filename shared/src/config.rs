@@ -118,6 +118,9 @@ pub struct GatewayConfig {
     version
 )]
 pub struct WorkerConfig {
+    /// What to do; syncing when none is given.
+    #[command(subcommand)]
+    pub command: Option<WorkerCommand>,
     #[command(flatten)]
     pub redis: RedisArgs,
     /// PostgreSQL URL; migrations are applied at start.
@@ -153,4 +156,28 @@ pub struct WorkerConfig {
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
+}
+
+/// The worker's subcommands besides syncing.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum WorkerCommand {
+    /// Sync the ingest streams into PostgreSQL (the default).
+    Sync,
+    /// Rebuild PostgreSQL rows from the team streams (idempotent; safe on a live system).
+    Replay {
+        /// Only this team; all teams when absent.
+        #[arg(long)]
+        team: Option<String>,
+    },
+    /// Write a team's stream as NDJSON to stdout, one event per line.
+    Export {
+        #[arg(long)]
+        team: String,
+        /// First offset to write.
+        #[arg(long)]
+        from: Option<u64>,
+        /// Last offset to write.
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }

@@ -47,6 +47,20 @@ impl Keys {
         self.team_key(team, "events")
     }
 
+    /// A SCAN pattern matching every team stream under this prefix.
+    pub fn team_events_pattern(&self) -> String {
+        format!("{}:{{s*}}:team:*:events", self.prefix)
+    }
+
+    /// The team of a team-stream key (see `team_events`).
+    pub fn team_of_events_key<'a>(&self, key: &'a str) -> Option<&'a str> {
+        let rest = key
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":{s")?;
+        let (_, rest) = rest.split_once("}:team:")?;
+        rest.strip_suffix(":events")
+    }
+
     /// The team's meta hash: `epoch`, `offset` (last durable event), `seq` (last message).
     pub fn team_meta(&self, team: &str) -> String {
         self.team_key(team, "meta")
@@ -135,6 +149,10 @@ mod tests {
         let channel = keys.team_channel("a:b.c");
         assert_eq!(keys.team_of_channel(&channel), Some("a:b.c"));
         assert_eq!(keys.team_of_channel("other:{s1}:team:x:ch"), None);
+        assert_eq!(
+            keys.team_of_events_key(&keys.team_events("a:b.c")),
+            Some("a:b.c")
+        );
     }
 
     #[test]

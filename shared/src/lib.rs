@@ -8,3 +8,4 @@ pub mod keys;
 pub mod logging;
 pub mod protocol;
 pub mod scripts;
+pub mod stream;

@@ -5,7 +5,10 @@ use tracing_subscriber::EnvFilter;
 /// `json` selects one JSON object per line; the level comes from `RUST_LOG` (default `info`).
 pub fn init(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // stderr: stdout is for a command's output (`teamchat-worker export`).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

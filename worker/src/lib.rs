@@ -4,6 +4,7 @@
 //! Data path: `ingest` (read, claim, ack) → `store` (one transaction per batch).
 
 pub mod ingest;
+pub mod replay;
 pub mod store;
 
 use std::time::Duration;

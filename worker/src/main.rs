@@ -1,14 +1,29 @@
-//! `teamchat-worker`: parse config, sync until SIGTERM or Ctrl-C.
+//! `teamchat-worker`: parse config, then sync until SIGTERM or Ctrl-C, or run `replay` or
+//! `export` once.
 
 use clap::Parser;
-use teamchat_shared::config::WorkerConfig;
+use teamchat_shared::config::{WorkerCommand, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = WorkerConfig::parse();
     teamchat_shared::logging::init(config.log_json);
-    let shutdown = CancellationToken::new();
-    tokio::spawn(teamchat_worker::shutdown_on_signal(shutdown.clone()));
-    teamchat_worker::run(config, shutdown).await
+    match config.command.clone() {
+        None | Some(WorkerCommand::Sync) => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(teamchat_worker::shutdown_on_signal(shutdown.clone()));
+            teamchat_worker::run(config, shutdown).await
+        }
+        Some(WorkerCommand::Replay { team }) => {
+            let stats = teamchat_worker::replay::replay(&config, team.as_deref()).await?;
+            tracing::info!(teams = stats.teams, events = stats.events, "replay done");
+            Ok(())
+        }
+        Some(WorkerCommand::Export { team, from, to }) => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            teamchat_worker::replay::export(&config, &team, from, to, &mut out).await?;
+            Ok(())
+        }
+    }
 }

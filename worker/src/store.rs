@@ -209,6 +209,27 @@ pub fn is_data_error(error: &anyhow::Error) -> bool {
 }
 
 impl Store {
+    /// Records that everything of `team` up to `offset` is in PostgreSQL (after a replay
+    /// wrote the whole stream up to there; what the stream no longer holds is gone anyway).
+    pub async fn mark_synced_through(&self, team: &str, offset: u64) -> anyhow::Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO team_sync (team, synced_offset) VALUES ($1, $2)
+             ON CONFLICT (team) DO UPDATE SET synced_offset = GREATEST(team_sync.synced_offset, $2)",
+        )
+        .bind(team)
+        .bind(offset as i64)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(r#"DELETE FROM synced_ahead WHERE team = $1 AND "offset" <= $2"#)
+            .bind(team)
+            .bind(offset as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Moves one entry to the dead letters, counting its offset as synced (in one
     /// transaction), so the team's watermark moves on.
     pub async fn dead_letter(&self, entry: &Entry, error: &str) -> anyhow::Result<()> {
