@@ -7,8 +7,20 @@ use teamchat_gateway::Gateway;
 use teamchat_testkit::{Client, TestEnv, eventually};
 use tokio_util::sync::CancellationToken;
 
+/// team, seq, id, client_id, body, edited_at, deleted, offset
+type MessageRow = (
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    bool,
+    Option<i64>,
+);
+
 async fn snapshot(pg: &sqlx::PgPool) -> (Vec<Value>, Vec<(String, String, i64)>) {
-    let messages: Vec<(String, i64, Option<String>, Option<String>, Option<String>, Option<i64>, bool, Option<i64>)> =
+    let messages: Vec<MessageRow> =
         sqlx::query_as(
             r#"SELECT team, seq, id, client_id, body, edited_at, deleted, "offset" FROM messages ORDER BY team, seq"#,
         )
