@@ -15,6 +15,9 @@ pub struct Claims {
     pub name: Option<String>,
     #[serde(default)]
     pub role: Option<String>,
+    /// Credits the user may use in all (overrides the configured default).
+    #[serde(default)]
+    pub credit_limit: Option<u64>,
 }
 
 impl Claims {

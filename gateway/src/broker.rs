@@ -88,6 +88,9 @@ impl Broker {
     ///
     /// `target` is the message an edit or delete concerns, or the seq a receipt reads up
     /// to; `staff` lets a delete remove anyone's message.
+    /// `cost` credits are charged to the user; with a `limit`, an event that would take the
+    /// user's total over it is refused with `quota_exceeded`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn append(
         &self,
         team: &str,
@@ -95,8 +98,20 @@ impl Broker {
         data: &EventData,
         target: u64,
         staff: bool,
+        cost: u64,
+        limit: Option<u64>,
     ) -> redis::RedisResult<AppendOutcome> {
         let keys = &self.keys;
+        let shard = keys.shard_of(team);
+        // The script sees only its shard; the user's credits on the others are read first.
+        // Concurrent sends on several shards may pass the limit by a few credits.
+        let used_elsewhere = match limit {
+            Some(_) if cost > 0 => {
+                let per_shard = self.credits_used(data.user()).await?;
+                per_shard.iter().sum::<u64>() - per_shard[shard as usize]
+            }
+            _ => 0,
+        };
         let (id, dedupe) = match data {
             EventData::Message(m) => (m.id.as_str(), keys.dedupe(team, &m.user, &m.client_id)),
             _ => ("", keys.team_meta(team)),
@@ -108,6 +123,8 @@ impl Broker {
             .key(dedupe)
             .key(keys.team_messages(team))
             .key(keys.team_receipts(team))
+            .key(keys.user_credits(shard))
+            .key(keys.team_credits(shard))
             .arg(team)
             .arg(data.kind().as_str())
             .arg(src)
@@ -121,6 +138,9 @@ impl Broker {
             .arg(target)
             .arg(data.user())
             .arg(if staff { "1" } else { "0" })
+            .arg(cost)
+            .arg(limit.map(|l| l.to_string()).unwrap_or_default())
+            .arg(used_elsewhere)
             .invoke_async(&mut self.conn.clone())
             .await?;
         parse_outcome(&reply).ok_or_else(|| {
@@ -129,6 +149,19 @@ impl Broker {
                 "append script reply",
             ))
         })
+    }
+
+    /// The credits the user used, per shard (shard 0 first).
+    pub async fn credits_used(&self, user: &str) -> redis::RedisResult<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for shard in 0..self.keys.shards() {
+            pipe.hget(self.keys.user_credits(shard), user);
+        }
+        let per_shard: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(per_shard
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect())
     }
 
     /// The team's epoch (created on first use), newest offset and message seq, receipts.
@@ -340,6 +373,7 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
         [err, code] if err == "err" => Some(AppendOutcome::Refused(match code.as_str() {
             "not_found" => ErrorCode::NotFound,
             "forbidden" => ErrorCode::Forbidden,
+            "quota_exceeded" => ErrorCode::QuotaExceeded,
             _ => ErrorCode::BadRequest,
         })),
         [is_new, seq, offset, epoch, id, ts] => Some(AppendOutcome::Appended(Appended {

@@ -11,8 +11,7 @@ use teamchat_shared::ids::is_valid_id;
 use teamchat_shared::protocol::MessageView;
 
 use crate::AppState;
-use crate::auth::{self, AuthError};
-use crate::server::{Body, json, json_error};
+use crate::server::{Body, http_claims, json, json_error, unauthorized};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
@@ -70,13 +69,9 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     else {
         return json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
     };
-    let claims = match auth::extract_token(req) {
-        None => Err(AuthError::Missing),
-        Some((token, _)) => state.verifier.verify(&token),
-    };
-    let claims = match claims {
+    let claims = match http_claims(state, req) {
         Ok(claims) => claims,
-        Err(error) => return json_error(StatusCode::UNAUTHORIZED, "unauthorized", error.reason()),
+        Err(error) => return unauthorized(error),
     };
     if !is_valid_id(team) {
         return json_error(

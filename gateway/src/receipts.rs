@@ -23,9 +23,14 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
-    pub fn spawn(state: Arc<AppState>, session: Arc<str>, user: String) -> Self {
+    pub fn spawn(
+        state: Arc<AppState>,
+        session: Arc<str>,
+        user: String,
+        credit_limit: Option<u64>,
+    ) -> Self {
         let (updates, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(state, session, user, rx));
+        tokio::spawn(run(state, session, user, credit_limit, rx));
         Self { updates }
     }
 
@@ -43,6 +48,7 @@ async fn run(
     state: Arc<AppState>,
     session: Arc<str>,
     user: String,
+    credit_limit: Option<u64>,
     mut updates: mpsc::UnboundedReceiver<(String, u64)>,
 ) {
     let mut teams: HashMap<String, Team> = HashMap::new();
@@ -76,7 +82,12 @@ async fn run(
                 user: user.clone(),
                 ts: now_ms(),
             });
-            match state.broker.append(team, &session, &data, seq, false).await {
+            let cost = crate::session::credit_cost(&state.config, &data);
+            let appended =
+                state
+                    .broker
+                    .append(team, &session, &data, seq, false, cost, credit_limit);
+            match appended.await {
                 Ok(AppendOutcome::Refused(code)) => debug!(?code, team, seq, "receipt refused"),
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, team, seq, "receipt not written: Redis unavailable"),

@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::auth::{self, TokenSource};
-use crate::{history, session};
+use crate::{credits, history, session};
 
 pub type Body = Full<Bytes>;
 
@@ -59,9 +59,23 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, p) if p.starts_with("/v1/teams/") => history::handle(&state, &req).await,
+        (&Method::GET, p) if p.starts_with("/v1/users/") => credits::handle(&state, &req).await,
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
     Ok(response)
+}
+
+/// The claims of an HTTP request's token (query, header or cookie).
+pub fn http_claims<B>(state: &AppState, req: &Request<B>) -> Result<auth::Claims, auth::AuthError> {
+    match auth::extract_token(req) {
+        None => Err(auth::AuthError::Missing),
+        Some((token, _)) => state.verifier.verify(&token),
+    }
+}
+
+/// The 401 of a refused HTTP token.
+pub fn unauthorized(error: auth::AuthError) -> Response<Body> {
+    json_error(StatusCode::UNAUTHORIZED, "unauthorized", error.reason())
 }
 
 /// Upgrades to WebSocket. The token is checked here; a bad one still upgrades, so that the

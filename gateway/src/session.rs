@@ -574,12 +574,13 @@ impl Session {
             ..RequestError::new(code, message)
         };
         let staff = self.claims.is_staff();
-        match self
-            .state
-            .broker
-            .append(&team, &self.session, &data, target, staff)
-            .await
-        {
+        let cost = credit_cost(&self.state.config, &data);
+        let limit = self.claims.credit_limit.or(self.state.config.credit_limit);
+        let appended =
+            self.state
+                .broker
+                .append(&team, &self.session, &data, target, staff, cost, limit);
+        match appended.await {
             Ok(AppendOutcome::Appended(appended)) => Ok(Some(ServerFrame::MessageAck {
                 client_id: match data {
                     EventData::Message(m) => Some(m.client_id),
@@ -599,6 +600,9 @@ impl Session {
                 ErrorCode::Forbidden,
                 "only the author may change a message",
             )),
+            Ok(AppendOutcome::Refused(ErrorCode::QuotaExceeded)) => {
+                Err(error(ErrorCode::QuotaExceeded, "credit limit reached"))
+            }
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
             Err(e) => {
@@ -659,10 +663,21 @@ impl Session {
         let (state, session, user) = (&self.state, &self.session, &self.claims.sub);
         self.receipts
             .get_or_insert_with(|| {
-                receipts::Coalescer::spawn(state.clone(), session.clone(), user.clone())
+                let limit = self.claims.credit_limit.or(state.config.credit_limit);
+                receipts::Coalescer::spawn(state.clone(), session.clone(), user.clone(), limit)
             })
             .update(team, seq);
         Ok(None)
+    }
+}
+
+/// What an event costs, by kind (`CREDIT_COST_*`).
+pub fn credit_cost(config: &teamchat_shared::config::GatewayConfig, data: &EventData) -> u64 {
+    match data {
+        EventData::Message(_) => config.credit_cost_message,
+        EventData::Edit(_) => config.credit_cost_edit,
+        EventData::Delete(_) => config.credit_cost_delete,
+        EventData::Receipt(_) => config.credit_cost_receipt,
     }
 }
 

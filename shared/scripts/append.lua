@@ -4,21 +4,25 @@
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; any key of the team otherwise
 -- KEYS[5] messages hash: seq -> "author \t id", "~author \t id" once deleted
 -- KEYS[6] receipts hash: user -> seq read up to
+-- KEYS[7] the shard's credits per user   KEYS[8] the shard's credits per team
 -- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt)   ARGV[3] src session
 -- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
 -- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
 -- ARGV[9] message id (message)   ARGV[10] ts (ms)   ARGV[11] target seq (edit, delete,
 -- receipt)   ARGV[12] user   ARGV[13] '1' if the user may delete anyone's message
+-- ARGV[14] credit cost   ARGV[15] the user's credit limit ('' for none)
+-- ARGV[16] credits the user used on other shards (for the limit)
 --
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
--- append's values for a repeated client_id; {'err', code} for a refused one (nothing
--- written); {'ignored'} for a receipt not above the user's last.
+-- append's values for a repeated client_id (not charged again); {'err', code} for a
+-- refused one (nothing written); {'ignored'} for a receipt not above the user's last.
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
 -- whose id must grow) runs before any counter moves.
 
 local meta, events, ingest, dedupe, messages, receipts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local user_credits, team_credits = KEYS[7], KEYS[8]
 local team, kind, src, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local id, ts, user = ARGV[9], ARGV[10], ARGV[12]
 
@@ -52,6 +56,12 @@ else
   return {'err', 'bad_request'}
 end
 
+local cost = tonumber(ARGV[14])
+if ARGV[15] ~= '' and cost > 0 then
+  local used = (tonumber(redis.call('HGET', user_credits, user)) or 0) + tonumber(ARGV[16])
+  if used + cost > tonumber(ARGV[15]) then return {'err', 'quota_exceeded'} end
+end
+
 local offset = int((tonumber(redis.call('HGET', meta, 'offset')) or 0) + 1)
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
   'k', kind, 'seq', seq, 'src', src, 'd', data)
@@ -69,8 +79,12 @@ elseif kind == 'receipt' then
   redis.call('HSET', receipts, user, seq)
 end
 
+if cost > 0 then
+  redis.call('HINCRBY', user_credits, user, cost)
+  redis.call('HINCRBY', team_credits, team, cost)
+end
 redis.call('XADD', ingest, '*',
-  'team', team, 'off', offset, 'k', kind, 'seq', seq, 'd', data)
+  'team', team, 'off', offset, 'k', kind, 'seq', seq, 'c', ARGV[14], 'd', data)
 redis.call('PUBLISH', ARGV[6],
   epoch .. '\n' .. offset .. '\n' .. kind .. '\n' .. seq .. '\n' .. src .. '\n' .. data)
 

@@ -93,6 +93,22 @@ pub struct GatewayConfig {
     /// bound on how long users of a dead gateway still show online (refreshed every third).
     #[arg(long, env = "PRESENCE_TTL_MS", default_value_t = 30_000)]
     pub presence_ttl_ms: u64,
+    /// Credits a message costs its sender.
+    #[arg(long, env = "CREDIT_COST_MESSAGE", default_value_t = 1)]
+    pub credit_cost_message: u64,
+    /// Credits an edit costs.
+    #[arg(long, env = "CREDIT_COST_EDIT", default_value_t = 1)]
+    pub credit_cost_edit: u64,
+    /// Credits a delete costs.
+    #[arg(long, env = "CREDIT_COST_DELETE", default_value_t = 0)]
+    pub credit_cost_delete: u64,
+    /// Credits a read receipt costs.
+    #[arg(long, env = "CREDIT_COST_RECEIPT", default_value_t = 0)]
+    pub credit_cost_receipt: u64,
+    /// Credits a user may use in all, unless their token's `credit_limit` says otherwise;
+    /// unset means unlimited.
+    #[arg(long, env = "CREDIT_LIMIT")]
+    pub credit_limit: Option<u64>,
     /// On SIGTERM, how long sessions get to finish and close (1012) before the gateway exits.
     #[arg(long, env = "DRAIN_GRACE_MS", default_value_t = 10_000)]
     pub drain_grace_ms: u64,

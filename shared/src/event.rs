@@ -132,6 +132,8 @@ pub struct StreamEvent {
     pub seq: u64,
     pub src: String,
     pub data: EventData,
+    /// Credits the event cost its user (ingest entries carry it; 0 elsewhere).
+    pub cost: u64,
 }
 
 impl StreamEvent {
@@ -182,7 +184,10 @@ impl Ephemeral {
 #[derive(Debug)]
 pub enum Published {
     /// A durable event: `epoch \n offset \n kind \n seq \n src \n data`.
-    Durable { epoch: String, event: StreamEvent },
+    Durable {
+        epoch: String,
+        event: Box<StreamEvent>,
+    },
     /// An ephemeral event caused by `user` on session `src`.
     Ephemeral {
         kind: Ephemeral,
@@ -220,13 +225,14 @@ impl Published {
         let data = EventData::decode(kind, next("data")?.as_bytes())?;
         Ok(Published::Durable {
             epoch,
-            event: StreamEvent {
+            event: Box::new(StreamEvent {
                 team: team.to_owned(),
                 offset,
                 seq,
                 src,
                 data,
-            },
+                cost: 0,
+            }),
         })
     }
 }
@@ -239,6 +245,7 @@ pub fn from_fields<'a>(
 ) -> Result<StreamEvent, DecodeError> {
     let (mut team, mut offset) = (team.map(str::to_owned), offset);
     let (mut kind, mut seq, mut src, mut data) = (None, None, None, None::<&[u8]>);
+    let mut cost = 0;
     for (name, value) in fields {
         let text = || std::str::from_utf8(value).map_err(|_| DecodeError::Bad("utf8"));
         match name {
@@ -248,6 +255,7 @@ pub fn from_fields<'a>(
             "seq" => seq = Some(text()?.parse().map_err(|_| DecodeError::Bad("seq"))?),
             "src" => src = Some(text()?.to_owned()),
             "d" => data = Some(value),
+            "c" => cost = text()?.parse().map_err(|_| DecodeError::Bad("c"))?,
             _ => {}
         }
     }
@@ -258,6 +266,7 @@ pub fn from_fields<'a>(
         seq: seq.ok_or(DecodeError::Missing("seq"))?,
         src: src.unwrap_or_default(),
         data: EventData::decode(kind, data.ok_or(DecodeError::Missing("d"))?)?,
+        cost,
     })
 }
 

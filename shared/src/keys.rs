@@ -102,6 +102,16 @@ impl Keys {
         format!("{}:{{u:{}}}:conns", self.prefix, user)
     }
 
+    /// Credits used per user on this shard (a user's total is the sum over shards).
+    pub fn user_credits(&self, shard: u32) -> String {
+        format!("{}:{{s{}}}:credits:users", self.prefix, shard)
+    }
+
+    /// Credits used per team on this shard.
+    pub fn team_credits(&self, shard: u32) -> String {
+        format!("{}:{{s{}}}:credits:teams", self.prefix, shard)
+    }
+
     /// The shard's ingest stream, read by the workers' consumer group.
     pub fn ingest(&self, shard: u32) -> String {
         format!("{}:{{s{}}}:ingest", self.prefix, shard)

@@ -106,6 +106,7 @@ impl Store {
     /// Writes one batch in one transaction.
     pub async fn write_batch<E: Borrow<Entry>>(&self, batch: &[E]) -> anyhow::Result<()> {
         let mut changes = Changes::default();
+        let mut charges: Vec<&StreamEvent> = Vec::new();
         let (mut sync_team, mut sync_offset) = (Vec::new(), Vec::new());
         let (mut dead_stream, mut dead_id, mut dead_fields, mut dead_error) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -128,6 +129,9 @@ impl Store {
             sync_team.push(event.team.clone());
             sync_offset.push(event.offset as i64);
             changes.add(event);
+            if event.cost > 0 {
+                charges.push(event);
+            }
         }
         let mut messages = MessageColumns::default();
         for ((team, seq), (offset, d)) in &changes.messages {
@@ -176,6 +180,7 @@ impl Store {
             .await?;
         }
         write_amendments(&mut tx, &changes).await?;
+        charge(&mut tx, &charges).await?;
         if !sync_team.is_empty() {
             advance_watermarks(&mut tx, &sync_team, &sync_offset).await?;
         }
@@ -251,9 +256,55 @@ impl Store {
         if let Some((team, offset)) = position {
             advance_watermarks(&mut tx, &[team], &[offset as i64]).await?;
         }
+        // Its credits were counted when it was appended: the ledger counts them too.
+        if let Ok(event) = &entry.event
+            && event.cost > 0
+        {
+            charge(&mut tx, &[event]).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Writes a ledger row per charged event and adds the new rows' costs to the users'
+/// balances, in one statement: a redelivered event finds its ledger row and is not
+/// charged twice.
+async fn charge(tx: &mut sqlx::PgConnection, events: &[&StreamEvent]) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    // Rows are locked in one order in every transaction, so concurrent workers cannot
+    // deadlock on them.
+    let mut events = events.to_vec();
+    events.sort_by(|a, b| (&a.team, a.offset).cmp(&(&b.team, b.offset)));
+    let (mut team, mut offset, mut user, mut kind, mut cost) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for event in events {
+        team.push(event.team.clone());
+        offset.push(event.offset as i64);
+        user.push(event.data.user().to_owned());
+        kind.push(event.kind().as_str());
+        cost.push(event.cost as i64);
+    }
+    sqlx::query(
+        r#"WITH new AS (
+               INSERT INTO credit_ledger (team, "offset", user_id, kind, cost)
+               SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
+               ON CONFLICT DO NOTHING
+               RETURNING user_id, cost)
+           INSERT INTO credit_balances (user_id, used)
+           SELECT user_id, sum(cost) FROM new GROUP BY user_id ORDER BY user_id
+           ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used"#,
+    )
+    .bind(&team)
+    .bind(&offset)
+    .bind(&user)
+    .bind(&kind)
+    .bind(&cost)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Edits (newest offset wins, never over a deletion), deletes (final, whatever the order)

@@ -96,6 +96,33 @@ async fn a_killed_worker_loses_and_doubles_nothing() {
         .await
         .unwrap();
     assert_eq!(watermark, MESSAGES as i64);
+    // Credits: charged once per acked message, in Redis and in the ledger and balance.
+    let balance: i64 = eventually(Duration::from_secs(30), "the balance", || async {
+        sqlx::query_scalar("SELECT used FROM credit_balances WHERE user_id = 'u1'")
+            .fetch_optional(&pg)
+            .await
+            .ok()?
+    })
+    .await;
+    let ledger: i64 =
+        sqlx::query_scalar("SELECT sum(cost)::int8 FROM credit_ledger WHERE user_id = 'u1'")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    let mut redis = env.redis().await;
+    let keys = env.keys();
+    let mut in_redis = 0;
+    for shard in 0..keys.shards() {
+        let used: Option<i64> =
+            redis::AsyncCommands::hget(&mut redis, keys.user_credits(shard), "u1")
+                .await
+                .unwrap();
+        in_redis += used.unwrap_or(0);
+    }
+    assert_eq!(
+        (balance, ledger, in_redis),
+        (MESSAGES as i64, MESSAGES as i64, MESSAGES as i64)
+    );
     worker.kill().await.ok();
     gateway.stop().await;
 }

@@ -18,6 +18,7 @@ fn entry(offset: u64, seq: u64, data: EventData) -> Entry {
             seq,
             src: String::new(),
             data,
+            cost: 0,
         }),
         fields: json!({}),
         position: Some(("t".into(), offset)),
