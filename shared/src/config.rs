@@ -169,6 +169,9 @@ pub struct WorkerConfig {
     /// Entries pending this long on another consumer are claimed by this one.
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,
+    /// Address of the worker's health endpoints (`/healthz`, `/readyz`).
+    #[arg(long, env = "WORKER_LISTEN", default_value = "127.0.0.1:9100")]
+    pub listen: std::net::SocketAddr,
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,

@@ -3,6 +3,7 @@
 //! and a WebSocket client that speaks PROTOCOL.md over TCP.
 
 pub mod client;
+pub mod pg_server;
 pub mod redis_server;
 
 use std::net::SocketAddr;
@@ -117,6 +118,7 @@ impl TestEnv {
     pub fn worker_args(&self, consumer: &str) -> Vec<String> {
         let mut args = self.common_args();
         args.push(format!("--consumer={consumer}"));
+        args.push("--listen=127.0.0.1:0".into());
         args.push("--batch-wait-ms=20".into());
         args
     }

@@ -3,6 +3,7 @@
 //!
 //! Data path: `ingest` (read, claim, ack) → `store` (one transaction per batch).
 
+pub mod health;
 pub mod ingest;
 pub mod replay;
 pub mod store;
@@ -23,6 +24,11 @@ use crate::store::Store;
 /// errors reconnect (with backoff) instead of ending the worker.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let store = Store::connect(&config.database_url).await?;
+    let redis =
+        redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
+    let health =
+        health::serve(config.listen, store.pool().clone(), redis, shutdown.clone()).await?;
+    info!(%health, "health endpoints listening");
     store.migrate().await.context("applying migrations")?;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
