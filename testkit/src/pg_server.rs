@@ -32,16 +32,18 @@ fn is_root() -> bool {
 /// Runs a PostgreSQL tool, as `postgres` when we are root.
 fn run(bin: &Path, tool: &str, args: &[&str]) {
     let program = bin.join(tool);
-    let status = if is_root() {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(&program)
-            .args(args)
-            .status()
+    let mut command = if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(&program);
+        command
     } else {
-        Command::new(&program).args(args).status()
-    }
-    .unwrap_or_else(|e| panic!("running {tool}: {e}"));
+        Command::new(&program)
+    };
+    let status = command
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| panic!("running {tool}: {e}"));
     assert!(status.success(), "{tool} {args:?} failed");
 }
 
