@@ -30,6 +30,9 @@ pub struct Entry {
     pub deliveries: u64,
 }
 
+/// Entries kept in each dead-letter stream (the table keeps them all).
+const DEAD_LETTER_STREAM_MAXLEN: usize = 10_000;
+
 pub struct Ingest {
     /// Blocking reads get a connection of their own, with no response timeout.
     blocking: MultiplexedConnection,
@@ -178,6 +181,33 @@ impl Ingest {
         }
         self.count_deliveries(&mut claimed).await?;
         Ok(claimed)
+    }
+
+    /// Copies dead-lettered entries to their shard's dead-letter stream (`…:dead`, capped),
+    /// where operators can watch them besides the `dead_letters` table.
+    pub async fn publish_dead_letters(&mut self, dead: &[(&Entry, String)]) -> anyhow::Result<()> {
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (entry, error) in dead {
+            let key = format!("{}:dead", entry.stream.trim_end_matches(":ingest"));
+            let fields = entry.fields.to_string();
+            pipe.cmd("XADD")
+                .arg(key)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(DEAD_LETTER_STREAM_MAXLEN)
+                .arg("*")
+                .arg(&[
+                    ("entry", entry.id.as_str()),
+                    ("error", error.as_str()),
+                    ("fields", fields.as_str()),
+                ])
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.blocking).await?;
+        Ok(())
     }
 
     /// Acknowledges entries once their batch is committed.

@@ -78,10 +78,11 @@ async fn sync(
             }
         };
         for chunk in batch.chunks(config.batch_size.max(1)) {
-            if !write(store, chunk, config.max_deliveries, shutdown).await {
+            let Some(dead) = write(store, chunk, config.max_deliveries, shutdown).await else {
                 // Stopped while PostgreSQL was failing: nothing acked, all stays pending.
                 return Ok(());
-            }
+            };
+            ingest.publish_dead_letters(&dead).await?;
             ingest.ack(chunk).await?;
         }
         if last_trim.elapsed() >= Duration::from_millis(config.trim_every_ms) {
@@ -96,20 +97,23 @@ async fn sync(
 /// backoff and jitter (the entries stay pending meanwhile); a data error is narrowed down
 /// by halving the batch until the entry at fault is found and dead-lettered, so its
 /// neighbours still land; entries delivered more than `max_deliveries` times are
-/// dead-lettered without a try. Returns false if shutdown came first.
-async fn write(
+/// dead-lettered without a try. Returns the dead-lettered entries with their errors, or
+/// None if shutdown came first.
+async fn write<'a>(
     store: &Store,
-    batch: &[Entry],
+    batch: &'a [Entry],
     max_deliveries: u64,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Vec<(&'a Entry, String)>> {
+    let mut dead = Vec::new();
     let (worn_out, batch): (Vec<&Entry>, Vec<&Entry>) =
         batch.iter().partition(|e| e.deliveries > max_deliveries);
     for entry in worn_out {
         let error = format!("delivered {} times without being synced", entry.deliveries);
         if !dead_letter(store, entry, &error, shutdown).await {
-            return false;
+            return None;
         }
+        dead.push((entry, error));
     }
     let mut parts: Vec<Vec<&Entry>> = vec![batch];
     while let Some(part) = parts.pop() {
@@ -121,7 +125,7 @@ async fn write(
                 Err(e) => {
                     warn!(error = %e, entries = part.len(), "batch write failed");
                     if !back_off(&mut delay, shutdown).await {
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -130,9 +134,11 @@ async fn write(
             (None, _) | (Some(_), []) => {}
             (Some(error), [entry]) => {
                 warn!(%error, id = %entry.id, "dead-lettering an entry PostgreSQL refuses");
-                if !dead_letter(store, entry, &error.to_string(), shutdown).await {
-                    return false;
+                let error = error.to_string();
+                if !dead_letter(store, entry, &error, shutdown).await {
+                    return None;
                 }
+                dead.push((*entry, error));
             }
             (Some(_), _) => {
                 let (left, right) = part.split_at(part.len() / 2);
@@ -141,7 +147,7 @@ async fn write(
             }
         }
     }
-    true
+    Some(dead)
 }
 
 async fn dead_letter(

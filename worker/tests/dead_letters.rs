@@ -187,6 +187,9 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
         .await
         .unwrap();
     assert!(error.contains("delivered 6 times"), "{error}");
+    let dead_stream = format!("{}:dead", stream.trim_end_matches(":ingest"));
+    let dead: redis::streams::StreamRangeReply = redis.xrange_all(dead_stream).await.unwrap();
+    assert_eq!(dead.ids.len(), 1, "the dead-letter stream has it too");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&pg)
         .await
