@@ -212,9 +212,17 @@ impl Ingest {
 
     /// Acknowledges entries once their batch is committed.
     pub async fn ack(&mut self, entries: &[Entry]) -> anyhow::Result<()> {
-        let mut pipe = redis::pipe();
+        // One XACK per stream, with all its ids.
+        let mut by_stream: HashMap<&str, Vec<&str>> = HashMap::new();
         for entry in entries {
-            pipe.xack(&entry.stream, &self.group, &[&entry.id]).ignore();
+            by_stream
+                .entry(entry.stream.as_str())
+                .or_default()
+                .push(entry.id.as_str());
+        }
+        let mut pipe = redis::pipe();
+        for (stream, ids) in by_stream {
+            pipe.xack(stream, &self.group, &ids).ignore();
         }
         pipe.query_async::<()>(&mut self.blocking).await?;
         Ok(())

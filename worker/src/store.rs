@@ -390,25 +390,62 @@ async fn advance_watermarks(
     teams: &[String],
     offsets: &[i64],
 ) -> sqlx::Result<()> {
+    // Per team: the batch's lowest and highest offset and how many there are.
+    let mut runs: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for (team, offset) in teams.iter().zip(offsets) {
+        let run = runs.entry(team.as_str()).or_insert((*offset, *offset, 0));
+        (run.0, run.1, run.2) = (run.0.min(*offset), run.1.max(*offset), run.2 + 1);
+    }
+    let distinct: Vec<&str> = runs.keys().copied().collect();
     sqlx::query(
-        r#"INSERT INTO synced_ahead (team, "offset") SELECT * FROM UNNEST($1::text[], $2::int8[])
-           ON CONFLICT DO NOTHING"#,
+        "INSERT INTO team_sync (team) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
     )
-    .bind(teams)
-    .bind(offsets)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO team_sync (team) SELECT DISTINCT t FROM UNNEST($1::text[]) AS x(t)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(teams)
+    .bind(&distinct)
     .execute(&mut *tx)
     .await?;
     sqlx::query("SELECT team FROM team_sync WHERE team = ANY($1) ORDER BY team FOR UPDATE")
-        .bind(teams)
+        .bind(&distinct)
         .execute(&mut *tx)
         .await?;
+    // The usual case: a team's offsets in the batch are a run that starts right after its
+    // watermark. The watermark jumps to the run's end; the run never touches synced_ahead.
+    let (mut run_team, mut run_low, mut run_high) = (Vec::new(), Vec::new(), Vec::new());
+    for (team, (low, high, count)) in &runs {
+        if high - low + 1 == *count {
+            run_team.push(*team);
+            run_low.push(*low);
+            run_high.push(*high);
+        }
+    }
+    let advanced: Vec<String> = sqlx::query_scalar(
+        "UPDATE team_sync t SET synced_offset = x.high
+         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(team, low, high)
+         WHERE t.team = x.team AND t.synced_offset = x.low - 1
+         RETURNING t.team",
+    )
+    .bind(&run_team)
+    .bind(&run_low)
+    .bind(&run_high)
+    .fetch_all(&mut *tx)
+    .await?;
+    let (mut ahead_team, mut ahead_offset) = (Vec::new(), Vec::new());
+    for (team, offset) in teams.iter().zip(offsets) {
+        if !advanced.contains(team) {
+            ahead_team.push(team.as_str());
+            ahead_offset.push(*offset);
+        }
+    }
+    if !ahead_team.is_empty() {
+        sqlx::query(
+            r#"INSERT INTO synced_ahead (team, "offset") SELECT * FROM UNNEST($1::text[], $2::int8[])
+               ON CONFLICT DO NOTHING"#,
+        )
+        .bind(&ahead_team)
+        .bind(&ahead_offset)
+        .execute(&mut *tx)
+        .await?;
+    }
+    // Offsets other transactions left past a gap may now follow on.
     sqlx::query(
         r#"UPDATE team_sync ts SET synced_offset = adv.top
            FROM (SELECT s.team, max(a."offset") AS top
@@ -421,14 +458,14 @@ async fn advance_watermarks(
                  GROUP BY s.team) adv
            WHERE ts.team = adv.team"#,
     )
-    .bind(teams)
+    .bind(&distinct)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         r#"DELETE FROM synced_ahead a USING team_sync s
            WHERE a.team = s.team AND s.team = ANY($1) AND a."offset" <= s.synced_offset"#,
     )
-    .bind(teams)
+    .bind(&distinct)
     .execute(&mut *tx)
     .await?;
     Ok(())
