@@ -151,12 +151,7 @@ impl Room {
             Err(e) => {
                 warn!(error = %e, team = %self.team, "join: Redis unavailable");
                 for join in joins {
-                    let mut err = RequestError::new(
-                        ErrorCode::Unavailable,
-                        "storage unavailable, retry later",
-                    );
-                    (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
-                    let _ = join.done.send(Err(err));
+                    self.refuse_unavailable(join);
                 }
                 return;
             }
@@ -166,10 +161,7 @@ impl Room {
         } else if state.offset > self.last && !self.fill(self.last + 1, state.offset).await {
             // The stream could not be read: members cannot start at a consistent point.
             for join in joins {
-                let mut err =
-                    RequestError::new(ErrorCode::Unavailable, "storage unavailable, retry later");
-                (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
-                let _ = join.done.send(Err(err));
+                self.refuse_unavailable(join);
             }
             return;
         }
@@ -183,12 +175,7 @@ impl Room {
                     Ok(replay) => Some(replay),
                     Err(e) => {
                         warn!(error = %e, team = %self.team, "replay: Redis unavailable");
-                        let mut err = RequestError::new(
-                            ErrorCode::Unavailable,
-                            "storage unavailable, retry later",
-                        );
-                        (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
-                        let _ = join.done.send(Err(err));
+                        self.refuse_unavailable(join);
                         continue;
                     }
                 },
@@ -205,12 +192,7 @@ impl Room {
                 Ok(online) => online,
                 Err(e) => {
                     warn!(error = %e, team = %self.team, "presence: Redis unavailable");
-                    let mut err = RequestError::new(
-                        ErrorCode::Unavailable,
-                        "storage unavailable, retry later",
-                    );
-                    (err.rid, err.team, err.room) = (join.rid, Some(self.team.clone()), true);
-                    let _ = join.done.send(Err(err));
+                    self.refuse_unavailable(join);
                     continue;
                 }
             };
@@ -245,6 +227,17 @@ impl Room {
             }
             let _ = join.done.send(Ok(()));
         }
+    }
+
+    /// Answers a join that storage could not serve: `room:error` `unavailable`.
+    fn refuse_unavailable(&self, join: Join) {
+        let error = RequestError {
+            rid: join.rid,
+            team: Some(self.team.clone()),
+            room: true,
+            ..RequestError::new(ErrorCode::Unavailable, "storage unavailable, retry later")
+        };
+        let _ = join.done.send(Err(error));
     }
 
     /// The events after `since`, if the epoch matches, the stream still holds all of them

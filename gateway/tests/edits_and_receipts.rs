@@ -139,19 +139,7 @@ async fn history_shows_edits_and_deletions_before_and_after_sync() {
 
     let stop = common::worker(&env, "w1");
     let pg = env.pg().await;
-    eventually(
-        Duration::from_secs(20),
-        "the sync watermark at 5",
-        || async {
-            let w: Option<i64> =
-                sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
-                    .fetch_optional(&pg)
-                    .await
-                    .ok()?;
-            (w == Some(5)).then_some(())
-        },
-    )
-    .await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", 5).await;
     let after_sync = page().await;
     check(&after_sync);
     assert_eq!(after_sync, before_sync);

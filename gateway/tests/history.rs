@@ -3,11 +3,9 @@
 
 mod common;
 
-use std::time::Duration;
-
 use redis::AsyncCommands;
 use serde_json::Value;
-use teamchat_testkit::{Client, TestEnv, eventually, http_get, now, sign};
+use teamchat_testkit::{Client, TestEnv, http_get, now, sign};
 
 fn seqs(body: &Value) -> Vec<u64> {
     body["messages"]
@@ -80,15 +78,7 @@ async fn acked_messages_are_in_history_at_once_and_after_sync() {
     // After the worker synced, the stream can be gone and history still has every message.
     let stop = common::worker(&env, "w1");
     let pg = env.pg().await;
-    eventually(Duration::from_secs(20), "sync watermark at 7", || async {
-        let w: Option<i64> =
-            sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
-                .fetch_optional(&pg)
-                .await
-                .ok()?;
-        (w == Some(7)).then_some(())
-    })
-    .await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", 7).await;
     let mut redis = env.redis().await;
     let _: () = redis.del(env.keys().team_events("t")).await.unwrap();
     let (_, after_sync) = http_get(g.addr(), "/v1/teams/t/messages", &headers).await;

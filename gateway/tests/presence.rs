@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use serde_json::{Value, json};
 use teamchat_testkit::{Client, TestEnv};
 
@@ -61,35 +59,20 @@ async fn presence_follows_a_users_first_and_last_connection_across_gateways() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_of_a_killed_gateway_go_offline_within_the_presence_ttl() {
     let env = TestEnv::new().await;
-    let config = env.gateway_config(&[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_teamchat-gateway"))
-        .env("LISTEN", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", &config.redis.redis_url)
-        .env("REDIS_PREFIX", &config.redis.redis_prefix)
-        .env("SHARDS", config.redis.shards.to_string())
-        .env("DATABASE_URL", &config.database_url)
-        .env("JWT_SECRET", teamchat_testkit::SECRET)
-        .env("PRESENCE_TTL_MS", "1000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let port = teamchat_testkit::free_port();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_teamchat-gateway"));
+    let mut doomed = teamchat_testkit::spawn_gateway(
+        binary,
+        &env.gateway_config(&[]),
+        port,
+        &[("PRESENCE_TTL_MS", "1000")],
+    )
+    .await;
     let doomed_addr = format!("127.0.0.1:{port}").parse().unwrap();
     let survivor = common::gateway(&env, &["--presence-ttl-ms=1000"]).await;
     let mut ann = Client::connect(survivor.addr(), &env.token("ann", &["t"])).await;
     ann.join("t").await;
-    let mut ben = loop {
-        if tokio::net::TcpStream::connect(doomed_addr).await.is_ok() {
-            break Client::connect(doomed_addr, &env.token("ben", &["t"])).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let mut ben = Client::connect(doomed_addr, &env.token("ben", &["t"])).await;
     ben.join("t").await;
     assert_eq!(ann.expect("presence:update").await["status"], "online");
 

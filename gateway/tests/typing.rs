@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::process::Stdio;
-
 use serde_json::json;
 use teamchat_testkit::{Client, TestEnv};
 
@@ -87,34 +85,18 @@ async fn leaving_or_disconnecting_stops_typing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typing_stops_when_the_typists_gateway_is_killed() {
     let env = TestEnv::new().await;
-    let config = env.gateway_config(&[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut doomed = tokio::process::Command::new(env!("CARGO_BIN_EXE_teamchat-gateway"))
-        .env("LISTEN", format!("127.0.0.1:{port}"))
-        .env("REDIS_URL", &config.redis.redis_url)
-        .env("REDIS_PREFIX", &config.redis.redis_prefix)
-        .env("SHARDS", config.redis.shards.to_string())
-        .env("DATABASE_URL", &config.database_url)
-        .env("JWT_SECRET", teamchat_testkit::SECRET)
-        .env("TYPING_TIMEOUT_MS", "500")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let port = teamchat_testkit::free_port();
+    let binary = std::path::Path::new(env!("CARGO_BIN_EXE_teamchat-gateway"));
+    let mut doomed = teamchat_testkit::spawn_gateway(
+        binary,
+        &env.gateway_config(&[]),
+        port,
+        &[("TYPING_TIMEOUT_MS", "500")],
+    )
+    .await;
     let doomed_addr = format!("127.0.0.1:{port}").parse().unwrap();
     let survivor = common::gateway(&env, &["--typing-timeout-ms=500"]).await;
-    let mut typist = loop {
-        // The process needs a moment to listen.
-        if tokio::net::TcpStream::connect(doomed_addr).await.is_ok() {
-            break Client::connect(doomed_addr, &env.token("tina", &["t"])).await;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+    let mut typist = Client::connect(doomed_addr, &env.token("tina", &["t"])).await;
     let mut reader = Client::connect(survivor.addr(), &env.token("rob", &["t"])).await;
     typist.join("t").await;
     reader.join("t").await;

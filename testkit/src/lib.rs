@@ -154,6 +154,65 @@ impl TestEnv {
     }
 }
 
+/// A free loopback port (for servers started as processes on a port the test chooses).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts a gateway binary as a process on `port`, configured like `gateway_config` plus
+/// `env` (variable, value) pairs; it is killed when the handle drops. Waits until it listens.
+pub async fn spawn_gateway(
+    binary: &std::path::Path,
+    config: &GatewayConfig,
+    port: u16,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let child = tokio::process::Command::new(binary)
+        .env("LISTEN", format!("127.0.0.1:{port}"))
+        .env("REDIS_URL", &config.redis.redis_url)
+        .env("REDIS_PREFIX", &config.redis.redis_prefix)
+        .env("SHARDS", config.redis.shards.to_string())
+        .env("DATABASE_URL", &config.database_url)
+        .env("JWT_SECRET", SECRET)
+        .env("RATE_SEND_PER_MIN", "1000000")
+        .env("RATE_JOIN_PER_MIN", "1000000")
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("starting the gateway binary");
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return child;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the gateway did not listen on port {port}");
+}
+
+/// Waits until the worker synced `team` up to `offset` (its contiguous watermark).
+pub async fn wait_for_watermark(pg: &PgPool, team: &str, offset: i64) {
+    eventually(Duration::from_secs(30), "the sync watermark", || async {
+        let synced: Option<i64> =
+            sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = $1")
+                .bind(team)
+                .fetch_optional(pg)
+                .await
+                .ok()?;
+        (synced == Some(offset)).then_some(())
+    })
+    .await;
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> u64 {
     std::time::SystemTime::now()

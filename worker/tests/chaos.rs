@@ -50,23 +50,11 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn spawn_gateway(&mut self, i: usize) {
+    async fn spawn_gateway(&mut self, i: usize) {
         let config = self.env.gateway_config(&[]);
-        let child = Command::new(gateway_binary())
-            .env("LISTEN", format!("127.0.0.1:{}", self.gateway_ports[i]))
-            .env("REDIS_URL", &config.redis.redis_url)
-            .env("REDIS_PREFIX", &config.redis.redis_prefix)
-            .env("SHARDS", config.redis.shards.to_string())
-            .env("DATABASE_URL", &config.database_url)
-            .env("JWT_SECRET", teamchat_testkit::SECRET)
-            .env("RATE_SEND_PER_MIN", "1000000")
-            .env("RATE_JOIN_PER_MIN", "1000000")
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("starting a gateway");
+        let child =
+            teamchat_testkit::spawn_gateway(&gateway_binary(), &config, self.gateway_ports[i], &[])
+                .await;
         self.gateways[i] = Some(child);
     }
 
@@ -316,13 +304,7 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
     env.redis_url = redis_server.url();
     env.database_url = pg.url();
     let ports: Vec<u16> = (0..GATEWAYS)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        })
+        .map(|_| teamchat_testkit::free_port())
         .collect();
     let mut cluster = Cluster {
         env,
@@ -333,7 +315,7 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
     cluster.gateways.resize_with(GATEWAYS, || None);
     cluster.workers.resize_with(WORKERS, || None);
     for i in 0..GATEWAYS {
-        cluster.spawn_gateway(i);
+        cluster.spawn_gateway(i).await;
     }
     for i in 0..WORKERS {
         cluster.spawn_worker(i);
@@ -369,7 +351,7 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
                 child.kill().await.unwrap();
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
-            cluster.spawn_gateway(i);
+            cluster.spawn_gateway(i).await;
             kills += 1;
         } else {
             let i = rng.random_range(0..WORKERS);

@@ -45,19 +45,7 @@ async fn an_undecodable_entry_is_dead_lettered_and_its_neighbours_sync() {
     let stop = CancellationToken::new();
     tokio::spawn(teamchat_worker::run(env.worker_config("w1"), stop.clone()));
     let pg = env.pg().await;
-    eventually(
-        Duration::from_secs(20),
-        "the watermark past the dead letter",
-        || async {
-            let w: Option<i64> =
-                sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
-                    .fetch_optional(&pg)
-                    .await
-                    .ok()?;
-            (w == Some(3)).then_some(())
-        },
-    )
-    .await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", 3).await;
     let synced: Vec<String> = sqlx::query_scalar("SELECT client_id FROM messages ORDER BY seq")
         .fetch_all(&pg)
         .await
@@ -101,18 +89,6 @@ fn message(id: &str, body: &str) -> String {
     serde_json::json!({"id": id, "client_id": id, "user": "u1", "body": body, "ts": 1}).to_string()
 }
 
-async fn wait_for_watermark(pg: &sqlx::PgPool, offset: i64) {
-    eventually(Duration::from_secs(30), "the watermark", || async {
-        let w: Option<i64> =
-            sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
-                .fetch_optional(pg)
-                .await
-                .ok()?;
-        (w == Some(offset)).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_postgresql_refuses_is_dead_lettered_and_its_batch_lands() {
     let env = TestEnv::new().await;
@@ -122,7 +98,7 @@ async fn an_entry_postgresql_refuses_is_dead_lettered_and_its_batch_lands() {
     let stop = CancellationToken::new();
     tokio::spawn(teamchat_worker::run(env.worker_config("w1"), stop.clone()));
     let pg = env.pg().await;
-    wait_for_watermark(&pg, last as i64).await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", last as i64).await;
     let synced: Vec<String> = sqlx::query_scalar("SELECT client_id FROM messages ORDER BY seq")
         .fetch_all(&pg)
         .await
@@ -181,7 +157,7 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
     let stop = CancellationToken::new();
     tokio::spawn(teamchat_worker::run(config, stop.clone()));
     let pg = env.pg().await;
-    wait_for_watermark(&pg, offset as i64).await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", offset as i64).await;
     let error: String = sqlx::query_scalar("SELECT error FROM dead_letters")
         .fetch_one(&pg)
         .await
@@ -213,7 +189,7 @@ async fn the_ingest_stream_is_trimmed_behind_the_group() {
     let stop = CancellationToken::new();
     tokio::spawn(teamchat_worker::run(config, stop.clone()));
     let pg = env.pg().await;
-    wait_for_watermark(&pg, last as i64).await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", last as i64).await;
     // Trimming is approximate (whole stream nodes of ~100 entries): most of it must go.
     eventually(Duration::from_secs(20), "the stream trimmed", || {
         let (mut redis, stream) = (redis.clone(), stream.clone());
