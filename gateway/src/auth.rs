@@ -52,6 +52,15 @@ impl AuthError {
         }
     }
 
+    /// The `reason` label of the auth-failure metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Invalid => "invalid",
+            AuthError::Expired => "expired",
+        }
+    }
+
     pub fn reason(self) -> &'static str {
         match self {
             AuthError::Missing => "missing token",

@@ -67,9 +67,10 @@ impl Hub {
     /// Adds a connection to a team's room; the room answers it (see `room::Join`).
     pub fn join(&self, team: &str, join: Join) {
         let mut rooms = self.rooms.lock().expect("hub lock");
-        let entry = rooms
-            .entry(team.to_owned())
-            .or_insert_with(|| self.open_room(team));
+        let entry = rooms.entry(team.to_owned()).or_insert_with(|| {
+            metrics::gauge!(teamchat_shared::metrics::ROOMS).increment(1.0);
+            self.open_room(team)
+        });
         entry.members += 1;
         let _ = entry.cmds.send(RoomCmd::Join(join));
     }
@@ -98,6 +99,7 @@ impl Hub {
         if entry.members == 0 {
             let _ = entry.cmds.send(RoomCmd::Shutdown);
             rooms.remove(team);
+            metrics::gauge!(teamchat_shared::metrics::ROOMS).decrement(1.0);
             // Queued under the lock, so a room opened later subscribes after this.
             let _ = self
                 .subs

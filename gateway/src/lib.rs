@@ -50,6 +50,8 @@ pub struct AppState {
     pub rate_limits: RateLimits,
     /// This gateway's connections, counted per user across gateways in Redis.
     pub connections: Connections,
+    /// Renders `/metrics`.
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
 
 /// A running gateway.
@@ -62,6 +64,8 @@ pub struct Gateway {
 impl Gateway {
     /// Binds `config.listen` (port 0 picks a free port), connects to Redis and serves.
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
+        teamchat_shared::metrics::install();
+        teamchat_shared::metrics::touch("teamchat_gateway_");
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -85,6 +89,7 @@ impl Gateway {
             sessions: TaskTracker::new(),
             rate_limits,
             connections: Connections::default(),
+            metrics: teamchat_shared::metrics::install(),
         });
         tokio::spawn(connections::refresh(state.clone()));
         let forget = state.clone();

@@ -16,6 +16,17 @@ pub enum Operation {
     Join,
 }
 
+impl Operation {
+    /// The `operation` label of the rate-limit metric.
+    pub fn label(self) -> &'static str {
+        match self {
+            Operation::Send => "send",
+            Operation::Typing => "typing",
+            Operation::Join => "join",
+        }
+    }
+}
+
 pub struct RateLimits {
     send: DefaultKeyedRateLimiter<String>,
     typing: DefaultKeyedRateLimiter<String>,

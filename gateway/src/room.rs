@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
+use teamchat_shared::metrics as m;
+
 use crate::broker::{Broker, TeamState};
 use crate::writer::{OutFrame, Outbound};
 
@@ -149,7 +151,10 @@ impl Room {
         let state = match self.broker.team_state(&self.team).await {
             Ok(state) => state,
             Err(e) => {
-                warn!(error = %e, team = %self.team, "join: Redis unavailable");
+                {
+                    metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                    warn!(error = %e, team = %self.team, "join: Redis unavailable")
+                };
                 for join in joins {
                     self.refuse_unavailable(join);
                 }
@@ -174,7 +179,10 @@ impl Room {
                 {
                     Ok(replay) => Some(replay),
                     Err(e) => {
-                        warn!(error = %e, team = %self.team, "replay: Redis unavailable");
+                        {
+                            metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                            warn!(error = %e, team = %self.team, "replay: Redis unavailable")
+                        };
                         self.refuse_unavailable(join);
                         continue;
                     }
@@ -191,7 +199,10 @@ impl Room {
             let online = match online.await {
                 Ok(online) => online,
                 Err(e) => {
-                    warn!(error = %e, team = %self.team, "presence: Redis unavailable");
+                    {
+                        metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                        warn!(error = %e, team = %self.team, "presence: Redis unavailable")
+                    };
                     self.refuse_unavailable(join);
                     continue;
                 }
@@ -275,7 +286,10 @@ impl Room {
     async fn on_leave(&mut self, conn_id: u64, session: &str, reply: Option<Option<String>>) {
         if let Err(e) = self.broker.presence_leave(&self.team, session).await {
             // The entry expires after PRESENCE_TTL_MS instead.
-            warn!(error = %e, team = %self.team, "presence leave: Redis unavailable");
+            {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                warn!(error = %e, team = %self.team, "presence leave: Redis unavailable")
+            };
         }
         let Some(index) = self.members.iter().position(|m| m.conn_id == conn_id) else {
             return;
@@ -301,7 +315,10 @@ impl Room {
         let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.session.clone()).collect();
         let ttl = self.presence_ttl.as_millis() as u64;
         if let Err(e) = self.broker.presence_tick(&self.team, &sessions, ttl).await {
-            warn!(error = %e, team = %self.team, "presence refresh: Redis unavailable");
+            {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                warn!(error = %e, team = %self.team, "presence refresh: Redis unavailable")
+            };
         }
     }
 
@@ -376,8 +393,10 @@ impl Room {
             user,
             status,
         });
+        let mut sent = 0;
         self.members
-            .retain(|member| *member.session == *src || offer(member, &frame));
+            .retain(|member| *member.session == *src || offer(member, &frame, &mut sent));
+        count_out(&frame, sent);
     }
 
     fn expire_typing(&mut self) {
@@ -406,8 +425,10 @@ impl Room {
             _ => String::new(),
         };
         let frame = OutFrame::new(frame);
+        let mut sent = 0;
         self.members
-            .retain(|member| *member.user == *user || offer(member, &frame));
+            .retain(|member| *member.user == *user || offer(member, &frame, &mut sent));
+        count_out(&frame, sent);
     }
 
     /// When the team's epoch changed (its stream was lost), nothing delivered so far can be
@@ -439,10 +460,16 @@ impl Room {
             Ok(top) if top < self.last => match self.broker.team_state(&self.team).await {
                 Ok(state) if self.reset_if_new_epoch(&state.epoch) => self.last = state.offset,
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, team = %self.team, "tail check: Redis unavailable"),
+                Err(e) => {
+                    metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                    warn!(error = %e, team = %self.team, "tail check: Redis unavailable")
+                }
             },
             Ok(_) => {}
-            Err(e) => warn!(error = %e, team = %self.team, "tail check: Redis unavailable"),
+            Err(e) => {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                warn!(error = %e, team = %self.team, "tail check: Redis unavailable")
+            }
         }
     }
 
@@ -453,7 +480,10 @@ impl Room {
         let events = match self.broker.read_range(&self.team, from, to).await {
             Ok(events) => events,
             Err(e) => {
-                warn!(error = %e, team = %self.team, "gap fill: Redis unavailable");
+                {
+                    metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                    warn!(error = %e, team = %self.team, "gap fill: Redis unavailable")
+                };
                 return false;
             }
         };
@@ -480,16 +510,29 @@ impl Room {
             return;
         }
         let frame = OutFrame::new(ServerFrame::from_event(event));
+        let mut sent = 0;
         self.members
-            .retain(|member| *member.session == *event.src || offer(member, &frame));
+            .retain(|member| *member.session == *event.src || offer(member, &frame, &mut sent));
+        count_out(&frame, sent);
+        let age_ms = crate::broker::now_ms() - event.data.ts();
+        metrics::histogram!(m::FANOUT_SECONDS).record(age_ms.max(0) as f64 / 1000.0);
     }
 }
 
-/// Queues a shared frame for a member; false when the member must go (its queue is full,
-/// and it is closed with 1013, or its connection is gone).
-fn offer(member: &Member, frame: &Arc<OutFrame>) -> bool {
+/// Counts a frame offered to `recipients` members (one metric update per event, not per
+/// recipient).
+fn count_out(frame: &OutFrame, recipients: usize) {
+    metrics::counter!(m::EVENTS_OUT, "type" => frame.kind()).increment(recipients as u64);
+}
+
+/// Queues a shared frame for a member (counting it in `sent`); false when the member must
+/// go (its queue is full, and it is closed with 1013, or its connection is gone).
+fn offer(member: &Member, frame: &Arc<OutFrame>, sent: &mut usize) -> bool {
     match member.queue.try_send(Outbound::Shared(frame.clone())) {
-        Ok(()) => true,
+        Ok(()) => {
+            *sent += 1;
+            true
+        }
         Err(mpsc::error::TrySendError::Full(_)) => {
             member.slow.cancel();
             false

@@ -57,6 +57,14 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<
     let response = match (req.method(), path.as_str()) {
         (&Method::GET, "/ws") => upgrade(state, req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Body::from(state.metrics.render()));
+            response.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, p) if p.starts_with("/v1/teams/") => history::handle(&state, &req).await,
         (&Method::GET, p) if p.starts_with("/v1/users/") => credits::handle(&state, &req).await,
@@ -75,6 +83,8 @@ pub fn http_claims<B>(state: &AppState, req: &Request<B>) -> Result<auth::Claims
 
 /// The 401 of a refused HTTP token.
 pub fn unauthorized(error: auth::AuthError) -> Response<Body> {
+    metrics::counter!(teamchat_shared::metrics::AUTH_FAILURES, "reason" => error.label())
+        .increment(1);
     json_error(StatusCode::UNAUTHORIZED, "unauthorized", error.reason())
 }
 

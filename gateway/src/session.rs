@@ -28,6 +28,7 @@ use crate::limits::Operation;
 use crate::receipts;
 use crate::room::{Join, Member};
 use crate::writer::{self, CloseSignals, Outbound};
+use teamchat_shared::metrics as m;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -87,6 +88,7 @@ pub async fn run(
     let claims = match auth {
         Ok(claims) => claims,
         Err(error) => {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => error.label()).increment(1);
             let _ = queue
                 .send(Outbound::Close(error.close_code(), error.reason()))
                 .await;
@@ -124,6 +126,8 @@ pub async fn run(
         max_frame: state.config.max_frame,
     };
     let _ = queue.send(Outbound::Own(welcome)).await;
+    metrics::counter!(m::CONNECTS).increment(1);
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
 
     let mut session = Session {
         state,
@@ -151,6 +155,7 @@ pub async fn run(
             .hub
             .leave(&team, conn_id, session.session.clone(), None, None);
     }
+    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     let state = session.state.clone();
     state.connections.forget(&session.session);
     if let Err(e) = state.broker.connection_close(&user, &session.session).await {
@@ -264,6 +269,9 @@ impl Session {
                 };
                 // A peer that sends requests but does not read their replies fills its
                 // queue like any slow reader: 1013.
+                if let Some(reply) = &reply {
+                    metrics::counter!(m::EVENTS_OUT, "type" => reply.kind()).increment(1);
+                }
                 if let Some(reply) = reply
                     && self.queue.try_send(Outbound::Own(reply)).is_err()
                 {
@@ -307,6 +315,7 @@ impl Session {
     /// Carries out one request; returns the direct reply the reader queues, if any.
     async fn handle(&mut self, frame: ClientFrame) -> Option<ServerFrame> {
         let ClientFrame { rid, request } = frame;
+        metrics::counter!(m::EVENTS_IN, "type" => request.kind()).increment(1);
         let operation = match &request {
             Request::MessageSend { .. }
             | Request::MessageEdit { .. }
@@ -318,6 +327,7 @@ impl Session {
         if let Some(operation) = operation
             && let Err(wait) = self.state.rate_limits.check(operation, &self.claims.sub)
         {
+            metrics::counter!(m::RATE_LIMITED, "operation" => operation.label()).increment(1);
             let (room, team) = match &request {
                 Request::RoomJoin { team, .. } => (true, Some(team.clone())),
                 Request::MessageSend { team, .. }
@@ -576,11 +586,13 @@ impl Session {
         let staff = self.claims.is_staff();
         let cost = credit_cost(&self.state.config, &data);
         let limit = self.claims.credit_limit.or(self.state.config.credit_limit);
-        let appended =
-            self.state
-                .broker
-                .append(&team, &self.session, &data, target, staff, cost, limit);
-        match appended.await {
+        let started = std::time::Instant::now();
+        let broker = &self.state.broker;
+        let appended = broker
+            .append(&team, &self.session, &data, target, staff, cost, limit)
+            .await;
+        metrics::histogram!(m::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+        match appended {
             Ok(AppendOutcome::Appended(appended)) => Ok(Some(ServerFrame::MessageAck {
                 client_id: match data {
                     EventData::Message(m) => Some(m.client_id),
@@ -606,6 +618,7 @@ impl Session {
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
             Err(e) => {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
                 warn!(error = %e, "append failed");
                 Err(error(
                     ErrorCode::Unavailable,

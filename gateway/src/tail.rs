@@ -32,6 +32,7 @@ pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::Unbounded
         let pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => {
+                metrics::counter!(teamchat_shared::metrics::GATEWAY_REDIS_ERRORS).increment(1);
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "pub/sub connection failed");
                 // Keep answering subscribe requests meanwhile, so joins do not wait.
                 let deadline = tokio::time::sleep(backoff);

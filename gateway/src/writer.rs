@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
+use teamchat_shared::metrics as m;
 use teamchat_shared::protocol::{Encoding, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -31,6 +32,11 @@ impl OutFrame {
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
         })
+    }
+
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        self.frame.kind()
     }
 
     pub fn bytes(&self, encoding: Encoding) -> &Bytes {
@@ -113,6 +119,14 @@ pub async fn run(
         }
     };
     signals.done.cancel();
+    let code = match &end {
+        WriterEnd::Closed(code) => code.to_string(),
+        _ => "none".to_owned(),
+    };
+    metrics::counter!(m::CLOSES, "code" => code).increment(1);
+    if end == WriterEnd::Closed(1013) {
+        metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
+    }
     end
 }
 

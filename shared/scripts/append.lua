@@ -81,6 +81,8 @@ end
 
 if cost > 0 then
   redis.call('HINCRBY', user_credits, user, cost)
+  -- The shard's total, under a name no user id can take (ids have no '#').
+  redis.call('HINCRBY', user_credits, '#total', cost)
   redis.call('HINCRBY', team_credits, team, cost)
 end
 redis.call('XADD', ingest, '*',

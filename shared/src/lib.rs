@@ -6,6 +6,7 @@ pub mod event;
 pub mod ids;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod protocol;
 pub mod scripts;
 pub mod stream;

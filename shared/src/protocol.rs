@@ -140,6 +140,24 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The request's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::RoomJoin { .. } => "room:join",
+            Request::RoomLeave { .. } => "room:leave",
+            Request::MessageSend { .. } => "message:send",
+            Request::MessageEdit { .. } => "message:edit",
+            Request::MessageDelete { .. } => "message:delete",
+            Request::ReceiptUpdate { .. } => "receipt:update",
+            Request::Ping => "ping",
+            Request::TypingStart { .. } => "typing:start",
+            Request::TypingStop { .. } => "typing:stop",
+            Request::TokenRefresh { .. } => "token:refresh",
+        }
+    }
+}
+
 /// A decoded client frame: its request and request id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientFrame {
@@ -520,6 +538,29 @@ pub enum ServerFrame {
 }
 
 impl ServerFrame {
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "session:welcome",
+            ServerFrame::RoomJoined { .. } => "room:joined",
+            ServerFrame::RoomLeft { .. } => "room:left",
+            ServerFrame::MessageAck { .. } => "message:ack",
+            ServerFrame::MessageNew(_) => "message:new",
+            ServerFrame::MessageEdited { .. } => "message:edited",
+            ServerFrame::MessageDeleted { .. } => "message:deleted",
+            ServerFrame::ReceiptUpdate { .. } => "receipt:update",
+            ServerFrame::ReceiptList { .. } => "receipt:list",
+            ServerFrame::PresenceList { .. } => "presence:list",
+            ServerFrame::PresenceUpdate { .. } => "presence:update",
+            ServerFrame::TypingStart { .. } => "typing:start",
+            ServerFrame::TypingStop { .. } => "typing:stop",
+            ServerFrame::TokenRefreshed { .. } => "token:refreshed",
+            ServerFrame::Error(_) => "error",
+            ServerFrame::RoomError(_) => "room:error",
+            ServerFrame::Pong { .. } => "pong",
+        }
+    }
+
     /// The frame a durable stream event is delivered as.
     pub fn from_event(event: &StreamEvent) -> Self {
         let (team, seq, offset) = (event.team.clone(), event.seq, event.offset.to_string());

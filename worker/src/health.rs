@@ -52,6 +52,7 @@ async fn respond(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok".to_owned()),
+        "/metrics" => (StatusCode::OK, teamchat_shared::metrics::install().render()),
         "/readyz" => {
             let limit = Duration::from_secs(1);
             let postgres = matches!(

@@ -34,6 +34,7 @@ pub struct Entry {
 const DEAD_LETTER_STREAM_MAXLEN: usize = 10_000;
 
 pub struct Ingest {
+    keys: teamchat_shared::keys::Keys,
     /// Blocking reads get a connection of their own, with no response timeout.
     blocking: MultiplexedConnection,
     streams: Vec<String>,
@@ -54,6 +55,7 @@ impl Ingest {
             .await
             .context("connecting to Redis")?;
         Ok(Self {
+            keys: config.redis.keys(),
             blocking,
             streams: config.redis.keys().all_ingest(),
             group: config.group.clone(),
@@ -141,7 +143,9 @@ impl Ingest {
 
     /// Trims each ingest stream behind what the group has acknowledged, so Redis holds only
     /// what is pending or not yet read.
-    pub async fn trim_acked(&mut self) -> anyhow::Result<()> {
+    /// Returns how many entries are pending (delivered, not acked) over all streams.
+    pub async fn trim_acked(&mut self) -> anyhow::Result<u64> {
+        let mut pending_total = 0;
         for stream in &self.streams {
             let groups: StreamInfoGroupsReply = self.blocking.xinfo_groups(stream).await?;
             let Some(group) = groups.groups.iter().find(|g| g.name == self.group) else {
@@ -149,7 +153,10 @@ impl Ingest {
             };
             let pending: StreamPendingReply = self.blocking.xpending(stream, &self.group).await?;
             let keep_from = match pending {
-                StreamPendingReply::Data(data) => data.start_id,
+                StreamPendingReply::Data(data) => {
+                    pending_total += data.count as u64;
+                    data.start_id
+                }
                 _ => group.last_delivered_id.clone(),
             };
             redis::cmd("XTRIM")
@@ -160,7 +167,17 @@ impl Ingest {
                 .query_async::<i64>(&mut self.blocking)
                 .await?;
         }
-        Ok(())
+        Ok(pending_total)
+    }
+
+    /// The credits counted by the append script on every shard (each shard's `#total`).
+    pub async fn credit_total(&mut self) -> anyhow::Result<i64> {
+        let mut pipe = redis::pipe();
+        for shard in 0..self.keys.shards() {
+            pipe.hget(self.keys.user_credits(shard), "#total");
+        }
+        let totals: Vec<Option<i64>> = pipe.query_async(&mut self.blocking).await?;
+        Ok(totals.into_iter().flatten().sum())
     }
 
     /// Takes over entries pending on other consumers for longer than `claim_idle_ms`.

@@ -15,6 +15,7 @@ use teamchat_shared::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use teamchat_shared::metrics as m;
 use tokio::time::Instant;
 
 use crate::ingest::{Entry, Ingest};
@@ -23,6 +24,8 @@ use crate::store::Store;
 /// Syncs until `shutdown` fires; the batch in hand is committed and acked first. Redis
 /// errors reconnect (with backoff) instead of ending the worker.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    teamchat_shared::metrics::install();
+    teamchat_shared::metrics::touch("teamchat_worker_");
     let store = Store::connect(&config.database_url).await?;
     let redis =
         redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
@@ -70,7 +73,9 @@ async fn sync(
             batch
         } else if last_claim.elapsed() >= claim_every {
             last_claim = Instant::now();
-            ingest.claim_idle().await?
+            let claimed = ingest.claim_idle().await?;
+            metrics::counter!(m::RECLAIMED).increment(claimed.len() as u64);
+            claimed
         } else {
             tokio::select! {
                 batch = ingest.read_new() => batch?,
@@ -87,7 +92,12 @@ async fn sync(
         }
         if last_trim.elapsed() >= Duration::from_millis(config.trim_every_ms) {
             last_trim = Instant::now();
-            ingest.trim_acked().await?;
+            let pending = ingest.trim_acked().await?;
+            metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64);
+            match unsynced_credits(&mut ingest, store).await {
+                Ok(unsynced) => metrics::gauge!(m::UNSYNCED_CREDITS).set(unsynced as f64),
+                Err(e) => warn!(error = %e, "unsynced credits not measured"),
+            }
         }
     }
     Ok(())
@@ -119,8 +129,12 @@ async fn write<'a>(
     while let Some(part) = parts.pop() {
         let mut delay = Duration::from_millis(50);
         let error = loop {
+            let started = std::time::Instant::now();
             match store.write_batch(&part).await {
-                Ok(()) => break None,
+                Ok(()) => {
+                    record_batch(&part, started.elapsed());
+                    break None;
+                }
                 Err(e) if store::is_data_error(&e) => break Some(e),
                 Err(e) => {
                     warn!(error = %e, entries = part.len(), "batch write failed");
@@ -159,7 +173,10 @@ async fn dead_letter(
     let mut delay = Duration::from_millis(50);
     loop {
         match store.dead_letter(entry, error).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                metrics::counter!(m::DEAD_LETTERS).increment(1);
+                return true;
+            }
             Err(e) => {
                 warn!(error = %e, "dead letter not written");
                 if !back_off(&mut delay, shutdown).await {
@@ -170,9 +187,41 @@ async fn dead_letter(
     }
 }
 
+/// Metrics of a committed batch: size, time, and each event's lag from its timestamp.
+fn record_batch(part: &[&Entry], took: Duration) {
+    metrics::counter!(m::BATCHES).increment(1);
+    metrics::counter!(m::ROWS_SYNCED).increment(part.len() as u64);
+    metrics::histogram!(m::BATCH_SIZE).record(part.len() as f64);
+    metrics::histogram!(m::BATCH_SECONDS).record(took.as_secs_f64());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default();
+    let mut credits = 0;
+    for entry in part {
+        if let Ok(event) = &entry.event {
+            credits += event.cost;
+            metrics::histogram!(m::SYNC_LAG_SECONDS)
+                .record((now_ms - event.data.ts()).max(0) as f64 / 1000.0);
+        }
+    }
+    metrics::counter!(m::CREDITS_SYNCED).increment(credits);
+}
+
+/// Credits counted in Redis (every shard's total) minus those in PostgreSQL's balances.
+async fn unsynced_credits(ingest: &mut Ingest, store: &Store) -> anyhow::Result<i64> {
+    let in_redis = ingest.credit_total().await?;
+    let in_postgres: Option<i64> =
+        sqlx::query_scalar("SELECT sum(used)::int8 FROM credit_balances")
+            .fetch_one(store.pool())
+            .await?;
+    Ok(in_redis - in_postgres.unwrap_or(0))
+}
+
 /// Sleeps `delay` plus up to half of it again (jitter, so workers do not retry in step),
 /// then doubles it up to 5 s. False if shutdown came first.
 async fn back_off(delay: &mut Duration, shutdown: &CancellationToken) -> bool {
+    metrics::counter!(m::RETRIES).increment(1);
     let jitter = Duration::from_millis(rand::random_range(0..=delay.as_millis() as u64 / 2));
     let slept = tokio::select! {
         _ = tokio::time::sleep(*delay + jitter) => true,
