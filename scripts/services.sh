@@ -32,6 +32,8 @@ services_install() {
   command -v redis-server >/dev/null || need+=(redis-server)
   [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || need+=(postgresql)
   command -v psql >/dev/null || need+=(postgresql-client)
+  # Prometheus evaluates the Grafana dashboard's queries in the tests.
+  command -v prometheus >/dev/null || need+=(prometheus)
   [ ${#need[@]} -eq 0 ] && return 0
   log "installing ${need[*]} from the OS packages"
   # Keep the packages' own services from starting: this script runs what it needs.

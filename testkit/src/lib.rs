@@ -266,26 +266,35 @@ pub async fn http_get(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> (u16, Value) {
+    try_http_get(addr, path_and_query, headers)
+        .await
+        .unwrap_or_else(|| panic!("GET http://{addr}{path_and_query} failed"))
+}
+
+/// Like `http_get`, but None when the server cannot be reached or the exchange fails.
+pub async fn try_http_get(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+) -> Option<(u16, Value)> {
     use http_body_util::{BodyExt, Empty};
     use hyper_util::rt::TokioIo;
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connecting to the gateway");
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .unwrap();
+        .ok()?;
     tokio::spawn(conn);
     let mut req = hyper::Request::get(path_and_query).header("host", addr.to_string());
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
     let response = sender
-        .send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap())
+        .send_request(req.body(Empty::<bytes::Bytes>::new()).ok()?)
         .await
-        .unwrap();
+        .ok()?;
     let status = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = response.into_body().collect().await.ok()?.to_bytes();
     let value = serde_json::from_slice(&body)
         .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
-    (status, value)
+    Some((status, value))
 }
