@@ -1,8 +1,11 @@
-//! The worker's health endpoints: `/healthz` (the process runs) and `/readyz` (it can
-//! reach PostgreSQL and Redis, i.e. it can sync; while it cannot, it acks nothing).
+//! The worker's endpoints: `/healthz` (the process runs), `/readyz` (migrations applied and
+//! PostgreSQL and Redis reachable, i.e. it can sync; while it cannot, it acks nothing) and
+//! `/metrics`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,11 +18,19 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What `/readyz` looks at.
+#[derive(Clone)]
+pub struct Readiness {
+    pub db: PgPool,
+    pub redis: redis::Client,
+    /// Set once the migrations are applied, so nothing relies on a schema not there yet.
+    pub migrated: Arc<AtomicBool>,
+}
+
 /// Serves the endpoints until shutdown. Returns the bound address (port 0 picks one).
 pub async fn serve(
     listen: SocketAddr,
-    db: PgPool,
-    redis: redis::Client,
+    readiness: Readiness,
     shutdown: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
@@ -33,9 +44,9 @@ pub async fn serve(
                 },
                 _ = shutdown.cancelled() => return,
             };
-            let (db, redis) = (db.clone(), redis.clone());
+            let readiness = readiness.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| respond(req, db.clone(), redis.clone()));
+                let service = service_fn(move |req| respond(req, readiness.clone()));
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -47,27 +58,30 @@ pub async fn serve(
 
 async fn respond(
     req: Request<hyper::body::Incoming>,
-    db: PgPool,
-    redis: redis::Client,
+    readiness: Readiness,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let (status, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "ok".to_owned()),
         "/metrics" => (StatusCode::OK, teamchat_shared::metrics::install().render()),
         "/readyz" => {
             let limit = Duration::from_secs(1);
-            let postgres = matches!(
-                tokio::time::timeout(limit, sqlx::query("SELECT 1").execute(&db)).await,
-                Ok(Ok(_))
+            let query = sqlx::query("SELECT 1").execute(&readiness.db);
+            let postgres = matches!(tokio::time::timeout(limit, query).await, Ok(Ok(_)));
+            let redis = matches!(
+                tokio::time::timeout(limit, ping(&readiness.redis)).await,
+                Ok(Ok(()))
             );
-            let redis = matches!(tokio::time::timeout(limit, ping(&redis)).await, Ok(Ok(())));
-            let status = if postgres && redis {
+            let migrated = readiness.migrated.load(Ordering::Relaxed);
+            let ready = postgres && redis && migrated;
+            let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
             (
                 status,
-                serde_json::json!({"postgres": postgres, "redis": redis}).to_string(),
+                serde_json::json!({"postgres": postgres, "redis": redis, "migrated": migrated})
+                    .to_string(),
             )
         }
         _ => (StatusCode::NOT_FOUND, String::new()),

@@ -8,6 +8,8 @@ pub mod ingest;
 pub mod replay;
 pub mod store;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -29,10 +31,16 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     let store = Store::connect(&config.database_url).await?;
     let redis =
         redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
-    let health =
-        health::serve(config.listen, store.pool().clone(), redis, shutdown.clone()).await?;
+    let migrated = Arc::new(AtomicBool::new(false));
+    let readiness = health::Readiness {
+        db: store.pool().clone(),
+        redis,
+        migrated: migrated.clone(),
+    };
+    let health = health::serve(config.listen, readiness, shutdown.clone()).await?;
     info!(%health, "health endpoints listening");
     store.migrate().await.context("applying migrations")?;
+    migrated.store(true, Ordering::Relaxed);
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match sync(&config, &store, &shutdown).await {

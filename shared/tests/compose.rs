@@ -1,0 +1,166 @@
+//! compose.yaml and the files it mounts agree with the binaries: every service the README
+//! names exists with a health check, every variable passed is one the binaries read, every
+//! published port and scrape target matches the configured listen ports.
+
+use std::collections::BTreeSet;
+
+use clap::CommandFactory;
+use serde_norway::Value;
+use teamchat_shared::config::{GatewayConfig, WorkerConfig};
+
+fn repo(path: &str) -> String {
+    std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// The environment variables a binary reads (from its CLI definition), plus RUST_LOG.
+fn variables(command: clap::Command) -> BTreeSet<String> {
+    let mut names: BTreeSet<String> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect();
+    names.insert("RUST_LOG".into());
+    names
+}
+
+fn environment(service: &Value) -> Vec<(String, String)> {
+    match &service["environment"] {
+        Value::Mapping(map) => map
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    _ => String::new(),
+                };
+                (k.as_str().unwrap().to_owned(), value)
+            })
+            .collect(),
+        Value::Sequence(items) => items
+            .iter()
+            .map(|item| {
+                let (k, v) = item.as_str().unwrap().split_once('=').unwrap();
+                (k.to_owned(), v.to_owned())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn port_of(address: &str) -> &str {
+    address.rsplit(':').next().unwrap()
+}
+
+#[test]
+fn compose_file_agrees_with_the_binaries() {
+    let compose: Value =
+        serde_norway::from_str(&repo("compose.yaml")).expect("compose.yaml parses");
+    let services = compose["services"].as_mapping().expect("services");
+    for name in [
+        "redis",
+        "postgres",
+        "gateway1",
+        "gateway2",
+        "worker",
+        "prometheus",
+        "grafana",
+    ] {
+        let service = services
+            .get(name)
+            .unwrap_or_else(|| panic!("service {name} missing"));
+        assert!(
+            service.get("healthcheck").is_some(),
+            "{name} has no health check"
+        );
+        if let Some(depends) = service.get("depends_on").and_then(Value::as_mapping) {
+            for (on, condition) in depends {
+                assert_eq!(
+                    condition["condition"].as_str(),
+                    Some("service_healthy"),
+                    "{name} → {on:?}"
+                );
+                assert!(
+                    services.contains_key(on),
+                    "{name} depends on a missing {on:?}"
+                );
+            }
+        }
+    }
+
+    let gateway_vars = variables(GatewayConfig::command());
+    let worker_vars = variables(WorkerConfig::command());
+    let mut prometheus_targets = BTreeSet::new();
+    for name in ["gateway1", "gateway2"] {
+        let service = &services[name];
+        let env = environment(service);
+        for (key, _) in &env {
+            assert!(
+                gateway_vars.contains(key),
+                "{name} passes {key}, which the gateway does not read"
+            );
+        }
+        let listen = env
+            .iter()
+            .find(|(k, _)| k == "LISTEN")
+            .map(|(_, v)| v.clone())
+            .expect("LISTEN");
+        let ports: Vec<&str> = service["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        assert!(!ports.is_empty(), "{name} publishes no port");
+        for published in ports {
+            assert_eq!(
+                port_of(published),
+                port_of(&listen),
+                "{name}: {published} vs LISTEN={listen}"
+            );
+        }
+        prometheus_targets.insert(format!("{name}:{}", port_of(&listen)));
+    }
+    let worker_env = environment(&services["worker"]);
+    for (key, _) in &worker_env {
+        assert!(
+            worker_vars.contains(key),
+            "worker passes {key}, which the worker does not read"
+        );
+    }
+    let worker_listen = worker_env
+        .iter()
+        .find(|(k, _)| k == "WORKER_LISTEN")
+        .map(|(_, v)| v.clone())
+        .expect("WORKER_LISTEN");
+    prometheus_targets.insert(format!("worker:{}", port_of(&worker_listen)));
+
+    // Prometheus scrapes exactly those, and Grafana is provisioned with the dashboard.
+    let prometheus: Value =
+        serde_norway::from_str(&repo("prometheus/prometheus.yml")).expect("prometheus.yml parses");
+    let scraped: BTreeSet<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|job| job["static_configs"].as_sequence().unwrap().iter())
+        .flat_map(|config| config["targets"].as_sequence().unwrap().iter())
+        .map(|target| target.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(scraped, prometheus_targets);
+    let datasource: Value =
+        serde_norway::from_str(&repo("grafana/provisioning/datasources/prometheus.yaml")).unwrap();
+    assert_eq!(
+        datasource["datasources"][0]["uid"].as_str(),
+        Some("prometheus")
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo("grafana/dashboards/teamchat.json")).unwrap();
+    assert_eq!(dashboard["panels"][0]["datasource"]["uid"], "prometheus");
+    let provider: Value =
+        serde_norway::from_str(&repo("grafana/provisioning/dashboards/teamchat.yaml")).unwrap();
+    assert_eq!(
+        provider["providers"][0]["options"]["path"].as_str(),
+        Some("/var/lib/grafana/dashboards")
+    );
+}
