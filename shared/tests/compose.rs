@@ -164,3 +164,26 @@ fn compose_file_agrees_with_the_binaries() {
         Some("/var/lib/grafana/dashboards")
     );
 }
+
+#[test]
+fn the_operations_doc_lists_every_variable_the_binaries_read() {
+    let docs = repo("docs/operations.md");
+    let section = docs
+        .split("## Configuration")
+        .nth(1)
+        .expect("a Configuration section");
+    let section = section.split("\n## ").next().unwrap();
+    let documented: BTreeSet<String> = section
+        .lines()
+        .filter_map(|line| {
+            line.strip_prefix("| `")?
+                .split('`')
+                .next()
+                .map(str::to_owned)
+        })
+        .collect();
+    let mut read = variables(GatewayConfig::command());
+    read.extend(variables(WorkerConfig::command()));
+    read.remove("RUST_LOG");
+    assert_eq!(documented, read);
+}
