@@ -49,7 +49,8 @@ services_install() {
   return 0
 }
 
-redis_answers() { redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; }
+# PONG, not just any answer: while Redis loads its AOF it answers LOADING errors.
+redis_answers() { [ "$(redis-cli -u "$REDIS_URL" ping 2>/dev/null)" = "PONG" ]; }
 
 services_start_redis() {
   if redis_answers; then
@@ -63,7 +64,7 @@ services_start_redis() {
   redis-server --port "$port" --bind 127.0.0.1 --dir "$DATA/redis" \
     --appendonly yes --appendfsync everysec --save "" \
     --daemonize yes --pidfile "$DATA/redis/redis.pid" --logfile "$DATA/redis/redis.log"
-  for _ in $(seq 100); do redis_answers && break; sleep 0.1; done
+  for _ in $(seq 600); do redis_answers && break; sleep 0.1; done
   redis_answers || { log "Redis did not start; see $DATA/redis/redis.log"; return 1; }
   STARTED_REDIS=$port
 }

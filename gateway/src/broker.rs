@@ -288,19 +288,18 @@ impl Broker {
     }
 
     /// Keeps this gateway's sessions of a team online and expires the ones nobody refreshed.
+    /// Returns the given sessions the team no longer had (they expired meanwhile).
     pub async fn presence_tick(
         &self,
         team: &str,
         sessions: &[Arc<str>],
         ttl_ms: u64,
-    ) -> redis::RedisResult<()> {
+    ) -> redis::RedisResult<Vec<String>> {
         let mut call = self.presence_call(team, "tick", now_ms(), ttl_ms);
         for session in sessions {
             call.arg(session.as_ref());
         }
-        call.invoke_async::<i64>(&mut self.conn.clone())
-            .await
-            .map(|_| ())
+        call.invoke_async(&mut self.conn.clone()).await
     }
 
     fn connection_call(

@@ -314,11 +314,32 @@ impl Room {
         }
         let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.session.clone()).collect();
         let ttl = self.presence_ttl.as_millis() as u64;
-        if let Err(e) = self.broker.presence_tick(&self.team, &sessions, ttl).await {
-            {
+        let missing = match self.broker.presence_tick(&self.team, &sessions, ttl).await {
+            Ok(missing) => missing,
+            Err(e) => {
                 metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
-                warn!(error = %e, team = %self.team, "presence refresh: Redis unavailable")
-            };
+                warn!(error = %e, team = %self.team, "presence refresh: Redis unavailable");
+                return;
+            }
+        };
+        // Sessions that expired while this gateway could not refresh them (a Redis outage
+        // longer than the TTL): they are online again, and others hear so.
+        for member in self
+            .members
+            .iter()
+            .filter(|m| missing.iter().any(|s| **s == *m.session))
+        {
+            let rejoined = self.broker.presence_join(
+                &self.team,
+                &member.session,
+                &member.user,
+                member.name.as_deref(),
+                ttl,
+            );
+            if let Err(e) = rejoined.await {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                warn!(error = %e, team = %self.team, "presence rejoin: Redis unavailable");
+            }
         }
     }
 

@@ -27,7 +27,6 @@ pub enum SubCmd {
 /// Runs the pub/sub side of the gateway until the command channel closes.
 pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<SubCmd>) {
     let mut backoff = Duration::from_millis(50);
-    let mut first = true;
     loop {
         let pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
@@ -53,18 +52,17 @@ pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::Unbounded
         };
         backoff = Duration::from_millis(50);
         let (mut sink, mut stream) = pubsub.split();
-        if !first {
-            let channels = hub.channels();
-            if !channels.is_empty()
-                && let Err(e) = sink.subscribe(&channels).await
-            {
+        // Every team with a room here, whether subscribed before (a reconnect) or opened
+        // while no connection could be had; the rooms then catch up from their streams.
+        let channels = hub.channels();
+        if !channels.is_empty() {
+            if let Err(e) = sink.subscribe(&channels).await {
                 warn!(error = %e, "resubscribe failed");
                 continue;
             }
-            info!(teams = channels.len(), "pub/sub reconnected");
+            info!(teams = channels.len(), "pub/sub (re)subscribed");
             hub.catch_up_all();
         }
-        first = false;
         let mut pending = Vec::new();
         loop {
             tokio::select! {

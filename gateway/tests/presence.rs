@@ -163,3 +163,30 @@ async fn client_pings_alone_keep_a_connection_alive() {
         seen.extend_from_slice(&buf[..n]);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_expired_during_an_outage_comes_back_online() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let g1 = common::gateway(&env, &["--presence-ttl-ms=300"]).await;
+    let g2 = common::gateway(&env, &["--presence-ttl-ms=300"]).await;
+    let mut ann = Client::connect(g1.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g2.addr(), &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    // Ann's entry vanishes as if it had expired while her gateway could not refresh it.
+    let session = ann.welcome["session"].as_str().unwrap().to_owned();
+    let [sessions, expiry, users] = env.keys().presence("t");
+    let mut redis = env.redis().await;
+    let _: () = redis.hdel(&sessions, &session).await.unwrap();
+    let _: () = redis.zrem(&expiry, &session).await.unwrap();
+    let _: () = redis.hdel(&users, "ann").await.unwrap();
+    // Her gateway's next refresh finds her missing and puts her back: ben hears it.
+    let update = ben.expect("presence:update").await;
+    assert_eq!(
+        (update["user"].as_str(), update["status"].as_str()),
+        (Some("ann"), Some("online"))
+    );
+    let online: i64 = redis.hget(&users, "ann").await.unwrap();
+    assert_eq!(online, 1);
+}

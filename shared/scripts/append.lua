@@ -62,7 +62,12 @@ if ARGV[15] ~= '' and cost > 0 then
   if used + cost > tonumber(ARGV[15]) then return {'err', 'quota_exceeded'} end
 end
 
-local offset = int((tonumber(redis.call('HGET', meta, 'offset')) or 0) + 1)
+-- The next offset follows the meta hash, or the stream's top if the hash was lost (say,
+-- evicted) while the stream was not: appends then go on instead of failing for good.
+local top = tonumber(redis.call('HGET', meta, 'offset')) or 0
+local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+if newest then top = math.max(top, tonumber(string.match(newest[1], '^(%d+)'))) end
+local offset = int(top + 1)
 redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
   'k', kind, 'seq', seq, 'src', src, 'd', data)
 redis.call('HSETNX', meta, 'epoch', ARGV[8])

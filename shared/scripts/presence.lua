@@ -8,7 +8,8 @@
 -- ARGV[2] now (ms)   ARGV[3] new expiry (ms)   ARGV[4] channel
 -- join:  ARGV[5] session  ARGV[6] user  ARGV[7] name   -> returns HVALS of the sessions hash
 -- leave: ARGV[5] session                                -> returns 1
--- tick:  ARGV[5..] sessions still connected here         -> returns 1
+-- tick:  ARGV[5..] sessions still connected here         -> returns the ones it no longer
+--        had (expired while their gateway could not refresh): the gateway joins them again
 --
 -- `presence:update` is published as '!presence:online|offline \n src \n user' exactly when a
 -- user's first session appears or last one goes, expiry included.
@@ -44,8 +45,14 @@ if op == 'join' then
 elseif op == 'leave' then
   drop(ARGV[5], ARGV[5])
 elseif op == 'tick' then
+  local missing = {}
   for i = 5, #ARGV do
-    redis.call('ZADD', expiry, 'XX', expires, ARGV[i])
+    if redis.call('ZSCORE', expiry, ARGV[i]) then
+      redis.call('ZADD', expiry, 'XX', expires, ARGV[i])
+    else
+      table.insert(missing, ARGV[i])
+    end
   end
+  return missing
 end
 return 1

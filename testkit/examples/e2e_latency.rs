@@ -1,6 +1,7 @@
 //! End-to-end latency between two gateways: user A on the first sends, user B on the second
 //! receives; one message in flight at a time. Prints the median and tail in microseconds.
 //!
+//! Against a stack whose send rate limit allows it (`RATE_SEND_PER_MIN=100000000 scripts/run`):
 //! `JWT_SECRET=… cargo run --release -p teamchat-testkit --example e2e_latency -- 127.0.0.1:8080 127.0.0.1:8081 [count]`
 
 use std::time::Instant;

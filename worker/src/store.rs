@@ -390,12 +390,18 @@ async fn advance_watermarks(
     teams: &[String],
     offsets: &[i64],
 ) -> sqlx::Result<()> {
-    // Per team: the batch's lowest and highest offset and how many there are.
-    let mut runs: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    // Per team: the batch's lowest and highest offset and how many distinct ones.
+    let mut seen: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
     for (team, offset) in teams.iter().zip(offsets) {
-        let run = runs.entry(team.as_str()).or_insert((*offset, *offset, 0));
-        (run.0, run.1, run.2) = (run.0.min(*offset), run.1.max(*offset), run.2 + 1);
+        seen.entry(team.as_str()).or_default().insert(*offset);
     }
+    let runs: BTreeMap<&str, (i64, i64, i64)> = seen
+        .iter()
+        .map(|(team, offsets)| {
+            let (low, high) = (*offsets.first().unwrap(), *offsets.last().unwrap());
+            (*team, (low, high, offsets.len() as i64))
+        })
+        .collect();
     let distinct: Vec<&str> = runs.keys().copied().collect();
     sqlx::query(
         "INSERT INTO team_sync (team) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
