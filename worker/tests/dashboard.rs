@@ -5,7 +5,6 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use serde_json::{Value, json};
 use teamchat_gateway::Gateway;
 use teamchat_testkit::client::{self, Auth};
@@ -111,23 +110,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     ben.send(json!({"type":"receipt:update","team":"t","seq":5}))
         .await;
     ann.expect("receipt:update").await;
-    let keys = env.keys();
-    let mut redis = env.redis().await;
-    let offset: u64 = redis.hincr(keys.team_meta("t"), "offset", 1).await.unwrap();
-    let _: String = redis
-        .xadd(
-            keys.ingest(keys.shard_of("t")),
-            "*",
-            &[
-                ("team", "t".to_owned()),
-                ("off", offset.to_string()),
-                ("k", "message".into()),
-                ("seq", "99".into()),
-                ("d", "{".into()),
-            ],
-        )
-        .await
-        .unwrap();
+    let offset = env.inject_ingest("t", "{").await;
     let pg = env.pg().await;
     wait_for_watermark(&pg, "t", offset as i64).await;
     drop(ben);

@@ -61,30 +61,6 @@ async fn an_undecodable_entry_is_dead_lettered_and_its_neighbours_sync() {
     stop.cancel();
 }
 
-/// Appends a raw ingest entry for team `t` at the next offset (as the append script would,
-/// minus the checks), returning its offset.
-async fn inject(env: &TestEnv, d: &str) -> u64 {
-    let keys = env.keys();
-    let mut redis = env.redis().await;
-    let offset: u64 = redis.hincr(keys.team_meta("t"), "offset", 1).await.unwrap();
-    let seq: u64 = redis.hincr(keys.team_meta("t"), "seq", 1).await.unwrap();
-    let _: String = redis
-        .xadd(
-            keys.ingest(keys.shard_of("t")),
-            "*",
-            &[
-                ("team", "t".to_owned()),
-                ("off", offset.to_string()),
-                ("k", "message".to_owned()),
-                ("seq", seq.to_string()),
-                ("d", d.to_owned()),
-            ],
-        )
-        .await
-        .unwrap();
-    offset
-}
-
 fn message(id: &str, body: &str) -> String {
     serde_json::json!({"id": id, "client_id": id, "user": "u1", "body": body, "ts": 1}).to_string()
 }
@@ -92,9 +68,10 @@ fn message(id: &str, body: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_entry_postgresql_refuses_is_dead_lettered_and_its_batch_lands() {
     let env = TestEnv::new().await;
-    inject(&env, &message("a", "fine")).await;
-    inject(&env, &message("b", "nul \u{0} inside")).await; // text cannot hold NUL
-    let last = inject(&env, &message("c", "fine too")).await;
+    env.inject_ingest("t", &message("a", "fine")).await;
+    env.inject_ingest("t", &message("b", "nul \u{0} inside"))
+        .await; // text cannot hold NUL
+    let last = env.inject_ingest("t", &message("c", "fine too")).await;
     let stop = CancellationToken::new();
     tokio::spawn(teamchat_worker::run(env.worker_config("w1"), stop.clone()));
     let pg = env.pg().await;
@@ -120,7 +97,9 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
     let env = TestEnv::new().await;
     let mut config = env.worker_config("w1");
     config.max_deliveries = 5;
-    let offset = inject(&env, &message("a", "fine, but the worker kept dying on it")).await;
+    let offset = env
+        .inject_ingest("t", &message("a", "fine, but the worker kept dying on it"))
+        .await;
     let stream = env.keys().ingest(env.keys().shard_of("t"));
     let mut redis = env.redis().await;
     // Deliver it to w1 and set its count to five, as crashes would have; the worker's own
@@ -179,7 +158,9 @@ async fn the_ingest_stream_is_trimmed_behind_the_group() {
     let env = TestEnv::new().await;
     let mut last = 0;
     for n in 0..1_000 {
-        last = inject(&env, &message(&format!("m{n}"), "b")).await;
+        last = env
+            .inject_ingest("t", &message(&format!("m{n}"), "b"))
+            .await;
     }
     let stream = env.keys().ingest(env.keys().shard_of("t"));
     let mut redis = env.redis().await;

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use serde_json::json;
 use teamchat_gateway::Gateway;
 use teamchat_shared::metrics::{CATALOGUE, Kind};
@@ -98,23 +97,7 @@ async fn every_documented_metric_is_exposed_with_its_type() {
     ben.send(json!({"type":"receipt:update","team":"t","seq":2}))
         .await;
     // A poison entry, for the dead letters.
-    let keys = env.keys();
-    let mut redis = env.redis().await;
-    let offset: u64 = redis.hincr(keys.team_meta("t"), "offset", 1).await.unwrap();
-    let _: String = redis
-        .xadd(
-            keys.ingest(keys.shard_of("t")),
-            "*",
-            &[
-                ("team", "t".to_owned()),
-                ("off", offset.to_string()),
-                ("k", "message".into()),
-                ("seq", "9".into()),
-                ("d", "{".into()),
-            ],
-        )
-        .await
-        .unwrap();
+    env.inject_ingest("t", "{").await;
     let pg = env.pg().await;
     teamchat_testkit::eventually(Duration::from_secs(20), "the receipt synced", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM receipts")
