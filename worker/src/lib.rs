@@ -85,10 +85,10 @@ async fn sync(
             metrics::counter!(m::RECLAIMED).increment(claimed.len() as u64);
             claimed
         } else {
-            tokio::select! {
-                batch = ingest.read_new() => batch?,
-                _ = shutdown.cancelled() => return Ok(()),
-            }
+            // Not raced against shutdown: once Redis answered, the entries are delivered to
+            // this consumer and must be written and acked. The read returns within
+            // BATCH_WAIT_MS anyway, and the loop then sees the shutdown.
+            ingest.read_new().await?
         };
         for chunk in batch.chunks(config.batch_size.max(1)) {
             let Some(dead) = write(store, chunk, config.max_deliveries, shutdown).await else {
