@@ -5,11 +5,10 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use teamchat_gateway::Gateway;
-use teamchat_testkit::client::{self, Auth};
-use teamchat_testkit::{Client, TestEnv, eventually, free_port, try_http_get, wait_for_watermark};
-use tokio_util::sync::CancellationToken;
+mod common;
+
+use serde_json::Value;
+use teamchat_testkit::{eventually, free_port, try_http_get};
 
 fn dashboard_queries() -> Vec<String> {
     let text = std::fs::read_to_string(concat!(
@@ -43,25 +42,15 @@ async fn query(prometheus: std::net::SocketAddr, expr: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
-    let env = TestEnv::new().await;
-    let gateway = Gateway::start(env.gateway_config(&["--rate-join-per-min=4"]))
-        .await
-        .unwrap();
-    let mut config = env.worker_config("w1");
-    config.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    config.trim_every_ms = 200;
-    let worker_addr = config.listen;
-    let stop = CancellationToken::new();
-    tokio::spawn(teamchat_worker::run(config, stop.clone()));
-
+    let stack = common::stack().await;
     let dir = std::env::temp_dir().join(format!("teamchat-test-prometheus-{}", free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let prometheus_config = format!(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  \
          - job_name: teamchat-gateway\n    static_configs:\n      - targets: ['{}']\n  \
          - job_name: teamchat-worker\n    static_configs:\n      - targets: ['{}']\n",
-        gateway.addr(),
-        worker_addr
+        stack.gateway.addr(),
+        stack.worker_addr
     );
     std::fs::write(dir.join("prometheus.yml"), prometheus_config).unwrap();
     let prometheus_addr: std::net::SocketAddr =
@@ -91,29 +80,7 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     )
     .await;
 
-    // The load: a refused token, joins (one rate-limited), messages, typing, a receipt, a
-    // dead letter, a disconnect.
-    let (mut bad, _) = client::open(gateway.addr(), Auth::Query("bad"), None)
-        .await
-        .unwrap();
-    client::close_code(&mut bad).await;
-    let mut ann = Client::connect(gateway.addr(), &env.token("ann", &["t", "u"])).await;
-    let mut ben = Client::connect(gateway.addr(), &env.token("ben", &["t"])).await;
-    ann.join("t").await;
-    ben.join("t").await;
-    ann.send(json!({"type":"room:join","team":"u"})).await;
-    ann.expect("room:error").await;
-    for n in 0..20 {
-        ann.send_message("t", &format!("m{n}"), "b").await;
-    }
-    ann.send(json!({"type":"typing:start","team":"t"})).await;
-    ben.send(json!({"type":"receipt:update","team":"t","seq":5}))
-        .await;
-    ann.expect("receipt:update").await;
-    let offset = env.inject_ingest("t", "{").await;
-    let pg = env.pg().await;
-    wait_for_watermark(&pg, "t", offset as i64).await;
-    drop(ben);
+    common::touch_every_metric(&stack).await;
 
     for expr in dashboard_queries() {
         eventually(
@@ -123,6 +90,6 @@ async fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         )
         .await;
     }
-    stop.cancel();
+    stack.stop.cancel();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,0 +1,63 @@
+//! A gateway and a worker in-process, and a small load that touches every metric: used by
+//! the metrics and dashboard tests.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+
+use serde_json::json;
+use teamchat_gateway::Gateway;
+use teamchat_testkit::client::{self, Auth};
+use teamchat_testkit::{Client, TestEnv, free_port, wait_for_watermark};
+use tokio_util::sync::CancellationToken;
+
+pub struct Stack {
+    pub env: TestEnv,
+    pub gateway: Gateway,
+    /// The worker's `/metrics`, `/healthz`, `/readyz`.
+    pub worker_addr: SocketAddr,
+    pub stop: CancellationToken,
+}
+
+/// A gateway (joins limited to 4 a minute, so one can be refused) and a worker.
+pub async fn stack() -> Stack {
+    let env = TestEnv::new().await;
+    let gateway = Gateway::start(env.gateway_config(&["--rate-join-per-min=4"]))
+        .await
+        .unwrap();
+    let mut config = env.worker_config("w1");
+    config.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    config.trim_every_ms = 50;
+    let worker_addr = config.listen;
+    let stop = CancellationToken::new();
+    tokio::spawn(teamchat_worker::run(config, stop.clone()));
+    Stack {
+        env,
+        gateway,
+        worker_addr,
+        stop,
+    }
+}
+
+/// A refused token, joins (one rate-limited), messages, typing, a receipt, a dead letter
+/// and a disconnect; returns once the worker synced all of it.
+pub async fn touch_every_metric(stack: &Stack) {
+    let (env, addr) = (&stack.env, stack.gateway.addr());
+    let (mut bad, _) = client::open(addr, Auth::Query("bad"), None).await.unwrap();
+    assert_eq!(client::close_code(&mut bad).await.0, 4001);
+    let mut ann = Client::connect(addr, &env.token("ann", &["t", "u"])).await;
+    let mut ben = Client::connect(addr, &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    ann.send(json!({"type":"room:join","team":"u"})).await;
+    assert_eq!(ann.expect("room:error").await["code"], "rate_limited");
+    for n in 0..20 {
+        ann.send_message("t", &format!("m{n}"), "b").await;
+    }
+    ann.send(json!({"type":"typing:start","team":"t"})).await;
+    ben.send(json!({"type":"receipt:update","team":"t","seq":5}))
+        .await;
+    ann.expect("receipt:update").await;
+    let offset = env.inject_ingest("t", "{").await; // a poison entry: a dead letter
+    wait_for_watermark(&env.pg().await, "t", offset as i64).await;
+    drop(ben);
+}
