@@ -8,6 +8,7 @@ pub mod auth;
 pub mod broker;
 pub mod connections;
 pub mod credits;
+pub mod dev;
 pub mod history;
 pub mod hub;
 pub mod limits;

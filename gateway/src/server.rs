@@ -18,7 +18,7 @@ use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::auth::{self, TokenSource};
-use crate::{credits, history, session};
+use crate::{credits, dev, history, session};
 
 pub type Body = Full<Bytes>;
 
@@ -68,6 +68,8 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, p) if p.starts_with("/v1/teams/") => history::handle(&state, &req).await,
         (&Method::GET, p) if p.starts_with("/v1/users/") => credits::handle(&state, &req).await,
+        (&Method::POST, "/dev/token") if state.config.dev_mode => dev::token(&state, req).await,
+        (&Method::GET, p) if state.config.dev_mode => dev::static_file(&state, p).await,
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
     Ok(response)

@@ -121,6 +121,13 @@ pub struct GatewayConfig {
     /// A typist silent this long gets a `typing:stop` sent on their behalf.
     #[arg(long, env = "TYPING_TIMEOUT_MS", default_value_t = 6_000)]
     pub typing_timeout_ms: u64,
+    /// Development only, unsafe in production: serves the demo page at `/` and mints a
+    /// token for anyone at `POST /dev/token`.
+    #[arg(long, env = "DEV_MODE")]
+    pub dev_mode: bool,
+    /// Where the demo page (`demo/www`) and the built client library (`js/dist`) are.
+    #[arg(long, env = "DEV_CLIENTS_DIR", default_value = "clients")]
+    pub dev_clients_dir: String,
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,

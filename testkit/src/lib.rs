@@ -303,24 +303,57 @@ pub async fn try_http_get(
     path_and_query: &str,
     headers: &[(&str, &str)],
 ) -> Option<(u16, Value)> {
-    use http_body_util::{BodyExt, Empty};
+    let (status, _, body) = try_http(addr, "GET", path_and_query, headers, Vec::new()).await?;
+    Some((status, body_value(&body)))
+}
+
+/// POSTs a JSON body to a gateway; returns the status and the JSON body.
+pub async fn http_post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let body = serde_json::to_vec(body).unwrap();
+    let (status, _, body) = try_http(addr, "POST", path, &[], body)
+        .await
+        .unwrap_or_else(|| panic!("POST http://{addr}{path} failed"));
+    (status, body_value(&body))
+}
+
+/// One HTTP/1.1 exchange: status, content type and raw body; None when it fails.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Option<(u16, String, bytes::Bytes)> {
+    use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .ok()?;
     tokio::spawn(conn);
-    let mut req = hyper::Request::get(path_and_query).header("host", addr.to_string());
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header("host", addr.to_string());
     for (name, value) in headers {
         req = req.header(*name, *value);
     }
     let response = sender
-        .send_request(req.body(Empty::<bytes::Bytes>::new()).ok()?)
+        .send_request(req.body(Full::new(bytes::Bytes::from(body))).ok()?)
         .await
         .ok()?;
     let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
     let body = response.into_body().collect().await.ok()?.to_bytes();
-    let value = serde_json::from_slice(&body)
-        .unwrap_or(Value::String(String::from_utf8_lossy(&body).into()));
-    Some((status, value))
+    Some((status, content_type, body))
+}
+
+/// A JSON body as a value; any other body as a string.
+fn body_value(body: &[u8]) -> Value {
+    serde_json::from_slice(body).unwrap_or(Value::String(String::from_utf8_lossy(body).into()))
 }
