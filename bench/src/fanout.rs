@@ -1,0 +1,261 @@
+//! Fan-out: rooms × members spread over two gateways, one sender per room at a fixed
+//! offered rate; deliveries, delivery ratio, end-to-end latency (sender timestamp in
+//! `meta`), CPU of each process. Step mode raises the rate until p99 ≥ 100 ms or fewer
+//! than 99.9 % of deliveries arrive.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use futures_util::stream::{self, SplitSink};
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Ws};
+use crate::report::{Row, round};
+use crate::stack::{self, CpuMeter, StackArgs};
+
+#[derive(Args, Clone, Debug)]
+pub struct FanoutArgs {
+    #[arg(long, default_value_t = 1_000)]
+    pub rooms: usize,
+    #[arg(long, default_value_t = 10)]
+    pub members: usize,
+    /// Offered message rates to run, in messages per second over all rooms.
+    #[arg(long, value_delimiter = ',', default_value = "500,2000,5000,10000")]
+    pub rates: Vec<u64>,
+    /// How long each rate is offered.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Stop at the first rate that misses p99 < 100 ms with ≥ 99.9 % delivered.
+    #[arg(long)]
+    pub step: bool,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+/// What one offered rate (a window) saw.
+struct Window {
+    delivered: AtomicU64,
+    acked: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            delivered: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()),
+        }
+    }
+}
+
+pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
+    let (gateways, prefix) = stack::start_gateways(&args.stack, 2).await?;
+    let mut processes = vec![
+        ("gateway 1".to_owned(), gateways[0].pid),
+        ("gateway 2".to_owned(), gateways[1].pid),
+        ("redis".to_owned(), stack::redis_pid(&args.stack).await?),
+    ];
+    processes.push(("generator".to_owned(), std::process::id()));
+    let windows: Arc<Vec<Window>> = Arc::new(args.rates.iter().map(|_| Window::new()).collect());
+
+    // Member m of room r is on gateway m % 2; member 0 sends, so half the receivers are
+    // on the other gateway.
+    let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
+    let connections = args.rooms * args.members;
+    let setup = Instant::now();
+    // The sending connection of each room, by room number.
+    let mut senders: Vec<Option<SplitSink<Ws, Message>>> = (0..args.rooms).map(|_| None).collect();
+    let mut joined = stream::iter(0..connections)
+        .map(|n| {
+            let (room, member) = (n / args.members, n % args.members);
+            let gateway = addrs[member % 2];
+            async move {
+                let team = format!("room{room}");
+                let token = client::token(&format!("u{room}m{member}"), &[&team]);
+                let mut ws = client::connect(gateway, client::source_ip(n), &token).await?;
+                client::join(&mut ws, &team, None).await?;
+                anyhow::Ok((room, member, ws))
+            }
+        })
+        .buffer_unordered(256);
+    while let Some(result) = joined.next().await {
+        let (room, member, ws) = result?;
+        let (sink, reader) = ws.split();
+        let windows = windows.clone();
+        if member == 0 {
+            senders[room] = Some(sink);
+            tokio::spawn(read_acks(reader, windows));
+        } else {
+            tokio::spawn(read_deliveries(reader, windows));
+        }
+    }
+    eprintln!(
+        "fanout: {connections} connections joined in {:.1} s",
+        setup.elapsed().as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    for (w, &rate) in args.rates.iter().enumerate() {
+        let meter = CpuMeter::start(&processes);
+        let started = Instant::now();
+        // One pacing task per room; each sends rate / rooms messages per second.
+        let per_room = rate as f64 / args.rooms as f64;
+        let total_per_room = (per_room * args.seconds as f64).round() as u64;
+        let mut tasks = Vec::new();
+        for (room, slot) in senders.iter_mut().enumerate() {
+            let mut sink = slot.take().expect("sender returned");
+            let team = format!("room{room}");
+            let period = Duration::from_secs_f64(1.0 / per_room.max(1e-9));
+            let phase = period.mul_f64(room as f64 / args.rooms as f64);
+            tasks.push(tokio::spawn(async move {
+                tokio::time::sleep(phase).await;
+                let mut tick = tokio::time::interval(period);
+                let mut sent = 0u64;
+                for n in 0..total_per_room {
+                    tick.tick().await;
+                    let frame = json!({"type": "message:send", "team": team,
+                        "client_id": format!("w{w}n{n}"), "body": "hello, room",
+                        "meta": {"sent_us": now_us(), "w": w}});
+                    if sink.send(Message::text(frame.to_string())).await.is_err() {
+                        break;
+                    }
+                    sent += 1;
+                }
+                (room, sink, sent)
+            }));
+        }
+        let mut sent = 0;
+        for task in tasks {
+            let (room, sink, n) = task.await?;
+            senders[room] = Some(sink);
+            sent += n;
+        }
+        let send_time = started.elapsed();
+        let expected = sent * (args.members as u64 - 1);
+        let window = &windows[w];
+        wait_settled(&window.delivered, expected).await;
+        let cpu = meter.elapsed();
+        let delivered = window.delivered.load(Ordering::Relaxed);
+        let histogram = window.latency_us.lock().unwrap().clone();
+        let ms = |q: f64| round(histogram.value_at_quantile(q) as f64 / 1000.0, 2);
+        let ratio = delivered as f64 / expected.max(1) as f64;
+        let p99_ms = ms(0.99);
+        let gateway_cpu: f64 = cpu.iter().take(2).map(|(_, secs, _)| secs).sum();
+        let mut row = Row::new()
+            .with("rooms", args.rooms)
+            .with("members", args.members)
+            .with("offered msg/s", rate)
+            .with(
+                "sent msg/s",
+                round(sent as f64 / send_time.as_secs_f64(), 0),
+            )
+            .with("acked", window.acked.load(Ordering::Relaxed))
+            .with(
+                "deliveries/s",
+                round(delivered as f64 / send_time.as_secs_f64(), 0),
+            )
+            .with("delivered %", round(100.0 * ratio, 3))
+            .with("p50 ms", ms(0.5))
+            .with("p99 ms", p99_ms)
+            .with("p99.9 ms", ms(0.999))
+            .with(
+                "gateway µs/delivery",
+                round(gateway_cpu * 1e6 / delivered.max(1) as f64, 2),
+            );
+        for (name, _, share) in &cpu {
+            let column: &'static str = match name.as_str() {
+                "gateway 1" => "gateway 1 CPU %",
+                "gateway 2" => "gateway 2 CPU %",
+                "redis" => "redis CPU %",
+                _ => "generator CPU %",
+            };
+            row = row.with(column, round(share * 100.0, 0));
+        }
+        let passed = p99_ms < 100.0 && ratio >= 0.999;
+        row = row.with("holds target", passed);
+        eprintln!("fanout: {rate} msg/s offered: {row:?}");
+        rows.push(row);
+        if args.step && !passed {
+            break;
+        }
+    }
+    drop(senders);
+    drop(gateways);
+    stack::clean_redis(&args.stack, &prefix).await?;
+    Ok(rows)
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+async fn read_deliveries(
+    mut reader: futures_util::stream::SplitStream<Ws>,
+    windows: Arc<Vec<Window>>,
+) {
+    while let Some(Ok(message)) = reader.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        if !text.starts_with(r#"{"type":"message:new""#) {
+            continue;
+        }
+        let (Some(sent), Some(w)) = (
+            client::number_after(&text, r#""sent_us""#),
+            client::number_after(&text, r#""w""#),
+        ) else {
+            continue;
+        };
+        let Some(window) = windows.get(w as usize) else {
+            continue;
+        };
+        window.delivered.fetch_add(1, Ordering::Relaxed);
+        let latency = now_us().saturating_sub(sent).max(1);
+        let _ = window.latency_us.lock().unwrap().record(latency);
+    }
+}
+
+async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: Arc<Vec<Window>>) {
+    while let Some(Ok(message)) = reader.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        if !text.starts_with(r#"{"type":"message:ack""#) {
+            if text.starts_with(r#"{"type":"error""#) {
+                eprintln!("fanout: a send was refused: {text}");
+            }
+            continue;
+        }
+        // The client id is w<window>n<count>.
+        let window = text
+            .find(r#""client_id":"w"#)
+            .and_then(|at| client::number_after(&text[at..], r#""client_id":"w"#));
+        if let Some(window) = window.and_then(|w| windows.get(w as usize)) {
+            window.acked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits until `expected` deliveries arrived, or none arrived for two seconds.
+async fn wait_settled(delivered: &AtomicU64, expected: u64) {
+    let mut last = delivered.load(Ordering::Relaxed);
+    let mut still_since = Instant::now();
+    while last < expected && still_since.elapsed() < Duration::from_secs(2) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! The system under test: gateway processes started by the benchmark on the local Redis and
+//! PostgreSQL, and what /proc says about their CPU time and memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use tokio::process::{Child, Command};
+
+pub const SECRET: &str = "bench-secret";
+
+#[derive(Args, Clone, Debug)]
+pub struct StackArgs {
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://teamchat:teamchat@127.0.0.1:5432/teamchat"
+    )]
+    pub database_url: String,
+    /// The gateway binary; by default the one beside this binary (same cargo profile).
+    #[arg(long)]
+    pub gateway_bin: Option<PathBuf>,
+}
+
+impl StackArgs {
+    fn gateway_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.gateway_bin {
+            Some(path) => Ok(path.clone()),
+            None => Ok(std::env::current_exe()?
+                .parent()
+                .context("binary directory")?
+                .join("teamchat-gateway")),
+        }
+    }
+}
+
+/// A gateway process; killed when dropped.
+pub struct GatewayProcess {
+    pub addr: SocketAddr,
+    pub pid: u32,
+    _child: Child,
+}
+
+/// Starts `count` gateways sharing a fresh key prefix (so runs do not see each other's
+/// teams) and waits until each answers `/readyz`. Limits that would throttle a load
+/// generator are lifted; everything else is the production default.
+pub async fn start_gateways(
+    args: &StackArgs,
+    count: usize,
+) -> anyhow::Result<(Vec<GatewayProcess>, String)> {
+    let bin = args.gateway_bin()?;
+    let prefix = format!("bench{}x{}", std::process::id(), teamchat_testkit::now());
+    let mut gateways = Vec::new();
+    for _ in 0..count {
+        let port = teamchat_testkit::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let child = Command::new(&bin)
+            .env("LISTEN", addr.to_string())
+            .env("REDIS_URL", &args.redis_url)
+            .env("REDIS_PREFIX", &prefix)
+            .env("DATABASE_URL", &args.database_url)
+            .env("JWT_SECRET", SECRET)
+            .env("RATE_SEND_PER_MIN", "1000000000")
+            .env("RATE_JOIN_PER_MIN", "1000000000")
+            .env("RATE_TYPING_PER_MIN", "1000000000")
+            .env("MAX_CONNECTIONS_PER_USER", "1000000")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id().context("gateway pid")?;
+        gateways.push(GatewayProcess {
+            addr,
+            pid,
+            _child: child,
+        });
+    }
+    for gateway in &gateways {
+        wait_ready(gateway.addr).await?;
+    }
+    Ok((gateways, prefix))
+}
+
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..1_000 {
+        if let Some((200, _)) = teamchat_testkit::try_http_get(addr, "/readyz", &[]).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("gateway {addr} not ready after 20 s")
+}
+
+/// Deletes every key of a run's prefix, so benchmarks do not fill Redis.
+pub async fn clean_redis(args: &StackArgs, prefix: &str) -> anyhow::Result<()> {
+    let mut redis = redis::Client::open(args.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut redis)
+            .await?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("UNLINK")
+                .arg(&keys)
+                .query_async(&mut redis)
+                .await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The Redis server's process id (same machine), for its CPU time.
+pub async fn redis_pid(args: &StackArgs) -> anyhow::Result<u32> {
+    let mut redis = redis::Client::open(args.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut redis)
+        .await?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("process_id:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .context("process_id in INFO server")
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")?;
+    Ok(kib * 1024)
+}
+
+/// CPU time (user + system, all threads) a process has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name, which may hold spaces, start after the last ')'.
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8(out.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+/// CPU time used by a set of processes between two points: start with `CpuMeter::start`,
+/// read with `elapsed`.
+pub struct CpuMeter {
+    start: Vec<(String, u32, Duration)>,
+    wall: std::time::Instant,
+}
+
+impl CpuMeter {
+    pub fn start(processes: &[(String, u32)]) -> Self {
+        let start = processes
+            .iter()
+            .map(|(name, pid)| (name.clone(), *pid, cpu_time(*pid).unwrap_or_default()))
+            .collect();
+        CpuMeter {
+            start,
+            wall: std::time::Instant::now(),
+        }
+    }
+
+    /// Per process: CPU seconds used since the start, and that as a share of one core.
+    pub fn elapsed(&self) -> Vec<(String, f64, f64)> {
+        let wall = self.wall.elapsed().as_secs_f64();
+        self.start
+            .iter()
+            .map(|(name, pid, before)| {
+                let used = cpu_time(*pid).unwrap_or_default().saturating_sub(*before);
+                (name.clone(), used.as_secs_f64(), used.as_secs_f64() / wall)
+            })
+            .collect()
+    }
+}

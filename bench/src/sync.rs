@@ -1,0 +1,349 @@
+//! Storage sync: a backlog of events in the ingest streams drained by one worker, beside
+//! PostgreSQL's own rate for the same rows written directly (UNNEST, multi-row INSERT,
+//! COPY into a staging table + INSERT … SELECT, batches of the same size) in the same run;
+//! then the sync lag while events arrive at a steady rate.
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser};
+use hdrhistogram::Histogram;
+use sqlx::{Connection, PgConnection, PgPool};
+use teamchat_shared::config::WorkerConfig;
+use teamchat_shared::keys::Keys;
+use tokio_util::sync::CancellationToken;
+
+use crate::report::{Row as Report, round};
+use crate::stack::StackArgs;
+
+const TEAMS: usize = 100;
+
+#[derive(Args, Clone, Debug)]
+pub struct SyncArgs {
+    /// Events in the backlog.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Credits per message (0 leaves the credit ledger out of the worker's writes).
+    #[arg(long, default_value_t = 1)]
+    pub cost: u64,
+    /// The steady arrival rate of the lag measurement, events per second.
+    #[arg(long, default_value_t = 10_000)]
+    pub lag_rate: usize,
+    #[arg(long, default_value_t = 10)]
+    pub lag_seconds: u64,
+    #[command(flatten)]
+    pub stack: StackArgs,
+}
+
+struct Row {
+    team: String,
+    seq: i64,
+    id: String,
+    client_id: String,
+    user: String,
+    body: String,
+    ts: i64,
+    offset: i64,
+}
+
+fn rows(n: usize, team_prefix: &str) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            let (team, seq) = (i % TEAMS, (i / TEAMS) as i64 + 1);
+            Row {
+                team: format!("{team_prefix}{team}"),
+                seq,
+                id: format!("id-{i}"),
+                client_id: format!("c-{i}"),
+                user: format!("user{}", i % 1000),
+                body: format!("message number {i}, of a typical length for a chat line"),
+                ts: 1_795_000_000_000 + i as i64,
+                offset: seq,
+            }
+        })
+        .collect()
+}
+
+/// Rates table and lag table.
+pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> {
+    let name = format!("benchsync{}", std::process::id());
+    let mut admin = PgConnection::connect(&args.stack.database_url).await?;
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await?;
+    let options: sqlx::postgres::PgConnectOptions = args.stack.database_url.parse()?;
+    let database_url = sqlx::ConnectOptions::to_url_lossy(&options.database(&name)).to_string();
+    let config = WorkerConfig::try_parse_from([
+        "teamchat-worker".to_owned(),
+        format!("--redis-url={}", args.stack.redis_url),
+        format!("--redis-prefix={name}"),
+        format!("--database-url={database_url}"),
+        format!("--batch-size={}", args.batch),
+        "--listen=127.0.0.1:0".to_owned(),
+    ])?;
+    let keys = config.redis.keys();
+    let mut redis = redis::Client::open(args.stack.redis_url.as_str())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&database_url)
+        .await?;
+
+    // The backlog, as the append script writes it; then one worker drains it.
+    let backlog = rows(args.events, "team");
+    for chunk in backlog.chunks(10_000) {
+        append(&mut redis, &keys, chunk, args.cost).await?;
+    }
+    let stop = CancellationToken::new();
+    let started = Instant::now();
+    let worker = tokio::spawn(teamchat_worker::run(config.clone(), stop.clone()));
+    while synced(&pool, "team").await < args.events as i64 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let worker_time = started.elapsed();
+
+    // The sync lag at a steady arrival rate, the same worker running.
+    let lag = measure_lag(args, &mut redis, &keys, &pool).await?;
+    stop.cancel();
+    worker.await??;
+
+    // PostgreSQL's own rate for the same rows, into empty copies of the table.
+    let mut conn = PgConnection::connect(&database_url).await?;
+    let mut direct = Vec::new();
+    for method in ["UNNEST", "multi-row INSERT", "COPY + INSERT … SELECT"] {
+        sqlx::query("DROP TABLE IF EXISTS direct")
+            .execute(&mut conn)
+            .await?;
+        sqlx::query("CREATE TABLE direct (LIKE messages INCLUDING ALL)")
+            .execute(&mut conn)
+            .await?;
+        let started = Instant::now();
+        for chunk in backlog.chunks(args.batch) {
+            let mut tx = conn.begin().await?;
+            match method {
+                "UNNEST" => unnest(&mut tx, chunk).await?,
+                "multi-row INSERT" => values(&mut tx, chunk).await?,
+                _ => copy(&mut tx, chunk).await?,
+            }
+            tx.commit().await?;
+        }
+        direct.push((method, started.elapsed()));
+    }
+    let rate = |took: Duration| args.events as f64 / took.as_secs_f64();
+    let best = direct.iter().map(|(_, t)| rate(*t)).fold(0.0, f64::max);
+    let mut rates = vec![(
+        "worker (Redis → PostgreSQL, ledger, watermark)",
+        worker_time,
+    )];
+    rates.extend(direct);
+    let rates = rates
+        .into_iter()
+        .map(|(method, took)| {
+            Report::new()
+                .with("writer", method)
+                .with("rows", args.events)
+                .with("batch", args.batch)
+                .with("rows/s", round(rate(took), 0))
+                .with("% of best direct", round(100.0 * rate(took) / best, 1))
+        })
+        .collect();
+
+    drop(conn);
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    crate::stack::clean_redis(&args.stack, &name).await?;
+    Ok((rates, vec![lag]))
+}
+
+/// Appends events to the ingest streams as the append script does.
+async fn append(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    rows: &[Row],
+    cost: u64,
+) -> anyhow::Result<()> {
+    let mut pipe = redis::pipe();
+    for row in rows {
+        let data = serde_json::json!({"id": row.id, "client_id": row.client_id, "user": row.user, "body": row.body, "ts": row.ts});
+        pipe.cmd("XADD")
+            .arg(keys.ingest(keys.shard_of(&row.team)))
+            .arg("*")
+            .arg(&[
+                ("team", row.team.clone()),
+                ("off", row.offset.to_string()),
+                ("k", "message".to_owned()),
+                ("seq", row.seq.to_string()),
+                ("c", cost.to_string()),
+                ("d", data.to_string()),
+            ])
+            .ignore();
+    }
+    pipe.query_async::<()>(redis).await?;
+    Ok(())
+}
+
+/// Events synced so far in teams named `<prefix><n>` (their watermarks are contiguous).
+async fn synced(pool: &PgPool, prefix: &str) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT sum(synced_offset)::int8 FROM team_sync WHERE team LIKE $1 || '%'",
+    )
+    .bind(prefix)
+    .fetch_one(pool)
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or(0)
+}
+
+/// Offers `lag_rate` events/s in 10 ms ticks for `lag_seconds`; a tick's lag is the time
+/// from its append until the watermarks cover as many events as had been appended by
+/// then (teams are filled round-robin, so that is when the tick's events are stored,
+/// to within the 10 ms the watermarks are polled at).
+async fn measure_lag(
+    args: &SyncArgs,
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    pool: &PgPool,
+) -> anyhow::Result<Report> {
+    let per_tick = (args.lag_rate / 100).max(1);
+    let ticks = args.lag_seconds as usize * 100;
+    let events = rows(per_tick * ticks, "lag");
+    let (appended_tx, mut appended_rx) = tokio::sync::mpsc::unbounded_channel();
+    let poller = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let mut lag_us = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
+            let mut pending: std::collections::VecDeque<(i64, Instant)> = Default::default();
+            let mut done = false;
+            while !(done && pending.is_empty()) {
+                while let Ok(item) = appended_rx.try_recv() {
+                    match item {
+                        Some(tick) => pending.push_back(tick),
+                        None => done = true,
+                    }
+                }
+                let stored = synced(&pool, "lag").await;
+                while let Some(&(count, at)) = pending.front() {
+                    if stored < count {
+                        break;
+                    }
+                    let _ = lag_us.record(at.elapsed().as_micros().max(1) as u64);
+                    pending.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            lag_us
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for (n, chunk) in events.chunks(per_tick).enumerate() {
+        tick.tick().await;
+        let at = Instant::now();
+        append(redis, keys, chunk, args.cost).await?;
+        appended_tx.send(Some((((n + 1) * per_tick) as i64, at)))?;
+    }
+    appended_tx.send(None)?;
+    let lag_us = poller.await?;
+    let ms = |q: f64| round(lag_us.value_at_quantile(q) as f64 / 1000.0, 1);
+    Ok(Report::new()
+        .with("events/s", args.lag_rate)
+        .with("seconds", args.lag_seconds)
+        .with("lag p50 ms", ms(0.5))
+        .with("lag p99 ms", ms(0.99))
+        .with("lag max ms", ms(1.0)))
+}
+
+async fn unnest(conn: &mut PgConnection, rows: &[Row]) -> sqlx::Result<()> {
+    let col = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
+    let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+    sqlx::query(
+        r#"INSERT INTO direct (team, seq, id, client_id, user_id, body, ts, "offset", version)
+           SELECT t, s, i, c, u, b, ts, o, o FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                                                  $6::text[], $7::int8[], $8::int8[]) AS x(t, s, i, c, u, b, ts, o)
+           ON CONFLICT (team, seq) DO NOTHING"#,
+    )
+    .bind(col(|r| r.team.clone()))
+    .bind(int(|r| r.seq))
+    .bind(col(|r| r.id.clone()))
+    .bind(col(|r| r.client_id.clone()))
+    .bind(col(|r| r.user.clone()))
+    .bind(col(|r| r.body.clone()))
+    .bind(int(|r| r.ts))
+    .bind(int(|r| r.offset))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+async fn values(conn: &mut PgConnection, rows: &[Row]) -> sqlx::Result<()> {
+    let mut sql = String::from(
+        r#"INSERT INTO direct (team, seq, id, client_id, user_id, body, ts, "offset", version) VALUES "#,
+    );
+    for i in 0..rows.len() {
+        let p = i * 8;
+        if i > 0 {
+            sql.push(',');
+        }
+        sql.push_str(&format!(
+            "(${},${},${},${},${},${},${},${},${})",
+            p + 1,
+            p + 2,
+            p + 3,
+            p + 4,
+            p + 5,
+            p + 6,
+            p + 7,
+            p + 8,
+            p + 8
+        ));
+    }
+    sql.push_str(" ON CONFLICT (team, seq) DO NOTHING");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for r in rows {
+        query = query
+            .bind(&r.team)
+            .bind(r.seq)
+            .bind(&r.id)
+            .bind(&r.client_id)
+            .bind(&r.user)
+            .bind(&r.body)
+            .bind(r.ts)
+            .bind(r.offset);
+    }
+    query.execute(conn).await?;
+    Ok(())
+}
+
+async fn copy(conn: &mut PgConnection, rows: &[Row]) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"CREATE TEMP TABLE IF NOT EXISTS staging (team text, seq int8, id text, client_id text, user_id text,
+                                                    body text, ts int8, "offset" int8) ON COMMIT DELETE ROWS"#,
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut data = String::new();
+    for r in rows {
+        // Text format; the generated values hold no tabs, newlines or backslashes.
+        data.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            r.team, r.seq, r.id, r.client_id, r.user, r.body, r.ts, r.offset
+        ));
+    }
+    let mut copy = conn.copy_in_raw("COPY staging FROM STDIN").await?;
+    copy.send(data.into_bytes()).await?;
+    copy.finish().await?;
+    sqlx::query(
+        r#"INSERT INTO direct (team, seq, id, client_id, user_id, body, ts, "offset", version)
+           SELECT team, seq, id, client_id, user_id, body, ts, "offset", "offset" FROM staging
+           ON CONFLICT (team, seq) DO NOTHING"#,
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
