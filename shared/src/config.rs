@@ -163,6 +163,10 @@ pub struct WorkerConfig {
     /// Most entries written in one transaction.
     #[arg(long, env = "BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// Batches written at once, each in its own transaction (their writes commute); the
+    /// pool has one more connection for everything else.
+    #[arg(long, env = "WRITE_CONCURRENCY", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=32))]
+    pub write_concurrency: u32,
     /// Longest wait for new entries before a read returns what it has.
     #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use teamchat_shared::config::WorkerConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -28,7 +30,7 @@ use crate::store::Store;
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     teamchat_shared::metrics::install();
     teamchat_shared::metrics::touch("teamchat_worker_");
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect(&config.database_url, config.write_concurrency).await?;
     let redis =
         redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
     let migrated = Arc::new(AtomicBool::new(false));
@@ -69,46 +71,116 @@ async fn sync(
     ingest.ensure_groups().await?;
     info!(consumer = %config.consumer, group = %config.group, "worker syncing");
 
-    let mut pending_first = true;
+    // Entries delivered to this consumer before a crash come first, one read at a time
+    // (a read of pending entries returns those still being written too).
+    while !shutdown.is_cancelled() {
+        let batch = ingest.read_own_pending().await?;
+        if batch.is_empty() {
+            break;
+        }
+        if !store_batch(config, store, &mut ingest, &batch, shutdown).await? {
+            return Ok(());
+        }
+    }
+
+    // Then reading overlaps writing: a reader on its own connection (its blocking reads
+    // must not hold up acks) fetches the next batch while this one is written.
+    let reader = Ingest::connect(config).await?;
+    let (batches, mut received) = tokio::sync::mpsc::channel(1);
+    let reading = read_batches(config, reader, batches, shutdown);
+    let writing = async {
+        let mut last_trim = Instant::now();
+        while let Some(batch) = received.recv().await {
+            if !store_batch(config, store, &mut ingest, &batch, shutdown).await? {
+                // The reader's next send fails and it stops too.
+                break;
+            }
+            if last_trim.elapsed() >= Duration::from_millis(config.trim_every_ms) {
+                last_trim = Instant::now();
+                let pending = ingest.trim_acked().await?;
+                metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64);
+                match unsynced_credits(&mut ingest, store).await {
+                    Ok(unsynced) => metrics::gauge!(m::UNSYNCED_CREDITS).set(unsynced as f64),
+                    Err(e) => warn!(error = %e, "unsynced credits not measured"),
+                }
+            }
+        }
+        drop(received);
+        anyhow::Ok(())
+    };
+    tokio::try_join!(reading, writing)?;
+    Ok(())
+}
+
+/// Reads new entries (and, every half `CLAIM_IDLE_MS`, entries idle on dead consumers)
+/// until shutdown, handing each batch to the writer. A read is not raced against
+/// shutdown: once Redis answered, the entries are delivered to this consumer and must be
+/// written and acked; the read returns within BATCH_WAIT_MS anyway.
+async fn read_batches(
+    config: &WorkerConfig,
+    mut ingest: Ingest,
+    batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
     let mut last_claim = Instant::now();
-    let mut last_trim = Instant::now();
     let claim_every = Duration::from_millis(config.claim_idle_ms.max(1_000) / 2);
     while !shutdown.is_cancelled() {
-        let batch = if pending_first {
-            // Entries delivered to this consumer before a crash come first.
-            let batch = ingest.read_own_pending().await?;
-            pending_first = !batch.is_empty();
-            batch
-        } else if last_claim.elapsed() >= claim_every {
+        let batch = if last_claim.elapsed() >= claim_every {
             last_claim = Instant::now();
             let claimed = ingest.claim_idle().await?;
             metrics::counter!(m::RECLAIMED).increment(claimed.len() as u64);
             claimed
         } else {
-            // Not raced against shutdown: once Redis answered, the entries are delivered to
-            // this consumer and must be written and acked. The read returns within
-            // BATCH_WAIT_MS anyway, and the loop then sees the shutdown.
             ingest.read_new().await?
         };
-        for chunk in batch.chunks(config.batch_size.max(1)) {
-            let Some(dead) = write(store, chunk, config.max_deliveries, shutdown).await else {
-                // Stopped while PostgreSQL was failing: nothing acked, all stays pending.
-                return Ok(());
-            };
-            ingest.publish_dead_letters(&dead).await?;
-            ingest.ack(chunk).await?;
-        }
-        if last_trim.elapsed() >= Duration::from_millis(config.trim_every_ms) {
-            last_trim = Instant::now();
-            let pending = ingest.trim_acked().await?;
-            metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64);
-            match unsynced_credits(&mut ingest, store).await {
-                Ok(unsynced) => metrics::gauge!(m::UNSYNCED_CREDITS).set(unsynced as f64),
-                Err(e) => warn!(error = %e, "unsynced credits not measured"),
-            }
+        if !batch.is_empty() && batches.send(batch).await.is_err() {
+            break;
         }
     }
     Ok(())
+}
+
+/// Writes a read's entries and acks each batch after its COMMIT. A read holds up to
+/// BATCH_SIZE entries per shard: its batches are written at once (writes commute; rows
+/// are locked in one order). False when shutdown came while PostgreSQL was failing: what
+/// was not written stays pending.
+async fn store_batch(
+    config: &WorkerConfig,
+    store: &Store,
+    ingest: &mut Ingest,
+    batch: &[Entry],
+    shutdown: &CancellationToken,
+) -> anyhow::Result<bool> {
+    let mut chunks = batch.chunks(config.batch_size.max(1));
+    let mut writes = FuturesUnordered::new();
+    let mut stopped = false;
+    loop {
+        while writes.len() < config.write_concurrency as usize
+            && let Some(chunk) = chunks.next()
+        {
+            writes.push(write_chunk(store, chunk, config.max_deliveries, shutdown));
+        }
+        let Some((chunk, written)) = writes.next().await else {
+            break;
+        };
+        let Some(dead) = written else {
+            stopped = true;
+            continue;
+        };
+        ingest.publish_dead_letters(&dead).await?;
+        ingest.ack(chunk).await?;
+    }
+    Ok(!stopped)
+}
+
+/// `write`, returning the chunk with its outcome (for the ack).
+async fn write_chunk<'a>(
+    store: &Store,
+    chunk: &'a [Entry],
+    max_deliveries: u64,
+    shutdown: &CancellationToken,
+) -> (&'a [Entry], Option<Vec<(&'a Entry, String)>>) {
+    (chunk, write(store, chunk, max_deliveries, shutdown).await)
 }
 
 /// Writes a batch so that it can be acked: transient PostgreSQL errors are retried with

@@ -75,7 +75,7 @@ async fn all_teams(
 
 /// Rewrites the rows of `team` (or of every team) from what the team streams hold.
 pub async fn replay(config: &WorkerConfig, team: Option<&str>) -> anyhow::Result<ReplayStats> {
-    let store = Store::connect(&config.database_url).await?;
+    let store = Store::connect(&config.database_url, config.write_concurrency).await?;
     store.migrate().await?;
     let mut conn = redis(config).await?;
     let teams = match team {

@@ -74,9 +74,10 @@ impl<'a> Changes<'a> {
 }
 
 impl Store {
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    /// A pool of `writers` connections for batch writes plus one for everything else.
+    pub async fn connect(url: &str, writers: u32) -> anyhow::Result<Self> {
         let pool = PgPoolOptions::new()
-            .max_connections(4)
+            .max_connections(writers + 1)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy(url)?;
         Ok(Self { pool })

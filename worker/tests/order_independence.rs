@@ -127,7 +127,7 @@ async fn every_order_of_batches_gives_the_same_rows() {
     ];
     for batches in orders {
         let env = TestEnv::new().await;
-        let store = Store::connect(&env.database_url).await.unwrap();
+        let store = Store::connect(&env.database_url, 3).await.unwrap();
         for batch in &batches {
             let entries: Vec<Entry> = {
                 let mut pool = all();
