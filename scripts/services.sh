@@ -34,8 +34,13 @@ services_install() {
   command -v psql >/dev/null || need+=(postgresql-client)
   # Prometheus evaluates the Grafana dashboard's queries in the tests.
   command -v prometheus >/dev/null || need+=(prometheus)
-  [ ${#need[@]} -eq 0 ] && return 0
-  log "installing ${need[*]} from the OS packages"
+  apt_install "${need[@]}"
+}
+
+# apt_install PACKAGE...: installs OS packages (none: nothing to do).
+apt_install() {
+  [ $# -eq 0 ] && return 0
+  log "installing $* from the OS packages"
   # Keep the packages' own services from starting: this script runs what it needs.
   local policy=""
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -44,7 +49,7 @@ services_install() {
     as_root chmod +x "$policy"
   fi
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "$@" >/dev/null
   [ -n "$policy" ] && as_root rm -f "$policy"
   return 0
 }

@@ -507,6 +507,7 @@ pub enum ServerFrame {
         team: String,
         user: String,
         seq: u64,
+        offset: String,
     },
     #[serde(rename = "receipt:list")]
     ReceiptList {
@@ -587,6 +588,7 @@ impl ServerFrame {
                 team,
                 user: d.user.clone(),
                 seq,
+                offset,
             },
         }
     }

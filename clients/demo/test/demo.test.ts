@@ -1,0 +1,185 @@
+// The demo page in headless Chromium against two real gateways (DEV_MODE): typing, live
+// messages, lazy history, read receipts, and a gateway killed and restarted under a page.
+import { existsSync, mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { chromium, type Browser, type Page } from "playwright-core";
+import { afterAll, beforeAll, expect, test } from "vitest";
+import { startStack } from "../../js/test/support/stack.ts";
+
+const SHOTS = join(dirname(fileURLToPath(import.meta.url)), "../test-results");
+const CHROMIUM = "/usr/bin/chromium";
+const CHROMIUM_ARGS = [
+  "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+];
+const WAIT = { timeout: 60_000 };
+const SEEDED = 120;
+
+const CLIENTS = join(dirname(fileURLToPath(import.meta.url)), "../..");
+
+let stack: Awaited<ReturnType<typeof startStack>>;
+let TEAM: string; // PostgreSQL is shared between runs: the team is unique to this one
+let browser: Browser;
+const pageErrors: string[] = [];
+
+beforeAll(async () => {
+  for (const [file, hint] of [
+    [CHROMIUM, "apt-get install chromium"],
+    [join(CLIENTS, "js/dist/index.js"), "cd clients/js && npm ci && npm run build"],
+  ]) {
+    if (!existsSync(file)) throw new Error(`${file} is missing: ${hint}`);
+  }
+  mkdirSync(SHOTS, { recursive: true });
+  stack = await startStack({ gateways: 2, dev: true });
+  TEAM = `demo-${stack.prefix}`;
+  // Playwright gives the browser a fresh temporary --user-data-dir of its own.
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await stack?.stop();
+});
+
+async function openPage(httpUrl: string, label: string): Promise<Page> {
+  const context = await browser.newContext({ viewport: { width: 960, height: 640 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => pageErrors.push(`${label}: ${e.message}`));
+  await page.goto(httpUrl);
+  return page;
+}
+
+const shot = (page: Page, name: string) => page.screenshot({ path: join(SHOTS, `${name}.png`) });
+const message = (page: Page, seq: number) => page.locator(`[data-testid=message][data-seq="${seq}"]`);
+const state = (page: Page, s: string) => page.locator(`[data-testid=conn-state][data-state="${s}"]`).waitFor(WAIT);
+const seqs = (page: Page) =>
+  page.locator("[data-testid=message][data-seq]").evaluateAll((els) => els.map((el) => Number((el as HTMLElement).dataset.seq)));
+const bodies = (page: Page) => page.locator("[data-testid=message] .body").allTextContents();
+
+async function enterRoom(page: Page, name: string) {
+  await page.getByTestId("name-input").fill(name);
+  await page.getByTestId("team-input").fill(TEAM);
+  await page.getByTestId("join-button").click();
+  await state(page, "open");
+}
+
+async function send(page: Page, body: string) {
+  await page.getByTestId("composer").fill(body);
+  await page.getByTestId("send-button").click();
+}
+
+/** Earlier messages, sent over raw WebSockets from the page by a few users (each within its
+ *  send burst), one after another so their seqs are 1..count in order. */
+async function seed(page: Page, count: number) {
+  await page.evaluate(async ({ team, count }) => {
+    const perUser = 20;
+    for (let u = 0; u * perUser < count; u++) {
+      const user = `seed${u}`;
+      const res = await fetch("/dev/token", { method: "POST", body: JSON.stringify({ user, teams: [team] }) });
+      const { token } = await res.json();
+      const ws = new WebSocket(`ws://${location.host}/ws?token=${encodeURIComponent(token)}`);
+      const replies: Record<string, (f: any) => void> = {};
+      ws.onmessage = (e) => {
+        const f = JSON.parse(e.data);
+        if (f.rid) replies[f.rid]?.(f);
+      };
+      const request = (frame: object, rid: string) =>
+        new Promise<any>((resolve) => {
+          replies[rid] = resolve;
+          ws.send(JSON.stringify({ ...frame, rid }));
+        });
+      await new Promise((resolve, reject) => ((ws.onopen = resolve), (ws.onerror = reject)));
+      await request({ type: "room:join", team }, "join");
+      for (let i = 0; i < perUser && u * perUser + i < count; i++) {
+        const n = u * perUser + i + 1;
+        const ack = await request({ type: "message:send", team, client_id: `seed-${n}`, body: `seed message ${n}` }, `m${n}`);
+        if (ack.type !== "message:ack" || ack.seq !== n) throw new Error(`seed ${n}: ${JSON.stringify(ack)}`);
+      }
+      ws.close();
+    }
+  }, { team: TEAM, count });
+}
+
+test("two pages on two gateways chat through typing, history, receipts and a gateway restart", async () => {
+  const [g1, g2] = stack.gateways;
+  const a = await openPage(g1.httpUrl, "A");
+  const b = await openPage(g2.httpUrl, "B");
+  await shot(a, "01-login");
+
+  await seed(a, SEEDED);
+  await enterRoom(a, "Alice");
+  await enterRoom(b, "Bob");
+  for (const page of [a, b]) {
+    for (const user of ["alice", "bob"]) await page.locator(`[data-testid=online-list] [data-user=${user}]`).waitFor(WAIT);
+  }
+  // The newest page of history, oldest above, scrolled to the bottom.
+  await message(b, SEEDED).waitFor(WAIT);
+  expect(await seqs(b)).toEqual(Array.from({ length: 50 }, (_, i) => SEEDED - 49 + i));
+  await shot(b, "02-joined-B");
+
+  // A types: B sees it.
+  await a.getByTestId("composer").pressSequentially("hello", { delay: 20 });
+  await b.getByTestId("typing").filter({ hasText: "Alice is typing…" }).waitFor(WAIT);
+  await shot(b, "03-typing-B");
+
+  // A sends: pending, then acked; B gets it live and the typing line clears.
+  await a.getByTestId("send-button").click();
+  await message(a, SEEDED + 1).waitFor(WAIT);
+  await expect.poll(() => a.locator("[data-state=pending]").count(), WAIT).toBe(0);
+  await message(b, SEEDED + 1).filter({ hasText: "hello" }).waitFor(WAIT);
+  await expect.poll(() => b.getByTestId("typing").textContent(), WAIT).toBe("");
+  await shot(a, "04-sent-A");
+  await shot(b, "04-received-B");
+
+  // B has read it (its window is focused and the message is on screen): A sees the receipt.
+  await message(a, SEEDED + 1).locator("[data-testid=receipt][data-users~=bob]").waitFor(WAIT);
+  await shot(a, "05-receipt-A");
+
+  // B scrolls up: older pages load, keeping what B looked at in place, down to seq 1.
+  const scroller = b.getByTestId("messages");
+  while ((await message(b, 1).count()) === 0) {
+    const [oldest] = await seqs(b);
+    await scroller.evaluate((el) => (el.scrollTop = 0));
+    await message(b, oldest - 1).waitFor(WAIT);
+    // The message that was at the top is still in view (the scroll position was kept).
+    await expect.poll(() => message(b, oldest).evaluate((el) => {
+      const box = el.getBoundingClientRect(), view = el.closest("[data-testid=messages]")!.getBoundingClientRect();
+      return box.bottom > view.top && box.top < view.bottom;
+    }), WAIT).toBe(true);
+  }
+  expect(await seqs(b)).toEqual(Array.from({ length: SEEDED + 1 }, (_, i) => i + 1));
+  await shot(b, "06-history-B");
+  await scroller.evaluate((el) => (el.scrollTop = el.scrollHeight));
+
+  // A's gateway dies: A reconnects; what A sends meanwhile is sent once it is back.
+  await g1.kill("SIGKILL");
+  await state(a, "reconnecting");
+  await send(a, "while down 1");
+  await send(a, "while down 2");
+  await expect.poll(() => a.locator("[data-state=pending]").count(), WAIT).toBe(2);
+  await shot(a, "07-reconnecting-A");
+
+  await g1.start();
+  await state(a, "open");
+  await expect.poll(() => a.locator("[data-state=pending]").count(), WAIT).toBe(0);
+  await send(a, "after restart 1");
+  await send(a, "after restart 2");
+  const sent = ["while down 1", "while down 2", "after restart 1", "after restart 2"];
+  for (const [i, body] of sent.entries()) {
+    await message(b, SEEDED + 2 + i).filter({ hasText: body }).waitFor(WAIT);
+  }
+  await expect.poll(() => a.locator("[data-state=pending]").count(), WAIT).toBe(0);
+  await shot(a, "08-after-restart-A");
+  await shot(b, "08-after-restart-B");
+
+  // Exactly once, in order, on both pages.
+  const all = Array.from({ length: SEEDED + 5 }, (_, i) => i + 1);
+  expect(await seqs(b)).toEqual(all);
+  for (const body of ["hello", ...sent]) {
+    expect((await bodies(b)).filter((t) => t === body)).toHaveLength(1);
+    expect((await bodies(a)).filter((t) => t === body)).toHaveLength(1);
+  }
+  expect((await seqs(a)).slice(-5)).toEqual(all.slice(-5));
+  expect(pageErrors).toEqual([]);
+});

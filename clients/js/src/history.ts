@@ -1,0 +1,29 @@
+import { TeamchatError } from "./errors.js";
+import type { HistoryPage, HistoryQuery } from "./types.js";
+
+/** The HTTP base of a gateway's WebSocket URL: ws→http, wss→https, path dropped. */
+export function httpBaseOf(wsUrl: string): string {
+  const url = new URL(wsUrl);
+  const protocol = url.protocol === "wss:" ? "https:" : url.protocol === "ws:" ? "http:" : url.protocol;
+  return `${protocol}//${url.host}`;
+}
+
+/** `GET {base}/v1/teams/{team}/messages`: a page of the team's messages. */
+export async function fetchHistory(base: string, team: string, token: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+  const params = new URLSearchParams();
+  for (const key of ["before", "after", "limit"] as const) {
+    const value = query[key];
+    if (value !== undefined) params.set(key, String(value));
+  }
+  const search = params.toString() ? `?${params}` : "";
+  const url = `${base.replace(/\/+$/, "")}/v1/teams/${encodeURIComponent(team)}/messages${search}`;
+  const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    const body = (await response.json().catch(() => undefined)) as { code?: string; message?: string } | undefined;
+    throw new TeamchatError(body?.code ?? "http", body?.message ?? `history answered HTTP ${response.status}`, {
+      team,
+      status: response.status,
+    });
+  }
+  return (await response.json()) as HistoryPage;
+}

@@ -1,0 +1,3 @@
+export { TeamchatClient } from "./client.js";
+export { TeamchatError } from "./errors.js";
+export type * from "./types.js";

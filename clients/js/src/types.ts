@@ -1,0 +1,248 @@
+// Frames of the client protocol v1 (PROTOCOL.md), with the server's type names, and the
+// client's own option and event types.
+
+export interface SessionWelcome {
+  type: "session:welcome";
+  user: string;
+  session: string;
+  heartbeat_ms: number;
+  max_frame: number;
+}
+
+export interface RoomJoined {
+  type: "room:joined";
+  team: string;
+  epoch: string;
+  /** Offset of the newest durable event at the join ("0" for none). */
+  offset: string;
+  /** Newest message seq (0 for none). */
+  seq: number;
+  /** Present when the join asked to resume (`since`). */
+  recovered?: boolean;
+  rid?: string;
+}
+
+export interface RoomLeft {
+  type: "room:left";
+  team: string;
+  rid?: string;
+}
+
+export interface MessageAck {
+  type: "message:ack";
+  /** Present in the ack of a send. */
+  client_id?: string;
+  team: string;
+  seq: number;
+  id: string;
+  offset: string;
+  ts: number;
+  rid?: string;
+}
+
+export type Meta = Record<string, unknown>;
+
+export interface MessageNew {
+  type: "message:new";
+  team: string;
+  seq: number;
+  id: string;
+  client_id: string;
+  user: string;
+  name: string | null;
+  body: string;
+  meta: Meta | null;
+  ts: number;
+  offset: string;
+}
+
+export interface MessageEdited {
+  type: "message:edited";
+  team: string;
+  seq: number;
+  body: string;
+  user: string;
+  ts: number;
+  offset: string;
+}
+
+export interface MessageDeleted {
+  type: "message:deleted";
+  team: string;
+  seq: number;
+  user: string;
+  ts: number;
+  offset: string;
+}
+
+export interface TypingFrame {
+  type: "typing:start" | "typing:stop";
+  team: string;
+  user: string;
+}
+
+export interface ReceiptUpdate {
+  type: "receipt:update";
+  team: string;
+  user: string;
+  seq: number;
+  offset: string;
+}
+
+export interface ReceiptList {
+  type: "receipt:list";
+  team: string;
+  receipts: { user: string; seq: number }[];
+}
+
+export interface PresenceList {
+  type: "presence:list";
+  team: string;
+  users: { user: string; name?: string | null; since?: number }[];
+}
+
+export interface PresenceUpdate {
+  type: "presence:update";
+  team: string;
+  user: string;
+  status: "online" | "offline";
+}
+
+export type ErrorCode =
+  | "bad_request"
+  | "unknown_type"
+  | "forbidden"
+  | "not_joined"
+  | "too_many_rooms"
+  | "rate_limited"
+  | "too_large"
+  | "quota_exceeded"
+  | "not_found"
+  | "unavailable";
+
+export interface ErrorFrame {
+  type: "error" | "room:error";
+  /** A protocol error code, or one of the client's own (see TeamchatError). */
+  code: ErrorCode | (string & {});
+  message: string;
+  rid?: string;
+  team?: string;
+  retry_after_ms?: number;
+  /** Set on the client's own error for a fatal close (4001, 4003 without getToken). */
+  close?: number;
+}
+
+export interface Pong {
+  type: "pong";
+  rid?: string;
+}
+
+export interface TokenRefreshed {
+  type: "token:refreshed";
+  exp: number;
+  rid?: string;
+}
+
+export type ServerFrame =
+  | SessionWelcome
+  | RoomJoined
+  | RoomLeft
+  | MessageAck
+  | MessageNew
+  | MessageEdited
+  | MessageDeleted
+  | TypingFrame
+  | ReceiptUpdate
+  | ReceiptList
+  | PresenceList
+  | PresenceUpdate
+  | ErrorFrame
+  | Pong
+  | TokenRefreshed;
+
+/** A frame the client sends. */
+export interface ClientFrame {
+  type: string;
+  rid?: string;
+  [field: string]: unknown;
+}
+
+/** A row of HTTP history: the fields of `message:new` (without `type`) plus edit/delete state. */
+export interface HistoryMessage extends Omit<MessageNew, "type"> {
+  edited_at: number | null;
+  deleted: boolean;
+}
+
+export interface HistoryPage {
+  messages: HistoryMessage[];
+  has_more: boolean;
+}
+
+export interface HistoryQuery {
+  /** Messages with a lower seq, newest first. */
+  before?: number;
+  /** Messages with a higher seq, oldest first. */
+  after?: number;
+  /** 1..200, 50 by default. */
+  limit?: number;
+}
+
+export interface PresenceInfo {
+  name?: string;
+  since?: number;
+}
+
+export interface Since {
+  offset: string;
+  epoch: string;
+}
+
+export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/** Why a team's events could not be continued: the app reloads it over HTTP history. */
+export type ResetReason = "stream_lost" | "not_recovered";
+
+export interface ClientEvents {
+  state: ClientState;
+  welcome: SessionWelcome;
+  message: MessageNew;
+  edit: MessageEdited;
+  delete: MessageDeleted;
+  typing: { team: string; user: string; typing: boolean };
+  receipt: ReceiptUpdate;
+  receipts: ReceiptList;
+  presence: { team: string; users: Map<string, PresenceInfo> };
+  reset: { team: string; reason: ResetReason };
+  error: ErrorFrame;
+  close: { code: number; reason: string };
+}
+
+/** The part of the WebSocket API the client uses (browsers' WebSocket and `ws` both fit). */
+export interface WebSocketLike {
+  readonly readyState: number;
+  binaryType: string;
+  onopen: ((event: unknown) => void) | null;
+  onmessage: ((event: { data: unknown }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+  send(data: string | Uint8Array): void;
+  close(code?: number, reason?: string): void;
+}
+
+export type WebSocketConstructor = new (url: string, protocols?: string | string[]) => WebSocketLike;
+
+export interface ClientOptions {
+  /** Gateway WebSocket URL, e.g. ws://127.0.0.1:8080/ws. */
+  url?: string;
+  /** Several gateways: each reconnect goes to the next. */
+  urls?: string[];
+  /** Base of HTTP history; by default the first URL with ws→http and no path. */
+  httpUrl?: string;
+  token?: string;
+  /** Called on every (re)connect and before the token expires. */
+  getToken?: () => string | Promise<string>;
+  codec?: "json" | "msgpack";
+  /** WebSocket constructor; default globalThis.WebSocket (in Node pass `ws`). */
+  WebSocket?: unknown;
+  reconnect?: { baseMs?: number; maxMs?: number };
+}
