@@ -103,6 +103,11 @@ impl Gateway {
                 }
             }
         });
+        if state.config.dev_mode {
+            tracing::warn!(
+                "DEV_MODE is on: anyone can get a token at POST /dev/token; never use it in production"
+            );
+        }
         let task = tokio::spawn(server::serve(state.clone(), listener));
         Ok(Self { addr, state, task })
     }

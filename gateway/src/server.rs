@@ -7,7 +7,10 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_MAX_AGE, HeaderValue, ORIGIN, SEC_WEBSOCKET_PROTOCOL, VARY,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -54,7 +57,13 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
 
 async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    // Pages on an allowed origin may call the HTTP API (history, credits) from the browser.
+    let cors_origin = path
+        .starts_with("/v1/")
+        .then(|| allowed_origin(&state, &req))
+        .flatten();
     let response = match (req.method(), path.as_str()) {
+        (&Method::OPTIONS, p) if p.starts_with("/v1/") => preflight(cors_origin.is_some()),
         (&Method::GET, "/ws") => upgrade(state, req),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => {
@@ -72,7 +81,48 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<
         (&Method::GET, p) if state.config.dev_mode => dev::static_file(&state, p).await,
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
-    Ok(response)
+    Ok(with_cors(response, cors_origin))
+}
+
+/// The request's `Origin`, if it is on `ALLOWED_ORIGINS`.
+fn allowed_origin<B>(state: &AppState, req: &Request<B>) -> Option<HeaderValue> {
+    let origin = req.headers().get(ORIGIN)?;
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| state.config.allowed_origins.iter().any(|a| a == o));
+    allowed.then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight: the API is read with GET and a bearer token.
+fn preflight(allowed: bool) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = if allowed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    if allowed {
+        let headers = response.headers_mut();
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET"),
+        );
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization"),
+        );
+        headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    response
+}
+
+fn with_cors(mut response: Response<Body>, origin: Option<HeaderValue>) -> Response<Body> {
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(VARY, HeaderValue::from_static("origin"));
+    }
+    response
 }
 
 /// The claims of an HTTP request's token (query, header or cookie).

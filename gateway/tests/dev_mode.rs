@@ -19,10 +19,17 @@ fn clients_dir() -> std::path::PathBuf {
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String, String) {
-    let (status, content_type, body) = try_http(addr, "GET", path, &[], Vec::new())
+    let (status, headers, body) = try_http(addr, "GET", path, &[], Vec::new())
         .await
         .expect("the gateway answers");
-    (status, content_type, String::from_utf8_lossy(&body).into())
+    let content_type = headers
+        .get("content-type")
+        .map_or("", |v| v.to_str().unwrap());
+    (
+        status,
+        content_type.into(),
+        String::from_utf8_lossy(&body).into(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

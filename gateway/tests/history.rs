@@ -5,7 +5,7 @@ mod common;
 
 use redis::AsyncCommands;
 use serde_json::Value;
-use teamchat_testkit::{Client, TestEnv, http_get, now, sign};
+use teamchat_testkit::{Client, TestEnv, http_get, now, sign, try_http};
 
 fn seqs(body: &Value) -> Vec<u64> {
     body["messages"]
@@ -172,4 +172,66 @@ async fn history_refuses_bad_tokens_teams_and_parameters() {
         (status, body["redis"].as_bool(), body["postgres"].as_bool()),
         (200, Some(true), Some(true))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pages_on_allowed_origins_may_read_history_from_the_browser() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--allowed-origins=https://chat.example"]).await;
+    let token = env.token("alice", &["t"]);
+    let bearer = format!("Bearer {token}");
+    let path = "/v1/teams/t/messages";
+    let header = |headers: &hyper::HeaderMap, name: &str| {
+        headers.get(name).map(|v| v.to_str().unwrap().to_owned())
+    };
+
+    // The browser's preflight for a GET with an Authorization header.
+    let preflight = [
+        ("origin", "https://chat.example"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "authorization"),
+    ];
+    let (status, headers, _) = try_http(g.addr(), "OPTIONS", path, &preflight, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+    assert_eq!(
+        header(&headers, "access-control-allow-origin").as_deref(),
+        Some("https://chat.example")
+    );
+    assert_eq!(
+        header(&headers, "access-control-allow-headers").as_deref(),
+        Some("authorization")
+    );
+    let (status, headers, body) = try_http(
+        g.addr(),
+        "GET",
+        path,
+        &[
+            ("origin", "https://chat.example"),
+            ("authorization", &bearer),
+        ],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body:?}");
+    assert_eq!(
+        header(&headers, "access-control-allow-origin").as_deref(),
+        Some("https://chat.example")
+    );
+
+    // Another origin gets no CORS grant: the browser keeps the answer from its page.
+    let elsewhere = [
+        ("origin", "https://evil.example"),
+        ("authorization", &bearer),
+    ];
+    let (_, headers, _) = try_http(g.addr(), "GET", path, &elsewhere, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(header(&headers, "access-control-allow-origin"), None);
+    let (status, _, _) = try_http(g.addr(), "OPTIONS", path, &elsewhere, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
 }

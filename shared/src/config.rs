@@ -50,7 +50,8 @@ pub struct GatewayConfig {
     /// HS256 secret that client tokens are signed with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
-    /// Origins allowed to upgrade with a `tc_token` cookie (comma-separated).
+    /// Origins allowed to upgrade with a `tc_token` cookie and to call the HTTP API from a
+    /// browser (CORS), comma-separated.
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]
     pub allowed_origins: Vec<String>,
     /// Interval of server pings; a connection silent for twice this is closed.

@@ -316,14 +316,14 @@ pub async fn http_post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Valu
     (status, body_value(&body))
 }
 
-/// One HTTP/1.1 exchange: status, content type and raw body; None when it fails.
+/// One HTTP/1.1 exchange: status, response headers and raw body; None when it fails.
 pub async fn try_http(
     addr: SocketAddr,
     method: &str,
     path_and_query: &str,
     headers: &[(&str, &str)],
     body: Vec<u8>,
-) -> Option<(u16, String, bytes::Bytes)> {
+) -> Option<(u16, hyper::HeaderMap, bytes::Bytes)> {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -343,14 +343,9 @@ pub async fn try_http(
         .await
         .ok()?;
     let status = response.status().as_u16();
-    let content_type = response
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
+    let headers = response.headers().clone();
     let body = response.into_body().collect().await.ok()?.to_bytes();
-    Some((status, content_type, body))
+    Some((status, headers, body))
 }
 
 /// A JSON body as a value; any other body as a string.
