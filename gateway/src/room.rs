@@ -216,7 +216,7 @@ impl Room {
                 rid: join.rid,
             };
             let member = join.member;
-            let mut ok = member.queue.try_send(Outbound::Own(joined)).is_ok();
+            let mut ok = member.queue.try_send(Outbound::own(joined)).is_ok();
             for event in replay.flatten().unwrap_or_default() {
                 let frame = OutFrame::new(ServerFrame::from_event(&event));
                 ok = ok && member.queue.try_send(Outbound::Shared(frame)).is_ok();
@@ -225,12 +225,12 @@ impl Room {
                 team: self.team.clone(),
                 users: online,
             };
-            ok = ok && member.queue.try_send(Outbound::Own(list)).is_ok();
+            ok = ok && member.queue.try_send(Outbound::own(list)).is_ok();
             let receipts = ServerFrame::ReceiptList {
                 team: self.team.clone(),
                 receipts: state.receipts.clone(),
             };
-            ok = ok && member.queue.try_send(Outbound::Own(receipts)).is_ok();
+            ok = ok && member.queue.try_send(Outbound::own(receipts)).is_ok();
             if ok {
                 self.members.push(member);
             } else {
@@ -300,7 +300,7 @@ impl Room {
                 team: self.team.clone(),
                 rid,
             };
-            if member.queue.try_send(Outbound::Own(left)).is_err() {
+            if member.queue.try_send(Outbound::own(left)).is_err() {
                 member.slow.cancel();
             }
         }

@@ -73,7 +73,11 @@ pub async fn run(
     };
     let (read, write) = parts.io.into_inner().into_split();
     // Bytes the client sent right after its handshake may already sit in hyper's buffer.
-    let read = Cursor::new(parts.read_buf).chain(read);
+    // They are copied out: a slice would keep hyper's whole read buffer alive for the
+    // connection's lifetime.
+    let early = Bytes::copy_from_slice(&parts.read_buf);
+    drop(parts.read_buf);
+    let read = Cursor::new(early).chain(read);
     let (queue, queue_rx) = mpsc::channel(state.config.send_queue.max(2));
     let signals = CloseSignals::default();
     let heartbeat = Duration::from_millis(state.config.heartbeat_ms.max(100));
@@ -102,11 +106,9 @@ pub async fn run(
     let user: Arc<str> = claims.sub.as_str().into();
     let ttl = state.config.presence_ttl_ms;
     let limit = state.config.max_connections_per_user;
-    match state
-        .broker
-        .connection_open(&user, &session_id, limit, ttl)
-        .await
-    {
+    // Boxed, like the other calls made once per connection: an idle connection's task
+    // should not carry their state.
+    match Box::pin(state.broker.connection_open(&user, &session_id, limit, ttl)).await {
         Ok(true) => {}
         Ok(false) => {
             let _ = queue
@@ -125,7 +127,7 @@ pub async fn run(
         heartbeat_ms: state.config.heartbeat_ms,
         max_frame: state.config.max_frame,
     };
-    let _ = queue.send(Outbound::Own(welcome)).await;
+    let _ = queue.send(Outbound::own(welcome)).await;
     metrics::counter!(m::CONNECTS).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
 
@@ -147,7 +149,7 @@ pub async fn run(
     session.expires_at = session.token_deadline(session.claims.exp);
     session.read_loop(read, heartbeat).await;
     for team in std::mem::take(&mut session.typing) {
-        session.publish_typing(&team, Ephemeral::TypingStop).await;
+        Box::pin(session.publish_typing(&team, Ephemeral::TypingStop)).await;
     }
     for team in std::mem::take(&mut session.joined) {
         session
@@ -158,7 +160,7 @@ pub async fn run(
     metrics::gauge!(m::CONNECTIONS).decrement(1.0);
     let state = session.state.clone();
     state.connections.forget(&session.session);
-    if let Err(e) = state.broker.connection_close(&user, &session.session).await {
+    if let Err(e) = Box::pin(state.broker.connection_close(&user, &session.session)).await {
         debug!(error = %e, "connection entry left to expire");
     }
     drop(session);
@@ -261,7 +263,9 @@ impl Session {
             };
             if let Some(message) = message {
                 let reply = match protocol::decode_client(&message, self.encoding, limits) {
-                    Ok(request) => self.handle(request).await,
+                    // Boxed: the handler's state lives only while a request is in hand,
+                    // not in every idle connection's task.
+                    Ok(request) => Box::pin(self.handle(request)).await,
                     Err(error) => {
                         self.count_violation(error.code);
                         Some(error.into_frame())
@@ -273,7 +277,7 @@ impl Session {
                     metrics::counter!(m::EVENTS_OUT, "type" => reply.kind()).increment(1);
                 }
                 if let Some(reply) = reply
-                    && self.queue.try_send(Outbound::Own(reply)).is_err()
+                    && self.queue.try_send(Outbound::own(reply)).is_err()
                 {
                     self.signals.slow.cancel();
                     return;

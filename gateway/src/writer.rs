@@ -52,12 +52,19 @@ impl OutFrame {
 pub enum Outbound {
     /// A frame shared with other recipients.
     Shared(Arc<OutFrame>),
-    /// A frame for this connection only (replies, welcome).
-    Own(ServerFrame),
+    /// A frame for this connection only (replies, welcome). Boxed: the queue's slots are
+    /// allocated 32 at a time per connection, at the size of the largest variant.
+    Own(Box<ServerFrame>),
     /// A control frame the reader owes the peer (pong, close echo).
     Control(OpCode, Bytes),
     /// Close the connection with this code; nothing is written after it.
     Close(u16, &'static str),
+}
+
+impl Outbound {
+    pub fn own(frame: ServerFrame) -> Self {
+        Outbound::Own(Box::new(frame))
+    }
 }
 
 /// Why the writer stopped.
