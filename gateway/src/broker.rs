@@ -204,6 +204,16 @@ impl Broker {
         Ok(offset.unwrap_or(0))
     }
 
+    /// The top offsets of many teams in one round trip (0 for a team with none).
+    pub async fn top_offsets(&self, teams: &[String]) -> redis::RedisResult<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for team in teams {
+            pipe.hget(self.keys.team_meta(team), "offset");
+        }
+        let tops: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(tops.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
     /// The team's events with offsets in `from..=to` that the stream still holds, in order.
     pub async fn read_range(
         &self,

@@ -53,9 +53,11 @@ impl Hub {
             presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),
         });
         let tail = tokio::spawn(tail::run(client, hub.clone(), sub_cmds));
+        let check = tokio::spawn(check_tops(hub.clone()));
         tokio::spawn(async move {
             shutdown.cancelled().await;
             tail.abort();
+            check.abort();
         });
         Ok(hub)
     }
@@ -133,6 +135,15 @@ impl Hub {
         }
     }
 
+    /// Every room's team with its command channel.
+    fn room_handles(&self) -> Vec<(String, mpsc::UnboundedSender<RoomCmd>)> {
+        let rooms = self.rooms.lock().expect("hub lock");
+        rooms
+            .iter()
+            .map(|(team, entry)| (team.clone(), entry.cmds.clone()))
+            .collect()
+    }
+
     /// Teams with a room on this gateway.
     pub fn room_count(&self) -> usize {
         self.rooms.lock().expect("hub lock").len()
@@ -148,7 +159,6 @@ impl Hub {
         let room = Room::new(
             team.to_owned(),
             self.broker.clone(),
-            self.tail_check,
             self.typing_timeout,
             self.presence_ttl,
         );
@@ -157,6 +167,36 @@ impl Hub {
             cmds,
             events,
             members: 0,
+        }
+    }
+}
+
+/// Teams whose tops are read in one pipeline.
+const TOP_CHECK_CHUNK: usize = 1_000;
+
+/// Every `TAIL_CHECK_MS`, reads the top offset of every room's stream (pipelined, one round
+/// trip per thousand rooms rather than one per room) and hands it to the room, which reads
+/// whatever pub/sub did not deliver, or notices that the stream was lost.
+async fn check_tops(hub: Arc<Hub>) {
+    let mut every = tokio::time::interval(hub.tail_check);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let rooms = hub.room_handles();
+        for chunk in rooms.chunks(TOP_CHECK_CHUNK) {
+            let teams: Vec<String> = chunk.iter().map(|(team, _)| team.clone()).collect();
+            match hub.broker.top_offsets(&teams).await {
+                Ok(tops) => {
+                    for ((_, cmds), top) in chunk.iter().zip(tops) {
+                        let _ = cmds.send(RoomCmd::Top(top));
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!(teamchat_shared::metrics::GATEWAY_REDIS_ERRORS).increment(1);
+                    tracing::warn!(error = %e, "tail check: Redis unavailable");
+                    break;
+                }
+            }
         }
     }
 }

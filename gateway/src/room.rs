@@ -54,13 +54,14 @@ pub enum RoomCmd {
     },
     /// Read the stream beyond the last delivered offset now (pub/sub may have missed some).
     CatchUp,
+    /// The stream's top offset, from the gateway's periodic check of all rooms.
+    Top(u64),
     Shutdown,
 }
 
 pub struct Room {
     team: String,
     broker: Broker,
-    tail_check: Duration,
     typing_timeout: Duration,
     presence_ttl: Duration,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
@@ -75,14 +76,12 @@ impl Room {
     pub fn new(
         team: String,
         broker: Broker,
-        tail_check: Duration,
         typing_timeout: Duration,
         presence_ttl: Duration,
     ) -> Self {
         Self {
             team,
             broker,
-            tail_check,
             typing_timeout,
             presence_ttl,
             typing: HashMap::new(),
@@ -101,8 +100,6 @@ impl Room {
         mut events: mpsc::Receiver<Published>,
     ) {
         let _ = subscribed.await;
-        let mut check = tokio::time::interval(self.tail_check);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut presence = tokio::time::interval(self.presence_ttl / 3);
         presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
@@ -121,6 +118,7 @@ impl Room {
                                 self.on_joins(std::mem::take(&mut joins)).await;
                                 match other {
                                     RoomCmd::CatchUp => self.check_top().await,
+                                    RoomCmd::Top(top) => self.on_top(top).await,
                                     RoomCmd::Leave { conn_id, session, reply, done } => {
                                         self.on_leave(conn_id, &session, reply).await;
                                         if let Some(done) = done {
@@ -135,7 +133,6 @@ impl Room {
                     self.on_joins(joins).await;
                 }
                 Some(published) = events.recv() => self.on_published(published).await,
-                _ = check.tick() => self.check_top().await,
                 _ = sleep_until_next(&self.typing) => self.expire_typing(),
                 _ = presence.tick() => self.refresh_presence().await,
             }
@@ -474,22 +471,30 @@ impl Room {
             return;
         }
         match self.broker.top_offset(&self.team).await {
-            Ok(top) if top > self.last => {
-                self.fill(self.last + 1, top).await;
+            Ok(top) => self.on_top(top).await,
+            Err(e) => {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                warn!(error = %e, team = %self.team, "tail check: Redis unavailable")
             }
-            // The top went back: the stream was lost and started anew.
-            Ok(top) if top < self.last => match self.broker.team_state(&self.team).await {
+        }
+    }
+
+    /// Compares the stream's top with what was delivered: reads what is missing, or, if
+    /// the top went back, checks whether the stream was lost and started anew.
+    async fn on_top(&mut self, top: u64) {
+        if self.epoch.is_empty() || self.members.is_empty() {
+            return;
+        }
+        if top > self.last {
+            self.fill(self.last + 1, top).await;
+        } else if top < self.last {
+            match self.broker.team_state(&self.team).await {
                 Ok(state) if self.reset_if_new_epoch(&state.epoch) => self.last = state.offset,
                 Ok(_) => {}
                 Err(e) => {
                     metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
                     warn!(error = %e, team = %self.team, "tail check: Redis unavailable")
                 }
-            },
-            Ok(_) => {}
-            Err(e) => {
-                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
-                warn!(error = %e, team = %self.team, "tail check: Redis unavailable")
             }
         }
     }
