@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::client::{self, Ws};
 use crate::report::{Row, round};
-use crate::stack::{self, StackArgs};
+use crate::stack::{self, CpuMeter, StackArgs};
 
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
@@ -26,6 +26,12 @@ pub struct ConnectArgs {
 pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
     let (gateways, prefix) = stack::start_gateways(&args.stack, 2).await?;
     let addrs: Vec<_> = gateways.iter().map(|g| g.addr).collect();
+    let processes = vec![
+        ("gateways".to_owned(), gateways[0].pid),
+        ("gateways".to_owned(), gateways[1].pid),
+        ("redis".to_owned(), stack::redis_pid(&args.stack).await?),
+        ("generator".to_owned(), std::process::id()),
+    ];
     let tokens: Vec<(String, String)> = (0..args.clients)
         .map(|n| {
             let team = format!("team{}", n / args.team_size);
@@ -34,6 +40,7 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
         .collect();
 
     // The storm: everyone at once.
+    let meter = CpuMeter::start(&processes);
     let started = Instant::now();
     let storm = join_all(tokens.iter().enumerate().map(|(n, (token, team))| {
         let gateway = addrs[n % 2];
@@ -47,7 +54,7 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
     .await;
     let storm_time = started.elapsed();
     let (connections, first) = summarize(storm);
-    let mut rows = vec![row("connect + join", args, &first, storm_time)];
+    let mut rows = vec![row("connect + join", args, &first, storm_time, &meter)];
 
     // Every client drops and resumes where it was, on the other gateway.
     let resumes: Vec<(Value, usize)> = connections
@@ -60,6 +67,7 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
         })
         .collect();
     drop(connections);
+    let meter = CpuMeter::start(&processes);
     let started = Instant::now();
     let storm = join_all(resumes.iter().map(|(since, n)| {
         let (token, team) = &tokens[*n];
@@ -75,7 +83,7 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
     .await;
     let storm_time = started.elapsed();
     let (connections, second) = summarize(storm);
-    rows.push(row("reconnect + resume", args, &second, storm_time));
+    rows.push(row("reconnect + resume", args, &second, storm_time, &meter));
     drop(connections);
     drop(gateways);
     stack::clean_redis(&args.stack, &prefix).await?;
@@ -116,11 +124,20 @@ fn summarize(outcomes: Vec<Outcome>) -> (Vec<(usize, Ws, Value)>, Storm) {
     (connections, storm)
 }
 
-fn row(case: &str, args: &ConnectArgs, storm: &Storm, took: Duration) -> Row {
+fn row(case: &str, args: &ConnectArgs, storm: &Storm, took: Duration, meter: &CpuMeter) -> Row {
     let ms = |q: f64| round(storm.micros.value_at_quantile(q) as f64 / 1000.0, 1);
     if let Some(error) = &storm.first_error {
         eprintln!("connect: {case}: {} failed, first: {error}", storm.failed);
     }
+    // CPU seconds per process kind over the storm (both gateways summed).
+    let cpu = |kind: &str| -> f64 {
+        let used = meter.elapsed();
+        used.iter()
+            .filter(|(name, ..)| name == kind)
+            .map(|(_, secs, _)| secs)
+            .sum()
+    };
+    let per_connection_us = |kind: &str| round(cpu(kind) * 1e6 / storm.ok.max(1) as f64, 1);
     Row::new()
         .with("case", case)
         .with("clients", args.clients)
@@ -130,4 +147,7 @@ fn row(case: &str, args: &ConnectArgs, storm: &Storm, took: Duration) -> Row {
         .with("p50 ms", ms(0.5))
         .with("p99 ms", ms(0.99))
         .with("max ms", ms(1.0))
+        .with("gateway CPU µs each", per_connection_us("gateways"))
+        .with("redis CPU µs each", per_connection_us("redis"))
+        .with("generator CPU µs each", per_connection_us("generator"))
 }
