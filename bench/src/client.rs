@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::stack::SECRET;
 
@@ -34,7 +35,13 @@ pub async fn connect(gateway: SocketAddr, source: IpAddr, token: &str) -> anyhow
     let stream = socket.connect(gateway).await?;
     stream.set_nodelay(true)?;
     let url = format!("ws://{gateway}/ws?token={token}");
-    let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await?;
+    // A small read buffer: tungstenite zeroes its whole read buffer (128 KiB by default)
+    // on every read, which made that memset most of the generator's CPU.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
     next_of(&mut ws, "session:welcome").await?;
     Ok(ws)
 }
