@@ -64,6 +64,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     ];
     processes.push(("generator".to_owned(), std::process::id()));
     let windows: Arc<Vec<Window>> = Arc::new(args.rates.iter().map(|_| Window::new()).collect());
+    let frames = Arc::new(AtomicU64::new(0));
 
     // Member m of room r is on gateway m % 2; member 0 sends, so half the receivers are
     // on the other gateway.
@@ -89,15 +90,19 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let (room, member, ws) = result?;
         let (sink, reader) = ws.split();
         let windows = windows.clone();
+        let frames = frames.clone();
         if member == 0 {
             senders[room] = Some(sink);
             tokio::spawn(read_acks(reader, windows));
         } else {
-            tokio::spawn(read_deliveries(reader, windows));
+            tokio::spawn(read_deliveries(reader, windows, frames));
         }
     }
+    // Joins cause presence updates to every member (quadratic in a large room): measure
+    // only once they have all arrived.
+    quiet(&frames).await;
     eprintln!(
-        "fanout: {connections} connections joined in {:.1} s",
+        "fanout: {connections} connections joined and settled in {:.1} s",
         setup.elapsed().as_secs_f64()
     );
 
@@ -205,8 +210,10 @@ fn now_us() -> u64 {
 async fn read_deliveries(
     mut reader: futures_util::stream::SplitStream<Ws>,
     windows: Arc<Vec<Window>>,
+    frames: Arc<AtomicU64>,
 ) {
     while let Some(Ok(message)) = reader.next().await {
+        frames.fetch_add(1, Ordering::Relaxed);
         let Message::Text(text) = message else {
             continue;
         };
@@ -245,6 +252,23 @@ async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: A
             .and_then(|at| client::number_after(&text[at..], r#""client_id":"w"#));
         if let Some(window) = window.and_then(|w| windows.get(w as usize)) {
             window.acked.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Waits until no frame arrived for a second (at most two minutes).
+async fn quiet(frames: &AtomicU64) {
+    let started = Instant::now();
+    let mut last = frames.load(Ordering::Relaxed);
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_secs(1)
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = frames.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
         }
     }
 }
