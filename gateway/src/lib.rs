@@ -67,9 +67,8 @@ impl Gateway {
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
         teamchat_shared::metrics::install();
         teamchat_shared::metrics::touch("teamchat_gateway_");
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
+        let listener =
+            listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
         let broker = Broker::connect(&config).await?;
@@ -133,6 +132,23 @@ impl Gateway {
             );
         }
     }
+}
+
+/// Connections waiting to be accepted. After a gateway restarts, its clients reconnect at
+/// once: with the usual 1,024 a storm overflows the queue, dropped SYNs are retried only
+/// after a second, and the storm's tail waits seconds (measured with `teamchat-bench
+/// connect`). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8_192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Resolves on SIGTERM or Ctrl-C.
