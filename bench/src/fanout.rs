@@ -65,6 +65,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     processes.push(("generator".to_owned(), std::process::id()));
     let windows: Arc<Vec<Window>> = Arc::new(args.rates.iter().map(|_| Window::new()).collect());
     let frames = Arc::new(AtomicU64::new(0));
+    let closed = Arc::new(Closed::default());
 
     // Member m of room r is on gateway m % 2; member 0 sends, so half the receivers are
     // on the other gateway.
@@ -91,19 +92,21 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let (sink, reader) = ws.split();
         let windows = windows.clone();
         let frames = frames.clone();
+        let closed = closed.clone();
         if member == 0 {
             senders[room] = Some(sink);
             tokio::spawn(read_acks(reader, windows));
         } else {
-            tokio::spawn(read_deliveries(reader, windows, frames));
+            tokio::spawn(read_deliveries(reader, windows, frames, closed));
         }
     }
     // Joins cause presence updates to every member (quadratic in a large room): measure
     // only once they have all arrived.
     quiet(&frames).await;
     eprintln!(
-        "fanout: {connections} connections joined and settled in {:.1} s",
-        setup.elapsed().as_secs_f64()
+        "fanout: {connections} connections joined and settled in {:.1} s{}",
+        setup.elapsed().as_secs_f64(),
+        closed.describe()
     );
 
     let mut rows = Vec::new();
@@ -167,6 +170,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                 round(delivered as f64 / send_time.as_secs_f64(), 0),
             )
             .with("delivered %", round(100.0 * ratio, 3))
+            .with("receivers closed", closed.count())
             .with("p50 ms", ms(0.5))
             .with("p99 ms", p99_ms)
             .with("p99.9 ms", ms(0.999))
@@ -186,8 +190,9 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let passed = p99_ms < 100.0 && ratio >= 0.999;
         row = row.with("holds target", passed);
         eprintln!(
-            "fanout: {rate} msg/s offered: {delivered} delivered ({:.3} %), p99 {p99_ms} ms",
-            100.0 * ratio
+            "fanout: {rate} msg/s offered: {delivered} delivered ({:.3} %), p99 {p99_ms} ms{}",
+            100.0 * ratio,
+            closed.describe()
         );
         rows.push(row);
         if args.step && !passed {
@@ -211,10 +216,20 @@ async fn read_deliveries(
     mut reader: futures_util::stream::SplitStream<Ws>,
     windows: Arc<Vec<Window>>,
     frames: Arc<AtomicU64>,
+    closed: Arc<Closed>,
 ) {
-    while let Some(Ok(message)) = reader.next().await {
+    loop {
+        let message = match reader.next().await {
+            Some(Ok(message)) => message,
+            Some(Err(error)) => return closed.record(error.to_string()),
+            None => return closed.record("end of stream".to_owned()),
+        };
         frames.fetch_add(1, Ordering::Relaxed);
         let Message::Text(text) = message else {
+            if let Message::Close(frame) = message {
+                let code = frame.map_or("no code".to_owned(), |f| u16::from(f.code).to_string());
+                return closed.record(format!("close {code}"));
+            }
             continue;
         };
         if !text.starts_with(r#"{"type":"message:new""#) {
@@ -253,6 +268,30 @@ async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: A
         if let Some(window) = window.and_then(|w| windows.get(w as usize)) {
             window.acked.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Receiving connections the gateway ended (e.g. 1013 when a client reads too slowly),
+/// by reason: a delivery ratio under 100 % says why.
+#[derive(Default)]
+struct Closed(Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Closed {
+    fn record(&self, reason: String) {
+        *self.0.lock().unwrap().entry(reason).or_default() += 1;
+    }
+
+    fn count(&self) -> u64 {
+        self.0.lock().unwrap().values().sum()
+    }
+
+    fn describe(&self) -> String {
+        let reasons = self.0.lock().unwrap();
+        if reasons.is_empty() {
+            return String::new();
+        }
+        let list: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} × {r}")).collect();
+        format!("; receivers closed: {}", list.join(", "))
     }
 }
 
