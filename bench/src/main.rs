@@ -96,16 +96,28 @@ where
         }
         all.push(scenario().await?);
     }
-    let cases = all.iter().map(Vec::len).min().unwrap_or(0);
+    // Step mode can stop at different rates in different runs: a case is shown if any
+    // run reached it, and `runs` says how many did and which of them missed the target.
+    let cases = all.iter().map(Vec::len).max().unwrap_or(0);
     let figure = |row: &report::Row| row.get(headline).and_then(|v| v.as_f64()).unwrap_or(0.0);
     Ok((0..cases)
         .map(|case| {
-            let mut rows: Vec<&report::Row> = all.iter().map(|run| &run[case]).collect();
+            let mut rows: Vec<&report::Row> = all.iter().filter_map(|run| run.get(case)).collect();
             rows.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
             let mut row = rows[rows.len() / 2].clone();
             if runs > 1 {
-                let figures: Vec<String> = rows.iter().map(|r| figure(r).to_string()).collect();
-                row.0.push(("runs", figures.join(" / ").into()));
+                let figures: Vec<String> = rows
+                    .iter()
+                    .map(|r| {
+                        let missed = r.get("holds target") == Some(&false.into());
+                        format!("{}{}", figure(r), if missed { " ✗" } else { "" })
+                    })
+                    .collect();
+                let mut summary = figures.join(" / ");
+                if rows.len() < runs {
+                    summary += &format!(" ({} of {runs} runs got here)", rows.len());
+                }
+                row.0.push(("runs", summary.into()));
             }
             row
         })
