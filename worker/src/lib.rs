@@ -83,49 +83,41 @@ async fn sync(
         }
     }
 
-    // Then reading overlaps writing: a reader on its own connection (its blocking reads
-    // must not hold up acks) fetches the next batch while this one is written.
+    // Then reading overlaps writing: a reader task on its own connection (its blocking
+    // reads must not hold up acks, and decoding a read must not hold up the writes) hands
+    // over batches, and up to WRITE_CONCURRENCY of them are written at any time.
     let reader = Ingest::connect(config).await?;
-    let (batches, mut received) = tokio::sync::mpsc::channel(1);
-    let reading = read_batches(config, reader, batches, shutdown);
-    let writing = async {
-        let mut last_trim = Instant::now();
-        while let Some(batch) = received.recv().await {
-            if !store_batch(config, store, &mut ingest, &batch, shutdown).await? {
-                // The reader's next send fails and it stops too.
-                break;
-            }
-            if last_trim.elapsed() >= Duration::from_millis(config.trim_every_ms) {
-                last_trim = Instant::now();
-                let pending = ingest.trim_acked().await?;
-                metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64);
-                match unsynced_credits(&mut ingest, store).await {
-                    Ok(unsynced) => metrics::gauge!(m::UNSYNCED_CREDITS).set(unsynced as f64),
-                    Err(e) => warn!(error = %e, "unsynced credits not measured"),
-                }
-            }
-        }
-        drop(received);
-        anyhow::Ok(())
-    };
-    tokio::try_join!(reading, writing)?;
-    Ok(())
+    // Room for a whole read (a batch per shard) besides the batches being written, so
+    // the next read is under way while this one's batches wait for a writer.
+    let queued = config.redis.shards as usize + config.write_concurrency as usize;
+    let (batches, received) = tokio::sync::mpsc::channel(queued);
+    let reading = tokio::spawn(read_batches(
+        config.clone(),
+        reader,
+        batches,
+        shutdown.clone(),
+    ));
+    let written = write_batches(config, store, &mut ingest, received, shutdown).await;
+    // The reader stops at its next send (the receiver is gone) or at shutdown.
+    let read = reading.await.context("the ingest reader panicked")?;
+    written.and(read)
 }
 
 /// Reads new entries (and, every half `CLAIM_IDLE_MS`, entries idle on dead consumers)
-/// until shutdown, handing each batch to the writer. A read is not raced against
-/// shutdown: once Redis answered, the entries are delivered to this consumer and must be
-/// written and acked; the read returns within BATCH_WAIT_MS anyway.
+/// until shutdown, handing them to the writers in batches of BATCH_SIZE. A read is not
+/// raced against shutdown: once Redis answered, the entries are delivered to this
+/// consumer and must be written and acked; the read returns within BATCH_WAIT_MS anyway.
 async fn read_batches(
-    config: &WorkerConfig,
+    config: WorkerConfig,
     mut ingest: Ingest,
     batches: tokio::sync::mpsc::Sender<Vec<Entry>>,
-    shutdown: &CancellationToken,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut last_claim = Instant::now();
     let claim_every = Duration::from_millis(config.claim_idle_ms.max(1_000) / 2);
+    let batch_size = config.batch_size.max(1);
     while !shutdown.is_cancelled() {
-        let batch = if last_claim.elapsed() >= claim_every {
+        let mut entries = if last_claim.elapsed() >= claim_every {
             last_claim = Instant::now();
             let claimed = ingest.claim_idle().await?;
             metrics::counter!(m::RECLAIMED).increment(claimed.len() as u64);
@@ -133,17 +125,69 @@ async fn read_batches(
         } else {
             ingest.read_new().await?
         };
-        if !batch.is_empty() && batches.send(batch).await.is_err() {
-            break;
+        // A read holds up to BATCH_SIZE entries per shard.
+        while !entries.is_empty() {
+            let rest = entries.split_off(entries.len().min(batch_size));
+            if batches.send(entries).await.is_err() {
+                return Ok(());
+            }
+            entries = rest;
         }
     }
     Ok(())
 }
 
-/// Writes a read's entries and acks each batch after its COMMIT. A read holds up to
-/// BATCH_SIZE entries per shard: its batches are written at once (writes commute; rows
-/// are locked in one order). False when shutdown came while PostgreSQL was failing: what
-/// was not written stays pending.
+/// Writes the batches the reader hands over, up to WRITE_CONCURRENCY at once (writes
+/// commute; rows are locked in one order), acking each after its COMMIT, until the reader
+/// stops. Stops early when shutdown came while PostgreSQL was failing: what was not
+/// written stays pending. Also trims the ingest streams now and then.
+async fn write_batches(
+    config: &WorkerConfig,
+    store: &Store,
+    ingest: &mut Ingest,
+    mut received: tokio::sync::mpsc::Receiver<Vec<Entry>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut writes = FuturesUnordered::new();
+    let mut reading = true;
+    // Also while idle, so the last entries acked are trimmed and the gauges stay current.
+    let mut trim = tokio::time::interval(Duration::from_millis(config.trim_every_ms.max(1)));
+    trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    trim.reset();
+    loop {
+        tokio::select! {
+            batch = received.recv(), if reading && writes.len() < config.write_concurrency as usize => {
+                match batch {
+                    Some(batch) => writes.push(write_chunk(store, batch, config.max_deliveries, shutdown)),
+                    None => reading = false,
+                }
+            }
+            Some((batch, written)) = writes.next() => {
+                let Some(dead) = written else {
+                    // Shutdown while PostgreSQL fails: the rest stays pending.
+                    return Ok(());
+                };
+                let dead: Vec<(&Entry, String)> =
+                    dead.into_iter().map(|(i, error)| (&batch[i], error)).collect();
+                ingest.publish_dead_letters(&dead).await?;
+                ingest.ack(&batch).await?;
+            }
+            _ = trim.tick(), if reading => {
+                let pending = ingest.trim_acked().await?;
+                metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64);
+                match unsynced_credits(ingest, store).await {
+                    Ok(unsynced) => metrics::gauge!(m::UNSYNCED_CREDITS).set(unsynced as f64),
+                    Err(e) => warn!(error = %e, "unsynced credits not measured"),
+                }
+            }
+            else => return Ok(()),
+        }
+    }
+}
+
+/// Writes a read's entries and acks each batch after its COMMIT, WRITE_CONCURRENCY
+/// batches at once. False when shutdown came while PostgreSQL was failing: what was not
+/// written stays pending.
 async fn store_batch(
     config: &WorkerConfig,
     store: &Store,
@@ -167,20 +211,38 @@ async fn store_batch(
             stopped = true;
             continue;
         };
+        let dead: Vec<(&Entry, String)> = dead
+            .into_iter()
+            .map(|(i, error)| (&chunk[i], error))
+            .collect();
         ingest.publish_dead_letters(&dead).await?;
         ingest.ack(chunk).await?;
     }
     Ok(!stopped)
 }
 
-/// `write`, returning the chunk with its outcome (for the ack).
-async fn write_chunk<'a>(
+/// `write`, returning the batch with its outcome (for the ack): the dead-lettered
+/// entries by their index in the batch.
+async fn write_chunk<B: std::ops::Deref<Target = [Entry]>>(
     store: &Store,
-    chunk: &'a [Entry],
+    batch: B,
     max_deliveries: u64,
     shutdown: &CancellationToken,
-) -> (&'a [Entry], Option<Vec<(&'a Entry, String)>>) {
-    (chunk, write(store, chunk, max_deliveries, shutdown).await)
+) -> (B, Option<Vec<(usize, String)>>) {
+    let dead = write(store, &batch, max_deliveries, shutdown)
+        .await
+        .map(|dead| {
+            dead.into_iter()
+                .map(|(entry, error)| {
+                    let index = batch.iter().position(|e| std::ptr::eq(e, entry));
+                    (
+                        index.expect("a dead letter is one of the batch's entries"),
+                        error,
+                    )
+                })
+                .collect()
+        });
+    (batch, dead)
 }
 
 /// Writes a batch so that it can be acked: transient PostgreSQL errors are retried with
