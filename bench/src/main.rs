@@ -2,6 +2,10 @@
 //! Redis and PostgreSQL, drives them over real WebSockets with minted tokens, and prints
 //! one JSON line per measured case and a Markdown table.
 
+// The sync scenario runs the worker in this process: the worker binary's allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod client;
 mod connect;
 mod fanout;
