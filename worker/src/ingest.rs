@@ -9,8 +9,7 @@ use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 
 use redis::streams::{
-    StreamAutoClaimReply, StreamId, StreamInfoGroupsReply, StreamPendingReply, StreamReadOptions,
-    StreamReadReply,
+    StreamAutoClaimReply, StreamInfoGroupsReply, StreamPendingReply, StreamReadOptions,
 };
 use teamchat_shared::config::WorkerConfig;
 use teamchat_shared::event::{self, StreamEvent};
@@ -21,9 +20,9 @@ pub struct Entry {
     pub stream: String,
     pub id: String,
     pub event: Result<StreamEvent, String>,
-    /// The raw fields, kept for the dead-letter table.
-    pub fields: serde_json::Value,
-    /// The team and offset, when readable even though the event is not: a dead letter
+    /// The raw fields as read, for the dead letters.
+    pub fields: Vec<(String, Vec<u8>)>,
+    /// For an event that cannot be decoded, its team and offset if those can: a dead letter
     /// still counts as synced, or the team's watermark would stop at it for good.
     pub position: Option<(String, u64)>,
     /// How often the group delivered this entry (1 for a new one).
@@ -89,11 +88,11 @@ impl Ingest {
             .group(&self.group, &self.consumer)
             .count(self.batch_size)
             .block(self.wait.as_millis() as usize);
-        let reply: Option<StreamReadReply> = self
+        let reply: redis::Value = self
             .blocking
             .xread_options(&self.streams, &ids, &options)
             .await?;
-        Ok(reply.map(flatten).unwrap_or_default())
+        read_reply(reply)
     }
 
     /// Entries delivered to this consumer but never acked (it crashed before COMMIT).
@@ -102,11 +101,11 @@ impl Ingest {
         let options = StreamReadOptions::default()
             .group(&self.group, &self.consumer)
             .count(self.batch_size);
-        let reply: Option<StreamReadReply> = self
+        let reply: redis::Value = self
             .blocking
             .xread_options(&self.streams, &ids, &options)
             .await?;
-        let mut entries = reply.map(flatten).unwrap_or_default();
+        let mut entries = read_reply(reply)?;
         self.count_deliveries(&mut entries).await?;
         Ok(entries)
     }
@@ -194,7 +193,12 @@ impl Ingest {
                 .arg(self.batch_size)
                 .query_async(&mut self.blocking)
                 .await?;
-            claimed.extend(reply.claimed.into_iter().map(|entry| decode(stream, entry)));
+            claimed.extend(reply.claimed.into_iter().map(|entry| {
+                let fields = event::entry_fields(&entry.map)
+                    .map(|(name, value)| (name.to_owned(), value.to_vec()))
+                    .collect();
+                decode(stream, entry.id, fields)
+            }));
         }
         self.count_deliveries(&mut claimed).await?;
         Ok(claimed)
@@ -209,7 +213,7 @@ impl Ingest {
         let mut pipe = redis::pipe();
         for (entry, error) in dead {
             let key = format!("{}:dead", entry.stream.trim_end_matches(":ingest"));
-            let fields = entry.fields.to_string();
+            let fields = entry.fields_json().to_string();
             pipe.cmd("XADD")
                 .arg(key)
                 .arg("MAXLEN")
@@ -246,39 +250,111 @@ impl Ingest {
     }
 }
 
-fn flatten(reply: StreamReadReply) -> Vec<Entry> {
-    reply
-        .keys
-        .into_iter()
-        .flat_map(|key| {
-            let stream = key.key;
-            key.ids.into_iter().map(move |entry| decode(&stream, entry))
-        })
-        .collect()
+impl Entry {
+    /// The raw fields as a JSON object (values as text), as dead letters keep them.
+    pub fn fields_json(&self) -> serde_json::Value {
+        self.fields
+            .iter()
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value).into_owned();
+                (name.clone(), serde_json::Value::from(value))
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
 }
 
-fn decode(stream: &str, entry: StreamId) -> Entry {
-    let event =
-        event::from_fields(None, None, event::entry_fields(&entry.map)).map_err(|e| e.to_string());
-    let fields: serde_json::Map<_, _> = event::entry_fields(&entry.map)
-        .map(|(k, v)| {
-            (
-                k.to_owned(),
-                serde_json::Value::from(String::from_utf8_lossy(v).into_owned()),
-            )
-        })
-        .collect();
-    let position = match (fields.get("team"), fields.get("off")) {
-        (Some(serde_json::Value::String(team)), Some(serde_json::Value::String(off))) => {
-            off.parse().ok().map(|off| (team.clone(), off))
-        }
+/// The entries of an XREADGROUP reply (`[[stream, [[id, [field, value, …]], …]], …]`, or
+/// a map of streams under RESP3), taken apart without copying the values: this is the
+/// worker's hottest loop after PostgreSQL.
+fn read_reply(reply: redis::Value) -> anyhow::Result<Vec<Entry>> {
+    use redis::Value;
+    let streams = match reply {
+        Value::Nil => return Ok(Vec::new()),
+        Value::Array(streams) => streams
+            .into_iter()
+            .map(|stream| match stream {
+                Value::Array(pair) => <[Value; 2]>::try_from(pair).ok().map(|[k, v]| (k, v)),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>(),
+        Value::Map(streams) => Some(streams),
         _ => None,
+    }
+    .context("XREADGROUP reply: streams")?;
+    let mut entries = Vec::new();
+    for (stream, stream_entries) in streams {
+        let stream = text(stream).context("XREADGROUP reply: stream name")?;
+        let Value::Array(stream_entries) = stream_entries else {
+            anyhow::bail!("XREADGROUP reply: entries of {stream}");
+        };
+        entries.reserve(stream_entries.len());
+        for entry in stream_entries {
+            let Value::Array(entry) = entry else {
+                anyhow::bail!("XREADGROUP reply: an entry of {stream}");
+            };
+            let Ok([id, fields]) = <[Value; 2]>::try_from(entry) else {
+                anyhow::bail!("XREADGROUP reply: an entry of {stream}");
+            };
+            let id = text(id).context("XREADGROUP reply: entry id")?;
+            let fields = match fields {
+                Value::Array(flat) => {
+                    let mut pairs = Vec::with_capacity(flat.len() / 2);
+                    let mut flat = flat.into_iter();
+                    while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+                        if let (Some(name), Some(value)) = (text(name), bytes(value)) {
+                            pairs.push((name, value));
+                        }
+                    }
+                    pairs
+                }
+                Value::Map(map) => map
+                    .into_iter()
+                    .filter_map(|(name, value)| Some((text(name)?, bytes(value)?)))
+                    .collect(),
+                // An entry deleted while pending reads back without fields.
+                _ => Vec::new(),
+            };
+            entries.push(decode(&stream, id, fields));
+        }
+    }
+    Ok(entries)
+}
+
+fn bytes(value: redis::Value) -> Option<Vec<u8>> {
+    match value {
+        redis::Value::BulkString(bytes) => Some(bytes),
+        redis::Value::SimpleString(text) => Some(text.into_bytes()),
+        _ => None,
+    }
+}
+
+fn text(value: redis::Value) -> Option<String> {
+    String::from_utf8(bytes(value)?).ok()
+}
+
+fn decode(stream: &str, id: String, fields: Vec<(String, Vec<u8>)>) -> Entry {
+    let pairs = || fields.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+    let event = event::from_fields(None, None, pairs()).map_err(|e| e.to_string());
+    // Only an entry that cannot be decoded needs its position read on its own.
+    let position = match &event {
+        Ok(_) => None,
+        Err(_) => {
+            let field = |name: &str| {
+                pairs()
+                    .find(|(k, _)| *k == name)
+                    .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            };
+            field("team")
+                .zip(field("off").and_then(|off| off.parse().ok()))
+                .map(|(team, off)| (team.to_owned(), off))
+        }
     };
     Entry {
         stream: stream.to_owned(),
-        id: entry.id,
+        id,
         event,
-        fields: fields.into(),
+        fields,
         position,
         deliveries: 1,
     }

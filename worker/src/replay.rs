@@ -121,7 +121,7 @@ fn entry(event: StreamEvent) -> Entry {
         stream: "replay".into(),
         id: format!("{}-0", event.offset),
         position: Some((event.team.clone(), event.offset)),
-        fields: json!({}),
+        fields: Vec::new(),
         deliveries: 1,
         event: Ok(event),
     }

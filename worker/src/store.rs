@@ -18,17 +18,63 @@ pub struct Store {
 
 /// The batch's messages, column by column, for one UNNEST insert.
 #[derive(Default)]
-struct MessageColumns {
-    team: Vec<String>,
+struct MessageColumns<'a> {
+    team: Vec<&'a str>,
     seq: Vec<i64>,
-    id: Vec<String>,
-    client_id: Vec<String>,
-    user_id: Vec<String>,
-    name: Vec<Option<String>>,
-    body: Vec<String>,
+    id: Vec<&'a str>,
+    client_id: Vec<&'a str>,
+    user_id: Vec<&'a str>,
+    name: Vec<Option<&'a str>>,
+    body: Vec<&'a str>,
     meta: Vec<Option<String>>,
     ts: Vec<i64>,
     offset: Vec<i64>,
+}
+
+impl<'a> MessageColumns<'a> {
+    fn new(messages: &BTreeMap<(&'a str, u64), (u64, &'a MessageData)>) -> Self {
+        let mut columns = Self::default();
+        for ((team, seq), (offset, d)) in messages {
+            columns.team.push(team);
+            columns.seq.push(*seq as i64);
+            columns.id.push(&d.id);
+            columns.client_id.push(&d.client_id);
+            columns.user_id.push(&d.user);
+            columns.name.push(d.name.as_deref());
+            columns.body.push(&d.body);
+            columns.meta.push(d.meta.as_ref().map(|m| m.to_string()));
+            columns.ts.push(d.ts);
+            columns.offset.push(*offset as i64);
+        }
+        columns
+    }
+}
+
+/// The charged events, column by column, for the credit ledger.
+#[derive(Default)]
+struct LedgerColumns<'a> {
+    team: Vec<&'a str>,
+    offset: Vec<i64>,
+    user_id: Vec<&'a str>,
+    kind: Vec<&'static str>,
+    cost: Vec<i64>,
+}
+
+impl<'a> LedgerColumns<'a> {
+    fn new(mut events: Vec<&'a StreamEvent>) -> Self {
+        // Rows are locked in one order in every transaction, so concurrent workers cannot
+        // deadlock on them.
+        events.sort_by(|a, b| (&a.team, a.offset).cmp(&(&b.team, b.offset)));
+        let mut columns = Self::default();
+        for event in events {
+            columns.team.push(&event.team);
+            columns.offset.push(event.offset as i64);
+            columns.user_id.push(event.data.user());
+            columns.kind.push(event.kind().as_str());
+            columns.cost.push(event.cost as i64);
+        }
+        columns
+    }
 }
 
 /// The batch's changes, one per key: one statement may not touch a row twice.
@@ -104,103 +150,120 @@ impl Store {
         }
     }
 
-    /// Writes one batch in one transaction.
+    /// Writes one batch in one transaction: usually four statements (messages with their
+    /// credits, the teams' rows locked, the watermarks moved) between BEGIN and COMMIT.
     pub async fn write_batch<E: Borrow<Entry>>(&self, batch: &[E]) -> anyhow::Result<()> {
         let mut changes = Changes::default();
         let mut charges: Vec<&StreamEvent> = Vec::new();
-        let (mut sync_team, mut sync_offset) = (Vec::new(), Vec::new());
-        let (mut dead_stream, mut dead_id, mut dead_fields, mut dead_error) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut synced: Vec<(&str, i64)> = Vec::with_capacity(batch.len());
+        let mut dead: Vec<(&Entry, &str)> = Vec::new();
         for entry in batch {
             let entry: &Entry = entry.borrow();
             let event = match &entry.event {
                 Ok(event) => event,
                 Err(error) => {
-                    dead_stream.push(entry.stream.clone());
-                    dead_id.push(entry.id.clone());
-                    dead_fields.push(entry.fields.to_string());
-                    dead_error.push(error.clone());
+                    dead.push((entry, error));
                     if let Some((team, offset)) = &entry.position {
-                        sync_team.push(team.clone());
-                        sync_offset.push(*offset as i64);
+                        synced.push((team, *offset as i64));
                     }
                     continue;
                 }
             };
-            sync_team.push(event.team.clone());
-            sync_offset.push(event.offset as i64);
+            synced.push((&event.team, event.offset as i64));
             changes.add(event);
             if event.cost > 0 {
                 charges.push(event);
             }
         }
-        let mut messages = MessageColumns::default();
-        for ((team, seq), (offset, d)) in &changes.messages {
-            messages.team.push(team.to_string());
-            messages.seq.push(*seq as i64);
-            messages.id.push(d.id.clone());
-            messages.client_id.push(d.client_id.clone());
-            messages.user_id.push(d.user.clone());
-            messages.name.push(d.name.clone());
-            messages.body.push(d.body.clone());
-            messages.meta.push(d.meta.as_ref().map(|m| m.to_string()));
-            messages.ts.push(d.ts);
-            messages.offset.push(*offset as i64);
-        }
+        let messages = MessageColumns::new(&changes.messages);
+        let ledger = LedgerColumns::new(charges);
 
         let mut tx = self.pool.begin().await?;
-        if !messages.team.is_empty() {
-            sqlx::query(
-                // A row already there is either this message (redelivered: nothing to do) or
-                // the placeholder of an edit or delete that arrived first: fill it in, keeping
-                // the newer edit's body and a deletion.
-                r#"INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version)
-                   SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o
-                   FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                               $7::text[], $8::text[], $9::int8[], $10::int8[])
-                        AS x(t, s, i, c, u, n, b, md, ts, o)
-                   ON CONFLICT (team, seq) DO UPDATE SET
-                       id = EXCLUDED.id, client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
-                       name = EXCLUDED.name, meta = EXCLUDED.meta, ts = EXCLUDED.ts, "offset" = EXCLUDED."offset",
-                       body = CASE WHEN m.deleted THEN '' WHEN m.version > EXCLUDED.version THEN m.body
-                                   ELSE EXCLUDED.body END,
-                       version = GREATEST(m.version, EXCLUDED.version)
-                   WHERE m.id IS NULL"#,
-            )
-            .bind(&messages.team)
-            .bind(&messages.seq)
-            .bind(&messages.id)
-            .bind(&messages.client_id)
-            .bind(&messages.user_id)
-            .bind(&messages.name)
-            .bind(&messages.body)
-            .bind(&messages.meta)
-            .bind(&messages.ts)
-            .bind(&messages.offset)
-            .execute(&mut *tx)
-            .await?;
+        if !messages.team.is_empty() || !ledger.team.is_empty() {
+            store_messages_and_charges(&mut tx, &messages, &ledger).await?;
         }
         write_amendments(&mut tx, &changes).await?;
-        charge(&mut tx, &charges).await?;
-        if !sync_team.is_empty() {
-            advance_watermarks(&mut tx, &sync_team, &sync_offset).await?;
+        if !synced.is_empty() {
+            advance_watermarks(&mut tx, &synced).await?;
         }
-        if !dead_id.is_empty() {
+        if !dead.is_empty() {
+            let (mut stream, mut id, mut fields, mut error) = (vec![], vec![], vec![], vec![]);
+            for (entry, why) in dead {
+                stream.push(entry.stream.as_str());
+                id.push(entry.id.as_str());
+                fields.push(entry.fields_json().to_string());
+                error.push(why);
+            }
             sqlx::query(
                 "INSERT INTO dead_letters (stream, entry_id, fields, error)
                  SELECT s, i, f::jsonb, e FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(s, i, f, e)
                  ON CONFLICT DO NOTHING",
             )
-            .bind(&dead_stream)
-            .bind(&dead_id)
-            .bind(&dead_fields)
-            .bind(&dead_error)
+            .bind(&stream)
+            .bind(&id)
+            .bind(&fields)
+            .bind(&error)
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The batch's messages, its credit ledger rows and the users' balances, in one statement
+/// (one round trip).
+///
+/// A message row already there is either this message (redelivered: nothing to do) or the
+/// placeholder of an edit or delete that arrived first: it is filled in, keeping the newer
+/// edit's body and a deletion. A redelivered event finds its ledger row and is not charged
+/// twice: only new ledger rows are added to the balances.
+async fn store_messages_and_charges(
+    tx: &mut sqlx::PgConnection,
+    messages: &MessageColumns<'_>,
+    ledger: &LedgerColumns<'_>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        r#"WITH stored AS (
+               INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version)
+               SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o
+               FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::text[], $8::text[], $9::int8[], $10::int8[])
+                    AS x(t, s, i, c, u, n, b, md, ts, o)
+               ON CONFLICT (team, seq) DO UPDATE SET
+                   id = EXCLUDED.id, client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
+                   name = EXCLUDED.name, meta = EXCLUDED.meta, ts = EXCLUDED.ts, "offset" = EXCLUDED."offset",
+                   body = CASE WHEN m.deleted THEN '' WHEN m.version > EXCLUDED.version THEN m.body
+                               ELSE EXCLUDED.body END,
+                   version = GREATEST(m.version, EXCLUDED.version)
+               WHERE m.id IS NULL),
+           charged AS (
+               INSERT INTO credit_ledger (team, "offset", user_id, kind, cost)
+               SELECT * FROM UNNEST($11::text[], $12::int8[], $13::text[], $14::text[], $15::int8[])
+               ON CONFLICT DO NOTHING
+               RETURNING user_id, cost)
+           INSERT INTO credit_balances (user_id, used)
+           SELECT user_id, sum(cost) FROM charged GROUP BY user_id ORDER BY user_id
+           ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used"#,
+    )
+    .bind(&messages.team)
+    .bind(&messages.seq)
+    .bind(&messages.id)
+    .bind(&messages.client_id)
+    .bind(&messages.user_id)
+    .bind(&messages.name)
+    .bind(&messages.body)
+    .bind(&messages.meta)
+    .bind(&messages.ts)
+    .bind(&messages.offset)
+    .bind(&ledger.team)
+    .bind(&ledger.offset)
+    .bind(&ledger.user_id)
+    .bind(&ledger.kind)
+    .bind(&ledger.cost)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Whether PostgreSQL refused the data itself (SQLSTATE classes 22 and 23): trying the
@@ -250,62 +313,23 @@ impl Store {
         )
         .bind(&entry.stream)
         .bind(&entry.id)
-        .bind(entry.fields.to_string())
+        .bind(entry.fields_json().to_string())
         .bind(error)
         .execute(&mut *tx)
         .await?;
-        if let Some((team, offset)) = position {
-            advance_watermarks(&mut tx, &[team], &[offset as i64]).await?;
+        if let Some((team, offset)) = &position {
+            advance_watermarks(&mut tx, &[(team, *offset as i64)]).await?;
         }
         // Its credits were counted when it was appended: the ledger counts them too.
         if let Ok(event) = &entry.event
             && event.cost > 0
         {
-            charge(&mut tx, &[event]).await?;
+            let ledger = LedgerColumns::new(vec![event]);
+            store_messages_and_charges(&mut tx, &MessageColumns::default(), &ledger).await?;
         }
         tx.commit().await?;
         Ok(())
     }
-}
-
-/// Writes a ledger row per charged event and adds the new rows' costs to the users'
-/// balances, in one statement: a redelivered event finds its ledger row and is not
-/// charged twice.
-async fn charge(tx: &mut sqlx::PgConnection, events: &[&StreamEvent]) -> sqlx::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    // Rows are locked in one order in every transaction, so concurrent workers cannot
-    // deadlock on them.
-    let mut events = events.to_vec();
-    events.sort_by(|a, b| (&a.team, a.offset).cmp(&(&b.team, b.offset)));
-    let (mut team, mut offset, mut user, mut kind, mut cost) =
-        (vec![], vec![], vec![], vec![], vec![]);
-    for event in events {
-        team.push(event.team.clone());
-        offset.push(event.offset as i64);
-        user.push(event.data.user().to_owned());
-        kind.push(event.kind().as_str());
-        cost.push(event.cost as i64);
-    }
-    sqlx::query(
-        r#"WITH new AS (
-               INSERT INTO credit_ledger (team, "offset", user_id, kind, cost)
-               SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::int8[])
-               ON CONFLICT DO NOTHING
-               RETURNING user_id, cost)
-           INSERT INTO credit_balances (user_id, used)
-           SELECT user_id, sum(cost) FROM new GROUP BY user_id ORDER BY user_id
-           ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used"#,
-    )
-    .bind(&team)
-    .bind(&offset)
-    .bind(&user)
-    .bind(&kind)
-    .bind(&cost)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
 }
 
 /// Edits (newest offset wins, never over a deletion), deletes (final, whatever the order)
@@ -386,61 +410,81 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
 /// are locked (in team order, against deadlocks) before the watermark is computed: the
 /// statements after the lock see every offset committed by the transactions before it, and
 /// a transaction whose offsets were not yet visible advances the watermark itself.
+///
+/// The usual case takes two statements: the lock, and the watermark jumping over the
+/// batch's run of offsets right after it. `synced_ahead` is written and read only for a
+/// team whose offsets are not such a run or that has offsets waiting there.
 async fn advance_watermarks(
     tx: &mut sqlx::PgConnection,
-    teams: &[String],
-    offsets: &[i64],
+    synced: &[(&str, i64)],
 ) -> sqlx::Result<()> {
-    // Per team: the batch's lowest and highest offset and how many distinct ones.
+    // Per team: the batch's distinct offsets.
     let mut seen: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
-    for (team, offset) in teams.iter().zip(offsets) {
-        seen.entry(team.as_str()).or_default().insert(*offset);
+    for (team, offset) in synced {
+        seen.entry(team).or_default().insert(*offset);
     }
-    let runs: BTreeMap<&str, (i64, i64, i64)> = seen
-        .iter()
-        .map(|(team, offsets)| {
-            let (low, high) = (*offsets.first().unwrap(), *offsets.last().unwrap());
-            (*team, (low, high, offsets.len() as i64))
-        })
-        .collect();
-    let distinct: Vec<&str> = runs.keys().copied().collect();
+    let teams: Vec<&str> = seen.keys().copied().collect();
+    // Creates missing rows and locks them all, in team order (a no-op update locks the
+    // row as FOR UPDATE would, and also one a concurrent transaction is inserting).
     sqlx::query(
-        "INSERT INTO team_sync (team) SELECT * FROM UNNEST($1::text[]) ON CONFLICT DO NOTHING",
+        "INSERT INTO team_sync (team) SELECT * FROM UNNEST($1::text[])
+         ON CONFLICT (team) DO UPDATE SET synced_offset = team_sync.synced_offset",
     )
-    .bind(&distinct)
+    .bind(&teams)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("SELECT team FROM team_sync WHERE team = ANY($1) ORDER BY team FOR UPDATE")
-        .bind(&distinct)
-        .execute(&mut *tx)
-        .await?;
-    // The usual case: a team's offsets in the batch are a run that starts right after its
-    // watermark. The watermark jumps to the run's end; the run never touches synced_ahead.
+    // A team whose offsets in the batch are a run starting right after its watermark:
+    // the watermark jumps to the run's end.
     let (mut run_team, mut run_low, mut run_high) = (Vec::new(), Vec::new(), Vec::new());
-    for (team, (low, high, count)) in &runs {
-        if high - low + 1 == *count {
+    for (team, offsets) in &seen {
+        let (low, high) = (*offsets.first().unwrap(), *offsets.last().unwrap());
+        if high - low + 1 == offsets.len() as i64 {
             run_team.push(*team);
-            run_low.push(*low);
-            run_high.push(*high);
+            run_low.push(low);
+            run_high.push(high);
         }
     }
-    let advanced: Vec<String> = sqlx::query_scalar(
-        "UPDATE team_sync t SET synced_offset = x.high
-         FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(team, low, high)
-         WHERE t.team = x.team AND t.synced_offset = x.low - 1
-         RETURNING t.team",
+    let outcome: Vec<(String, bool)> = sqlx::query_as(
+        "WITH advanced AS (
+             UPDATE team_sync t SET synced_offset = x.high
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(team, low, high)
+             WHERE t.team = x.team AND t.synced_offset = x.low - 1
+             RETURNING t.team)
+         SELECT team, true FROM advanced
+         UNION ALL
+         SELECT DISTINCT team, false FROM synced_ahead WHERE team = ANY($4)",
     )
     .bind(&run_team)
     .bind(&run_low)
     .bind(&run_high)
+    .bind(&teams)
     .fetch_all(&mut *tx)
     .await?;
+    let advanced: Vec<&str> = outcome
+        .iter()
+        .filter(|(_, advanced)| *advanced)
+        .map(|(team, _)| team.as_str())
+        .collect();
     let (mut ahead_team, mut ahead_offset) = (Vec::new(), Vec::new());
-    for (team, offset) in teams.iter().zip(offsets) {
+    for (team, offsets) in &seen {
         if !advanced.contains(team) {
-            ahead_team.push(team.as_str());
-            ahead_offset.push(*offset);
+            for offset in offsets {
+                ahead_team.push(*team);
+                ahead_offset.push(*offset);
+            }
         }
+    }
+    // Teams whose offsets wait in synced_ahead now, this batch's or others'.
+    let mut waiting: Vec<&str> = outcome
+        .iter()
+        .filter(|(_, advanced)| !advanced)
+        .map(|(team, _)| team.as_str())
+        .chain(ahead_team.iter().copied())
+        .collect();
+    waiting.sort_unstable();
+    waiting.dedup();
+    if waiting.is_empty() {
+        return Ok(());
     }
     if !ahead_team.is_empty() {
         sqlx::query(
@@ -452,7 +496,7 @@ async fn advance_watermarks(
         .execute(&mut *tx)
         .await?;
     }
-    // Offsets other transactions left past a gap may now follow on.
+    // Offsets waiting past a gap may now follow on.
     sqlx::query(
         r#"UPDATE team_sync ts SET synced_offset = adv.top
            FROM (SELECT s.team, max(a."offset") AS top
@@ -465,14 +509,14 @@ async fn advance_watermarks(
                  GROUP BY s.team) adv
            WHERE ts.team = adv.team"#,
     )
-    .bind(&distinct)
+    .bind(&waiting)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         r#"DELETE FROM synced_ahead a USING team_sync s
            WHERE a.team = s.team AND s.team = ANY($1) AND a."offset" <= s.synced_offset"#,
     )
-    .bind(&distinct)
+    .bind(&waiting)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -2,7 +2,6 @@
 //! PostgreSQL before its message, redelivered entries, and receipts in any order all end
 //! in the same rows.
 
-use serde_json::json;
 use teamchat_shared::event::{ActorData, EditData, EventData, MessageData, StreamEvent};
 use teamchat_testkit::TestEnv;
 use teamchat_worker::ingest::Entry;
@@ -20,7 +19,7 @@ fn entry(offset: u64, seq: u64, data: EventData) -> Entry {
             data,
             cost: 0,
         }),
-        fields: json!({}),
+        fields: Vec::new(),
         position: Some(("t".into(), offset)),
         deliveries: 1,
     }
