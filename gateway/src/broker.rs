@@ -17,6 +17,14 @@ use teamchat_shared::stream;
 /// How long `message:send` dedupe keys live (PROTOCOL.md: within 24 h).
 const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
 
+/// Where a team's stream stands: its epoch (which changes when the stream was lost and
+/// started anew) and the offset of its newest event.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Top {
+    pub epoch: String,
+    pub offset: u64,
+}
+
 #[derive(Clone)]
 pub struct Broker {
     conn: ConnectionManager,
@@ -194,24 +202,31 @@ impl Broker {
         })
     }
 
-    /// The offset of the team's newest durable event.
-    pub async fn top_offset(&self, team: &str) -> redis::RedisResult<u64> {
-        let offset: Option<u64> = self
-            .conn
-            .clone()
-            .hget(self.keys.team_meta(team), "offset")
-            .await?;
-        Ok(offset.unwrap_or(0))
+    /// The team's stream epoch and the offset of its newest durable event.
+    pub async fn top_offset(&self, team: &str) -> redis::RedisResult<Top> {
+        let mut tops = self.top_offsets(&[team.to_owned()]).await?;
+        Ok(tops.pop().unwrap_or_default())
     }
 
-    /// The top offsets of many teams in one round trip (0 for a team with none).
-    pub async fn top_offsets(&self, teams: &[String]) -> redis::RedisResult<Vec<u64>> {
+    /// The epochs and top offsets of many teams in one round trip (an empty epoch and 0
+    /// for a team with none).
+    pub async fn top_offsets(&self, teams: &[String]) -> redis::RedisResult<Vec<Top>> {
         let mut pipe = redis::pipe();
         for team in teams {
-            pipe.hget(self.keys.team_meta(team), "offset");
+            pipe.cmd("HMGET")
+                .arg(self.keys.team_meta(team))
+                .arg("epoch")
+                .arg("offset");
         }
-        let tops: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(tops.into_iter().map(Option::unwrap_or_default).collect())
+        let tops: Vec<(Option<String>, Option<u64>)> =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(tops
+            .into_iter()
+            .map(|(epoch, offset)| Top {
+                epoch: epoch.unwrap_or_default(),
+                offset: offset.unwrap_or_default(),
+            })
+            .collect())
     }
 
     /// The team's events with offsets in `from..=to` that the stream still holds, in order.

@@ -17,7 +17,7 @@ use tracing::{error, warn};
 
 use teamchat_shared::metrics as m;
 
-use crate::broker::{Broker, TeamState};
+use crate::broker::{Broker, TeamState, Top};
 use crate::writer::{OutFrame, Outbound};
 
 /// A connection in a room.
@@ -54,8 +54,8 @@ pub enum RoomCmd {
     },
     /// Read the stream beyond the last delivered offset now (pub/sub may have missed some).
     CatchUp,
-    /// The stream's top offset, from the gateway's periodic check of all rooms.
-    Top(u64),
+    /// The stream's epoch and top offset, from the gateway's periodic check of all rooms.
+    Top(Top),
     Shutdown,
 }
 
@@ -480,14 +480,17 @@ impl Room {
     }
 
     /// Compares the stream's top with what was delivered: reads what is missing, or, if
-    /// the top went back, checks whether the stream was lost and started anew.
-    async fn on_top(&mut self, top: u64) {
+    /// the stream is another one (a new epoch) or its top went back, checks whether it was
+    /// lost and started anew. A new stream's offsets do not follow the old one's, even
+    /// when they are higher.
+    async fn on_top(&mut self, top: Top) {
         if self.epoch.is_empty() || self.members.is_empty() {
             return;
         }
-        if top > self.last {
-            self.fill(self.last + 1, top).await;
-        } else if top < self.last {
+        let same_stream = top.epoch.is_empty() || top.epoch == self.epoch;
+        if same_stream && top.offset > self.last {
+            self.fill(self.last + 1, top.offset).await;
+        } else if !same_stream || top.offset < self.last {
             match self.broker.team_state(&self.team).await {
                 Ok(state) if self.reset_if_new_epoch(&state.epoch) => self.last = state.offset,
                 Ok(_) => {}

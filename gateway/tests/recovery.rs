@@ -195,3 +195,58 @@ async fn a_lost_team_stream_closes_1012_and_rejoining_is_not_recovered() {
         "offsets start again under the new epoch"
     );
 }
+
+/// The tail check reads what pub/sub did not bring. If the team's stream was lost and a
+/// new one has already grown past the room's position meanwhile, its events are not the
+/// next ones of the old stream: members are closed with 1012, not given them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tail_check_notices_a_reset_stream_that_grew_past_the_room() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let gateway = common::gateway(&env, &["--tail-check-ms=50"]).await;
+    let mut reader = Client::connect(common::addr(&gateway), &env.token("reader", &["t"])).await;
+    let old_epoch = reader.join("t").await["epoch"].as_str().unwrap().to_owned();
+    let mut writer = Client::connect(common::addr(&gateway), &env.token("writer", &["t"])).await;
+    writer.join("t").await;
+    writer.send_message("t", "m1", "before the loss").await;
+    assert_eq!(reader.expect("message:new").await["offset"], "1");
+
+    // The stream is lost and a new one (another epoch) gets three events whose
+    // notifications never arrive: only the tail check can find them.
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let _: () = redis
+        .del(&[keys.team_meta("t"), keys.team_events("t")])
+        .await
+        .unwrap();
+    for n in 1..=3u64 {
+        let data = json!({"id": format!("n{n}"), "client_id": format!("n{n}"), "user": "writer",
+                          "body": "in the new stream", "ts": 1});
+        let fields = [
+            ("k", "message".to_owned()),
+            ("seq", n.to_string()),
+            ("src", "elsewhere".to_owned()),
+            ("d", data.to_string()),
+        ];
+        let _: String = redis
+            .xadd(keys.team_events("t"), format!("{n}-0"), &fields)
+            .await
+            .unwrap();
+    }
+    let meta = [
+        ("epoch", format!("{old_epoch}-new")),
+        ("offset", "3".into()),
+        ("seq", "3".into()),
+    ];
+    let _: () = redis
+        .hset_multiple(keys.team_meta("t"), &meta)
+        .await
+        .unwrap();
+
+    let (code, frames) = reader.close_code().await;
+    assert_eq!(code, 1012, "frames before the close: {frames:?}");
+    assert!(
+        frames.iter().all(|f| f["type"] != "message:new"),
+        "no event of the new stream delivered as if it followed: {frames:?}"
+    );
+}
