@@ -150,37 +150,53 @@ async fn write_batches(
 ) -> anyhow::Result<()> {
     let mut writes = FuturesUnordered::new();
     let mut reading = true;
+    // Set when the writer must stop: the writes in flight still finish (a write dropped
+    // halfway could leave its connection inside a transaction), unacked.
+    let mut stopping: Option<anyhow::Result<()>> = None;
     // Also while idle, so the last entries acked are trimmed and the gauges stay current.
     let mut trim = tokio::time::interval(Duration::from_millis(config.trim_every_ms.max(1)));
     trim.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     trim.reset();
     loop {
+        let taking = reading && stopping.is_none();
         tokio::select! {
-            batch = received.recv(), if reading && writes.len() < config.write_concurrency as usize => {
+            batch = received.recv(), if taking && writes.len() < config.write_concurrency as usize => {
                 match batch {
                     Some(batch) => writes.push(write_chunk(store, batch, config.max_deliveries, shutdown)),
                     None => reading = false,
                 }
             }
             Some((batch, written)) = writes.next() => {
+                if stopping.is_some() {
+                    continue;
+                }
                 let Some(dead) = written else {
                     // Shutdown while PostgreSQL fails: the rest stays pending.
-                    return Ok(());
+                    stopping = Some(Ok(()));
+                    continue;
                 };
                 let dead: Vec<(&Entry, String)> =
                     dead.into_iter().map(|(i, error)| (&batch[i], error)).collect();
-                ingest.publish_dead_letters(&dead).await?;
-                ingest.ack(&batch).await?;
+                let acked = match ingest.publish_dead_letters(&dead).await {
+                    Ok(()) => ingest.ack(&batch).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = acked {
+                    stopping = Some(Err(e));
+                }
             }
-            _ = trim.tick(), if reading => {
-                let pending = ingest.trim_acked().await?;
-                metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64);
+            _ = trim.tick(), if taking => {
+                let trimmed = ingest.trim_acked().await;
+                match trimmed {
+                    Ok(pending) => metrics::gauge!(m::PENDING_ENTRIES).set(pending as f64),
+                    Err(e) => stopping = Some(Err(e)),
+                }
                 match unsynced_credits(ingest, store).await {
                     Ok(unsynced) => metrics::gauge!(m::UNSYNCED_CREDITS).set(unsynced as f64),
                     Err(e) => warn!(error = %e, "unsynced credits not measured"),
                 }
             }
-            else => return Ok(()),
+            else => return stopping.unwrap_or(Ok(())),
         }
     }
 }
@@ -198,8 +214,12 @@ async fn store_batch(
     let mut chunks = batch.chunks(config.batch_size.max(1));
     let mut writes = FuturesUnordered::new();
     let mut stopped = false;
+    // After a Redis error the writes in flight still finish (see write_batches), unacked.
+    let mut failed = None;
     loop {
-        while writes.len() < config.write_concurrency as usize
+        while !stopped
+            && failed.is_none()
+            && writes.len() < config.write_concurrency as usize
             && let Some(chunk) = chunks.next()
         {
             writes.push(write_chunk(store, chunk, config.max_deliveries, shutdown));
@@ -211,14 +231,23 @@ async fn store_batch(
             stopped = true;
             continue;
         };
+        if failed.is_some() {
+            continue;
+        }
         let dead: Vec<(&Entry, String)> = dead
             .into_iter()
             .map(|(i, error)| (&chunk[i], error))
             .collect();
-        ingest.publish_dead_letters(&dead).await?;
-        ingest.ack(chunk).await?;
+        let acked = match ingest.publish_dead_letters(&dead).await {
+            Ok(()) => ingest.ack(chunk).await,
+            Err(e) => Err(e),
+        };
+        failed = acked.err();
     }
-    Ok(!stopped)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(!stopped),
+    }
 }
 
 /// `write`, returning the batch with its outcome (for the ack): the dead-lettered
