@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
@@ -150,8 +150,11 @@ impl Store {
         }
     }
 
-    /// Writes one batch in one transaction: usually four statements (messages with their
-    /// credits, the teams' rows locked, the watermarks moved) between BEGIN and COMMIT.
+    /// Writes one batch atomically: in the usual case one statement (messages, credits and
+    /// watermarks) in its own transaction, a single round trip. Edits, deletes, receipts
+    /// and dead letters add statements to that transaction. Offsets the watermark cannot
+    /// cover yet (past a gap) are recorded afterwards in a second transaction: until then
+    /// the watermark only stays lower than it could be, which is always safe.
     pub async fn write_batch<E: Borrow<Entry>>(&self, batch: &[E]) -> anyhow::Result<()> {
         let mut changes = Changes::default();
         let mut charges: Vec<&StreamEvent> = Vec::new();
@@ -177,54 +180,117 @@ impl Store {
         }
         let messages = MessageColumns::new(&changes.messages);
         let ledger = LedgerColumns::new(charges);
+        let runs = TeamOffsets::new(&synced);
+        let alone = changes.edits.is_empty()
+            && changes.deletes.is_empty()
+            && changes.receipts.is_empty()
+            && dead.is_empty();
 
-        let mut tx = self.pool.begin().await?;
-        if !messages.team.is_empty() || !ledger.team.is_empty() {
-            store_messages_and_charges(&mut tx, &messages, &ledger).await?;
+        let mut conn = self.pool.acquire().await?;
+        let watermarks = if alone {
+            store(&mut conn, &messages, &ledger, &runs).await?
+        } else {
+            let mut tx = conn.begin().await?;
+            let watermarks = store(&mut tx, &messages, &ledger, &runs).await?;
+            write_amendments(&mut tx, &changes).await?;
+            write_dead_letters(&mut tx, &dead).await?;
+            tx.commit().await?;
+            watermarks
+        };
+        // Teams whose offsets in this batch the watermark does not cover, or with offsets
+        // of other batches waiting past a gap that may now follow on.
+        let behind: Vec<(&str, i64)> = synced
+            .iter()
+            .filter(|(team, _)| {
+                watermarks.iter().any(|(t, watermark, waiting)| {
+                    t == team && (*waiting || *watermark < runs.teams[team].high)
+                })
+            })
+            .copied()
+            .collect();
+        if !behind.is_empty() {
+            let mut tx = conn.begin().await?;
+            record_synced(&mut tx, &behind).await?;
+            tx.commit().await?;
         }
-        write_amendments(&mut tx, &changes).await?;
-        if !synced.is_empty() {
-            advance_watermarks(&mut tx, &synced).await?;
-        }
-        if !dead.is_empty() {
-            let (mut stream, mut id, mut fields, mut error) = (vec![], vec![], vec![], vec![]);
-            for (entry, why) in dead {
-                stream.push(entry.stream.as_str());
-                id.push(entry.id.as_str());
-                fields.push(entry.fields_json().to_string());
-                error.push(why);
-            }
-            sqlx::query(
-                "INSERT INTO dead_letters (stream, entry_id, fields, error)
-                 SELECT s, i, f::jsonb, e FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(s, i, f, e)
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&stream)
-            .bind(&id)
-            .bind(&fields)
-            .bind(&error)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 }
 
-/// The batch's messages, its credit ledger rows and the users' balances, in one statement
-/// (one round trip).
+/// Each team's offsets in a batch.
+struct TeamOffsets<'a> {
+    teams: BTreeMap<&'a str, Run>,
+}
+
+struct Run {
+    low: i64,
+    high: i64,
+    /// Whether the offsets are every one from `low` to `high`.
+    contiguous: bool,
+}
+
+impl<'a> TeamOffsets<'a> {
+    fn new(synced: &[(&'a str, i64)]) -> Self {
+        let mut seen: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
+        for (team, offset) in synced {
+            seen.entry(team).or_default().insert(*offset);
+        }
+        let teams = seen
+            .into_iter()
+            .map(|(team, offsets)| {
+                let (low, high) = (*offsets.first().unwrap(), *offsets.last().unwrap());
+                let contiguous = high - low + 1 == offsets.len() as i64;
+                (
+                    team,
+                    Run {
+                        low,
+                        high,
+                        contiguous,
+                    },
+                )
+            })
+            .collect();
+        Self { teams }
+    }
+}
+
+/// The batch's messages, its credit ledger rows, the users' balances and the teams'
+/// watermarks, in one statement. Returns each team's watermark after it and whether
+/// offsets wait past a gap.
 ///
 /// A message row already there is either this message (redelivered: nothing to do) or the
 /// placeholder of an edit or delete that arrived first: it is filled in, keeping the newer
 /// edit's body and a deletion. A redelivered event finds its ledger row and is not charged
-/// twice: only new ledger rows are added to the balances.
-async fn store_messages_and_charges(
-    tx: &mut sqlx::PgConnection,
+/// twice: only new ledger rows are added to the balances. A team's watermark jumps over
+/// the batch's offsets when they are a run that starts at or before the offset after it;
+/// the team rows are locked first (in team order, then the balances in user order, in
+/// every transaction: no deadlocks) and the watermark is compared on the newest row.
+async fn store(
+    conn: &mut sqlx::PgConnection,
     messages: &MessageColumns<'_>,
     ledger: &LedgerColumns<'_>,
-) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"WITH stored AS (
+    runs: &TeamOffsets<'_>,
+) -> sqlx::Result<Vec<(String, i64, bool)>> {
+    let (mut team, mut low, mut high, mut contiguous) = (vec![], vec![], vec![], vec![]);
+    for (t, run) in &runs.teams {
+        team.push(*t);
+        low.push(run.low);
+        high.push(run.high);
+        contiguous.push(run.contiguous);
+    }
+    sqlx::query_as(
+        r#"WITH synced AS (
+               INSERT INTO team_sync AS w (team, synced_offset)
+               SELECT t, CASE WHEN r AND l <= 1 THEN h ELSE 0 END
+               FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::bool[]) AS x(t, l, h, r)
+               ORDER BY t
+               ON CONFLICT (team) DO UPDATE SET synced_offset = (
+                   SELECT CASE WHEN r AND l <= w.synced_offset + 1 THEN GREATEST(h, w.synced_offset)
+                               ELSE w.synced_offset END
+                   FROM UNNEST($16::text[], $17::int8[], $18::int8[], $19::bool[]) AS y(t, l, h, r)
+                   WHERE y.t = EXCLUDED.team)
+               RETURNING w.team, w.synced_offset, w.waiting),
+           stored AS (
                INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version)
                SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o
                FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
@@ -241,10 +307,12 @@ async fn store_messages_and_charges(
                INSERT INTO credit_ledger (team, "offset", user_id, kind, cost)
                SELECT * FROM UNNEST($11::text[], $12::int8[], $13::text[], $14::text[], $15::int8[])
                ON CONFLICT DO NOTHING
-               RETURNING user_id, cost)
-           INSERT INTO credit_balances (user_id, used)
-           SELECT user_id, sum(cost) FROM charged GROUP BY user_id ORDER BY user_id
-           ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used"#,
+               RETURNING user_id, cost),
+           balanced AS (
+               INSERT INTO credit_balances (user_id, used)
+               SELECT user_id, sum(cost) FROM charged GROUP BY user_id ORDER BY user_id
+               ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used)
+           SELECT team, synced_offset, waiting FROM synced"#,
     )
     .bind(&messages.team)
     .bind(&messages.seq)
@@ -261,6 +329,37 @@ async fn store_messages_and_charges(
     .bind(&ledger.user_id)
     .bind(&ledger.kind)
     .bind(&ledger.cost)
+    .bind(&team)
+    .bind(&low)
+    .bind(&high)
+    .bind(&contiguous)
+    .fetch_all(&mut *conn)
+    .await
+}
+
+async fn write_dead_letters(
+    tx: &mut sqlx::PgConnection,
+    dead: &[(&Entry, &str)],
+) -> sqlx::Result<()> {
+    if dead.is_empty() {
+        return Ok(());
+    }
+    let (mut stream, mut id, mut fields, mut error) = (vec![], vec![], vec![], vec![]);
+    for (entry, why) in dead {
+        stream.push(entry.stream.as_str());
+        id.push(entry.id.as_str());
+        fields.push(entry.fields_json().to_string());
+        error.push(*why);
+    }
+    sqlx::query(
+        "INSERT INTO dead_letters (stream, entry_id, fields, error)
+         SELECT s, i, f::jsonb, e FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) AS x(s, i, f, e)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(&stream)
+    .bind(&id)
+    .bind(&fields)
+    .bind(&error)
     .execute(&mut *tx)
     .await?;
     Ok(())
@@ -317,15 +416,17 @@ impl Store {
         .bind(error)
         .execute(&mut *tx)
         .await?;
+        // Team rows before balances, as in every transaction.
         if let Some((team, offset)) = &position {
-            advance_watermarks(&mut tx, &[(team, *offset as i64)]).await?;
+            record_synced(&mut tx, &[(team, *offset as i64)]).await?;
         }
         // Its credits were counted when it was appended: the ledger counts them too.
         if let Ok(event) = &entry.event
             && event.cost > 0
         {
             let ledger = LedgerColumns::new(vec![event]);
-            store_messages_and_charges(&mut tx, &MessageColumns::default(), &ledger).await?;
+            let runs = TeamOffsets::new(&[]);
+            store(&mut tx, &MessageColumns::default(), &ledger, &runs).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -403,88 +504,37 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
     Ok(())
 }
 
-/// Records the batch's offsets and moves each team's contiguous watermark
-/// (`team_sync.synced_offset`) as far as the offsets synced so far allow.
+/// Records synced offsets that the watermark may not cover yet and moves each team's
+/// contiguous watermark (`team_sync.synced_offset`) as far as the offsets synced so far
+/// allow.
 ///
-/// Workers commit out of order, so offsets past a gap wait in `synced_ahead`. The team rows
-/// are locked (in team order, against deadlocks) before the watermark is computed: the
-/// statements after the lock see every offset committed by the transactions before it, and
-/// a transaction whose offsets were not yet visible advances the watermark itself.
-///
-/// The usual case takes two statements: the lock, and the watermark jumping over the
-/// batch's run of offsets right after it. `synced_ahead` is written and read only for a
-/// team whose offsets are not such a run or that has offsets waiting there.
-async fn advance_watermarks(
-    tx: &mut sqlx::PgConnection,
-    synced: &[(&str, i64)],
-) -> sqlx::Result<()> {
-    // Per team: the batch's distinct offsets.
-    let mut seen: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
+/// Workers commit out of order, so offsets past a gap wait in `synced_ahead`, and the
+/// team row says so (`waiting`). The team rows are locked (in team order, against
+/// deadlocks) before anything is read: the statements after the lock see every offset
+/// committed by the transactions before it, and a transaction whose offsets were not yet
+/// visible to another moves the watermark itself.
+async fn record_synced(tx: &mut sqlx::PgConnection, synced: &[(&str, i64)]) -> sqlx::Result<()> {
+    let mut offsets: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
     for (team, offset) in synced {
-        seen.entry(team).or_default().insert(*offset);
+        offsets.entry(team).or_default().insert(*offset);
     }
-    let teams: Vec<&str> = seen.keys().copied().collect();
-    // Creates missing rows and locks them all, in team order (a no-op update locks the
-    // row as FOR UPDATE would, and also one a concurrent transaction is inserting).
-    sqlx::query(
+    let teams: Vec<&str> = offsets.keys().copied().collect();
+    // Creates missing rows and locks them all; a no-op update locks the row as FOR UPDATE
+    // would, and also one a concurrent transaction is inserting.
+    let watermarks: Vec<(String, i64)> = sqlx::query_as(
         "INSERT INTO team_sync (team) SELECT * FROM UNNEST($1::text[])
-         ON CONFLICT (team) DO UPDATE SET synced_offset = team_sync.synced_offset",
+         ON CONFLICT (team) DO UPDATE SET synced_offset = team_sync.synced_offset
+         RETURNING team, synced_offset",
     )
-    .bind(&teams)
-    .execute(&mut *tx)
-    .await?;
-    // A team whose offsets in the batch are a run starting right after its watermark:
-    // the watermark jumps to the run's end.
-    let (mut run_team, mut run_low, mut run_high) = (Vec::new(), Vec::new(), Vec::new());
-    for (team, offsets) in &seen {
-        let (low, high) = (*offsets.first().unwrap(), *offsets.last().unwrap());
-        if high - low + 1 == offsets.len() as i64 {
-            run_team.push(*team);
-            run_low.push(low);
-            run_high.push(high);
-        }
-    }
-    let outcome: Vec<(String, bool)> = sqlx::query_as(
-        "WITH advanced AS (
-             UPDATE team_sync t SET synced_offset = x.high
-             FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(team, low, high)
-             WHERE t.team = x.team AND t.synced_offset = x.low - 1
-             RETURNING t.team)
-         SELECT team, true FROM advanced
-         UNION ALL
-         SELECT DISTINCT team, false FROM synced_ahead WHERE team = ANY($4)",
-    )
-    .bind(&run_team)
-    .bind(&run_low)
-    .bind(&run_high)
     .bind(&teams)
     .fetch_all(&mut *tx)
     .await?;
-    let advanced: Vec<&str> = outcome
-        .iter()
-        .filter(|(_, advanced)| *advanced)
-        .map(|(team, _)| team.as_str())
-        .collect();
     let (mut ahead_team, mut ahead_offset) = (Vec::new(), Vec::new());
-    for (team, offsets) in &seen {
-        if !advanced.contains(team) {
-            for offset in offsets {
-                ahead_team.push(*team);
-                ahead_offset.push(*offset);
-            }
+    for (team, watermark) in &watermarks {
+        for offset in offsets[team.as_str()].range(watermark + 1..) {
+            ahead_team.push(team.as_str());
+            ahead_offset.push(*offset);
         }
-    }
-    // Teams whose offsets wait in synced_ahead now, this batch's or others'.
-    let mut waiting: Vec<&str> = outcome
-        .iter()
-        .filter(|(_, advanced)| !advanced)
-        .map(|(team, _)| team.as_str())
-        .chain(ahead_team.iter().copied())
-        .collect();
-    waiting.sort_unstable();
-    waiting.dedup();
-    if waiting.is_empty() {
-        return Ok(());
     }
     if !ahead_team.is_empty() {
         sqlx::query(
@@ -496,7 +546,7 @@ async fn advance_watermarks(
         .execute(&mut *tx)
         .await?;
     }
-    // Offsets waiting past a gap may now follow on.
+    // Waiting offsets that now follow on move the watermark.
     sqlx::query(
         r#"UPDATE team_sync ts SET synced_offset = adv.top
            FROM (SELECT s.team, max(a."offset") AS top
@@ -509,14 +559,19 @@ async fn advance_watermarks(
                  GROUP BY s.team) adv
            WHERE ts.team = adv.team"#,
     )
-    .bind(&waiting)
+    .bind(&teams)
     .execute(&mut *tx)
     .await?;
+    // Then what the watermark passed goes, and the rows say whether any offset still waits.
     sqlx::query(
-        r#"DELETE FROM synced_ahead a USING team_sync s
-           WHERE a.team = s.team AND s.team = ANY($1) AND a."offset" <= s.synced_offset"#,
+        r#"WITH passed AS (
+               DELETE FROM synced_ahead a USING team_sync s
+               WHERE a.team = s.team AND s.team = ANY($1) AND a."offset" <= s.synced_offset)
+           UPDATE team_sync s SET waiting = EXISTS (
+               SELECT 1 FROM synced_ahead a WHERE a.team = s.team AND a."offset" > s.synced_offset)
+           WHERE s.team = ANY($1)"#,
     )
-    .bind(&waiting)
+    .bind(&teams)
     .execute(&mut *tx)
     .await?;
     Ok(())
