@@ -30,7 +30,8 @@ pub struct Hub {
 
 struct RoomEntry {
     cmds: mpsc::UnboundedSender<RoomCmd>,
-    events: mpsc::Sender<Published>,
+    /// Boxed events: the channel allocates its slots per room.
+    events: mpsc::Sender<Box<Published>>,
     members: usize,
 }
 
@@ -74,7 +75,7 @@ impl Hub {
             self.open_room(team)
         });
         entry.members += 1;
-        let _ = entry.cmds.send(RoomCmd::Join(join));
+        let _ = entry.cmds.send(RoomCmd::Join(Box::new(join)));
     }
 
     /// Removes a connection from a team's room. With `reply`, the room sends `room:left`.
@@ -114,7 +115,7 @@ impl Hub {
     pub fn dispatch(&self, team: &str, published: Published) {
         let rooms = self.rooms.lock().expect("hub lock");
         if let Some(entry) = rooms.get(team) {
-            let _ = entry.events.try_send(published);
+            let _ = entry.events.try_send(Box::new(published));
         }
     }
 

@@ -43,7 +43,8 @@ pub struct Join {
 }
 
 pub enum RoomCmd {
-    Join(Join),
+    /// Boxed: the command channel allocates its slots by the largest variant, per room.
+    Join(Box<Join>),
     /// `reply: Some(rid)` sends `room:left` with that rid; `done` fires once the member is
     /// out, so nothing of this room follows `room:left`.
     Leave {
@@ -97,7 +98,7 @@ impl Room {
         mut self,
         subscribed: oneshot::Receiver<()>,
         mut cmds: mpsc::UnboundedReceiver<RoomCmd>,
-        mut events: mpsc::Receiver<Published>,
+        mut events: mpsc::Receiver<Box<Published>>,
     ) {
         let _ = subscribed.await;
         let mut presence = tokio::time::interval(self.presence_ttl / 3);
@@ -112,15 +113,15 @@ impl Room {
                     let mut joins = Vec::new();
                     for cmd in batch.drain(..) {
                         match cmd {
-                            RoomCmd::Join(join) => joins.push(join),
+                            RoomCmd::Join(join) => joins.push(*join),
                             other => {
                                 // Keep the order: joins queued before this go first.
-                                self.on_joins(std::mem::take(&mut joins)).await;
+                                Box::pin(self.on_joins(std::mem::take(&mut joins))).await;
                                 match other {
-                                    RoomCmd::CatchUp => self.check_top().await,
-                                    RoomCmd::Top(top) => self.on_top(top).await,
+                                    RoomCmd::CatchUp => Box::pin(self.check_top()).await,
+                                    RoomCmd::Top(top) => Box::pin(self.on_top(top)).await,
                                     RoomCmd::Leave { conn_id, session, reply, done } => {
-                                        self.on_leave(conn_id, &session, reply).await;
+                                        Box::pin(self.on_leave(conn_id, &session, reply)).await;
                                         if let Some(done) = done {
                                             let _ = done.send(());
                                         }
@@ -130,11 +131,11 @@ impl Room {
                             }
                         }
                     }
-                    self.on_joins(joins).await;
+                    Box::pin(self.on_joins(joins)).await;
                 }
-                Some(published) = events.recv() => self.on_published(published).await,
+                Some(published) = events.recv() => self.on_published(*published).await,
                 _ = sleep_until_next(&self.typing) => self.expire_typing(),
-                _ = presence.tick() => self.refresh_presence().await,
+                _ = presence.tick() => Box::pin(self.refresh_presence()).await,
             }
         }
     }
@@ -370,7 +371,7 @@ impl Room {
             // Before the first state read nobody is a member yet; otherwise a duplicate.
             return;
         }
-        if offset > self.last + 1 && !self.fill(self.last + 1, offset - 1).await {
+        if offset > self.last + 1 && !Box::pin(self.fill(self.last + 1, offset - 1)).await {
             // Deliver nothing past a gap; the periodic check retries the read.
             return;
         }
