@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::room::{Join, Room, RoomCmd};
+use crate::room::{Join, Leave, Room, RoomCmd};
 use crate::tail::{self, SubCmd};
 
 /// Published events buffered per room before the room must catch up from the stream.
@@ -92,12 +92,12 @@ impl Hub {
         let Some(entry) = rooms.get_mut(team) else {
             return;
         };
-        let _ = entry.cmds.send(RoomCmd::Leave {
+        let _ = entry.cmds.send(RoomCmd::Leave(Box::new(Leave {
             conn_id,
             session,
             reply,
             done,
-        });
+        })));
         entry.members -= 1;
         if entry.members == 0 {
             let _ = entry.cmds.send(RoomCmd::Shutdown);

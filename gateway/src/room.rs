@@ -42,17 +42,20 @@ pub struct Join {
     pub done: oneshot::Sender<Result<(), RequestError>>,
 }
 
+/// A member leaving. `reply: Some(rid)` sends `room:left` with that rid; `done` fires once
+/// the member is out, so nothing of this room follows `room:left`.
+pub struct Leave {
+    pub conn_id: u64,
+    pub session: Arc<str>,
+    pub reply: Option<Option<String>>,
+    pub done: Option<oneshot::Sender<()>>,
+}
+
+/// Joins and leaves are boxed: the command channel allocates its slots at the size of the
+/// largest variant, per room.
 pub enum RoomCmd {
-    /// Boxed: the command channel allocates its slots by the largest variant, per room.
     Join(Box<Join>),
-    /// `reply: Some(rid)` sends `room:left` with that rid; `done` fires once the member is
-    /// out, so nothing of this room follows `room:left`.
-    Leave {
-        conn_id: u64,
-        session: Arc<str>,
-        reply: Option<Option<String>>,
-        done: Option<oneshot::Sender<()>>,
-    },
+    Leave(Box<Leave>),
     /// Read the stream beyond the last delivered offset now (pub/sub may have missed some).
     CatchUp,
     /// The stream's epoch and top offset, from the gateway's periodic check of all rooms.
@@ -120,7 +123,8 @@ impl Room {
                                 match other {
                                     RoomCmd::CatchUp => Box::pin(self.check_top()).await,
                                     RoomCmd::Top(top) => Box::pin(self.on_top(top)).await,
-                                    RoomCmd::Leave { conn_id, session, reply, done } => {
+                                    RoomCmd::Leave(leave) => {
+                                        let Leave { conn_id, session, reply, done } = *leave;
                                         Box::pin(self.on_leave(conn_id, &session, reply)).await;
                                         if let Some(done) = done {
                                             let _ = done.send(());

@@ -94,7 +94,7 @@ pub async fn run(
         Err(error) => {
             metrics::counter!(m::AUTH_FAILURES, "reason" => error.label()).increment(1);
             let _ = queue
-                .send(Outbound::Close(error.close_code(), error.reason()))
+                .send(Outbound::close(error.close_code(), error.reason()))
                 .await;
             let _ = writer.await;
             return;
@@ -112,7 +112,7 @@ pub async fn run(
         Ok(true) => {}
         Ok(false) => {
             let _ = queue
-                .send(Outbound::Close(4029, "too many connections"))
+                .send(Outbound::close(4029, "too many connections"))
                 .await;
             let _ = writer.await;
             return;
@@ -199,7 +199,7 @@ impl Session {
             let control = control.clone();
             async move {
                 control
-                    .send(Outbound::Control(opcode, payload))
+                    .send(Outbound::control(opcode, payload))
                     .await
                     .map_err(|_| std::io::Error::other("writer gone"))
             }
@@ -291,7 +291,7 @@ impl Session {
             match frame.opcode {
                 OpCode::Ping => {
                     let pong =
-                        Outbound::Control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
+                        Outbound::control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
                     if self.queue.try_send(pong).is_err() {
                         self.signals.slow.cancel();
                         return;
@@ -309,7 +309,7 @@ impl Session {
 
     /// Queues a close frame and waits (briefly) for the writer to send it.
     async fn close(&self, code: u16, reason: &'static str) {
-        if self.queue.try_send(Outbound::Close(code, reason)).is_err() {
+        if self.queue.try_send(Outbound::close(code, reason)).is_err() {
             // The queue is full: the peer is not reading. The writer gives up on it.
             self.signals.slow.cancel();
         }

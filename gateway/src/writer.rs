@@ -55,15 +55,24 @@ pub enum Outbound {
     /// A frame for this connection only (replies, welcome). Boxed: the queue's slots are
     /// allocated 32 at a time per connection, at the size of the largest variant.
     Own(Box<ServerFrame>),
-    /// A control frame the reader owes the peer (pong, close echo).
-    Control(OpCode, Bytes),
+    /// A control frame the reader owes the peer (pong, close echo). Boxed, as is `Close`:
+    /// both are rare, and a small slot keeps every idle connection's queue small.
+    Control(Box<(OpCode, Bytes)>),
     /// Close the connection with this code; nothing is written after it.
-    Close(u16, &'static str),
+    Close(Box<(u16, &'static str)>),
 }
 
 impl Outbound {
     pub fn own(frame: ServerFrame) -> Self {
         Outbound::Own(Box::new(frame))
+    }
+
+    pub fn control(opcode: OpCode, payload: Bytes) -> Self {
+        Outbound::Control(Box::new((opcode, payload)))
+    }
+
+    pub fn close(code: u16, reason: &'static str) -> Self {
+        Outbound::Close(Box::new((code, reason)))
     }
 }
 
@@ -100,8 +109,8 @@ pub async fn run(
     let end = loop {
         let closed = tokio::select! {
             biased;
-            _ = signals.slow.cancelled() => push(&mut buffer, Outbound::Close(1013, "too slow"), encoding),
-            _ = signals.reset.cancelled() => push(&mut buffer, Outbound::Close(1012, "stream reset; rejoin with since"), encoding),
+            _ = signals.slow.cancelled() => push(&mut buffer, Outbound::close(1013, "too slow"), encoding),
+            _ = signals.reset.cancelled() => push(&mut buffer, Outbound::close(1012, "stream reset; rejoin with since"), encoding),
             item = queue.recv() => {
                 let Some(item) = item else { break WriterEnd::QueueDropped };
                 let mut closed = push(&mut buffer, item, encoding);
@@ -162,16 +171,19 @@ fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16
     match item {
         Outbound::Shared(frame) => push_frame(buffer, opcode, frame.bytes(encoding)),
         Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
-        Outbound::Control(OpCode::Close, payload) => {
-            push_frame(buffer, OpCode::Close, &payload);
-            return Some(
-                payload
-                    .get(..2)
-                    .map_or(1000, |b| u16::from_be_bytes([b[0], b[1]])),
-            );
+        Outbound::Control(control) => {
+            let (op, payload) = *control;
+            push_frame(buffer, op, &payload);
+            if op == OpCode::Close {
+                return Some(
+                    payload
+                        .get(..2)
+                        .map_or(1000, |b| u16::from_be_bytes([b[0], b[1]])),
+                );
+            }
         }
-        Outbound::Control(op, payload) => push_frame(buffer, op, &payload),
-        Outbound::Close(code, reason) => {
+        Outbound::Close(close) => {
+            let (code, reason) = *close;
             let mut payload = Vec::with_capacity(2 + reason.len());
             payload.extend_from_slice(&code.to_be_bytes());
             payload.extend_from_slice(reason.as_bytes());
