@@ -195,11 +195,24 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
 
     drop(conns);
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE {name} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
+    // An autovacuum worker may still be on the fresh tables, and this role may not end
+    // it: the drop is retried until the worker is done.
+    let mut attempts = 0;
+    loop {
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+        match dropped {
+            Ok(_) => break,
+            Err(_) if attempts < 120 => {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     crate::stack::clean_redis(&args.stack, &name).await?;
     Ok((rates, vec![lag]))
 }
