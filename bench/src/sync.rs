@@ -315,23 +315,35 @@ async fn measure_lag(
         .with("lag max ms", ms(1.0)))
 }
 
+/// Binds the rows' message columns as $1..$8 (team, seq, id, client_id, user, body, ts,
+/// offset), for the UNNEST inserts.
+trait BindMessages {
+    fn bind_messages(self, rows: &[Row]) -> Self;
+}
+
+impl<'q> BindMessages for sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    fn bind_messages(self, rows: &[Row]) -> Self {
+        let col = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
+        let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
+        self.bind(col(|r| r.team.clone()))
+            .bind(int(|r| r.seq))
+            .bind(col(|r| r.id.clone()))
+            .bind(col(|r| r.client_id.clone()))
+            .bind(col(|r| r.user.clone()))
+            .bind(col(|r| r.body.clone()))
+            .bind(int(|r| r.ts))
+            .bind(int(|r| r.offset))
+    }
+}
+
 async fn unnest(conn: &mut PgConnection, rows: &[Row]) -> sqlx::Result<()> {
-    let col = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
     sqlx::query(
         r#"INSERT INTO direct (team, seq, id, client_id, user_id, body, ts, "offset", version)
            SELECT t, s, i, c, u, b, ts, o, o FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
                                                   $6::text[], $7::int8[], $8::int8[]) AS x(t, s, i, c, u, b, ts, o)
            ON CONFLICT (team, seq) DO NOTHING"#,
     )
-    .bind(col(|r| r.team.clone()))
-    .bind(int(|r| r.seq))
-    .bind(col(|r| r.id.clone()))
-    .bind(col(|r| r.client_id.clone()))
-    .bind(col(|r| r.user.clone()))
-    .bind(col(|r| r.body.clone()))
-    .bind(int(|r| r.ts))
-    .bind(int(|r| r.offset))
+    .bind_messages(rows)
     .execute(conn)
     .await?;
     Ok(())
@@ -402,8 +414,6 @@ async fn copy(conn: &mut PgConnection, rows: &[Row]) -> sqlx::Result<()> {
 /// The messages with a credit ledger row each and the users' balances, in one statement
 /// as the worker writes them (its watermark bookkeeping aside).
 async fn with_credits(conn: &mut PgConnection, rows: &[Row], cost: u64) -> sqlx::Result<()> {
-    let col = |f: fn(&Row) -> String| rows.iter().map(f).collect::<Vec<_>>();
-    let int = |f: fn(&Row) -> i64| rows.iter().map(f).collect::<Vec<_>>();
     let charged = if cost > 0 { rows } else { &[] };
     sqlx::query(
         r#"WITH stored AS (
@@ -420,14 +430,7 @@ async fn with_credits(conn: &mut PgConnection, rows: &[Row], cost: u64) -> sqlx:
            SELECT user_id, sum(cost) FROM charged GROUP BY user_id ORDER BY user_id
            ON CONFLICT (user_id) DO UPDATE SET used = direct_balances.used + EXCLUDED.used"#,
     )
-    .bind(col(|r| r.team.clone()))
-    .bind(int(|r| r.seq))
-    .bind(col(|r| r.id.clone()))
-    .bind(col(|r| r.client_id.clone()))
-    .bind(col(|r| r.user.clone()))
-    .bind(col(|r| r.body.clone()))
-    .bind(int(|r| r.ts))
-    .bind(int(|r| r.offset))
+    .bind_messages(rows)
     .bind(charged.iter().map(|r| r.team.clone()).collect::<Vec<_>>())
     .bind(charged.iter().map(|r| r.offset).collect::<Vec<_>>())
     .bind(charged.iter().map(|r| r.user.clone()).collect::<Vec<_>>())
