@@ -15,6 +15,19 @@ async fn ack_of(client: &mut Client) -> serde_json::Value {
     }
 }
 
+/// Deletes the team's stream and meta, as a Redis restart without persistence would;
+/// returns the connection used.
+async fn lose_team_stream(env: &TestEnv, team: &str) -> redis::aio::MultiplexedConnection {
+    use redis::AsyncCommands;
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let _: () = redis
+        .del(&[keys.team_meta(team), keys.team_events(team)])
+        .await
+        .unwrap();
+    redis
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejoin_with_since_replays_the_missed_events_before_live_ones() {
     let env = TestEnv::new().await;
@@ -158,7 +171,6 @@ async fn a_connection_joins_at_most_max_rooms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_team_stream_closes_1012_and_rejoining_is_not_recovered() {
-    use redis::AsyncCommands;
     let env = TestEnv::new().await;
     let (g1, g2) = common::two_gateways(&env).await;
     let mut reader = Client::connect(g1.addr(), &env.token("reader", &["t"])).await;
@@ -170,12 +182,7 @@ async fn a_lost_team_stream_closes_1012_and_rejoining_is_not_recovered() {
     let seen = reader.expect("message:new").await;
 
     // Redis loses the team's stream and meta (say, a restart without persistence).
-    let keys = env.keys();
-    let mut redis = env.redis().await;
-    let _: () = redis
-        .del(&[keys.team_meta("t"), keys.team_events("t")])
-        .await
-        .unwrap();
+    lose_team_stream(&env, "t").await;
     // The writer's own connection is closed too (its ack may or may not come first).
     writer
         .send(json!({"type":"message:send","team":"t","client_id":"m2","body":"after the loss"}))
@@ -214,11 +221,7 @@ async fn the_tail_check_notices_a_reset_stream_that_grew_past_the_room() {
     // The stream is lost and a new one (another epoch) gets three events whose
     // notifications never arrive: only the tail check can find them.
     let keys = env.keys();
-    let mut redis = env.redis().await;
-    let _: () = redis
-        .del(&[keys.team_meta("t"), keys.team_events("t")])
-        .await
-        .unwrap();
+    let mut redis = lose_team_stream(&env, "t").await;
     for n in 1..=3u64 {
         let data = json!({"id": format!("n{n}"), "client_id": format!("n{n}"), "user": "writer",
                           "body": "in the new stream", "ts": 1});
