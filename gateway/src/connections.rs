@@ -28,24 +28,44 @@ impl Connections {
         self.open.lock().expect("connections lock").remove(session);
     }
 
-    fn snapshot(&self) -> Vec<(Arc<str>, Arc<str>)> {
+    /// The connections of one slice out of `slices` (a stable split by session id).
+    fn slice(&self, slice: u64, slices: u64) -> Vec<(Arc<str>, Arc<str>)> {
         let open = self.open.lock().expect("connections lock");
         open.iter()
+            .filter(|(session, _)| slice_of(session, slices) == slice)
             .map(|(session, user)| (user.clone(), session.clone()))
             .collect()
     }
 }
 
-/// Refreshes every connection's entry a few times per TTL, in one pipeline.
+/// Refreshes of the whole set spread over each period: refreshing every connection in
+/// one pipeline kept Redis busy for tens of milliseconds every period, which every
+/// message appended meanwhile waited for (p99.9 at 500 msg/s: 30 ms against 4–5 ms).
+const REFRESH_SLICES: u64 = 16;
+
+fn slice_of(session: &str, slices: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    session.hash(&mut hasher);
+    hasher.finish() % slices
+}
+
+/// Refreshes every connection's entry three times per TTL, one slice of them at a time,
+/// each slice in one pipeline.
 pub async fn refresh(state: Arc<AppState>) {
     let ttl = state.config.presence_ttl_ms.max(30);
-    let mut every = tokio::time::interval(Duration::from_millis(ttl / 3));
+    let period = Duration::from_millis(ttl / 3);
+    let mut every = tokio::time::interval(period / REFRESH_SLICES as u32);
+    let mut tick: u64 = 0;
     loop {
         tokio::select! {
             _ = every.tick() => {}
             _ = state.shutdown.cancelled() => return,
         }
-        let connections = state.connections.snapshot();
+        let connections = state
+            .connections
+            .slice(tick % REFRESH_SLICES, REFRESH_SLICES);
+        tick += 1;
         if connections.is_empty() {
             continue;
         }

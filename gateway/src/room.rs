@@ -104,7 +104,11 @@ impl Room {
         mut events: mpsc::Receiver<Box<Published>>,
     ) {
         let _ = subscribed.await;
-        let mut presence = tokio::time::interval(self.presence_ttl / 3);
+        // Rooms opened together (a gateway's start, a join storm) would refresh together:
+        // each starts at a random point of the period, so Redis sees a steady trickle.
+        let every = self.presence_ttl / 3;
+        let first = every.mul_f64(rand::random::<f64>());
+        let mut presence = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
         presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
         loop {
