@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
-use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
+use teamchat_shared::protocol::{ErrorCode, PresenceEntry, RequestError, ServerFrame, Since};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,10 @@ pub struct Member {
     /// Cancelled when the team's stream was lost: its writer closes with 1012.
     pub reset: CancellationToken,
 }
+
+/// What a join reads from Redis: the replay (`Some(None)`: cannot be replayed) and who
+/// is online.
+type JoinReads = (Option<Option<Vec<StreamEvent>>>, Vec<PresenceEntry>);
 
 /// A join request. The room sends `room:joined` (and any replay) into the member's queue
 /// before any live event, then answers `done`.
@@ -176,39 +180,18 @@ impl Room {
             }
             return;
         }
-        for join in joins {
-            let replay = match &join.since {
-                None => None,
-                Some(since) => match self
-                    .replay_since(since, &state, join.member.queue.capacity())
-                    .await
-                {
-                    Ok(replay) => Some(replay),
-                    Err(e) => {
-                        {
-                            metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
-                            warn!(error = %e, team = %self.team, "replay: Redis unavailable")
-                        };
-                        self.refuse_unavailable(join);
-                        continue;
-                    }
-                },
-            };
-            let member = &join.member;
-            let online = self.broker.presence_join(
-                &self.team,
-                &member.session,
-                &member.user,
-                member.name.as_deref(),
-                self.presence_ttl.as_millis() as u64,
-            );
-            let online = match online.await {
-                Ok(online) => online,
-                Err(e) => {
-                    {
-                        metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
-                        warn!(error = %e, team = %self.team, "presence: Redis unavailable")
-                    };
+        // Each join's reads (its replay, the presence entry) run at once: the multiplexed
+        // connection pipelines them, so a storm of joins costs round trips per batch, not
+        // per join.
+        let reads =
+            futures_util::future::join_all(joins.iter().map(|join| self.join_reads(join, &state)))
+                .await;
+        for (join, read) in joins.into_iter().zip(reads) {
+            let (replay, online) = match read {
+                Ok(read) => read,
+                Err((what, e)) => {
+                    metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                    warn!(error = %e, team = %self.team, "{what}: Redis unavailable");
                     self.refuse_unavailable(join);
                     continue;
                 }
@@ -244,6 +227,36 @@ impl Room {
             }
             let _ = join.done.send(Ok(()));
         }
+    }
+
+    /// A join's reads: the events it missed (if it came with `since`; `Some(None)` when
+    /// they cannot be replayed) and who is online, after adding the member.
+    async fn join_reads(
+        &self,
+        join: &Join,
+        state: &TeamState,
+    ) -> Result<JoinReads, (&'static str, redis::RedisError)> {
+        let replay = match &join.since {
+            None => None,
+            Some(since) => Some(
+                self.replay_since(since, state, join.member.queue.capacity())
+                    .await
+                    .map_err(|e| ("replay", e))?,
+            ),
+        };
+        let member = &join.member;
+        let online = self
+            .broker
+            .presence_join(
+                &self.team,
+                &member.session,
+                &member.user,
+                member.name.as_deref(),
+                self.presence_ttl.as_millis() as u64,
+            )
+            .await
+            .map_err(|e| ("presence", e))?;
+        Ok((replay, online))
     }
 
     /// Answers a join that storage could not serve: `room:error` `unavailable`.
