@@ -270,18 +270,19 @@ impl Broker {
         call
     }
 
-    /// Marks a session online in a team; returns who is online now, one entry per user
-    /// (earliest `since`). Publishes `presence:update` online if it is the user's first.
+    /// Marks sessions (`session`, `user`, `name`) online in a team, a batch of joins in one
+    /// call; returns who is online now, one entry per user (earliest `since`). Publishes
+    /// `presence:update` online for each user whose first session it is.
     pub async fn presence_join(
         &self,
         team: &str,
-        session: &str,
-        user: &str,
-        name: Option<&str>,
+        joining: &[(&str, &str, Option<&str>)],
         ttl_ms: u64,
     ) -> redis::RedisResult<Vec<PresenceEntry>> {
         let mut call = self.presence_call(team, "join", now_ms(), ttl_ms);
-        call.arg(session).arg(user).arg(name.unwrap_or_default());
+        for (session, user, name) in joining {
+            call.arg(session).arg(user).arg(name.unwrap_or_default());
+        }
         let entries: Vec<String> = call.invoke_async(&mut self.conn.clone()).await?;
         let mut users: BTreeMap<String, PresenceEntry> = BTreeMap::new();
         for entry in entries {

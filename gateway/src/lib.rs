@@ -12,6 +12,7 @@ pub mod dev;
 pub mod history;
 pub mod hub;
 pub mod limits;
+pub mod presence_batch;
 pub mod receipts;
 pub mod room;
 pub mod server;

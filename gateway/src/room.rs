@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
-use teamchat_shared::protocol::{ErrorCode, PresenceEntry, RequestError, ServerFrame, Since};
+use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -18,6 +18,7 @@ use tracing::{error, warn};
 use teamchat_shared::metrics as m;
 
 use crate::broker::{Broker, TeamState, Top};
+use crate::presence_batch::{PresenceBatch, PresenceChange};
 use crate::writer::{OutFrame, Outbound};
 
 /// A connection in a room.
@@ -32,10 +33,6 @@ pub struct Member {
     /// Cancelled when the team's stream was lost: its writer closes with 1012.
     pub reset: CancellationToken,
 }
-
-/// What a join reads from Redis: the replay (`Some(None)`: cannot be replayed) and who
-/// is online.
-type JoinReads = (Option<Option<Vec<StreamEvent>>>, Vec<PresenceEntry>);
 
 /// A join request. The room sends `room:joined` (and any replay) into the member's queue
 /// before any live event, then answers `done`.
@@ -74,6 +71,8 @@ pub struct Room {
     presence_ttl: Duration,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
     typing: HashMap<String, Instant>,
+    /// Presence changes not yet sent to the members.
+    presence_out: PresenceBatch,
     epoch: String,
     /// Offset of the newest event delivered to the members.
     last: u64,
@@ -93,6 +92,7 @@ impl Room {
             typing_timeout,
             presence_ttl,
             typing: HashMap::new(),
+            presence_out: PresenceBatch::default(),
             epoch: String::new(),
             last: 0,
             members: Vec::new(),
@@ -115,6 +115,8 @@ impl Room {
         let mut presence = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
         presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut batch = Vec::new();
+        let mut published = Vec::new();
+        let mut events_open = true;
         loop {
             tokio::select! {
                 received = cmds.recv_many(&mut batch, 256) => {
@@ -145,8 +147,18 @@ impl Room {
                     }
                     Box::pin(self.on_joins(joins)).await;
                 }
-                Some(published) = events.recv() => self.on_published(*published).await,
-                _ = sleep_until_next(&self.typing) => self.expire_typing(),
+                received = events.recv_many(&mut published, 256), if events_open => {
+                    events_open = received > 0;
+                    for event in published.drain(..) {
+                        self.on_published(*event).await;
+                    }
+                    // Presence changes of this burst go out together (or when due).
+                    if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
+                        self.send_presence();
+                    }
+                }
+                _ = sleep_until(self.presence_out.due()) => self.send_presence(),
+                _ = sleep_until(self.typing.values().min().copied()) => self.expire_typing(),
                 _ = presence.tick() => Box::pin(self.refresh_presence()).await,
             }
         }
@@ -180,22 +192,52 @@ impl Room {
             }
             return;
         }
-        // Each join's reads (its replay, the presence entry) run at once: the multiplexed
-        // connection pipelines them, so a storm of joins costs round trips per batch, not
-        // per join.
-        let reads =
-            futures_util::future::join_all(joins.iter().map(|join| self.join_reads(join, &state)))
-                .await;
-        for (join, read) in joins.into_iter().zip(reads) {
-            let (replay, online) = match read {
-                Ok(read) => read,
-                Err((what, e)) => {
-                    metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
-                    warn!(error = %e, team = %self.team, "{what}: Redis unavailable");
-                    self.refuse_unavailable(join);
-                    continue;
+        // The joins' replays are read at once (the multiplexed connection pipelines them),
+        // then the joiners are marked online in one call, whose list of who is online they
+        // all share: a storm of joins costs round trips per batch, not per join.
+        let replays = futures_util::future::join_all(
+            joins
+                .iter()
+                .map(|join| self.replay_for(join, &state, join.member.queue.capacity())),
+        )
+        .await;
+        let mut ready = Vec::with_capacity(joins.len());
+        for (join, replay) in joins.into_iter().zip(replays) {
+            match replay {
+                Ok(replay) => ready.push((join, replay)),
+                Err(e) => self.refuse(join, "replay", &e),
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let joining: Vec<_> = ready
+            .iter()
+            .map(|(join, _)| {
+                let member = &join.member;
+                (&*member.session, &*member.user, member.name.as_deref())
+            })
+            .collect();
+        let ttl = self.presence_ttl.as_millis() as u64;
+        let online = match self.broker.presence_join(&self.team, &joining, ttl).await {
+            Ok(online) => online,
+            Err(e) => {
+                for (join, _) in ready {
+                    self.refuse(join, "presence", &e);
                 }
-            };
+                return;
+            }
+        };
+        drop(joining);
+        let list = OutFrame::new(ServerFrame::PresenceList {
+            team: self.team.clone(),
+            users: online,
+        });
+        let receipts = OutFrame::new(ServerFrame::ReceiptList {
+            team: self.team.clone(),
+            receipts: state.receipts.clone(),
+        });
+        for (join, replay) in ready {
             let joined = ServerFrame::RoomJoined {
                 team: self.team.clone(),
                 epoch: state.epoch.clone(),
@@ -210,16 +252,16 @@ impl Room {
                 let frame = OutFrame::new(ServerFrame::from_event(&event));
                 ok = ok && member.queue.try_send(Outbound::Shared(frame)).is_ok();
             }
-            let list = ServerFrame::PresenceList {
-                team: self.team.clone(),
-                users: online,
-            };
-            ok = ok && member.queue.try_send(Outbound::own(list)).is_ok();
-            let receipts = ServerFrame::ReceiptList {
-                team: self.team.clone(),
-                receipts: state.receipts.clone(),
-            };
-            ok = ok && member.queue.try_send(Outbound::own(receipts)).is_ok();
+            ok = ok
+                && member
+                    .queue
+                    .try_send(Outbound::Shared(list.clone()))
+                    .is_ok();
+            ok = ok
+                && member
+                    .queue
+                    .try_send(Outbound::Shared(receipts.clone()))
+                    .is_ok();
             if ok {
                 self.members.push(member);
             } else {
@@ -229,34 +271,25 @@ impl Room {
         }
     }
 
-    /// A join's reads: the events it missed (if it came with `since`; `Some(None)` when
-    /// they cannot be replayed) and who is online, after adding the member.
-    async fn join_reads(
+    /// What a join missed, if it came with `since`: `Some(None)` when that cannot be
+    /// replayed.
+    async fn replay_for(
         &self,
         join: &Join,
         state: &TeamState,
-    ) -> Result<JoinReads, (&'static str, redis::RedisError)> {
-        let replay = match &join.since {
-            None => None,
-            Some(since) => Some(
-                self.replay_since(since, state, join.member.queue.capacity())
-                    .await
-                    .map_err(|e| ("replay", e))?,
-            ),
-        };
-        let member = &join.member;
-        let online = self
-            .broker
-            .presence_join(
-                &self.team,
-                &member.session,
-                &member.user,
-                member.name.as_deref(),
-                self.presence_ttl.as_millis() as u64,
-            )
-            .await
-            .map_err(|e| ("presence", e))?;
-        Ok((replay, online))
+        room_in_queue: usize,
+    ) -> redis::RedisResult<Option<Option<Vec<StreamEvent>>>> {
+        match &join.since {
+            None => Ok(None),
+            Some(since) => Ok(Some(self.replay_since(since, state, room_in_queue).await?)),
+        }
+    }
+
+    /// Answers a join whose reads failed: `room:error` `unavailable`.
+    fn refuse(&self, join: Join, what: &str, e: &redis::RedisError) {
+        metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+        warn!(error = %e, team = %self.team, "{what}: Redis unavailable");
+        self.refuse_unavailable(join);
     }
 
     /// Answers a join that storage could not serve: `room:error` `unavailable`.
@@ -343,22 +376,18 @@ impl Room {
         };
         // Sessions that expired while this gateway could not refresh them (a Redis outage
         // longer than the TTL): they are online again, and others hear so.
-        for member in self
+        let rejoining: Vec<_> = self
             .members
             .iter()
             .filter(|m| missing.iter().any(|s| **s == *m.session))
-        {
-            let rejoined = self.broker.presence_join(
-                &self.team,
-                &member.session,
-                &member.user,
-                member.name.as_deref(),
-                ttl,
-            );
-            if let Err(e) = rejoined.await {
-                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
-                warn!(error = %e, team = %self.team, "presence rejoin: Redis unavailable");
-            }
+            .map(|m| (&*m.session, &*m.user, m.name.as_deref()))
+            .collect();
+        if rejoining.is_empty() {
+            return;
+        }
+        if let Err(e) = self.broker.presence_join(&self.team, &rejoining, ttl).await {
+            metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+            warn!(error = %e, team = %self.team, "presence rejoin: Redis unavailable");
         }
     }
 
@@ -376,14 +405,22 @@ impl Room {
                 src,
                 user,
             } => {
-                return self.on_presence(user, "online", &src);
+                return self.presence_out.push(PresenceChange {
+                    user,
+                    status: "online",
+                    src,
+                });
             }
             Published::Ephemeral {
                 kind: Ephemeral::PresenceOffline,
                 src,
                 user,
             } => {
-                return self.on_presence(user, "offline", &src);
+                return self.presence_out.push(PresenceChange {
+                    user,
+                    status: "offline",
+                    src,
+                });
             }
             Published::Ephemeral { kind, user, .. } => return self.on_typing(kind, user),
         };
@@ -392,6 +429,8 @@ impl Room {
             // Before the first state read nobody is a member yet; otherwise a duplicate.
             return;
         }
+        // Presence heard before this event is sent before it, as it was heard.
+        self.send_presence();
         if offset > self.last + 1 && !Box::pin(self.fill(self.last + 1, offset - 1)).await {
             // Deliver nothing past a gap; the periodic check retries the read.
             return;
@@ -426,17 +465,49 @@ impl Room {
         self.send_to_others(frame);
     }
 
-    /// Relays a presence change to every member but the connection that caused it.
-    fn on_presence(&mut self, user: String, status: &'static str, src: &str) {
-        let frame = OutFrame::new(ServerFrame::PresenceUpdate {
-            team: self.team.clone(),
-            user,
-            status,
-        });
+    /// Sends the pending presence changes to every member, as one queued batch each; the
+    /// connection that caused a change does not hear it.
+    fn send_presence(&mut self) {
+        let changes = self.presence_out.take(Instant::now());
+        if changes.is_empty() || self.members.is_empty() {
+            return;
+        }
+        let frames: Vec<Arc<OutFrame>> = changes
+            .iter()
+            .map(|change| {
+                OutFrame::new(ServerFrame::PresenceUpdate {
+                    team: self.team.clone(),
+                    user: change.user.clone(),
+                    status: change.status,
+                })
+            })
+            .collect();
+        let caused: HashMap<&str, u32> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, change)| (change.src.as_str(), i as u32))
+            .collect();
+        let frames = Arc::new(frames);
         let mut sent = 0;
-        self.members
-            .retain(|member| *member.session == *src || offer(member, &frame, &mut sent));
-        count_out(&frame, sent);
+        self.members.retain(|member| {
+            let skip = caused.get(&*member.session).copied();
+            if skip.is_some() && frames.len() == 1 {
+                return true;
+            }
+            let batch = Outbound::Batch(frames.clone(), skip.unwrap_or(u32::MAX));
+            match member.queue.try_send(batch) {
+                Ok(()) => {
+                    sent += frames.len() - usize::from(skip.is_some());
+                    true
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    member.slow.cancel();
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+        count_out(&frames[0], sent);
     }
 
     fn expire_typing(&mut self) {
@@ -592,10 +663,10 @@ fn offer(member: &Member, frame: &Arc<OutFrame>, sent: &mut usize) -> bool {
     }
 }
 
-/// Resolves when the earliest typing stop is due; never when nobody types.
-async fn sleep_until_next(typing: &HashMap<String, Instant>) {
-    match typing.values().min() {
-        Some(due) => tokio::time::sleep_until(*due).await,
+/// Resolves at `due`; never without one.
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
     }
 }

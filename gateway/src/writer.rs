@@ -52,6 +52,9 @@ impl OutFrame {
 pub enum Outbound {
     /// A frame shared with other recipients.
     Shared(Arc<OutFrame>),
+    /// Frames shared with other recipients, queued together (one slot for a burst); the
+    /// frame at the second index, if any, is not this connection's to hear (it caused it).
+    Batch(Arc<Vec<Arc<OutFrame>>>, u32),
     /// A frame for this connection only (replies, welcome). Boxed: the queue's slots are
     /// allocated 32 at a time per connection, at the size of the largest variant.
     Own(Box<ServerFrame>),
@@ -61,6 +64,9 @@ pub enum Outbound {
     /// Close the connection with this code; nothing is written after it.
     Close(Box<(u16, &'static str)>),
 }
+
+// Every connection's queue allocates its slots at this size: keep it two words.
+const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
 
 impl Outbound {
     pub fn own(frame: ServerFrame) -> Self {
@@ -170,6 +176,13 @@ fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16
     };
     match item {
         Outbound::Shared(frame) => push_frame(buffer, opcode, frame.bytes(encoding)),
+        Outbound::Batch(frames, skip) => {
+            for (i, frame) in frames.iter().enumerate() {
+                if i != skip as usize {
+                    push_frame(buffer, opcode, frame.bytes(encoding));
+                }
+            }
+        }
         Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
         Outbound::Control(control) => {
             let (op, payload) = *control;

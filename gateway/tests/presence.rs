@@ -1,9 +1,12 @@
 //! Presence across gateways: the list on join, online when a user's first connection
 //! appears, offline when the last goes, also when their gateway is killed; and the limit
-//! on connections per user across gateways (4029).
+//! on connections per user across gateways (4029); a storm of joins and leaves.
 
 mod common;
 
+use std::collections::BTreeSet;
+
+use futures_util::future::join_all;
 use serde_json::{Value, json};
 use teamchat_testkit::{Client, TestEnv};
 
@@ -54,6 +57,68 @@ async fn presence_follows_a_users_first_and_last_connection_across_gateways() {
         update,
         json!({"type":"presence:update","team":"t","user":"ben","status":"offline"})
     );
+}
+
+/// Applies a `presence:update` to a member's view of who is online.
+fn apply(view: &mut BTreeSet<String>, update: &Value) {
+    assert_eq!(update["team"], "t", "{update}");
+    let user = update["user"].as_str().unwrap().to_owned();
+    match update["status"].as_str() {
+        Some("online") => view.insert(user),
+        Some("offline") => view.remove(&user),
+        other => panic!("unexpected status {other:?}"),
+    };
+}
+
+/// Every join is news to every member: a storm of them is sent in batches, so members
+/// whose queues hold far fewer frames than there are joins keep up, and each ends with the
+/// list it got plus the updates after it saying exactly who is online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_joins_and_leaves_leaves_every_member_knowing_who_is_online() {
+    const USERS: usize = 120;
+    let env = TestEnv::new().await;
+    let g1 = common::gateway(&env, &["--send-queue=16"]).await;
+    let g2 = common::gateway(&env, &["--send-queue=16"]).await;
+    let names: Vec<String> = (0..USERS).map(|n| format!("u{n:03}")).collect();
+    let clients = join_all(names.iter().enumerate().map(|(n, user)| {
+        let addr = if n % 2 == 0 { g1.addr() } else { g2.addr() };
+        let token = env.token(user, &["t"]);
+        async move {
+            let mut client = Client::connect(addr, &token).await;
+            client.send(json!({"type":"room:join","team":"t"})).await;
+            client.expect("room:joined").await;
+            let list = client.expect("presence:list").await;
+            client.expect("receipt:list").await;
+            (client, users(&list).into_iter().collect::<BTreeSet<_>>())
+        }
+    }))
+    .await;
+
+    let everyone: BTreeSet<String> = names.iter().cloned().collect();
+    let converge = |expected: BTreeSet<String>| {
+        move |(mut client, mut view): (Client, BTreeSet<String>)| {
+            let expected = expected.clone();
+            async move {
+                // A missing update times out here; a member closed for falling behind
+                // fails the read.
+                while view != expected {
+                    apply(&mut view, &client.expect("presence:update").await);
+                }
+                (client, view)
+            }
+        }
+    };
+    let clients = join_all(clients.into_iter().map(converge(everyone))).await;
+
+    // Every other user goes: the rest hear each of them leave.
+    let (stay, go): (Vec<_>, Vec<_>) = clients
+        .into_iter()
+        .enumerate()
+        .partition(|(n, _)| n % 2 == 1);
+    drop(go);
+    let stay: Vec<_> = stay.into_iter().map(|(_, client)| client).collect();
+    let remaining: BTreeSet<String> = names.iter().skip(1).step_by(2).cloned().collect();
+    join_all(stay.into_iter().map(converge(remaining))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 -- KEYS[3] users hash:    user -> live session count
 -- ARGV[1] operation: 'join' | 'leave' | 'tick'
 -- ARGV[2] now (ms)   ARGV[3] new expiry (ms)   ARGV[4] channel
--- join:  ARGV[5] session  ARGV[6] user  ARGV[7] name   -> returns HVALS of the sessions hash
+-- join:  ARGV[5..] session, user, name of each joining session (a batch of joins)
+--                                                       -> returns HVALS of the sessions hash
 -- leave: ARGV[5] session                                -> returns 1
 -- tick:  ARGV[5..] sessions still connected here         -> returns the ones it no longer
 --        had (expired while their gateway could not refresh): the gateway joins them again
@@ -34,11 +35,13 @@ for _, session in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
 end
 
 if op == 'join' then
-  local session, user, name = ARGV[5], ARGV[6], ARGV[7]
-  if redis.call('HSETNX', sessions, session, user .. '\n' .. name .. '\n' .. now) == 1 then
-    redis.call('ZADD', expiry, expires, session)
-    if redis.call('HINCRBY', users, user, 1) == 1 then
-      redis.call('PUBLISH', channel, '!presence:online\n' .. session .. '\n' .. user)
+  for i = 5, #ARGV - 2, 3 do
+    local session, user, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if redis.call('HSETNX', sessions, session, user .. '\n' .. name .. '\n' .. now) == 1 then
+      redis.call('ZADD', expiry, expires, session)
+      if redis.call('HINCRBY', users, user, 1) == 1 then
+        redis.call('PUBLISH', channel, '!presence:online\n' .. session .. '\n' .. user)
+      end
     end
   end
   return redis.call('HVALS', sessions)
