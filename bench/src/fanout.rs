@@ -224,7 +224,6 @@ async fn read_deliveries(
             Some(Err(error)) => return closed.record(error.to_string()),
             None => return closed.record("end of stream".to_owned()),
         };
-        frames.fetch_add(1, Ordering::Relaxed);
         let Message::Text(text) = message else {
             if let Message::Close(frame) = message {
                 let code = frame.map_or("no code".to_owned(), |f| u16::from(f.code).to_string());
@@ -232,6 +231,8 @@ async fn read_deliveries(
             }
             continue;
         };
+        // Data frames only: heartbeat pings never stop, the join storm's chatter does.
+        frames.fetch_add(1, Ordering::Relaxed);
         if !text.starts_with(r#"{"type":"message:new""#) {
             continue;
         }
