@@ -13,6 +13,7 @@ pub mod history;
 pub mod hub;
 pub mod limits;
 pub mod presence_batch;
+pub mod queue;
 pub mod receipts;
 pub mod room;
 pub mod server;

@@ -19,6 +19,7 @@ use teamchat_shared::metrics as m;
 
 use crate::broker::{Broker, TeamState, Top};
 use crate::presence_batch::{PresenceBatch, PresenceChange};
+use crate::queue::{self, TrySendError};
 use crate::writer::{OutFrame, Outbound};
 
 /// A connection in a room.
@@ -27,7 +28,7 @@ pub struct Member {
     pub session: Arc<str>,
     pub user: Arc<str>,
     pub name: Option<String>,
-    pub queue: mpsc::Sender<Outbound>,
+    pub queue: queue::Sender<Outbound>,
     /// Cancelled when the member's queue overflows: its writer closes with 1013.
     pub slow: CancellationToken,
     /// Cancelled when the team's stream was lost: its writer closes with 1012.
@@ -500,11 +501,11 @@ impl Room {
                     sent += frames.len() - usize::from(skip.is_some());
                     true
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(TrySendError::Full) => {
                     member.slow.cancel();
                     false
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(TrySendError::Closed) => false,
             }
         });
         count_out(&frames[0], sent);
@@ -655,11 +656,11 @@ fn offer(member: &Member, frame: &Arc<OutFrame>, sent: &mut usize) -> bool {
             *sent += 1;
             true
         }
-        Err(mpsc::error::TrySendError::Full(_)) => {
+        Err(TrySendError::Full) => {
             member.slow.cancel();
             false
         }
-        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(TrySendError::Closed) => false,
     }
 }
 

@@ -17,7 +17,9 @@ use teamchat_shared::protocol::{
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -25,6 +27,7 @@ use crate::AppState;
 use crate::auth::{AuthError, Claims};
 use crate::broker::AppendOutcome;
 use crate::limits::Operation;
+use crate::queue;
 use crate::receipts;
 use crate::room::{Join, Member};
 use crate::writer::{self, CloseSignals, Outbound};
@@ -39,10 +42,11 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 struct Session {
     state: Arc<AppState>,
     claims: Claims,
+    user: Arc<str>,
     conn_id: u64,
     session: Arc<str>,
     encoding: Encoding,
-    queue: mpsc::Sender<Outbound>,
+    queue: queue::Sender<Outbound>,
     signals: CloseSignals,
     joined: HashSet<String>,
     /// Teams this connection is typing in, so leaving or closing sends `typing:stop`.
@@ -57,18 +61,47 @@ struct Session {
     receipts: Option<receipts::Coalescer>,
 }
 
-/// Runs a connection from the upgrade to the close.
+/// What the read loop does after a frame.
+enum Flow {
+    Continue,
+    /// Queue a close with this code and wait (briefly) for the writer to send it.
+    Close(u16, &'static str),
+    /// The peer sent a close (echoed already): wait (briefly) for the writer.
+    PeerClosed,
+    /// Stop reading; the writer closes (1013) or has closed.
+    Stop,
+}
+
+/// What a connection reads from: bytes hyper read past the handshake, then the socket.
+type ReadHalf = tokio::io::Chain<Cursor<Bytes>, OwnedReadHalf>;
+
+/// Opens a connection after the upgrade (authentication, the per-user limit, welcome),
+/// then hands it to a task of its own that reads it until it closes: the task that lives
+/// as long as the connection carries none of the opening's state.
 pub async fn run(
     state: Arc<AppState>,
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
 ) {
+    if let Some((session, read, writer)) = open(state, upgraded, auth, encoding).await {
+        let sessions = session.state.sessions.clone();
+        sessions.spawn(session.serve(read, writer));
+    }
+}
+
+/// The opening: `None` when the connection was refused (and closed).
+async fn open(
+    state: Arc<AppState>,
+    upgraded: Upgraded,
+    auth: Result<Claims, AuthError>,
+    encoding: Encoding,
+) -> Option<(Session, ReadHalf, JoinHandle<writer::WriterEnd>)> {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => {
             warn!("upgraded connection is not a TCP stream");
-            return;
+            return None;
         }
     };
     let (read, write) = parts.io.into_inner().into_split();
@@ -78,7 +111,7 @@ pub async fn run(
     let early = Bytes::copy_from_slice(&parts.read_buf);
     drop(parts.read_buf);
     let read = Cursor::new(early).chain(read);
-    let (queue, queue_rx) = mpsc::channel(state.config.send_queue.max(2));
+    let (queue, queue_rx) = queue::bounded(state.config.send_queue.max(2));
     let signals = CloseSignals::default();
     let heartbeat = Duration::from_millis(state.config.heartbeat_ms.max(100));
     let writer = tokio::spawn(writer::run(
@@ -93,11 +126,10 @@ pub async fn run(
         Ok(claims) => claims,
         Err(error) => {
             metrics::counter!(m::AUTH_FAILURES, "reason" => error.label()).increment(1);
-            let _ = queue
-                .send(Outbound::close(error.close_code(), error.reason()))
-                .await;
+            // The queue is new: there is room.
+            let _ = queue.try_send(Outbound::close(error.close_code(), error.reason()));
             let _ = writer.await;
-            return;
+            return None;
         }
     };
 
@@ -106,16 +138,16 @@ pub async fn run(
     let user: Arc<str> = claims.sub.as_str().into();
     let ttl = state.config.presence_ttl_ms;
     let limit = state.config.max_connections_per_user;
-    // Boxed, like the other calls made once per connection: an idle connection's task
-    // should not carry their state.
-    match Box::pin(state.broker.connection_open(&user, &session_id, limit, ttl)).await {
+    match state
+        .broker
+        .connection_open(&user, &session_id, limit, ttl)
+        .await
+    {
         Ok(true) => {}
         Ok(false) => {
-            let _ = queue
-                .send(Outbound::close(4029, "too many connections"))
-                .await;
+            let _ = queue.try_send(Outbound::close(4029, "too many connections"));
             let _ = writer.await;
-            return;
+            return None;
         }
         // The limit protects; it is not worth refusing service while Redis is away.
         Err(e) => warn!(error = %e, "connection limit not checked: Redis unavailable"),
@@ -127,13 +159,14 @@ pub async fn run(
         heartbeat_ms: state.config.heartbeat_ms,
         max_frame: state.config.max_frame,
     };
-    let _ = queue.send(Outbound::own(welcome)).await;
+    let _ = queue.try_send(Outbound::own(welcome));
     metrics::counter!(m::CONNECTS).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
 
     let mut session = Session {
         state,
         claims,
+        user,
         conn_id,
         session: session_id,
         encoding,
@@ -147,163 +180,197 @@ pub async fn run(
         receipts: None,
     };
     session.expires_at = session.token_deadline(session.claims.exp);
-    session.read_loop(read, heartbeat).await;
-    for team in std::mem::take(&mut session.typing) {
-        Box::pin(session.publish_typing(&team, Ephemeral::TypingStop)).await;
-    }
-    for team in std::mem::take(&mut session.joined) {
-        session
-            .state
-            .hub
-            .leave(&team, conn_id, session.session.clone(), None, None);
-    }
-    metrics::gauge!(m::CONNECTIONS).decrement(1.0);
-    let state = session.state.clone();
-    state.connections.forget(&session.session);
-    if let Err(e) = Box::pin(state.broker.connection_close(&user, &session.session)).await {
-        debug!(error = %e, "connection entry left to expire");
-    }
-    drop(session);
-    // The writer ends once the queue is dropped; a peer that never reads cannot hold it.
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-        .await
-        .is_err()
-    {
-        writer.abort();
-    }
+    Some((session, read, writer))
 }
 
 impl Session {
-    async fn read_loop<R>(&mut self, read: R, heartbeat: Duration)
-    where
-        R: tokio::io::AsyncRead + Unpin,
-    {
+    /// Reads the connection until it closes, then lets go of it. Everything held across
+    /// the read loop's awaits is part of every idle connection: the closing is boxed.
+    async fn serve(mut self, read: ReadHalf, writer: JoinHandle<writer::WriterEnd>) {
+        self.read_loop(read).await;
+        Box::pin(self.finish(writer)).await;
+    }
+
+    /// After the read loop: typing stopped, rooms left, the connection forgotten, and the
+    /// writer given a moment to send what is queued (a peer that never reads cannot hold
+    /// it).
+    async fn finish(mut self, writer: JoinHandle<writer::WriterEnd>) {
+        for team in std::mem::take(&mut self.typing) {
+            self.publish_typing(&team, Ephemeral::TypingStop).await;
+        }
+        for team in std::mem::take(&mut self.joined) {
+            self.state
+                .hub
+                .leave(&team, self.conn_id, self.session.clone(), None, None);
+        }
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        let state = self.state.clone();
+        state.connections.forget(&self.session);
+        if let Err(e) = state
+            .broker
+            .connection_close(&self.user, &self.session)
+            .await
+        {
+            debug!(error = %e, "connection entry left to expire");
+        }
+        drop(self);
+        // The writer ends once the queue is dropped.
+        let mut writer = writer;
+        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+
+    /// Reads frames and carries out requests until the connection is to close. What is
+    /// live across this loop's awaits is in every idle connection: the work on a frame is
+    /// boxed (`on_frame`), and a close is queued at one place.
+    async fn read_loop(&mut self, read: ReadHalf) {
         let (mut ws, _) =
             fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
         ws.set_max_message_size(self.state.config.max_frame + 1);
-        // Pings are answered below, so that read_frame returns them and they count as
-        // traffic for the heartbeat.
+        // Pings are answered in `on_frame`, so that read_frame returns them and they count
+        // as traffic for the heartbeat.
         ws.set_auto_pong(false);
         // Fragments are collected here, not by fastwebsockets' collector, so that a
         // message's total size is capped while it arrives (1009), not only its frames'.
         let mut partial: Option<Vec<u8>> = None;
-        let limits = Limits {
-            max_body: self.state.config.max_body,
-            max_meta: self.state.config.max_meta,
-        };
-        let control = self.queue.clone();
-        // Pongs and close echoes the reader owes go through the writer's queue.
+        let (control, slow) = (self.queue.clone(), self.signals.slow.clone());
+        // Pongs and close echoes the reader owes go through the writer's queue; a peer
+        // that does not read them is too slow like any other (1013).
         let mut obligated = move |frame: Frame<'_>| {
-            let (opcode, payload) = (frame.opcode, Bytes::copy_from_slice(&frame.payload));
-            let control = control.clone();
-            async move {
-                control
-                    .send(Outbound::control(opcode, payload))
-                    .await
-                    .map_err(|_| std::io::Error::other("writer gone"))
+            let payload = Bytes::copy_from_slice(&frame.payload);
+            let queued = control.try_send(Outbound::control(frame.opcode, payload));
+            if queued == Err(queue::TrySendError::Full) {
+                slow.cancel();
             }
+            std::future::ready(queued.map_err(|_| std::io::Error::other("send queue unavailable")))
         };
-        let silence = heartbeat * 2;
-        loop {
-            let frame = tokio::select! {
-                read = tokio::time::timeout(silence, ws.read_frame(&mut obligated)) => read,
-                // Drain: between requests, so what was accepted is answered first.
-                _ = self.state.shutdown.cancelled() => {
-                    self.close(1012, "gateway restarting").await;
-                    return;
-                }
-                _ = tokio::time::sleep_until(self.expires_at) => {
-                    self.close(4003, "token expired").await;
-                    return;
-                }
-                _ = self.signals.done.cancelled() => {
-                    // The writer closed; give the peer a moment to answer, then drop.
-                    return;
+        let silence = Duration::from_millis(self.state.config.heartbeat_ms.max(100)) * 2;
+        // One timer for the heartbeat and the token's expiry, moved lazily: a frame only
+        // notes when it came, and the timer, when it fires early, is set again.
+        let mut heard = Instant::now();
+        let deadline = tokio::time::sleep_until(self.expires_at.min(heard + silence));
+        tokio::pin!(deadline);
+        let flow = loop {
+            // The next frame, or why the connection closes without one.
+            let frame = {
+                // Kept across the timer's wake-ups: a frame half read is not dropped.
+                let read = ws.read_frame(&mut obligated);
+                tokio::pin!(read);
+                loop {
+                    tokio::select! {
+                        frame = &mut read => break Ok(frame),
+                        // Drain: between requests, so what was accepted is answered first.
+                        _ = self.state.shutdown.cancelled() => {
+                            break Err(Flow::Close(1012, "gateway restarting"));
+                        }
+                        _ = &mut deadline => {
+                            let now = Instant::now();
+                            if now >= self.expires_at {
+                                break Err(Flow::Close(4003, "token expired"));
+                            }
+                            if now >= heard + silence {
+                                break Err(Flow::Close(4000, "no heartbeat"));
+                            }
+                            deadline.as_mut().reset(self.expires_at.min(heard + silence));
+                        }
+                        // The writer closed; give the peer a moment to answer, then drop.
+                        _ = self.signals.done.cancelled() => break Err(Flow::Stop),
+                    }
                 }
             };
-            let frame = match frame {
-                Err(_) => {
-                    self.close(4000, "no heartbeat").await;
-                    return;
-                }
-                Ok(Err(WebSocketError::FrameTooLarge)) => {
-                    self.close(1009, "frame too large").await;
-                    return;
-                }
+            heard = Instant::now();
+            let flow = match frame {
+                Ok(Ok(frame)) => Box::pin(self.on_frame(frame, &mut partial)).await,
+                Ok(Err(WebSocketError::FrameTooLarge)) => Flow::Close(1009, "frame too large"),
                 Ok(Err(e)) => {
                     debug!(error = %e, "connection read ended");
-                    self.close(1002, "protocol error").await;
-                    return;
+                    Flow::Close(1002, "protocol error")
                 }
-                Ok(Ok(frame)) => frame,
+                Err(flow) => flow,
             };
-            let max_frame = self.state.config.max_frame;
-            let message = match frame.opcode {
-                OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                    let first = frame.opcode != OpCode::Continuation;
-                    if first == partial.is_some() {
-                        self.close(1002, "bad fragmentation").await;
-                        return;
-                    }
-                    let collected = partial.get_or_insert_with(Vec::new);
-                    if collected.len() + frame.payload.len() > max_frame {
-                        self.close(1009, "frame too large").await;
-                        return;
-                    }
-                    if frame.fin && collected.is_empty() {
-                        partial = None;
-                        Some(frame.payload.to_vec())
-                    } else {
-                        collected.extend_from_slice(&frame.payload);
-                        if frame.fin { partial.take() } else { None }
-                    }
+            if !matches!(flow, Flow::Continue) {
+                break flow;
+            }
+            // A refreshed token may expire sooner than the timer is set for.
+            if self.expires_at < deadline.deadline() {
+                deadline.as_mut().reset(self.expires_at);
+            }
+        };
+        match flow {
+            Flow::Close(code, reason) => self.close(code, reason).await,
+            // The close echo is already queued by the obligated send.
+            Flow::PeerClosed => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
+            }
+            Flow::Continue | Flow::Stop => {}
+        }
+    }
+
+    /// Works on one frame: collects fragments, carries out a complete request and queues
+    /// its reply, answers a ping.
+    async fn on_frame(&mut self, frame: Frame<'_>, partial: &mut Option<Vec<u8>>) -> Flow {
+        let max_frame = self.state.config.max_frame;
+        let message = match frame.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let first = frame.opcode != OpCode::Continuation;
+                if first == partial.is_some() {
+                    return Flow::Close(1002, "bad fragmentation");
                 }
-                _ => None,
+                let collected = partial.get_or_insert_with(Vec::new);
+                if collected.len() + frame.payload.len() > max_frame {
+                    return Flow::Close(1009, "frame too large");
+                }
+                if frame.fin && collected.is_empty() {
+                    *partial = None;
+                    Some(frame.payload.to_vec())
+                } else {
+                    collected.extend_from_slice(&frame.payload);
+                    if frame.fin { partial.take() } else { None }
+                }
+            }
+            _ => None,
+        };
+        if let Some(message) = message {
+            let limits = Limits {
+                max_body: self.state.config.max_body,
+                max_meta: self.state.config.max_meta,
             };
-            if let Some(message) = message {
-                let reply = match protocol::decode_client(&message, self.encoding, limits) {
-                    // Boxed: the handler's state lives only while a request is in hand,
-                    // not in every idle connection's task.
-                    Ok(request) => Box::pin(self.handle(request)).await,
-                    Err(error) => {
-                        self.count_violation(error.code);
-                        Some(error.into_frame())
-                    }
-                };
+            let reply = match protocol::decode_client(&message, self.encoding, limits) {
+                Ok(request) => self.handle(request).await,
+                Err(error) => {
+                    self.count_violation(error.code);
+                    Some(error.into_frame())
+                }
+            };
+            if let Some(reply) = reply {
+                metrics::counter!(m::EVENTS_OUT, "type" => reply.kind()).increment(1);
                 // A peer that sends requests but does not read their replies fills its
                 // queue like any slow reader: 1013.
-                if let Some(reply) = &reply {
-                    metrics::counter!(m::EVENTS_OUT, "type" => reply.kind()).increment(1);
-                }
-                if let Some(reply) = reply
-                    && self.queue.try_send(Outbound::own(reply)).is_err()
-                {
+                if self.queue.try_send(Outbound::own(reply)).is_err() {
                     self.signals.slow.cancel();
-                    return;
+                    return Flow::Stop;
                 }
-                if let Some((code, reason)) = self.close_with {
-                    self.close(code, reason).await;
-                    return;
-                }
-                continue;
             }
-            match frame.opcode {
-                OpCode::Ping => {
-                    let pong =
-                        Outbound::control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
-                    if self.queue.try_send(pong).is_err() {
-                        self.signals.slow.cancel();
-                        return;
-                    }
+            return match self.close_with {
+                Some((code, reason)) => Flow::Close(code, reason),
+                None => Flow::Continue,
+            };
+        }
+        match frame.opcode {
+            OpCode::Ping => {
+                let pong = Outbound::control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
+                if self.queue.try_send(pong).is_err() {
+                    self.signals.slow.cancel();
+                    return Flow::Stop;
                 }
-                // The close echo is already queued by the obligated send.
-                OpCode::Close => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
-                    return;
-                }
-                _ => {}
+                Flow::Continue
             }
+            OpCode::Close => Flow::PeerClosed,
+            _ => Flow::Continue,
         }
     }
 

@@ -12,8 +12,9 @@ use teamchat_shared::metrics as m;
 use teamchat_shared::protocol::{Encoding, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::queue::Receiver;
 
 /// How long a connection marked too slow may take to accept what is being written.
 const SLOW_WRITE_GRACE: Duration = Duration::from_secs(5);
@@ -105,7 +106,7 @@ pub struct CloseSignals {
 /// Runs the writer until the connection closes.
 pub async fn run(
     mut socket: OwnedWriteHalf,
-    mut queue: mpsc::Receiver<Outbound>,
+    mut queue: Receiver<Outbound>,
     encoding: Encoding,
     heartbeat: Duration,
     signals: CloseSignals,
@@ -122,7 +123,7 @@ pub async fn run(
                 let mut closed = push(&mut buffer, item, encoding);
                 // Coalesce: everything queued now goes out in one write.
                 while closed.is_none() && buffer.len() < 256 * 1024 {
-                    let Ok(item) = queue.try_recv() else { break };
+                    let Some(item) = queue.try_recv() else { break };
                     closed = push(&mut buffer, item, encoding);
                 }
                 closed
@@ -135,7 +136,13 @@ pub async fn run(
         if !write_all_or_give_up(&mut socket, &buffer, &signals.slow).await {
             break WriterEnd::WriteFailed;
         }
-        buffer.clear();
+        if queue.is_empty() {
+            // Idle now: an idle connection holds no write buffer (a burst, like a join's
+            // presence list, would otherwise leave kilobytes behind in every connection).
+            buffer = BytesMut::new();
+        } else {
+            buffer.clear();
+        }
         if let Some(code) = closed {
             break WriterEnd::Closed(code);
         }

@@ -1,0 +1,190 @@
+//! A connection's send queue: bounded, many senders (the session, its rooms), one
+//! receiver (the writer), and small, because every connection has one.
+//!
+//! tokio's bounded channel allocates its first block of 32 slots and its semaphore up
+//! front: ≈1.2 KB per connection, measured, most of an idle connection's budget. This one
+//! is a `VecDeque` behind a mutex (≈100 bytes while empty) that gives back a burst's
+//! memory once drained. flume has the same shape but is built here with its spin-lock
+//! feature (enabled by sqlx), which sleeps a runtime thread under contention.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
+
+/// A drained queue whose buffer grew past this many slots gives it back.
+const KEEP_SLOTS: usize = 8;
+
+struct Shared<T> {
+    items: Mutex<VecDeque<T>>,
+    capacity: usize,
+    receiver_waker: AtomicWaker,
+    senders: AtomicUsize,
+    receiver_gone: AtomicBool,
+}
+
+/// Why `try_send` did not queue the item.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TrySendError {
+    /// The queue holds `capacity` items.
+    Full,
+    /// The receiver is gone.
+    Closed,
+}
+
+pub struct Sender<T>(Arc<Shared<T>>);
+
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// A queue holding at most `capacity` items.
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        items: Mutex::new(VecDeque::new()),
+        capacity,
+        receiver_waker: AtomicWaker::new(),
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
+        if self.0.receiver_gone.load(Ordering::Acquire) {
+            return Err(TrySendError::Closed);
+        }
+        {
+            let mut items = self.0.items.lock().expect("queue lock");
+            if items.len() >= self.0.capacity {
+                return Err(TrySendError::Full);
+            }
+            items.push_back(item);
+        }
+        self.0.receiver_waker.wake();
+        Ok(())
+    }
+
+    /// Free slots.
+    pub fn capacity(&self) -> usize {
+        let queued = self.0.items.lock().expect("queue lock").len();
+        self.0.capacity.saturating_sub(queued)
+    }
+}
+
+impl<T> Clone for Sender<T> {
+    fn clone(&self) -> Self {
+        self.0.senders.fetch_add(1, Ordering::Relaxed);
+        Sender(self.0.clone())
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        if self.0.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.receiver_waker.wake();
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// The next item; `None` once every sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<T> {
+        poll_fn(|cx| {
+            if let Some(item) = self.try_recv() {
+                return Poll::Ready(Some(item));
+            }
+            self.0.receiver_waker.register(cx.waker());
+            // Checked again after registering: an item or the last sender's drop may have
+            // come in between. Senders first: with none left, nothing can follow.
+            let no_senders = self.0.senders.load(Ordering::Acquire) == 0;
+            match self.try_recv() {
+                Some(item) => Poll::Ready(Some(item)),
+                None if no_senders => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    pub fn try_recv(&mut self) -> Option<T> {
+        let mut items = self.0.items.lock().expect("queue lock");
+        let item = items.pop_front();
+        if items.is_empty() && items.capacity() > KEEP_SLOTS {
+            *items = VecDeque::new();
+        }
+        item
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.items.lock().expect("queue lock").is_empty()
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.0.receiver_gone.store(true, Ordering::Release);
+        // What was queued goes now, not when the last sender does.
+        self.0.items.lock().expect("queue lock").clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_at_most_its_capacity_and_frees_slots_as_items_are_taken() {
+        let (tx, mut rx) = bounded(2);
+        assert_eq!(tx.capacity(), 2);
+        tx.try_send(1).unwrap();
+        tx.clone().try_send(2).unwrap();
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full));
+        assert_eq!(tx.capacity(), 0);
+        assert_eq!(rx.try_recv(), Some(1));
+        tx.try_send(3).unwrap();
+        assert_eq!(
+            (rx.try_recv(), rx.try_recv(), rx.try_recv()),
+            (Some(2), Some(3), None)
+        );
+        assert!(rx.is_empty());
+    }
+
+    #[test]
+    fn a_sender_learns_that_the_receiver_is_gone() {
+        let (tx, rx) = bounded(2);
+        drop(rx);
+        assert_eq!(tx.try_send(1), Err(TrySendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_receiver_is_woken_by_an_item_and_ends_when_the_last_sender_goes() {
+        let (tx, mut rx) = bounded(4);
+        let second = tx.clone();
+        let receiving = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(item) = rx.recv().await {
+                got.push(item);
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        tx.try_send(1).unwrap();
+        drop(tx);
+        second.try_send(2).unwrap();
+        drop(second);
+        assert_eq!(receiving.await.unwrap(), [1, 2]);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_back_a_bursts_memory() {
+        let (tx, mut rx) = bounded(100);
+        for n in 0..50 {
+            tx.try_send(n).unwrap();
+        }
+        while rx.try_recv().is_some() {}
+        assert!(rx.0.items.lock().unwrap().capacity() <= KEEP_SLOTS);
+    }
+}
