@@ -12,7 +12,6 @@ use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
 use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use teamchat_shared::metrics as m;
@@ -20,7 +19,7 @@ use teamchat_shared::metrics as m;
 use crate::broker::{Broker, TeamState, Top};
 use crate::presence_batch::{PresenceBatch, PresenceChange};
 use crate::queue::{self, TrySendError};
-use crate::writer::{OutFrame, Outbound};
+use crate::writer::{CloseSignals, OutFrame, Outbound};
 
 /// A connection in a room.
 pub struct Member {
@@ -29,10 +28,9 @@ pub struct Member {
     pub user: Arc<str>,
     pub name: Option<String>,
     pub queue: queue::Sender<Outbound>,
-    /// Cancelled when the member's queue overflows: its writer closes with 1013.
-    pub slow: CancellationToken,
-    /// Cancelled when the team's stream was lost: its writer closes with 1012.
-    pub reset: CancellationToken,
+    /// Raised when the member's queue overflows (its writer closes with 1013) or the
+    /// team's stream was lost (1012).
+    pub signals: CloseSignals,
 }
 
 /// A join request. The room sends `room:joined` (and any replay) into the member's queue
@@ -266,7 +264,7 @@ impl Room {
             if ok {
                 self.members.push(member);
             } else {
-                member.slow.cancel();
+                member.signals.too_slow();
             }
             let _ = join.done.send(Ok(()));
         }
@@ -354,7 +352,7 @@ impl Room {
                 rid,
             };
             if member.queue.try_send(Outbound::own(left)).is_err() {
-                member.slow.cancel();
+                member.signals.too_slow();
             }
         }
     }
@@ -502,7 +500,7 @@ impl Room {
                     true
                 }
                 Err(TrySendError::Full) => {
-                    member.slow.cancel();
+                    member.signals.too_slow();
                     false
                 }
                 Err(TrySendError::Closed) => false,
@@ -552,7 +550,7 @@ impl Room {
         }
         warn!(team = %self.team, old = %self.epoch, new = %epoch, "team stream was reset");
         for member in self.members.drain(..) {
-            member.reset.cancel();
+            member.signals.stream_reset();
         }
         self.typing.clear();
         self.epoch = epoch.to_owned();
@@ -614,7 +612,7 @@ impl Room {
         if !complete {
             error!(team = %self.team, from, to, got = events.len(), "events trimmed before delivery");
             for member in self.members.drain(..) {
-                member.slow.cancel();
+                member.signals.too_slow();
             }
             self.last = to;
             return true;
@@ -657,7 +655,7 @@ fn offer(member: &Member, frame: &Arc<OutFrame>, sent: &mut usize) -> bool {
             true
         }
         Err(TrySendError::Full) => {
-            member.slow.cancel();
+            member.signals.too_slow();
             false
         }
         Err(TrySendError::Closed) => false,

@@ -237,14 +237,14 @@ impl Session {
         // Fragments are collected here, not by fastwebsockets' collector, so that a
         // message's total size is capped while it arrives (1009), not only its frames'.
         let mut partial: Option<Vec<u8>> = None;
-        let (control, slow) = (self.queue.clone(), self.signals.slow.clone());
+        let (control, signals) = (self.queue.clone(), self.signals.clone());
         // Pongs and close echoes the reader owes go through the writer's queue; a peer
         // that does not read them is too slow like any other (1013).
         let mut obligated = move |frame: Frame<'_>| {
             let payload = Bytes::copy_from_slice(&frame.payload);
             let queued = control.try_send(Outbound::control(frame.opcode, payload));
             if queued == Err(queue::TrySendError::Full) {
-                slow.cancel();
+                signals.too_slow();
             }
             std::future::ready(queued.map_err(|_| std::io::Error::other("send queue unavailable")))
         };
@@ -278,7 +278,7 @@ impl Session {
                             deadline.as_mut().reset(self.expires_at.min(heard + silence));
                         }
                         // The writer closed; give the peer a moment to answer, then drop.
-                        _ = self.signals.done.cancelled() => break Err(Flow::Stop),
+                        _ = self.signals.writer_done() => break Err(Flow::Stop),
                     }
                 }
             };
@@ -304,7 +304,7 @@ impl Session {
             Flow::Close(code, reason) => self.close(code, reason).await,
             // The close echo is already queued by the obligated send.
             Flow::PeerClosed => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.writer_done()).await;
             }
             Flow::Continue | Flow::Stop => {}
         }
@@ -351,7 +351,7 @@ impl Session {
                 // A peer that sends requests but does not read their replies fills its
                 // queue like any slow reader: 1013.
                 if self.queue.try_send(Outbound::own(reply)).is_err() {
-                    self.signals.slow.cancel();
+                    self.signals.too_slow();
                     return Flow::Stop;
                 }
             }
@@ -364,7 +364,7 @@ impl Session {
             OpCode::Ping => {
                 let pong = Outbound::control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
                 if self.queue.try_send(pong).is_err() {
-                    self.signals.slow.cancel();
+                    self.signals.too_slow();
                     return Flow::Stop;
                 }
                 Flow::Continue
@@ -378,9 +378,9 @@ impl Session {
     async fn close(&self, code: u16, reason: &'static str) {
         if self.queue.try_send(Outbound::close(code, reason)).is_err() {
             // The queue is full: the peer is not reading. The writer gives up on it.
-            self.signals.slow.cancel();
+            self.signals.too_slow();
         }
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.done.cancelled()).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.writer_done()).await;
     }
 
     /// Carries out one request; returns the direct reply the reader queues, if any.
@@ -567,8 +567,7 @@ impl Session {
             user: self.claims.sub.as_str().into(),
             name: self.claims.name.clone(),
             queue: self.queue.clone(),
-            slow: self.signals.slow.clone(),
-            reset: self.signals.reset.clone(),
+            signals: self.signals.clone(),
         };
         self.state.hub.join(
             &team,

@@ -3,6 +3,7 @@
 //!
 //! Frames for many recipients are encoded once per encoding (`OutFrame`) and shared.
 
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use teamchat_shared::metrics as m;
 use teamchat_shared::protocol::{Encoding, ServerFrame};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::queue::Receiver;
 
@@ -91,16 +92,67 @@ pub enum WriterEnd {
     WriteFailed,
 }
 
-/// Close signals a connection's other parts raise for the writer.
+/// Close signals a connection's parts raise for each other: its rooms and reader ask the
+/// writer to close (too slow: 1013; the team stream was reset: 1012, so the client rejoins
+/// with `since` and learns `recovered: false`), the writer tells the reader it finished.
+/// One small allocation per connection (three cancellation tokens took ≈370 bytes).
 #[derive(Clone, Default)]
-pub struct CloseSignals {
+pub struct CloseSignals(Arc<Signals>);
+
+#[derive(Default)]
+struct Signals {
+    /// The close code asked of the writer; 0 while none. The first asked wins.
+    close: AtomicU16,
+    writer: Notify,
+    done: AtomicBool,
+    reader: Notify,
+}
+
+impl CloseSignals {
     /// The send queue overflowed: close 1013.
-    pub slow: CancellationToken,
-    /// The team stream was lost and started anew (new epoch): close 1012, so the client
-    /// rejoins with `since` and learns `recovered: false`.
-    pub reset: CancellationToken,
-    /// The writer finished; the reader stops waiting for the peer.
-    pub done: CancellationToken,
+    pub fn too_slow(&self) {
+        self.ask(1013);
+    }
+
+    /// The team stream was lost and started anew: close 1012.
+    pub fn stream_reset(&self) {
+        self.ask(1012);
+    }
+
+    fn ask(&self, code: u16) {
+        let asked = self
+            .0
+            .close
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        if asked.is_ok() {
+            // Stored as a permit if the writer is not waiting now.
+            self.0.writer.notify_one();
+        }
+    }
+
+    /// Resolves with the close code once one is asked for.
+    pub async fn close_asked(&self) -> u16 {
+        loop {
+            let code = self.0.close.load(Ordering::Acquire);
+            if code != 0 {
+                return code;
+            }
+            self.0.writer.notified().await;
+        }
+    }
+
+    /// The writer finished.
+    fn finish(&self) {
+        self.0.done.store(true, Ordering::Release);
+        self.0.reader.notify_one();
+    }
+
+    /// Resolves once the writer finished.
+    pub async fn writer_done(&self) {
+        while !self.0.done.load(Ordering::Acquire) {
+            self.0.reader.notified().await;
+        }
+    }
 }
 
 /// Runs the writer until the connection closes.
@@ -116,8 +168,10 @@ pub async fn run(
     let end = loop {
         let closed = tokio::select! {
             biased;
-            _ = signals.slow.cancelled() => push(&mut buffer, Outbound::close(1013, "too slow"), encoding),
-            _ = signals.reset.cancelled() => push(&mut buffer, Outbound::close(1012, "stream reset; rejoin with since"), encoding),
+            code = signals.close_asked() => {
+                let reason = if code == 1012 { "stream reset; rejoin with since" } else { "too slow" };
+                push(&mut buffer, Outbound::close(code, reason), encoding)
+            }
             item = queue.recv() => {
                 let Some(item) = item else { break WriterEnd::QueueDropped };
                 let mut closed = push(&mut buffer, item, encoding);
@@ -133,7 +187,7 @@ pub async fn run(
                 None
             }
         };
-        if !write_all_or_give_up(&mut socket, &buffer, &signals.slow).await {
+        if !write_all_or_give_up(&mut socket, &buffer, &signals).await {
             break WriterEnd::WriteFailed;
         }
         if queue.is_empty() {
@@ -147,7 +201,7 @@ pub async fn run(
             break WriterEnd::Closed(code);
         }
     };
-    signals.done.cancel();
+    signals.finish();
     let code = match &end {
         WriterEnd::Closed(code) => code.to_string(),
         _ => "none".to_owned(),
@@ -159,19 +213,20 @@ pub async fn run(
     end
 }
 
-/// Writes the buffer. A peer that stops reading blocks the write; once the connection is
-/// marked too slow the write gets `SLOW_WRITE_GRACE` to finish (so the close frame can
-/// follow), then the connection is given up. Returns false when the write did not complete.
+/// Writes the buffer. A peer that stops reading blocks the write; once a close is asked
+/// for (too slow, stream reset) the write gets `SLOW_WRITE_GRACE` to finish (so the close
+/// frame can follow), then the connection is given up. Returns false when the write did
+/// not complete.
 async fn write_all_or_give_up(
     socket: &mut OwnedWriteHalf,
     buffer: &[u8],
-    slow: &CancellationToken,
+    signals: &CloseSignals,
 ) -> bool {
     let write = socket.write_all(buffer);
     tokio::pin!(write);
     tokio::select! {
         written = &mut write => written.is_ok(),
-        _ = slow.cancelled() => matches!(tokio::time::timeout(SLOW_WRITE_GRACE, write).await, Ok(Ok(()))),
+        _ = signals.close_asked() => matches!(tokio::time::timeout(SLOW_WRITE_GRACE, write).await, Ok(Ok(()))),
     }
 }
 
