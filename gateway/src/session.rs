@@ -113,14 +113,7 @@ async fn open(
     let read = Cursor::new(early).chain(read);
     let (queue, queue_rx) = queue::bounded(state.config.send_queue.max(2));
     let signals = CloseSignals::default();
-    let heartbeat = Duration::from_millis(state.config.heartbeat_ms.max(100));
-    let writer = tokio::spawn(writer::run(
-        write,
-        queue_rx,
-        encoding,
-        heartbeat,
-        signals.clone(),
-    ));
+    let writer = tokio::spawn(writer::run(write, queue_rx, encoding, signals.clone()));
 
     let claims = match auth {
         Ok(claims) => claims,
@@ -248,11 +241,13 @@ impl Session {
             }
             std::future::ready(queued.map_err(|_| std::io::Error::other("send queue unavailable")))
         };
-        let silence = Duration::from_millis(self.state.config.heartbeat_ms.max(100)) * 2;
-        // One timer for the heartbeat and the token's expiry, moved lazily: a frame only
-        // notes when it came, and the timer, when it fires early, is set again.
+        let heartbeat = Duration::from_millis(self.state.config.heartbeat_ms.max(100));
+        let silence = heartbeat * 2;
+        // One timer for the pings, the peer's silence and the token's expiry, moved lazily:
+        // a frame only notes when it came, and the timer, when it fires early, is set again.
         let mut heard = Instant::now();
-        let deadline = tokio::time::sleep_until(self.expires_at.min(heard + silence));
+        let mut next_ping = heard + heartbeat;
+        let deadline = tokio::time::sleep_until(self.expires_at.min(next_ping));
         tokio::pin!(deadline);
         let flow = loop {
             // The next frame, or why the connection closes without one.
@@ -275,7 +270,15 @@ impl Session {
                             if now >= heard + silence {
                                 break Err(Flow::Close(4000, "no heartbeat"));
                             }
-                            deadline.as_mut().reset(self.expires_at.min(heard + silence));
+                            if now >= next_ping {
+                                if self.queue.try_send(Outbound::Ping).is_err() {
+                                    self.signals.too_slow();
+                                    break Err(Flow::Stop);
+                                }
+                                next_ping = now + heartbeat;
+                            }
+                            let due = self.expires_at.min(heard + silence).min(next_ping);
+                            deadline.as_mut().reset(due);
                         }
                         // The writer closed; give the peer a moment to answer, then drop.
                         _ = self.signals.writer_done() => break Err(Flow::Stop),

@@ -63,6 +63,8 @@ pub enum Outbound {
     /// A control frame the reader owes the peer (pong, close echo). Boxed, as is `Close`:
     /// both are rare, and a small slot keeps every idle connection's queue small.
     Control(Box<(OpCode, Bytes)>),
+    /// A heartbeat ping (the reader keeps the connection's one timer).
+    Ping,
     /// Close the connection with this code; nothing is written after it.
     Close(Box<(u16, &'static str)>),
 }
@@ -160,11 +162,9 @@ pub async fn run(
     mut socket: OwnedWriteHalf,
     mut queue: Receiver<Outbound>,
     encoding: Encoding,
-    heartbeat: Duration,
     signals: CloseSignals,
 ) -> WriterEnd {
     let mut buffer = BytesMut::new();
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let end = loop {
         let closed = tokio::select! {
             biased;
@@ -181,10 +181,6 @@ pub async fn run(
                     closed = push(&mut buffer, item, encoding);
                 }
                 closed
-            }
-            _ = ping.tick() => {
-                push_frame(&mut buffer, OpCode::Ping, b"");
-                None
             }
         };
         if !write_all_or_give_up(&mut socket, &buffer, &signals).await {
@@ -246,6 +242,7 @@ fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16
             }
         }
         Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
+        Outbound::Ping => push_frame(buffer, OpCode::Ping, b""),
         Outbound::Control(control) => {
             let (op, payload) = *control;
             push_frame(buffer, op, &payload);
