@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::queue;
 use crate::room::{Join, Leave, Room, RoomCmd};
 use crate::tail::{self, SubCmd};
 
@@ -29,9 +30,9 @@ pub struct Hub {
 }
 
 struct RoomEntry {
-    cmds: mpsc::UnboundedSender<RoomCmd>,
-    /// Boxed events: the channel allocates its slots per room.
-    events: mpsc::Sender<Box<Published>>,
+    cmds: queue::Sender<RoomCmd>,
+    /// Boxed events: a drained queue keeps a few slots.
+    events: queue::Sender<Box<Published>>,
     members: usize,
 }
 
@@ -75,7 +76,7 @@ impl Hub {
             self.open_room(team)
         });
         entry.members += 1;
-        let _ = entry.cmds.send(RoomCmd::Join(Box::new(join)));
+        let _ = entry.cmds.try_send(RoomCmd::Join(Box::new(join)));
     }
 
     /// Removes a connection from a team's room. With `reply`, the room sends `room:left`.
@@ -92,7 +93,7 @@ impl Hub {
         let Some(entry) = rooms.get_mut(team) else {
             return;
         };
-        let _ = entry.cmds.send(RoomCmd::Leave(Box::new(Leave {
+        let _ = entry.cmds.try_send(RoomCmd::Leave(Box::new(Leave {
             conn_id,
             session,
             reply,
@@ -100,7 +101,7 @@ impl Hub {
         })));
         entry.members -= 1;
         if entry.members == 0 {
-            let _ = entry.cmds.send(RoomCmd::Shutdown);
+            let _ = entry.cmds.try_send(RoomCmd::Shutdown);
             rooms.remove(team);
             metrics::gauge!(teamchat_shared::metrics::ROOMS).decrement(1.0);
             // Queued under the lock, so a room opened later subscribes after this.
@@ -132,12 +133,12 @@ impl Hub {
     pub fn catch_up_all(&self) {
         let rooms = self.rooms.lock().expect("hub lock");
         for entry in rooms.values() {
-            let _ = entry.cmds.send(RoomCmd::CatchUp);
+            let _ = entry.cmds.try_send(RoomCmd::CatchUp);
         }
     }
 
     /// Every room's team with its command channel.
-    fn room_handles(&self) -> Vec<(String, mpsc::UnboundedSender<RoomCmd>)> {
+    fn room_handles(&self) -> Vec<(String, queue::Sender<RoomCmd>)> {
         let rooms = self.rooms.lock().expect("hub lock");
         rooms
             .iter()
@@ -151,8 +152,8 @@ impl Hub {
     }
 
     fn open_room(&self, team: &str) -> RoomEntry {
-        let (cmds, cmd_rx) = mpsc::unbounded_channel();
-        let (events, event_rx) = mpsc::channel(ROOM_EVENT_BUFFER);
+        let (cmds, cmd_rx) = queue::unbounded();
+        let (events, event_rx) = queue::bounded(ROOM_EVENT_BUFFER);
         let (ready_tx, ready) = oneshot::channel();
         let _ = self
             .subs
@@ -189,7 +190,7 @@ async fn check_tops(hub: Arc<Hub>) {
             match hub.broker.top_offsets(&teams).await {
                 Ok(tops) => {
                     for ((_, cmds), top) in chunk.iter().zip(tops) {
-                        let _ = cmds.send(RoomCmd::Top(top));
+                        let _ = cmds.try_send(RoomCmd::Top(top));
                     }
                 }
                 Err(e) => {

@@ -1,11 +1,13 @@
-//! A connection's send queue: bounded, many senders (the session, its rooms), one
-//! receiver (the writer), and small, because every connection has one.
+//! The queues every connection and every room has (a connection's send queue, a room's
+//! commands and published events): many senders, one receiver, optionally bounded, and
+//! small, because there are as many of them as connections.
 //!
-//! tokio's bounded channel allocates its first block of 32 slots and its semaphore up
-//! front: ≈1.2 KB per connection, measured, most of an idle connection's budget. This one
-//! is a `VecDeque` behind a mutex (≈100 bytes while empty) that gives back a burst's
-//! memory once drained. flume has the same shape but is built here with its spin-lock
-//! feature (enabled by sqlx), which sleeps a runtime thread under contention.
+//! tokio's channels allocate their first block of 32 slots (and a bounded one its
+//! semaphore) up front: ≈1.2 KB per connection, measured, most of an idle connection's
+//! budget, and more per room. This one is a `VecDeque` behind a mutex (≈100 bytes while
+//! empty) that gives back a burst's memory once drained. flume has the same shape but is
+//! built here with its spin-lock feature (enabled by sqlx), which sleeps a runtime thread
+//! under contention.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -49,6 +51,11 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
         receiver_gone: AtomicBool::new(false),
     });
     (Sender(shared.clone()), Receiver(shared))
+}
+
+/// A queue without a bound (for commands whose senders must not be refused).
+pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
+    bounded(usize::MAX)
 }
 
 impl<T> Sender<T> {
@@ -107,6 +114,22 @@ impl<T> Receiver<T> {
             }
         })
         .await
+    }
+
+    /// Waits for an item, then takes it and up to `limit - 1` more that are queued; 0 once
+    /// every sender is gone and the queue is empty.
+    pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> usize {
+        let Some(first) = self.recv().await else {
+            return 0;
+        };
+        buf.push(first);
+        let mut items = self.0.items.lock().expect("queue lock");
+        let more = items.len().min(limit.saturating_sub(1));
+        buf.extend(items.drain(..more));
+        if items.is_empty() && items.capacity() > KEEP_SLOTS {
+            *items = VecDeque::new();
+        }
+        1 + more
     }
 
     pub fn try_recv(&mut self) -> Option<T> {
@@ -176,6 +199,20 @@ mod tests {
         second.try_send(2).unwrap();
         drop(second);
         assert_eq!(receiving.await.unwrap(), [1, 2]);
+    }
+
+    #[tokio::test]
+    async fn recv_many_takes_what_is_queued_up_to_its_limit() {
+        let (tx, mut rx) = unbounded();
+        for n in 0..5 {
+            tx.try_send(n).unwrap();
+        }
+        let mut got = Vec::new();
+        assert_eq!(rx.recv_many(&mut got, 3).await, 3);
+        assert_eq!(rx.recv_many(&mut got, 3).await, 2);
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        drop(tx);
+        assert_eq!(rx.recv_many(&mut got, 3).await, 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
 use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{error, warn};
 
@@ -103,8 +103,8 @@ impl Room {
     pub async fn run(
         mut self,
         subscribed: oneshot::Receiver<()>,
-        mut cmds: mpsc::UnboundedReceiver<RoomCmd>,
-        mut events: mpsc::Receiver<Box<Published>>,
+        mut cmds: queue::Receiver<RoomCmd>,
+        mut events: queue::Receiver<Box<Published>>,
     ) {
         let _ = subscribed.await;
         // Rooms opened together (a gateway's start, a join storm) would refresh together:
@@ -145,12 +145,15 @@ impl Room {
                         }
                     }
                     Box::pin(self.on_joins(joins)).await;
+                    // A storm's batch is not kept in every room.
+                    batch.shrink_to(16);
                 }
                 received = events.recv_many(&mut published, 256), if events_open => {
                     events_open = received > 0;
                     for event in published.drain(..) {
                         self.on_published(*event).await;
                     }
+                    published.shrink_to(16);
                     // Presence changes of this burst go out together (or when due).
                     if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
                         self.send_presence();
