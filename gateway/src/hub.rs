@@ -23,7 +23,9 @@ const ROOM_EVENT_BUFFER: usize = 4_096;
 pub struct Hub {
     rooms: Mutex<HashMap<String, RoomEntry>>,
     subs: mpsc::UnboundedSender<SubCmd>,
-    broker: Broker,
+    /// Shared by the rooms: one pointer each rather than a copy of the connection handle
+    /// and key prefix.
+    broker: Arc<Broker>,
     tail_check: Duration,
     typing_timeout: Duration,
     presence_ttl: Duration,
@@ -49,7 +51,7 @@ impl Hub {
         let hub = Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             subs,
-            broker,
+            broker: Arc::new(broker),
             tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
             typing_timeout: Duration::from_millis(config.typing_timeout_ms),
             presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),

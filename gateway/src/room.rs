@@ -65,7 +65,7 @@ pub enum RoomCmd {
 
 pub struct Room {
     team: String,
-    broker: Broker,
+    broker: Arc<Broker>,
     typing_timeout: Duration,
     presence_ttl: Duration,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
@@ -81,7 +81,7 @@ pub struct Room {
 impl Room {
     pub fn new(
         team: String,
-        broker: Broker,
+        broker: Arc<Broker>,
         typing_timeout: Duration,
         presence_ttl: Duration,
     ) -> Self {
@@ -159,8 +159,13 @@ impl Room {
                         self.send_presence();
                     }
                 }
-                _ = sleep_until(self.presence_out.due()) => self.send_presence(),
-                _ = sleep_until(self.typing.values().min().copied()) => self.expire_typing(),
+                // One timer for the presence batch and the typists' stops.
+                _ = sleep_until(self.next_due()) => {
+                    if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
+                        self.send_presence();
+                    }
+                    self.expire_typing();
+                }
                 _ = presence.tick() => Box::pin(self.refresh_presence()).await,
             }
         }
@@ -510,6 +515,15 @@ impl Room {
             }
         });
         count_out(&frames[0], sent);
+    }
+
+    /// When the pending presence batch or the earliest typing stop is due.
+    fn next_due(&self) -> Option<Instant> {
+        let typing = self.typing.values().min().copied();
+        match (self.presence_out.due(), typing) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn expire_typing(&mut self) {
