@@ -41,7 +41,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// The per-connection state the reader keeps.
 struct Session {
     state: Arc<AppState>,
-    claims: Claims,
+    /// Boxed: the session state is part of every idle connection's future.
+    claims: Box<Claims>,
     user: Arc<str>,
     conn_id: u64,
     session: Arc<str>,
@@ -72,8 +73,9 @@ enum Flow {
     Stop,
 }
 
-/// What a connection reads from: bytes hyper read past the handshake, then the socket.
-type ReadHalf = tokio::io::Chain<Cursor<Bytes>, OwnedReadHalf>;
+/// What a connection reads frames from: bytes hyper read past the handshake, then the
+/// socket.
+type Reader = fastwebsockets::WebSocketRead<tokio::io::Chain<Cursor<Bytes>, OwnedReadHalf>>;
 
 /// Opens a connection after the upgrade (authentication, the per-user limit, welcome),
 /// then hands it to a task of its own that reads it until it closes: the task that lives
@@ -84,9 +86,9 @@ pub async fn run(
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
 ) {
-    if let Some((session, read, writer)) = open(state, upgraded, auth, encoding).await {
+    if let Some((session, ws, writer)) = open(state, upgraded, auth, encoding).await {
         let sessions = session.state.sessions.clone();
-        sessions.spawn(session.serve(read, writer));
+        sessions.spawn(session.serve(ws, writer));
     }
 }
 
@@ -96,7 +98,7 @@ async fn open(
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
-) -> Option<(Session, ReadHalf, JoinHandle<writer::WriterEnd>)> {
+) -> Option<(Session, Reader, JoinHandle<writer::WriterEnd>)> {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -158,7 +160,7 @@ async fn open(
 
     let mut session = Session {
         state,
-        claims,
+        claims: Box::new(claims),
         user,
         conn_id,
         session: session_id,
@@ -173,14 +175,19 @@ async fn open(
         receipts: None,
     };
     session.expires_at = session.token_deadline(session.claims.exp);
-    Some((session, read, writer))
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.set_max_message_size(session.state.config.max_frame + 1);
+    // Pings are answered in `on_frame`, so that read_frame returns them and they count as
+    // traffic for the heartbeat.
+    ws.set_auto_pong(false);
+    Some((session, ws, writer))
 }
 
 impl Session {
     /// Reads the connection until it closes, then lets go of it. Everything held across
     /// the read loop's awaits is part of every idle connection: the closing is boxed.
-    async fn serve(mut self, read: ReadHalf, writer: JoinHandle<writer::WriterEnd>) {
-        self.read_loop(read).await;
+    async fn serve(mut self, mut ws: Reader, writer: JoinHandle<writer::WriterEnd>) {
+        self.read_loop(&mut ws).await;
         Box::pin(self.finish(writer)).await;
     }
 
@@ -220,13 +227,7 @@ impl Session {
     /// Reads frames and carries out requests until the connection is to close. What is
     /// live across this loop's awaits is in every idle connection: the work on a frame is
     /// boxed (`on_frame`), and a close is queued at one place.
-    async fn read_loop(&mut self, read: ReadHalf) {
-        let (mut ws, _) =
-            fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-        ws.set_max_message_size(self.state.config.max_frame + 1);
-        // Pings are answered in `on_frame`, so that read_frame returns them and they count
-        // as traffic for the heartbeat.
-        ws.set_auto_pong(false);
+    async fn read_loop(&mut self, ws: &mut Reader) {
         // Fragments are collected here, not by fastwebsockets' collector, so that a
         // message's total size is capped while it arrives (1009), not only its frames'.
         let mut partial: Option<Vec<u8>> = None;
@@ -468,7 +469,7 @@ impl Session {
             Ok(claims) if claims.sub == self.claims.sub => {
                 self.expires_at = self.token_deadline(claims.exp);
                 let exp = claims.exp;
-                self.claims = claims;
+                *self.claims = claims;
                 Some(ServerFrame::TokenRefreshed { exp, rid })
             }
             Ok(_) => {
@@ -567,7 +568,7 @@ impl Session {
         let member = Member {
             conn_id: self.conn_id,
             session: self.session.clone(),
-            user: self.claims.sub.as_str().into(),
+            user: self.user.clone(),
             name: self.claims.name.clone(),
             queue: self.queue.clone(),
             signals: self.signals.clone(),
