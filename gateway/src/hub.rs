@@ -113,12 +113,14 @@ impl Hub {
         }
     }
 
-    /// Hands a published event to its room. A full room buffer drops it: the room sees
-    /// the offset gap and reads the missing events from the stream.
+    /// Hands a published event to its room. A full room buffer drops it (counted): the room
+    /// sees the offset gap and reads the missing durable events from the stream.
     pub fn dispatch(&self, team: &str, published: Published) {
         let rooms = self.rooms.lock().expect("hub lock");
-        if let Some(entry) = rooms.get(team) {
-            let _ = entry.events.try_send(Box::new(published));
+        if let Some(entry) = rooms.get(team)
+            && entry.events.try_send(Box::new(published)) == Err(queue::TrySendError::Full)
+        {
+            metrics::counter!(teamchat_shared::metrics::ROOM_EVENTS_DROPPED).increment(1);
         }
     }
 

@@ -24,6 +24,7 @@ pub const EVENTS_OUT: &str = "teamchat_gateway_events_out_total";
 pub const APPEND_SECONDS: &str = "teamchat_gateway_append_seconds";
 pub const FANOUT_SECONDS: &str = "teamchat_gateway_fanout_seconds";
 pub const QUEUE_OVERFLOWS: &str = "teamchat_gateway_send_queue_overflows_total";
+pub const ROOM_EVENTS_DROPPED: &str = "teamchat_gateway_room_events_dropped_total";
 pub const RATE_LIMITED: &str = "teamchat_gateway_rate_limited_total";
 pub const GATEWAY_REDIS_ERRORS: &str = "teamchat_gateway_redis_errors_total";
 pub const BATCHES: &str = "teamchat_worker_batches_total";
@@ -89,6 +90,12 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "",
         "connections closed 1013 because their send queue was full",
+    ),
+    (
+        ROOM_EVENTS_DROPPED,
+        Kind::Counter,
+        "",
+        "published events a room's buffer could not take: durable ones are read back from the stream, typing and presence changes are lost",
     ),
     (
         RATE_LIMITED,
