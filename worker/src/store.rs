@@ -389,11 +389,8 @@ impl Store {
         .bind(offset as i64)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(r#"DELETE FROM synced_ahead WHERE team = $1 AND "offset" <= $2"#)
-            .bind(team)
-            .bind(offset as i64)
-            .execute(&mut *tx)
-            .await?;
+        // Offsets synced past the old watermark may now follow on from the new one.
+        settle_watermarks(&mut tx, &[team]).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -546,7 +543,12 @@ async fn record_synced(tx: &mut sqlx::PgConnection, synced: &[(&str, i64)]) -> s
         .execute(&mut *tx)
         .await?;
     }
-    // Waiting offsets that now follow on move the watermark.
+    settle_watermarks(tx, &teams).await
+}
+
+/// Moves the (locked) teams' watermarks over the waiting offsets that now follow on,
+/// deletes the offsets they passed, and sets the rows' `waiting`.
+async fn settle_watermarks(tx: &mut sqlx::PgConnection, teams: &[&str]) -> sqlx::Result<()> {
     sqlx::query(
         r#"UPDATE team_sync ts SET synced_offset = adv.top
            FROM (SELECT s.team, max(a."offset") AS top
@@ -559,7 +561,7 @@ async fn record_synced(tx: &mut sqlx::PgConnection, synced: &[(&str, i64)]) -> s
                  GROUP BY s.team) adv
            WHERE ts.team = adv.team"#,
     )
-    .bind(&teams)
+    .bind(teams)
     .execute(&mut *tx)
     .await?;
     // Then what the watermark passed goes, and the rows say whether any offset still waits.
@@ -571,7 +573,7 @@ async fn record_synced(tx: &mut sqlx::PgConnection, synced: &[(&str, i64)]) -> s
                SELECT 1 FROM synced_ahead a WHERE a.team = s.team AND a."offset" > s.synced_offset)
            WHERE s.team = ANY($1)"#,
     )
-    .bind(&teams)
+    .bind(teams)
     .execute(&mut *tx)
     .await?;
     Ok(())

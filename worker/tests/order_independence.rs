@@ -147,3 +147,29 @@ async fn every_order_of_batches_gives_the_same_rows() {
         assert_eq!(watermark, 8, "batches {batches:?}");
     }
 }
+
+/// A replay marks a team synced through an offset; offsets a worker synced past it (they
+/// waited for the gap the replay filled) then follow on, and nothing is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_waiting_past_a_replayed_range_follow_on_from_it() {
+    let env = TestEnv::new().await;
+    let store = Store::connect(&env.database_url, 3).await.unwrap();
+    store
+        .write_batch(&[message(5, 5, "five"), message(6, 6, "six")])
+        .await
+        .unwrap();
+    assert_eq!(rows(&store).await.2, 0, "5 and 6 wait for 1..=4");
+
+    store.mark_synced_through("t", 4).await.unwrap();
+    let (watermark, waiting): (i64, bool) =
+        sqlx::query_as("SELECT synced_offset, waiting FROM team_sync WHERE team = 't'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!((watermark, waiting), (6, false));
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM synced_ahead")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
