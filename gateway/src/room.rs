@@ -72,6 +72,8 @@ pub struct Room {
     typing: HashMap<String, Instant>,
     /// Presence changes not yet sent to the members.
     presence_out: PresenceBatch,
+    /// When this gateway's members' presence entries are next refreshed.
+    next_refresh: Instant,
     epoch: String,
     /// Offset of the newest event delivered to the members.
     last: u64,
@@ -92,6 +94,7 @@ impl Room {
             presence_ttl,
             typing: HashMap::new(),
             presence_out: PresenceBatch::default(),
+            next_refresh: Instant::now(),
             epoch: String::new(),
             last: 0,
             members: Vec::new(),
@@ -110,9 +113,7 @@ impl Room {
         // Rooms opened together (a gateway's start, a join storm) would refresh together:
         // each starts at a random point of the period, so Redis sees a steady trickle.
         let every = self.presence_ttl / 3;
-        let first = every.mul_f64(rand::random::<f64>());
-        let mut presence = tokio::time::interval_at(tokio::time::Instant::now() + first, every);
-        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.next_refresh = Instant::now() + every.mul_f64(rand::random::<f64>());
         let mut batch = Vec::new();
         let mut published = Vec::new();
         let mut events_open = true;
@@ -159,14 +160,19 @@ impl Room {
                         self.send_presence();
                     }
                 }
-                // One timer for the presence batch and the typists' stops.
-                _ = sleep_until(self.next_due()) => {
-                    if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
+                // One timer for the presence refresh, the presence batch and the typists'
+                // stops.
+                _ = tokio::time::sleep_until(self.next_due()) => {
+                    let now = Instant::now();
+                    if self.presence_out.due().is_some_and(|due| due <= now) {
                         self.send_presence();
                     }
                     self.expire_typing();
+                    if self.next_refresh <= now {
+                        Box::pin(self.refresh_presence()).await;
+                        self.next_refresh = Instant::now() + every;
+                    }
                 }
-                _ = presence.tick() => Box::pin(self.refresh_presence()).await,
             }
         }
     }
@@ -517,13 +523,14 @@ impl Room {
         count_out(&frames[0], sent);
     }
 
-    /// When the pending presence batch or the earliest typing stop is due.
-    fn next_due(&self) -> Option<Instant> {
+    /// When the room's timer is next due: the presence refresh, the pending presence batch
+    /// or the earliest typing stop.
+    fn next_due(&self) -> Instant {
         let typing = self.typing.values().min().copied();
-        match (self.presence_out.due(), typing) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.presence_out.due(), typing]
+            .into_iter()
+            .flatten()
+            .fold(self.next_refresh, Instant::min)
     }
 
     fn expire_typing(&mut self) {
@@ -676,13 +683,5 @@ fn offer(member: &Member, frame: &Arc<OutFrame>, sent: &mut usize) -> bool {
             false
         }
         Err(TrySendError::Closed) => false,
-    }
-}
-
-/// Resolves at `due`; never without one.
-async fn sleep_until(due: Option<Instant>) {
-    match due {
-        Some(due) => tokio::time::sleep_until(due).await,
-        None => std::future::pending().await,
     }
 }
