@@ -254,7 +254,17 @@ impl Session {
             // The next frame, or why the connection closes without one.
             let frame = {
                 // Kept across the timer's wake-ups: a frame half read is not dropped.
-                let read = ws.read_frame(&mut obligated);
+                let read = async {
+                    // fastwebsockets reserves a read buffer as soon as it reads: with
+                    // nothing buffered, wait for the socket first, so an idle connection
+                    // holds no buffer.
+                    let (early, socket) = ws.get_ref().get_ref();
+                    let early_left = (early.position() as usize) < early.get_ref().len();
+                    if !ws.has_buffered() && !early_left {
+                        socket.readable().await.map_err(WebSocketError::IoError)?;
+                    }
+                    ws.read_frame(&mut obligated).await
+                };
                 tokio::pin!(read);
                 loop {
                     tokio::select! {

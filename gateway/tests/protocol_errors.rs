@@ -162,6 +162,44 @@ async fn fragmented_messages_are_assembled_and_capped_at_max_frame() {
     assert_eq!(client::raw_close_code(&mut raw).await, 1009);
 }
 
+/// Pongs read from a raw socket until the one with `rid`; returns their rids.
+async fn pongs_until(raw: &mut tokio::net::TcpStream, rid: &str) -> Vec<String> {
+    let mut rids = Vec::new();
+    while rids.last().map(String::as_str) != Some(rid) {
+        let (opcode, payload) = client::raw_next_frame(raw).await;
+        assert_eq!(opcode, 0x1, "a text frame expected");
+        let frame: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        if frame["type"] == "pong" {
+            rids.push(frame["rid"].as_str().unwrap().to_owned());
+        }
+    }
+    rids
+}
+
+/// A frame sent with the upgrade request, and frames sent together in one packet, are
+/// all read at once: the reader waits for the socket only when it holds nothing unread
+/// (the client here waits for the answers before it sends anything more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_handshake_or_together_are_read_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let token = env.token("u1", &["t"]);
+    let ping = |rid: &str| {
+        let request = json!({"type": "ping", "rid": rid}).to_string();
+        client::raw_frame(true, 0x1, request.as_bytes())
+    };
+    let mut raw = client::open_raw_with(g.addr(), &token, &ping("early")).await;
+    assert_eq!(pongs_until(&mut raw, "early").await, ["early"]);
+
+    raw.write_all(&[ping("one"), ping("two")].concat())
+        .await
+        .unwrap();
+    assert_eq!(pongs_until(&mut raw, "two").await, ["one", "two"]);
+    client::raw_send(&mut raw, 0x8, &1000u16.to_be_bytes()).await;
+    assert_eq!(client::raw_close_code(&mut raw).await, 1000);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_close_is_answered_1000() {
     let env = TestEnv::new().await;

@@ -205,13 +205,21 @@ pub async fn close_code(ws: &mut Ws) -> (u16, Vec<Value>) {
 /// A WebSocket that does nothing on its own: no automatic pongs, so a test can play a
 /// client that went silent. Returns the socket after the 101 response.
 pub async fn open_raw(addr: SocketAddr, token: &str) -> TcpStream {
+    open_raw_with(addr, token, &[]).await
+}
+
+/// As `open_raw`, with `early` (frames, say) sent in the same write as the upgrade
+/// request, before the server's answer.
+pub async fn open_raw_with(addr: SocketAddr, token: &str, early: &[u8]) -> TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("connecting");
-    let request = format!(
+    let mut request = format!(
         "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    )
+    .into_bytes();
+    request.extend_from_slice(early);
+    stream.write_all(&request).await.unwrap();
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
@@ -247,6 +255,12 @@ pub async fn raw_send(stream: &mut TcpStream, opcode: u8, payload: &[u8]) {
 /// Sends one masked frame, final or not (0x0 is a continuation).
 pub async fn raw_send_frame(stream: &mut TcpStream, fin: bool, opcode: u8, payload: &[u8]) {
     use tokio::io::AsyncWriteExt;
+    let frame = raw_frame(fin, opcode, payload);
+    stream.write_all(&frame).await.expect("writing a frame");
+}
+
+/// One masked client frame's bytes, final or not.
+pub fn raw_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = [0x12u8, 0x34, 0x56, 0x78];
     let mut frame = vec![if fin { 0x80u8 } else { 0 } | opcode];
     match payload.len() {
@@ -262,34 +276,40 @@ pub async fn raw_send_frame(stream: &mut TcpStream, fin: bool, opcode: u8, paylo
     }
     frame.extend_from_slice(&mask);
     frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    stream.write_all(&frame).await.expect("writing a frame");
+    frame
 }
 
 /// Reads raw server frames until a close frame; returns the code and the data frames
 /// before it (text frames, as JSON).
 pub async fn raw_frames_until_close(stream: &mut TcpStream) -> (u16, Vec<Value>) {
-    use tokio::io::AsyncReadExt;
     let mut frames = Vec::new();
     loop {
-        let mut head = [0u8; 2];
-        tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut head))
-            .await
-            .expect("timed out waiting for a close")
-            .expect("connection ended without a close frame");
-        let len = match head[1] & 0x7f {
-            126 => u64::from(stream.read_u16().await.unwrap()),
-            127 => stream.read_u64().await.unwrap(),
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; len as usize];
-        stream
-            .read_exact(&mut payload)
-            .await
-            .expect("reading a frame");
-        match head[0] & 0x0f {
+        let (opcode, payload) = raw_next_frame(stream).await;
+        match opcode {
             0x8 => return (u16::from_be_bytes([payload[0], payload[1]]), frames),
             0x1 => frames.push(serde_json::from_slice(&payload).expect("JSON frame")),
             _ => {}
         }
     }
+}
+
+/// The next raw server frame: its opcode and payload.
+pub async fn raw_next_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut head))
+        .await
+        .expect("timed out waiting for a frame")
+        .expect("connection ended without a close frame");
+    let len = match head[1] & 0x7f {
+        126 => u64::from(stream.read_u16().await.unwrap()),
+        127 => stream.read_u64().await.unwrap(),
+        n => u64::from(n),
+    };
+    let mut payload = vec![0u8; len as usize];
+    stream
+        .read_exact(&mut payload)
+        .await
+        .expect("reading a frame");
+    (head[0] & 0x0f, payload)
 }

@@ -264,6 +264,18 @@ impl<'f, S> WebSocketRead<S> {
     self.read_half.auto_close = auto_close;
   }
 
+  /// Whether bytes of a next frame are buffered already (teamchat patch: a caller that
+  /// finds none can wait for the stream to be readable before `read_frame` reserves a
+  /// buffer, so an idle connection holds none).
+  pub fn has_buffered(&self) -> bool {
+    !self.read_half.buffer.is_empty()
+  }
+
+  /// The underlying stream (teamchat patch, see `has_buffered`).
+  pub fn get_ref(&self) -> &S {
+    &self.stream
+  }
+
   /// Sets whether to automatically send a pong frame when a ping frame is received.
   ///
   /// Default: `true`
