@@ -40,6 +40,10 @@ impl PresenceBatch {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
     /// When the pending changes are to be sent; `None` when there are none.
     pub fn due(&self) -> Option<Instant> {
         if self.changes.is_empty() {

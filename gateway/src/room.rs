@@ -117,7 +117,14 @@ impl Room {
         let mut batch = Vec::new();
         let mut published = Vec::new();
         let mut events_open = true;
+        // One timer, set again only when what it waits for changes: not once per event.
+        let timer = tokio::time::sleep_until(self.next_due());
+        tokio::pin!(timer);
         loop {
+            let due = self.next_due();
+            if timer.deadline() != due {
+                timer.as_mut().reset(due);
+            }
             tokio::select! {
                 received = cmds.recv_many(&mut batch, 256) => {
                     if received == 0 {
@@ -162,7 +169,7 @@ impl Room {
                 }
                 // One timer for the presence refresh, the presence batch and the typists'
                 // stops.
-                _ = tokio::time::sleep_until(self.next_due()) => {
+                _ = &mut timer => {
                     let now = Instant::now();
                     if self.presence_out.due().is_some_and(|due| due <= now) {
                         self.send_presence();
@@ -481,8 +488,11 @@ impl Room {
     /// Sends the pending presence changes to every member, as one queued batch each; the
     /// connection that caused a change does not hear it.
     fn send_presence(&mut self) {
+        if self.presence_out.is_empty() {
+            return;
+        }
         let changes = self.presence_out.take(Instant::now());
-        if changes.is_empty() || self.members.is_empty() {
+        if self.members.is_empty() {
             return;
         }
         let frames: Vec<Arc<OutFrame>> = changes
