@@ -57,8 +57,8 @@ pub enum Outbound {
     /// Frames shared with other recipients, queued together (one slot for a burst); the
     /// frame at the second index, if any, is not this connection's to hear (it caused it).
     Batch(Arc<Vec<Arc<OutFrame>>>, u32),
-    /// A frame for this connection only (replies, welcome). Boxed: the queue's slots are
-    /// allocated 32 at a time per connection, at the size of the largest variant.
+    /// A frame for this connection only (replies, welcome). Boxed: a queue's slots are
+    /// the size of the largest variant, and a drained queue keeps a few of them.
     Own(Box<ServerFrame>),
     /// A control frame the reader owes the peer (pong, close echo). Boxed, as is `Close`:
     /// both are rare, and a small slot keeps every idle connection's queue small.
