@@ -518,17 +518,12 @@ impl Room {
                 return true;
             }
             let batch = Outbound::Batch(frames.clone(), skip.unwrap_or(u32::MAX));
-            match member.queue.try_send(batch) {
-                Ok(()) => {
-                    sent += frames.len() - usize::from(skip.is_some());
-                    true
-                }
-                Err(TrySendError::Full) => {
-                    member.signals.too_slow();
-                    false
-                }
-                Err(TrySendError::Closed) => false,
-            }
+            offer(
+                member,
+                batch,
+                frames.len() - usize::from(skip.is_some()),
+                &mut sent,
+            )
         });
         count_out(&frames[0], sent);
     }
@@ -570,8 +565,9 @@ impl Room {
         };
         let frame = OutFrame::new(frame);
         let mut sent = 0;
-        self.members
-            .retain(|member| *member.user == *user || offer(member, &frame, &mut sent));
+        self.members.retain(|member| {
+            *member.user == *user || offer(member, Outbound::Shared(frame.clone()), 1, &mut sent)
+        });
         count_out(&frame, sent);
     }
 
@@ -666,8 +662,10 @@ impl Room {
         }
         let frame = OutFrame::new(ServerFrame::from_event(event));
         let mut sent = 0;
-        self.members
-            .retain(|member| *member.session == *event.src || offer(member, &frame, &mut sent));
+        self.members.retain(|member| {
+            *member.session == *event.src
+                || offer(member, Outbound::Shared(frame.clone()), 1, &mut sent)
+        });
         count_out(&frame, sent);
         let age_ms = crate::broker::now_ms() - event.data.ts();
         metrics::histogram!(m::FANOUT_SECONDS).record(age_ms.max(0) as f64 / 1000.0);
@@ -680,12 +678,13 @@ fn count_out(frame: &OutFrame, recipients: usize) {
     metrics::counter!(m::EVENTS_OUT, "type" => frame.kind()).increment(recipients as u64);
 }
 
-/// Queues a shared frame for a member (counting it in `sent`); false when the member must
-/// go (its queue is full, and it is closed with 1013, or its connection is gone).
-fn offer(member: &Member, frame: &Arc<OutFrame>, sent: &mut usize) -> bool {
-    match member.queue.try_send(Outbound::Shared(frame.clone())) {
+/// Queues an item holding `frames` frames for a member (counting them in `sent`); false
+/// when the member must go (its queue is full, and it is closed with 1013, or its
+/// connection is gone).
+fn offer(member: &Member, item: Outbound, frames: usize, sent: &mut usize) -> bool {
+    match member.queue.try_send(item) {
         Ok(()) => {
-            *sent += 1;
+            *sent += frames;
             true
         }
         Err(TrySendError::Full) => {
