@@ -1,10 +1,10 @@
-//! The queues every connection and every room has (a connection's send queue, a room's
-//! commands and published events): many senders, one receiver, optionally bounded, and
-//! small, because there are as many of them as connections.
+//! The queues every room has (its commands and published events): many senders, one
+//! receiver, optionally bounded, and small, because there are as many rooms as teams with
+//! members here. (A connection's send queue is the same shape, inside its `Outlet`.)
 //!
 //! tokio's channels allocate their first block of 32 slots (and a bounded one its
-//! semaphore) up front: ≈1.2 KB per connection, measured, most of an idle connection's
-//! budget, and more per room. This one is a `VecDeque` behind a mutex (≈100 bytes while
+//! semaphore) up front: ≈1.2 KB per channel, measured, more than a whole idle
+//! connection's budget. This one is a `VecDeque` behind a mutex (≈100 bytes while
 //! empty) that gives back a burst's memory once drained. flume has the same shape but is
 //! built here with its spin-lock feature (enabled by sqlx), which sleeps a runtime thread
 //! under contention.

@@ -18,8 +18,8 @@ use teamchat_shared::metrics as m;
 
 use crate::broker::{Broker, TeamState, Top};
 use crate::presence_batch::{PresenceBatch, PresenceChange};
-use crate::queue::{self, TrySendError};
-use crate::writer::{CloseSignals, OutFrame, Outbound};
+use crate::queue;
+use crate::writer::{OutFrame, Outbound, Outlet};
 
 /// A connection in a room.
 pub struct Member {
@@ -27,10 +27,9 @@ pub struct Member {
     pub session: Arc<str>,
     pub user: Arc<str>,
     pub name: Option<String>,
-    pub queue: queue::Sender<Outbound>,
-    /// Raised when the member's queue overflows (its writer closes with 1013) or the
-    /// team's stream was lost (1012).
-    pub signals: CloseSignals,
+    /// The member's connection: a full queue closes it with 1013; a lost team stream
+    /// with 1012.
+    pub outlet: Outlet,
 }
 
 /// A join request. The room sends `room:joined` (and any replay) into the member's queue
@@ -218,7 +217,7 @@ impl Room {
         let replays = futures_util::future::join_all(
             joins
                 .iter()
-                .map(|join| self.replay_for(join, &state, join.member.queue.capacity())),
+                .map(|join| self.replay_for(join, &state, join.member.outlet.capacity())),
         )
         .await;
         let mut ready = Vec::with_capacity(joins.len());
@@ -267,25 +266,20 @@ impl Room {
                 rid: join.rid,
             };
             let member = join.member;
-            let mut ok = member.queue.try_send(Outbound::own(joined)).is_ok();
-            for event in replay.flatten().unwrap_or_default() {
-                let frame = OutFrame::new(ServerFrame::from_event(&event));
-                ok = ok && member.queue.try_send(Outbound::Shared(frame)).is_ok();
-            }
-            ok = ok
-                && member
-                    .queue
-                    .try_send(Outbound::Shared(list.clone()))
-                    .is_ok();
-            ok = ok
-                && member
-                    .queue
-                    .try_send(Outbound::Shared(receipts.clone()))
-                    .is_ok();
-            if ok {
+            let replay = replay.flatten().unwrap_or_default();
+            let mut frames = Vec::with_capacity(replay.len() + 3);
+            frames.push(Outbound::own(joined));
+            frames.extend(
+                replay
+                    .iter()
+                    .map(|event| Outbound::Shared(OutFrame::new(ServerFrame::from_event(event)))),
+            );
+            frames.push(Outbound::Shared(list.clone()));
+            frames.push(Outbound::Shared(receipts.clone()));
+            // Sent together: one write for the whole greeting. A full queue closes the
+            // connection (1013).
+            if member.outlet.try_send_all(frames).is_ok() {
                 self.members.push(member);
-            } else {
-                member.signals.too_slow();
             }
             let _ = join.done.send(Ok(()));
         }
@@ -372,9 +366,8 @@ impl Room {
                 team: self.team.clone(),
                 rid,
             };
-            if member.queue.try_send(Outbound::own(left)).is_err() {
-                member.signals.too_slow();
-            }
+            // A full queue closes the connection (1013).
+            let _ = member.outlet.try_send(Outbound::own(left));
         }
     }
 
@@ -580,7 +573,7 @@ impl Room {
         }
         warn!(team = %self.team, old = %self.epoch, new = %epoch, "team stream was reset");
         for member in self.members.drain(..) {
-            member.signals.stream_reset();
+            member.outlet.stream_reset();
         }
         self.typing.clear();
         self.epoch = epoch.to_owned();
@@ -642,7 +635,7 @@ impl Room {
         if !complete {
             error!(team = %self.team, from, to, got = events.len(), "events trimmed before delivery");
             for member in self.members.drain(..) {
-                member.signals.too_slow();
+                member.outlet.too_slow();
             }
             self.last = to;
             return true;
@@ -682,15 +675,9 @@ fn count_out(frame: &OutFrame, recipients: usize) {
 /// when the member must go (its queue is full, and it is closed with 1013, or its
 /// connection is gone).
 fn offer(member: &Member, item: Outbound, frames: usize, sent: &mut usize) -> bool {
-    match member.queue.try_send(item) {
-        Ok(()) => {
-            *sent += frames;
-            true
-        }
-        Err(TrySendError::Full) => {
-            member.signals.too_slow();
-            false
-        }
-        Err(TrySendError::Closed) => false,
+    let offered = member.outlet.try_send(item).is_ok();
+    if offered {
+        *sent += frames;
     }
+    offered
 }

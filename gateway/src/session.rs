@@ -27,10 +27,9 @@ use crate::AppState;
 use crate::auth::{AuthError, Claims};
 use crate::broker::AppendOutcome;
 use crate::limits::Operation;
-use crate::queue;
 use crate::receipts;
 use crate::room::{Join, Member};
-use crate::writer::{self, CloseSignals, Outbound};
+use crate::writer::{self, Outbound, Outlet};
 use teamchat_shared::metrics as m;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -47,8 +46,7 @@ struct Session {
     conn_id: u64,
     session: Arc<str>,
     encoding: Encoding,
-    queue: queue::Sender<Outbound>,
-    signals: CloseSignals,
+    outlet: Outlet,
     joined: HashSet<String>,
     /// Teams this connection is typing in, so leaving or closing sends `typing:stop`.
     typing: HashSet<String>,
@@ -113,16 +111,15 @@ async fn open(
     let early = Bytes::copy_from_slice(&parts.read_buf);
     drop(parts.read_buf);
     let read = Cursor::new(early).chain(read);
-    let (queue, queue_rx) = queue::bounded(state.config.send_queue.max(2));
-    let signals = CloseSignals::default();
-    let writer = tokio::spawn(writer::run(write, queue_rx, encoding, signals.clone()));
+    let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2));
+    let writer = tokio::spawn(writer::run(outlet.clone()));
 
     let claims = match auth {
         Ok(claims) => claims,
         Err(error) => {
             metrics::counter!(m::AUTH_FAILURES, "reason" => error.label()).increment(1);
             // The queue is new: there is room.
-            let _ = queue.try_send(Outbound::close(error.close_code(), error.reason()));
+            let _ = outlet.try_send(Outbound::close(error.close_code(), error.reason()));
             let _ = writer.await;
             return None;
         }
@@ -140,7 +137,7 @@ async fn open(
     {
         Ok(true) => {}
         Ok(false) => {
-            let _ = queue.try_send(Outbound::close(4029, "too many connections"));
+            let _ = outlet.try_send(Outbound::close(4029, "too many connections"));
             let _ = writer.await;
             return None;
         }
@@ -154,7 +151,7 @@ async fn open(
         heartbeat_ms: state.config.heartbeat_ms,
         max_frame: state.config.max_frame,
     };
-    let _ = queue.try_send(Outbound::own(welcome));
+    let _ = outlet.try_send(Outbound::own(welcome));
     metrics::counter!(m::CONNECTS).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
 
@@ -165,8 +162,7 @@ async fn open(
         conn_id,
         session: session_id,
         encoding,
-        queue,
-        signals,
+        outlet,
         joined: HashSet::new(),
         typing: HashSet::new(),
         expires_at: Instant::now(),
@@ -181,6 +177,14 @@ async fn open(
     // traffic for the heartbeat.
     ws.set_auto_pong(false);
     Some((session, ws, writer))
+}
+
+impl Drop for Session {
+    /// However the reader stops (even by a panic), its writer ends once it wrote what is
+    /// queued.
+    fn drop(&mut self) {
+        self.outlet.end();
+    }
 }
 
 impl Session {
@@ -214,7 +218,7 @@ impl Session {
             debug!(error = %e, "connection entry left to expire");
         }
         drop(self);
-        // The writer ends once the queue is dropped.
+        // The writer ends once it wrote what is queued (the session's drop ended the outlet).
         let mut writer = writer;
         if tokio::time::timeout(CLOSE_GRACE, &mut writer)
             .await
@@ -231,15 +235,12 @@ impl Session {
         // Fragments are collected here, not by fastwebsockets' collector, so that a
         // message's total size is capped while it arrives (1009), not only its frames'.
         let mut partial: Option<Vec<u8>> = None;
-        let (control, signals) = (self.queue.clone(), self.signals.clone());
-        // Pongs and close echoes the reader owes go through the writer's queue; a peer
-        // that does not read them is too slow like any other (1013).
+        let control = self.outlet.clone();
+        // Pongs and close echoes the reader owes go through the outlet; a peer that does
+        // not read them is too slow like any other (1013).
         let mut obligated = move |frame: Frame<'_>| {
             let payload = Bytes::copy_from_slice(&frame.payload);
             let queued = control.try_send(Outbound::control(frame.opcode, payload));
-            if queued == Err(queue::TrySendError::Full) {
-                signals.too_slow();
-            }
             std::future::ready(queued.map_err(|_| std::io::Error::other("send queue unavailable")))
         };
         let heartbeat = Duration::from_millis(self.state.config.heartbeat_ms.max(100));
@@ -282,8 +283,7 @@ impl Session {
                                 break Err(Flow::Close(4000, "no heartbeat"));
                             }
                             if now >= next_ping {
-                                if self.queue.try_send(Outbound::Ping).is_err() {
-                                    self.signals.too_slow();
+                                if self.outlet.try_send(Outbound::Ping).is_err() {
                                     break Err(Flow::Stop);
                                 }
                                 next_ping = now + heartbeat;
@@ -292,7 +292,7 @@ impl Session {
                             deadline.as_mut().reset(due);
                         }
                         // The writer closed; give the peer a moment to answer, then drop.
-                        _ = self.signals.writer_done() => break Err(Flow::Stop),
+                        _ = self.outlet.writer_done() => break Err(Flow::Stop),
                     }
                 }
             };
@@ -318,7 +318,7 @@ impl Session {
             Flow::Close(code, reason) => self.close(code, reason).await,
             // The close echo is already queued by the obligated send.
             Flow::PeerClosed => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.writer_done()).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.writer_done()).await;
             }
             Flow::Continue | Flow::Stop => {}
         }
@@ -364,8 +364,7 @@ impl Session {
                 metrics::counter!(m::EVENTS_OUT, "type" => reply.kind()).increment(1);
                 // A peer that sends requests but does not read their replies fills its
                 // queue like any slow reader: 1013.
-                if self.queue.try_send(Outbound::own(reply)).is_err() {
-                    self.signals.too_slow();
+                if self.outlet.try_send(Outbound::own(reply)).is_err() {
                     return Flow::Stop;
                 }
             }
@@ -377,8 +376,7 @@ impl Session {
         match frame.opcode {
             OpCode::Ping => {
                 let pong = Outbound::control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
-                if self.queue.try_send(pong).is_err() {
-                    self.signals.too_slow();
+                if self.outlet.try_send(pong).is_err() {
                     return Flow::Stop;
                 }
                 Flow::Continue
@@ -390,11 +388,9 @@ impl Session {
 
     /// Queues a close frame and waits (briefly) for the writer to send it.
     async fn close(&self, code: u16, reason: &'static str) {
-        if self.queue.try_send(Outbound::close(code, reason)).is_err() {
-            // The queue is full: the peer is not reading. The writer gives up on it.
-            self.signals.too_slow();
-        }
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.signals.writer_done()).await;
+        // A full queue (the peer is not reading) asks the writer to give up on it.
+        let _ = self.outlet.try_send(Outbound::close(code, reason));
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.writer_done()).await;
     }
 
     /// Carries out one request; returns the direct reply the reader queues, if any.
@@ -580,8 +576,7 @@ impl Session {
             session: self.session.clone(),
             user: self.user.clone(),
             name: self.claims.name.clone(),
-            queue: self.queue.clone(),
-            signals: self.signals.clone(),
+            outlet: self.outlet.clone(),
         };
         self.state.hub.join(
             &team,

@@ -1,21 +1,27 @@
-//! The writer half of a connection: drains the connection's bounded send queue and writes
-//! every frame queued so far with one syscall, sends heartbeat pings, and closes.
+//! The send side of a connection (`Outlet`): frames written at once while the connection
+//! is idle, otherwise queued (bounded) for its writer task, which writes every frame
+//! queued so far with one syscall, and closes.
 //!
 //! Frames for many recipients are encoded once per encoding (`OutFrame`) and shared.
 
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
+use futures_util::task::AtomicWaker;
 use teamchat_shared::metrics as m;
 use teamchat_shared::protocol::{Encoding, ServerFrame};
-use tokio::io::AsyncWriteExt;
+#[cfg(test)]
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::Notify;
 
-use crate::queue::Receiver;
+pub use crate::queue::TrySendError;
 
 /// How long a connection marked too slow may take to accept what is being written.
 const SLOW_WRITE_GRACE: Duration = Duration::from_secs(5);
@@ -67,6 +73,8 @@ pub enum Outbound {
     Ping,
     /// Close the connection with this code; nothing is written after it.
     Close(Box<(u16, &'static str)>),
+    /// Bytes of frames written in part: the rest, which the writer writes first.
+    Raw(Box<Bytes>),
 }
 
 // Every connection's queue allocates its slots at this size: keep it two words.
@@ -84,33 +92,135 @@ impl Outbound {
     pub fn close(code: u16, reason: &'static str) -> Self {
         Outbound::Close(Box::new((code, reason)))
     }
+
+    /// A close frame: the writer sends it, and ends.
+    fn closes(&self) -> bool {
+        match self {
+            Outbound::Close(_) => true,
+            Outbound::Control(control) => control.0 == OpCode::Close,
+            _ => false,
+        }
+    }
 }
 
 /// Why the writer stopped.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WriterEnd {
     Closed(u16),
-    QueueDropped,
+    /// The reader finished and everything queued was written.
+    ReaderDone,
     WriteFailed,
 }
 
-/// Close signals a connection's parts raise for each other: its rooms and reader ask the
-/// writer to close (too slow: 1013; the team stream was reset: 1012, so the client rejoins
-/// with `since` and learns `recovered: false`), the writer tells the reader it finished.
-/// One small allocation per connection (three cancellation tokens took ≈370 bytes).
-#[derive(Clone, Default)]
-pub struct CloseSignals(Arc<Signals>);
+/// A connection's send side, shared by its reader and its rooms. A frame for an idle
+/// connection (nothing queued, nothing being written) is written to the socket by the
+/// sender at once: a delivery then costs no wake-up of another task. Otherwise, or for
+/// what the socket did not take, it is queued for the connection's writer task, which
+/// writes everything queued so far with one syscall, and closes.
+///
+/// Close signals travel here too: rooms and the reader ask the writer to close (too slow:
+/// 1013; the team stream was reset: 1012, so the client rejoins with `since` and learns
+/// `recovered: false`), the writer tells the reader it finished.
+#[derive(Clone)]
+pub struct Outlet(Arc<Shared>);
 
-#[derive(Default)]
-struct Signals {
+struct Shared {
+    socket: OwnedWriteHalf,
+    encoding: Encoding,
+    /// How many items may wait in the queue; one more closes the connection with 1013.
+    capacity: usize,
+    state: Mutex<State>,
     /// The close code asked of the writer; 0 while none. The first asked wins.
     close: AtomicU16,
-    writer: Notify,
-    done: AtomicBool,
-    reader: Notify,
+    writer: AtomicWaker,
+    reader: AtomicWaker,
 }
 
-impl CloseSignals {
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Outbound>,
+    /// The writer is writing what it took: senders queue behind it, so order holds.
+    writing: bool,
+    /// The reader finished: nothing more is accepted; the writer ends once drained.
+    ending: bool,
+    /// The writer finished.
+    done: bool,
+}
+
+/// A drained queue whose buffer grew past this many slots gives it back.
+const KEEP_SLOTS: usize = 8;
+
+/// What the writer took from the queue.
+enum Taken {
+    /// Frames are in the buffer; with the close code if a close frame ends them.
+    Frames(Option<u16>),
+    /// The reader finished and nothing is left.
+    ReaderDone,
+}
+
+thread_local! {
+    /// Where a sender builds the frames it writes through (one per runtime thread).
+    static SCRATCH: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+}
+
+impl Outlet {
+    /// The send side of a connection whose queue holds at most `capacity` items.
+    pub fn new(socket: OwnedWriteHalf, encoding: Encoding, capacity: usize) -> Self {
+        Outlet(Arc::new(Shared {
+            socket,
+            encoding,
+            capacity,
+            state: Mutex::new(State::default()),
+            close: AtomicU16::new(0),
+            writer: AtomicWaker::new(),
+            reader: AtomicWaker::new(),
+        }))
+    }
+
+    /// Sends an item: written at once when the connection is idle, queued otherwise. A
+    /// full queue means the peer does not read: the connection is closed with 1013.
+    pub fn try_send(&self, item: Outbound) -> Result<(), TrySendError> {
+        self.try_send_all(std::iter::once(item))
+    }
+
+    /// Sends items together (one write while the connection is idle), or none of them
+    /// when they do not fit the queue.
+    pub fn try_send_all<I>(&self, items: I) -> Result<(), TrySendError>
+    where
+        I: IntoIterator<Item = Outbound>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let shared = &*self.0;
+        let mut items = items.into_iter();
+        let mut state = shared.state.lock().expect("outlet lock");
+        if state.ending || state.done {
+            return Err(TrySendError::Closed);
+        }
+        if state.queue.len() + items.len() > shared.capacity {
+            drop(state);
+            self.too_slow();
+            return Err(TrySendError::Full);
+        }
+        let idle = !state.writing && state.queue.is_empty();
+        if idle && shared.close.load(Ordering::Acquire) == 0 {
+            // Under the lock, so nothing the writer or another sender writes interleaves.
+            match shared.write_through(&mut items) {
+                (None, None) => return Ok(()),
+                (rest, closing) => state.queue.extend(rest.into_iter().chain(closing)),
+            }
+        }
+        state.queue.extend(items);
+        drop(state);
+        shared.writer.wake();
+        Ok(())
+    }
+
+    /// Free queue slots.
+    pub fn capacity(&self) -> usize {
+        let queued = self.0.state.lock().expect("outlet lock").queue.len();
+        self.0.capacity.saturating_sub(queued)
+    }
+
     /// The send queue overflowed: close 1013.
     pub fn too_slow(&self) {
         self.ask(1013);
@@ -127,77 +237,178 @@ impl CloseSignals {
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         if asked.is_ok() {
-            // Stored as a permit if the writer is not waiting now.
-            self.0.writer.notify_one();
+            self.0.writer.wake();
         }
     }
 
-    /// Resolves with the close code once one is asked for.
-    pub async fn close_asked(&self) -> u16 {
-        loop {
-            let code = self.0.close.load(Ordering::Acquire);
-            if code != 0 {
-                return code;
-            }
-            self.0.writer.notified().await;
-        }
+    /// The reader finished: nothing more is accepted, and the writer ends once it wrote
+    /// what is queued.
+    pub fn end(&self) {
+        self.0.state.lock().expect("outlet lock").ending = true;
+        self.0.writer.wake();
     }
 
-    /// The writer finished.
-    fn finish(&self) {
-        self.0.done.store(true, Ordering::Release);
-        self.0.reader.notify_one();
-    }
-
-    /// Resolves once the writer finished.
+    /// Resolves once the writer finished (only the reader waits for this).
     pub async fn writer_done(&self) {
-        while !self.0.done.load(Ordering::Acquire) {
-            self.0.reader.notified().await;
-        }
+        poll_fn(|cx| {
+            if self.is_done() {
+                return Poll::Ready(());
+            }
+            self.0.reader.register(cx.waker());
+            if self.is_done() {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    fn is_done(&self) -> bool {
+        self.0.state.lock().expect("outlet lock").done
     }
 }
 
-/// Runs the writer until the connection closes.
-pub async fn run(
-    mut socket: OwnedWriteHalf,
-    mut queue: Receiver<Outbound>,
-    encoding: Encoding,
-    signals: CloseSignals,
-) -> WriterEnd {
+impl Shared {
+    /// Writes items to the socket without waiting, up to the first that closes (the
+    /// writer sends that one, and ends). Returns what the socket did not take and the
+    /// item it stopped at: both to be queued, before the items not taken.
+    fn write_through(
+        &self,
+        items: &mut impl Iterator<Item = Outbound>,
+    ) -> (Option<Outbound>, Option<Outbound>) {
+        SCRATCH.with_borrow_mut(|buffer| {
+            buffer.clear();
+            let closing = items.find_map(|item| {
+                if item.closes() {
+                    return Some(item);
+                }
+                push(buffer, item, self.encoding);
+                None
+            });
+            // A refusal (full socket buffer) or an error leaves it to the writer, which
+            // waits for the socket or ends.
+            let written = match buffer.is_empty() {
+                true => 0,
+                false => self.socket.try_write(buffer).unwrap_or(0),
+            };
+            let rest = (written < buffer.len())
+                .then(|| Outbound::Raw(Box::new(Bytes::copy_from_slice(&buffer[written..]))));
+            if buffer.capacity() > 64 * 1024 {
+                *buffer = BytesMut::new();
+            }
+            (rest, closing)
+        })
+    }
+
+    /// Takes what is queued into the buffer (a close asked for first), or learns the
+    /// reader finished; `None` while there is nothing to do.
+    fn take(&self, buffer: &mut BytesMut) -> Option<Taken> {
+        let mut state = self.state.lock().expect("outlet lock");
+        let code = self.close.load(Ordering::Acquire);
+        if code != 0 {
+            let reason = if code == 1012 {
+                "stream reset; rejoin with since"
+            } else {
+                "too slow"
+            };
+            // What is queued is dropped, except the rest of a frame written in part.
+            if let Some(rest @ Outbound::Raw(_)) = state.queue.pop_front() {
+                push(buffer, rest, self.encoding);
+            }
+            state.queue.clear();
+            state.writing = true;
+            return Some(Taken::Frames(push(
+                buffer,
+                Outbound::close(code, reason),
+                self.encoding,
+            )));
+        }
+        if state.queue.is_empty() {
+            return state.ending.then_some(Taken::ReaderDone);
+        }
+        state.writing = true;
+        let mut closed = None;
+        // Coalesce: everything queued now goes out in one write.
+        while closed.is_none() && buffer.len() < 256 * 1024 {
+            let Some(item) = state.queue.pop_front() else {
+                break;
+            };
+            closed = push(buffer, item, self.encoding);
+        }
+        if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
+            state.queue = VecDeque::new();
+        }
+        Some(Taken::Frames(closed))
+    }
+
+    /// After a write: true when the queue is empty and senders may write through again.
+    fn written(&self) -> bool {
+        let mut state = self.state.lock().expect("outlet lock");
+        state.writing = !state.queue.is_empty();
+        !state.writing
+    }
+
+    /// Resolves with the close code once one is asked for.
+    async fn close_asked(&self) -> u16 {
+        poll_fn(|cx| {
+            let code = self.close.load(Ordering::Acquire);
+            if code != 0 {
+                return Poll::Ready(code);
+            }
+            self.writer.register(cx.waker());
+            match self.close.load(Ordering::Acquire) {
+                0 => Poll::Pending,
+                code => Poll::Ready(code),
+            }
+        })
+        .await
+    }
+
+    fn finish(&self) {
+        let mut state = self.state.lock().expect("outlet lock");
+        state.done = true;
+        state.queue = VecDeque::new();
+        drop(state);
+        self.reader.wake();
+    }
+}
+
+/// Runs the connection's writer until the connection closes.
+pub async fn run(outlet: Outlet) -> WriterEnd {
+    let shared = &*outlet.0;
     let mut buffer = BytesMut::new();
     let end = loop {
-        let closed = tokio::select! {
-            biased;
-            code = signals.close_asked() => {
-                let reason = if code == 1012 { "stream reset; rejoin with since" } else { "too slow" };
-                push(&mut buffer, Outbound::close(code, reason), encoding)
+        let taken = poll_fn(|cx| {
+            if let Some(taken) = shared.take(&mut buffer) {
+                return Poll::Ready(taken);
             }
-            item = queue.recv() => {
-                let Some(item) = item else { break WriterEnd::QueueDropped };
-                let mut closed = push(&mut buffer, item, encoding);
-                // Coalesce: everything queued now goes out in one write.
-                while closed.is_none() && buffer.len() < 256 * 1024 {
-                    let Some(item) = queue.try_recv() else { break };
-                    closed = push(&mut buffer, item, encoding);
-                }
-                closed
+            shared.writer.register(cx.waker());
+            match shared.take(&mut buffer) {
+                Some(taken) => Poll::Ready(taken),
+                None => Poll::Pending,
             }
+        })
+        .await;
+        let closed = match taken {
+            Taken::Frames(closed) => closed,
+            Taken::ReaderDone => break WriterEnd::ReaderDone,
         };
-        if !write_all_or_give_up(&mut socket, &buffer, &signals).await {
+        if !write_all_or_give_up(shared, &buffer).await {
             break WriterEnd::WriteFailed;
         }
-        if queue.is_empty() {
+        if let Some(code) = closed {
+            break WriterEnd::Closed(code);
+        }
+        if shared.written() {
             // Idle now: an idle connection holds no write buffer (a burst, like a join's
             // presence list, would otherwise leave kilobytes behind in every connection).
             buffer = BytesMut::new();
         } else {
             buffer.clear();
         }
-        if let Some(code) = closed {
-            break WriterEnd::Closed(code);
-        }
     };
-    signals.finish();
+    shared.finish();
     let code = match &end {
         WriterEnd::Closed(code) => code.to_string(),
         _ => "none".to_owned(),
@@ -213,17 +424,26 @@ pub async fn run(
 /// for (too slow, stream reset) the write gets `SLOW_WRITE_GRACE` to finish (so the close
 /// frame can follow), then the connection is given up. Returns false when the write did
 /// not complete.
-async fn write_all_or_give_up(
-    socket: &mut OwnedWriteHalf,
-    buffer: &[u8],
-    signals: &CloseSignals,
-) -> bool {
-    let write = socket.write_all(buffer);
+async fn write_all_or_give_up(shared: &Shared, buffer: &[u8]) -> bool {
+    let write = write_all(&shared.socket, buffer);
     tokio::pin!(write);
     tokio::select! {
         written = &mut write => written.is_ok(),
-        _ = signals.close_asked() => matches!(tokio::time::timeout(SLOW_WRITE_GRACE, write).await, Ok(Ok(()))),
+        _ = shared.close_asked() => matches!(tokio::time::timeout(SLOW_WRITE_GRACE, write).await, Ok(Ok(()))),
     }
+}
+
+/// Writes all of `buffer`, waiting for the socket when it is full.
+async fn write_all(socket: &OwnedWriteHalf, mut buffer: &[u8]) -> std::io::Result<()> {
+    while !buffer.is_empty() {
+        match socket.try_write(buffer) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => buffer = &buffer[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.writable().await?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Appends an item to the write buffer; returns the close code once a close frame is in it.
@@ -243,6 +463,7 @@ fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16
         }
         Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
         Outbound::Ping => push_frame(buffer, OpCode::Ping, b""),
+        Outbound::Raw(bytes) => buffer.extend_from_slice(&bytes),
         Outbound::Control(control) => {
             let (op, payload) = *control;
             push_frame(buffer, op, &payload);
@@ -272,4 +493,108 @@ fn push_frame(buffer: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
     let len = Frame::new(true, opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
     buffer.extend_from_slice(&head[..len]);
     buffer.extend_from_slice(payload);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fastwebsockets::{Role, WebSocket};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// An outlet on one end of a loopback connection, a client reading frames on the other.
+    async fn connected(capacity: usize) -> (Outlet, WebSocket<TcpStream>, OwnedReadHalf) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, write) = server.into_split();
+        let outlet = Outlet::new(write, Encoding::Json, capacity);
+        tokio::spawn(run(outlet.clone()));
+        (
+            outlet,
+            WebSocket::after_handshake(client, Role::Client),
+            read,
+        )
+    }
+
+    /// A binary frame of `size` bytes that names its sender and number.
+    fn numbered(sender: u8, n: u32, size: usize) -> Outbound {
+        let mut payload = vec![0u8; size];
+        payload[0] = sender;
+        payload[1..5].copy_from_slice(&n.to_be_bytes());
+        Outbound::control(OpCode::Binary, payload.into())
+    }
+
+    /// The next frame; a stream broken mid-frame would leave the client waiting.
+    async fn next_frame(client: &mut WebSocket<TcpStream>) -> (OpCode, Vec<u8>) {
+        let read = tokio::time::timeout(Duration::from_secs(20), client.read_frame());
+        let frame = read.await.expect("a whole frame").unwrap();
+        (frame.opcode, frame.payload.to_vec())
+    }
+
+    fn number(payload: &[u8]) -> (usize, u32) {
+        let n = u32::from_be_bytes(payload[1..5].try_into().unwrap());
+        (payload[0] as usize, n)
+    }
+
+    const FRAMES: u32 = 400;
+    const SIZE: usize = 30_000;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_from_concurrent_senders_arrive_whole_and_in_each_senders_order() {
+        let (outlet, mut client, _read) = connected(2 * FRAMES as usize).await;
+        // 24 MB to a client that reads as they come: the socket's buffers fill and drain,
+        // writes end part way, and senders meet the writer at every stage.
+        let reading = tokio::spawn(async move {
+            let mut next = [0u32; 2];
+            while next != [FRAMES, FRAMES] {
+                let (opcode, payload) = next_frame(&mut client).await;
+                assert_eq!(opcode, OpCode::Binary);
+                let (sender, n) = number(&payload);
+                assert_eq!(n, next[sender], "sender {sender}'s frames out of order");
+                assert_eq!(payload.len(), SIZE + n as usize);
+                next[sender] += 1;
+            }
+        });
+        let senders: Vec<_> = (0..2u8)
+            .map(|sender| {
+                let outlet = outlet.clone();
+                tokio::spawn(async move {
+                    for n in 0..FRAMES {
+                        outlet
+                            .try_send(numbered(sender, n, SIZE + n as usize))
+                            .unwrap();
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.await.unwrap();
+        }
+        reading.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_close_for_a_slow_peer_follows_the_last_whole_frame() {
+        let (outlet, mut client, _read) = connected(FRAMES as usize).await;
+        for n in 0..FRAMES {
+            outlet.try_send(numbered(0, n, SIZE)).unwrap();
+        }
+        outlet.too_slow();
+        let mut next = 0;
+        let code = loop {
+            let (opcode, payload) = next_frame(&mut client).await;
+            if opcode == OpCode::Close {
+                break u16::from_be_bytes([payload[0], payload[1]]);
+            }
+            assert_eq!((opcode, number(&payload)), (OpCode::Binary, (0, next)));
+            assert_eq!(payload.len(), SIZE);
+            next += 1;
+        };
+        assert_eq!(code, 1013);
+        outlet.writer_done().await;
+        assert_eq!(outlet.try_send(Outbound::Ping), Err(TrySendError::Closed));
+    }
 }
