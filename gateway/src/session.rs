@@ -1,5 +1,6 @@
 //! One client connection after the upgrade: welcome, then read frames and carry out
-//! requests in order, while the writer task (see `writer`) sends what is queued.
+//! requests in order; replies and room events go out through the connection's `Outlet`
+//! (see `writer`).
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Cursor;
@@ -19,7 +20,6 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -29,7 +29,7 @@ use crate::broker::AppendOutcome;
 use crate::limits::Operation;
 use crate::receipts;
 use crate::room::{Join, Member};
-use crate::writer::{self, Outbound, Outlet};
+use crate::writer::{Outbound, Outlet};
 use teamchat_shared::metrics as m;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -63,11 +63,11 @@ struct Session {
 /// What the read loop does after a frame.
 enum Flow {
     Continue,
-    /// Queue a close with this code and wait (briefly) for the writer to send it.
+    /// Send a close with this code and wait (briefly) for it to be written.
     Close(u16, &'static str),
-    /// The peer sent a close (echoed already): wait (briefly) for the writer.
+    /// The peer sent a close (echoed already): wait (briefly) for the echo to be written.
     PeerClosed,
-    /// Stop reading; the writer closes (1013) or has closed.
+    /// Stop reading; the outlet closes (1013) or has closed.
     Stop,
 }
 
@@ -84,9 +84,9 @@ pub async fn run(
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
 ) {
-    if let Some((session, ws, writer)) = open(state, upgraded, auth, encoding).await {
+    if let Some((session, ws)) = open(state, upgraded, auth, encoding).await {
         let sessions = session.state.sessions.clone();
-        sessions.spawn(session.serve(ws, writer));
+        sessions.spawn(session.serve(ws));
     }
 }
 
@@ -96,7 +96,7 @@ async fn open(
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
-) -> Option<(Session, Reader, JoinHandle<writer::WriterEnd>)> {
+) -> Option<(Session, Reader)> {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
         Err(_) => {
@@ -112,7 +112,6 @@ async fn open(
     drop(parts.read_buf);
     let read = Cursor::new(early).chain(read);
     let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2));
-    let writer = tokio::spawn(writer::run(outlet.clone()));
 
     let claims = match auth {
         Ok(claims) => claims,
@@ -120,7 +119,7 @@ async fn open(
             metrics::counter!(m::AUTH_FAILURES, "reason" => error.label()).increment(1);
             // The queue is new: there is room.
             let _ = outlet.try_send(Outbound::close(error.close_code(), error.reason()));
-            let _ = writer.await;
+            let_close(outlet).await;
             return None;
         }
     };
@@ -138,7 +137,7 @@ async fn open(
         Ok(true) => {}
         Ok(false) => {
             let _ = outlet.try_send(Outbound::close(4029, "too many connections"));
-            let _ = writer.await;
+            let_close(outlet).await;
             return None;
         }
         // The limit protects; it is not worth refusing service while Redis is away.
@@ -176,12 +175,22 @@ async fn open(
     // Pings are answered in `on_frame`, so that read_frame returns them and they count as
     // traffic for the heartbeat.
     ws.set_auto_pong(false);
-    Some((session, ws, writer))
+    Some((session, ws))
+}
+
+/// Gives the close a moment to be written (a peer that never reads cannot hold it).
+async fn let_close(outlet: Outlet) {
+    if tokio::time::timeout(CLOSE_GRACE, outlet.ended())
+        .await
+        .is_err()
+    {
+        outlet.abandon();
+    }
 }
 
 impl Drop for Session {
-    /// However the reader stops (even by a panic), its writer ends once it wrote what is
-    /// queued.
+    /// However the reader stops (even by a panic), sending ends once what is queued is
+    /// written.
     fn drop(&mut self) {
         self.outlet.end();
     }
@@ -190,15 +199,15 @@ impl Drop for Session {
 impl Session {
     /// Reads the connection until it closes, then lets go of it. Everything held across
     /// the read loop's awaits is part of every idle connection: the closing is boxed.
-    async fn serve(mut self, mut ws: Reader, writer: JoinHandle<writer::WriterEnd>) {
+    async fn serve(mut self, mut ws: Reader) {
         self.read_loop(&mut ws).await;
-        Box::pin(self.finish(writer)).await;
+        Box::pin(self.finish()).await;
     }
 
-    /// After the read loop: typing stopped, rooms left, the connection forgotten, and the
-    /// writer given a moment to send what is queued (a peer that never reads cannot hold
+    /// After the read loop: typing stopped, rooms left, the connection forgotten, and
+    /// what is queued given a moment to be written (a peer that never reads cannot hold
     /// it).
-    async fn finish(mut self, writer: JoinHandle<writer::WriterEnd>) {
+    async fn finish(mut self) {
         for team in std::mem::take(&mut self.typing) {
             self.publish_typing(&team, Ephemeral::TypingStop).await;
         }
@@ -217,15 +226,10 @@ impl Session {
         {
             debug!(error = %e, "connection entry left to expire");
         }
+        let outlet = self.outlet.clone();
+        // Sending ends once what is queued is written (the session's drop ends it).
         drop(self);
-        // The writer ends once it wrote what is queued (the session's drop ended the outlet).
-        let mut writer = writer;
-        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
+        let_close(outlet).await;
     }
 
     /// Reads frames and carries out requests until the connection is to close. What is
@@ -291,8 +295,8 @@ impl Session {
                             let due = self.expires_at.min(heard + silence).min(next_ping);
                             deadline.as_mut().reset(due);
                         }
-                        // The writer closed; give the peer a moment to answer, then drop.
-                        _ = self.outlet.writer_done() => break Err(Flow::Stop),
+                        // Sending ended (a close was written, or the socket failed).
+                        _ = self.outlet.ended() => break Err(Flow::Stop),
                     }
                 }
             };
@@ -318,7 +322,7 @@ impl Session {
             Flow::Close(code, reason) => self.close(code, reason).await,
             // The close echo is already queued by the obligated send.
             Flow::PeerClosed => {
-                let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.writer_done()).await;
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.ended()).await;
             }
             Flow::Continue | Flow::Stop => {}
         }
@@ -386,11 +390,11 @@ impl Session {
         }
     }
 
-    /// Queues a close frame and waits (briefly) for the writer to send it.
+    /// Sends a close frame and waits (briefly) for it to be written.
     async fn close(&self, code: u16, reason: &'static str) {
-        // A full queue (the peer is not reading) asks the writer to give up on it.
+        // A full queue (the peer is not reading) closes with 1013 instead.
         let _ = self.outlet.try_send(Outbound::close(code, reason));
-        let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.writer_done()).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.ended()).await;
     }
 
     /// Carries out one request; returns the direct reply the reader queues, if any.

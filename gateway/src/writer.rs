@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use teamchat_shared::protocol::{Encoding, ServerFrame};
 #[cfg(test)]
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::AbortHandle;
 
 pub use crate::queue::TrySendError;
 
@@ -103,9 +104,9 @@ impl Outbound {
     }
 }
 
-/// Why the writer stopped.
+/// Why the connection's sending ended.
 #[derive(Debug, PartialEq, Eq)]
-pub enum WriterEnd {
+enum WriterEnd {
     Closed(u16),
     /// The reader finished and everything queued was written.
     ReaderDone,
@@ -115,8 +116,10 @@ pub enum WriterEnd {
 /// A connection's send side, shared by its reader and its rooms. A frame for an idle
 /// connection (nothing queued, nothing being written) is written to the socket by the
 /// sender at once: a delivery then costs no wake-up of another task. Otherwise, or for
-/// what the socket did not take, it is queued for the connection's writer task, which
-/// writes everything queued so far with one syscall, and closes.
+/// what the socket did not take, it is queued for a writer task, which writes everything
+/// queued so far with one syscall, waits for the socket when it is full, and closes. The
+/// writer is started when something is queued and ends when the queue is drained: an
+/// idle connection has no task of its own for sending.
 ///
 /// Close signals travel here too: rooms and the reader ask the writer to close (too slow:
 /// 1013; the team stream was reset: 1012, so the client rejoins with `since` and learns
@@ -143,7 +146,9 @@ struct State {
     writing: bool,
     /// The reader finished: nothing more is accepted; the writer ends once drained.
     ending: bool,
-    /// The writer finished.
+    /// The writer task, while one runs.
+    writer: Option<AbortHandle>,
+    /// Sending ended (a close frame written, the reader finished, or the socket failed).
     done: bool,
 }
 
@@ -154,6 +159,8 @@ const KEEP_SLOTS: usize = 8;
 enum Taken {
     /// Frames are in the buffer; with the close code if a close frame ends them.
     Frames(Option<u16>),
+    /// Nothing is left: the writer ends, and the next item queued starts another.
+    Drained,
     /// The reader finished and nothing is left.
     ReaderDone,
 }
@@ -210,9 +217,18 @@ impl Outlet {
             }
         }
         state.queue.extend(items);
-        drop(state);
-        shared.writer.wake();
+        self.wake_writer(state);
         Ok(())
+    }
+
+    /// Wakes the writer, or starts one (under the lock: one writer at a time).
+    fn wake_writer(&self, mut state: MutexGuard<'_, State>) {
+        if state.writer.is_some() {
+            drop(state);
+            self.0.writer.wake();
+        } else if !state.done {
+            state.writer = Some(tokio::spawn(run(self.clone())).abort_handle());
+        }
     }
 
     /// Free queue slots.
@@ -237,19 +253,33 @@ impl Outlet {
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         if asked.is_ok() {
-            self.0.writer.wake();
+            self.wake_writer(self.0.state.lock().expect("outlet lock"));
         }
     }
 
-    /// The reader finished: nothing more is accepted, and the writer ends once it wrote
-    /// what is queued.
+    /// The reader finished: nothing more is accepted, and sending ends once what is
+    /// queued is written.
     pub fn end(&self) {
-        self.0.state.lock().expect("outlet lock").ending = true;
-        self.0.writer.wake();
+        let mut state = self.0.state.lock().expect("outlet lock");
+        state.ending = true;
+        if state.writer.is_some() {
+            self.wake_writer(state);
+        } else if !state.done {
+            // Nothing queued (a writer would be running): ended now.
+            drop(state);
+            self.0.finish(WriterEnd::ReaderDone);
+        }
     }
 
-    /// Resolves once the writer finished (only the reader waits for this).
-    pub async fn writer_done(&self) {
+    /// Stops a writer that is still waiting for a peer that does not read.
+    pub fn abandon(&self) {
+        if let Some(writer) = self.0.state.lock().expect("outlet lock").writer.take() {
+            writer.abort();
+        }
+    }
+
+    /// Resolves once sending ended (only the reader waits for this).
+    pub async fn ended(&self) {
         poll_fn(|cx| {
             if self.is_done() {
                 return Poll::Ready(());
@@ -301,9 +331,9 @@ impl Shared {
         })
     }
 
-    /// Takes what is queued into the buffer (a close asked for first), or learns the
-    /// reader finished; `None` while there is nothing to do.
-    fn take(&self, buffer: &mut BytesMut) -> Option<Taken> {
+    /// Takes what is queued into the buffer (a close asked for first), or learns that
+    /// nothing is left.
+    fn take(&self, buffer: &mut BytesMut) -> Taken {
         let mut state = self.state.lock().expect("outlet lock");
         let code = self.close.load(Ordering::Acquire);
         if code != 0 {
@@ -318,14 +348,15 @@ impl Shared {
             }
             state.queue.clear();
             state.writing = true;
-            return Some(Taken::Frames(push(
-                buffer,
-                Outbound::close(code, reason),
-                self.encoding,
-            )));
+            return Taken::Frames(push(buffer, Outbound::close(code, reason), self.encoding));
         }
         if state.queue.is_empty() {
-            return state.ending.then_some(Taken::ReaderDone);
+            state.writing = false;
+            if state.ending {
+                return Taken::ReaderDone;
+            }
+            state.writer = None;
+            return Taken::Drained;
         }
         state.writing = true;
         let mut closed = None;
@@ -339,14 +370,7 @@ impl Shared {
         if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
             state.queue = VecDeque::new();
         }
-        Some(Taken::Frames(closed))
-    }
-
-    /// After a write: true when the queue is empty and senders may write through again.
-    fn written(&self) -> bool {
-        let mut state = self.state.lock().expect("outlet lock");
-        state.writing = !state.queue.is_empty();
-        !state.writing
+        Taken::Frames(closed)
     }
 
     /// Resolves with the close code once one is asked for.
@@ -365,33 +389,32 @@ impl Shared {
         .await
     }
 
-    fn finish(&self) {
+    fn finish(&self, end: WriterEnd) {
         let mut state = self.state.lock().expect("outlet lock");
         state.done = true;
+        state.writer = None;
         state.queue = VecDeque::new();
         drop(state);
         self.reader.wake();
+        let code = match end {
+            WriterEnd::Closed(code) => code.to_string(),
+            _ => "none".to_owned(),
+        };
+        metrics::counter!(m::CLOSES, "code" => code).increment(1);
+        if end == WriterEnd::Closed(1013) {
+            metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
+        }
     }
 }
 
-/// Runs the connection's writer until the connection closes.
-pub async fn run(outlet: Outlet) -> WriterEnd {
+/// A writer: writes what is queued until the queue is drained or the connection closes.
+async fn run(outlet: Outlet) {
     let shared = &*outlet.0;
     let mut buffer = BytesMut::new();
     let end = loop {
-        let taken = poll_fn(|cx| {
-            if let Some(taken) = shared.take(&mut buffer) {
-                return Poll::Ready(taken);
-            }
-            shared.writer.register(cx.waker());
-            match shared.take(&mut buffer) {
-                Some(taken) => Poll::Ready(taken),
-                None => Poll::Pending,
-            }
-        })
-        .await;
-        let closed = match taken {
+        let closed = match shared.take(&mut buffer) {
             Taken::Frames(closed) => closed,
+            Taken::Drained => return,
             Taken::ReaderDone => break WriterEnd::ReaderDone,
         };
         if !write_all_or_give_up(shared, &buffer).await {
@@ -400,24 +423,9 @@ pub async fn run(outlet: Outlet) -> WriterEnd {
         if let Some(code) = closed {
             break WriterEnd::Closed(code);
         }
-        if shared.written() {
-            // Idle now: an idle connection holds no write buffer (a burst, like a join's
-            // presence list, would otherwise leave kilobytes behind in every connection).
-            buffer = BytesMut::new();
-        } else {
-            buffer.clear();
-        }
+        buffer.clear();
     };
-    shared.finish();
-    let code = match &end {
-        WriterEnd::Closed(code) => code.to_string(),
-        _ => "none".to_owned(),
-    };
-    metrics::counter!(m::CLOSES, "code" => code).increment(1);
-    if end == WriterEnd::Closed(1013) {
-        metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
-    }
-    end
+    shared.finish(end);
 }
 
 /// Writes the buffer. A peer that stops reading blocks the write; once a close is asked
@@ -510,7 +518,6 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (read, write) = server.into_split();
         let outlet = Outlet::new(write, Encoding::Json, capacity);
-        tokio::spawn(run(outlet.clone()));
         (
             outlet,
             WebSocket::after_handshake(client, Role::Client),
@@ -594,7 +601,7 @@ mod tests {
             next += 1;
         };
         assert_eq!(code, 1013);
-        outlet.writer_done().await;
+        outlet.ended().await;
         assert_eq!(outlet.try_send(Outbound::Ping), Err(TrySendError::Closed));
     }
 }
