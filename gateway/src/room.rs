@@ -101,82 +101,86 @@ impl Room {
     }
 
     /// Runs until shut down. Waits for the subscription first, so nothing published after
-    /// a state read can be missed.
-    pub async fn run(
+    /// a state read can be missed. (An `async` block: an `async fn`'s future would hold
+    /// the room twice, as captured and as moved into its body.)
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+    pub fn run(
         mut self,
         subscribed: oneshot::Receiver<()>,
         mut cmds: queue::Receiver<RoomCmd>,
         mut events: queue::Receiver<Box<Published>>,
-    ) {
-        let _ = subscribed.await;
-        // Rooms opened together (a gateway's start, a join storm) would refresh together:
-        // each starts at a random point of the period, so Redis sees a steady trickle.
-        let every = self.presence_ttl / 3;
-        self.next_refresh = Instant::now() + every.mul_f64(rand::random::<f64>());
-        let mut batch = Vec::new();
-        let mut published = Vec::new();
-        let mut events_open = true;
-        // One timer, set again only when what it waits for changes: not once per event.
-        let timer = tokio::time::sleep_until(self.next_due());
-        tokio::pin!(timer);
-        loop {
-            let due = self.next_due();
-            if timer.deadline() != due {
-                timer.as_mut().reset(due);
-            }
-            tokio::select! {
-                received = cmds.recv_many(&mut batch, 256) => {
-                    if received == 0 {
-                        return;
-                    }
-                    let mut joins = Vec::new();
-                    for cmd in batch.drain(..) {
-                        match cmd {
-                            RoomCmd::Join(join) => joins.push(*join),
-                            other => {
-                                // Keep the order: joins queued before this go first.
-                                Box::pin(self.on_joins(std::mem::take(&mut joins))).await;
-                                match other {
-                                    RoomCmd::CatchUp => Box::pin(self.check_top()).await,
-                                    RoomCmd::Top(top) => Box::pin(self.on_top(top)).await,
-                                    RoomCmd::Leave(leave) => {
-                                        let Leave { conn_id, session, reply, done } = *leave;
-                                        Box::pin(self.on_leave(conn_id, &session, reply)).await;
-                                        if let Some(done) = done {
-                                            let _ = done.send(());
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            let _ = subscribed.await;
+            // Rooms opened together (a gateway's start, a join storm) would refresh together:
+            // each starts at a random point of the period, so Redis sees a steady trickle.
+            let every = self.presence_ttl / 3;
+            self.next_refresh = Instant::now() + every.mul_f64(rand::random::<f64>());
+            let mut batch = Vec::new();
+            let mut published = Vec::new();
+            let mut events_open = true;
+            // One timer, set again only when what it waits for changes: not once per event.
+            let timer = tokio::time::sleep_until(self.next_due());
+            tokio::pin!(timer);
+            loop {
+                let due = self.next_due();
+                if timer.deadline() != due {
+                    timer.as_mut().reset(due);
+                }
+                tokio::select! {
+                    received = cmds.recv_many(&mut batch, 256) => {
+                        if received == 0 {
+                            return;
+                        }
+                        let mut joins = Vec::new();
+                        for cmd in batch.drain(..) {
+                            match cmd {
+                                RoomCmd::Join(join) => joins.push(*join),
+                                other => {
+                                    // Keep the order: joins queued before this go first.
+                                    Box::pin(self.on_joins(std::mem::take(&mut joins))).await;
+                                    match other {
+                                        RoomCmd::CatchUp => Box::pin(self.check_top()).await,
+                                        RoomCmd::Top(top) => Box::pin(self.on_top(top)).await,
+                                        RoomCmd::Leave(leave) => {
+                                            let Leave { conn_id, session, reply, done } = *leave;
+                                            Box::pin(self.on_leave(conn_id, &session, reply)).await;
+                                            if let Some(done) = done {
+                                                let _ = done.send(());
+                                            }
                                         }
+                                        _ => return,
                                     }
-                                    _ => return,
                                 }
                             }
                         }
+                        Box::pin(self.on_joins(joins)).await;
+                        // A storm's batch is not kept in every room.
+                        batch.shrink_to(16);
                     }
-                    Box::pin(self.on_joins(joins)).await;
-                    // A storm's batch is not kept in every room.
-                    batch.shrink_to(16);
-                }
-                received = events.recv_many(&mut published, 256), if events_open => {
-                    events_open = received > 0;
-                    for event in published.drain(..) {
-                        self.on_published(*event).await;
+                    received = events.recv_many(&mut published, 256), if events_open => {
+                        events_open = received > 0;
+                        for event in published.drain(..) {
+                            self.on_published(*event).await;
+                        }
+                        published.shrink_to(16);
+                        // Presence changes of this burst go out together (or when due).
+                        if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
+                            self.send_presence();
+                        }
                     }
-                    published.shrink_to(16);
-                    // Presence changes of this burst go out together (or when due).
-                    if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
-                        self.send_presence();
-                    }
-                }
-                // One timer for the presence refresh, the presence batch and the typists'
-                // stops.
-                _ = &mut timer => {
-                    let now = Instant::now();
-                    if self.presence_out.due().is_some_and(|due| due <= now) {
-                        self.send_presence();
-                    }
-                    self.expire_typing();
-                    if self.next_refresh <= now {
-                        Box::pin(self.refresh_presence()).await;
-                        self.next_refresh = Instant::now() + every;
+                    // One timer for the presence refresh, the presence batch and the typists'
+                    // stops.
+                    _ = &mut timer => {
+                        let now = Instant::now();
+                        if self.presence_out.due().is_some_and(|due| due <= now) {
+                            self.send_presence();
+                        }
+                        self.expire_typing();
+                        if self.next_refresh <= now {
+                            Box::pin(self.refresh_presence()).await;
+                            self.next_refresh = Instant::now() + every;
+                        }
                     }
                 }
             }
