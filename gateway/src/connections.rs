@@ -9,19 +9,32 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::AppState;
+use crate::writer::Outlet;
 
-/// Session id → user of every connection open here.
+/// Every connection open here, by session id.
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    open: Mutex<HashMap<Arc<str>, Open>>,
+}
+
+struct Open {
+    user: Arc<str>,
+    outlet: Outlet,
 }
 
 impl Connections {
-    pub fn register(&self, session: Arc<str>, user: Arc<str>) {
+    pub fn register(&self, session: Arc<str>, user: Arc<str>, outlet: Outlet) {
         self.open
             .lock()
             .expect("connections lock")
-            .insert(session, user);
+            .insert(session, Open { user, outlet });
+    }
+
+    /// Tells every connection that the gateway is shutting down (they close with 1012).
+    pub fn shut_down_all(&self) {
+        for open in self.open.lock().expect("connections lock").values() {
+            open.outlet.shut_down();
+        }
     }
 
     pub fn forget(&self, session: &str) {
@@ -33,7 +46,7 @@ impl Connections {
         let open = self.open.lock().expect("connections lock");
         open.iter()
             .filter(|(session, _)| slice_of(session, slices) == slice)
-            .map(|(session, user)| (user.clone(), session.clone()))
+            .map(|(session, open)| (open.user.clone(), session.clone()))
             .collect()
     }
 }

@@ -121,6 +121,7 @@ impl Gateway {
     /// with 1012, and waits for them up to `DRAIN_GRACE_MS`.
     pub async fn stop(self) {
         self.state.shutdown.cancel();
+        self.state.connections.shut_down_all();
         let _ = self.task.await;
         self.state.sessions.close();
         let grace = Duration::from_millis(self.state.config.drain_grace_ms);

@@ -29,7 +29,7 @@ use crate::broker::AppendOutcome;
 use crate::limits::Operation;
 use crate::receipts;
 use crate::room::{Join, Member};
-use crate::writer::{Outbound, Outlet};
+use crate::writer::{Outbound, Outlet, StopReading};
 use teamchat_shared::metrics as m;
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -143,7 +143,13 @@ async fn open(
         // The limit protects; it is not worth refusing service while Redis is away.
         Err(e) => warn!(error = %e, "connection limit not checked: Redis unavailable"),
     }
-    state.connections.register(session_id.clone(), user.clone());
+    state
+        .connections
+        .register(session_id.clone(), user.clone(), outlet.clone());
+    // A shutdown that began before this registration did not see it.
+    if state.shutdown.is_cancelled() {
+        outlet.shut_down();
+    }
     let welcome = ServerFrame::Welcome {
         user: claims.sub.clone(),
         session: session_id.to_string(),
@@ -279,10 +285,6 @@ impl Session {
                 loop {
                     tokio::select! {
                         frame = &mut read => break Ok(frame),
-                        // Drain: between requests, so what was accepted is answered first.
-                        _ = self.state.shutdown.cancelled() => {
-                            break Err(Flow::Close(1012, "gateway restarting"));
-                        }
                         _ = &mut deadline => {
                             let now = Instant::now();
                             if now >= self.expires_at {
@@ -300,8 +302,12 @@ impl Session {
                             let due = self.expires_at.min(heard + silence).min(next_ping);
                             deadline.as_mut().reset(due);
                         }
-                        // Sending ended (a close was written, or the socket failed).
-                        _ = self.outlet.ended() => break Err(Flow::Stop),
+                        stop = self.outlet.stop_reading() => break Err(match stop {
+                            // Drain: between requests, so what was accepted is answered first.
+                            StopReading::ShutDown => Flow::Close(1012, "gateway restarting"),
+                            // A close was written (too slow, stream reset), or the socket failed.
+                            StopReading::Ended => Flow::Stop,
+                        }),
                     }
                 }
             };
@@ -323,6 +329,13 @@ impl Session {
                 deadline.as_mut().reset(self.expires_at);
             }
         };
+        // Boxed: its timer would otherwise widen every idle connection's future.
+        Box::pin(self.closing(flow)).await;
+    }
+
+    /// Sends the close the read loop ended with, or waits (briefly) for the echo of the
+    /// peer's close to be written.
+    async fn closing(&self, flow: Flow) {
         match flow {
             Flow::Close(code, reason) => self.close(code, reason).await,
             // The close echo is already queued by the obligated send.
