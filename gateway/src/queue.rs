@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::Poll;
+use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
@@ -97,39 +97,58 @@ impl<T> Drop for Sender<T> {
 }
 
 impl<T> Receiver<T> {
-    /// The next item; `None` once every sender is gone and the queue is empty.
-    pub async fn recv(&mut self) -> Option<T> {
-        poll_fn(|cx| {
-            if let Some(item) = self.try_recv() {
-                return Poll::Ready(Some(item));
-            }
-            self.0.receiver_waker.register(cx.waker());
-            // Checked again after registering: an item or the last sender's drop may have
-            // come in between. Senders first: with none left, nothing can follow.
-            let no_senders = self.0.senders.load(Ordering::Acquire) == 0;
-            match self.try_recv() {
-                Some(item) => Poll::Ready(Some(item)),
-                None if no_senders => Poll::Ready(None),
-                None => Poll::Pending,
-            }
-        })
-        .await
+    /// The next item; `None` once every sender is gone and the queue is empty. (This and
+    /// `recv_many` return `poll_fn`s: a room holds their futures while it waits, and an
+    /// `async fn`'s future would hold its arguments twice.)
+    pub fn recv(&mut self) -> impl Future<Output = Option<T>> + '_ {
+        poll_fn(move |cx| self.poll_take(cx, VecDeque::pop_front).map(Option::flatten))
     }
 
     /// Waits for an item, then takes it and up to `limit - 1` more that are queued; 0 once
     /// every sender is gone and the queue is empty.
-    pub async fn recv_many(&mut self, buf: &mut Vec<T>, limit: usize) -> usize {
-        let Some(first) = self.recv().await else {
-            return 0;
-        };
-        buf.push(first);
+    pub fn recv_many<'a>(
+        &'a mut self,
+        buf: &'a mut Vec<T>,
+        limit: usize,
+    ) -> impl Future<Output = usize> + 'a {
+        poll_fn(move |cx| {
+            let taken = self.poll_take(cx, |items| {
+                let count = items.len().min(limit.max(1));
+                buf.extend(items.drain(..count));
+                count
+            });
+            taken.map(|count| count.unwrap_or(0))
+        })
+    }
+
+    /// Ready with what `take` takes once an item is queued, or with `None` once every
+    /// sender is gone and the queue is empty.
+    fn poll_take<R>(
+        &self,
+        cx: &mut Context<'_>,
+        take: impl FnOnce(&mut VecDeque<T>) -> R,
+    ) -> Poll<Option<R>> {
         let mut items = self.0.items.lock().expect("queue lock");
-        let more = items.len().min(limit.saturating_sub(1));
-        buf.extend(items.drain(..more));
+        if items.is_empty() {
+            drop(items);
+            self.0.receiver_waker.register(cx.waker());
+            // Checked again after registering: an item or the last sender's drop may have
+            // come in between. Senders first: with none left, nothing can follow.
+            let no_senders = self.0.senders.load(Ordering::Acquire) == 0;
+            items = self.0.items.lock().expect("queue lock");
+            if items.is_empty() {
+                return if no_senders {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                };
+            }
+        }
+        let taken = take(&mut items);
         if items.is_empty() && items.capacity() > KEEP_SLOTS {
             *items = VecDeque::new();
         }
-        1 + more
+        Poll::Ready(Some(taken))
     }
 
     pub fn try_recv(&mut self) -> Option<T> {

@@ -68,7 +68,8 @@ pub struct Room {
     typing_timeout: Duration,
     presence_ttl: Duration,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
-    typing: HashMap<String, Instant>,
+    /// A short list: a few typists at a time, and every room holds one.
+    typing: Vec<(String, Instant)>,
     /// Presence changes not yet sent to the members.
     presence_out: PresenceBatch,
     /// When this gateway's members' presence entries are next refreshed.
@@ -91,7 +92,7 @@ impl Room {
             broker,
             typing_timeout,
             presence_ttl,
-            typing: HashMap::new(),
+            typing: Vec::new(),
             presence_out: PresenceBatch::default(),
             next_refresh: Instant::now(),
             epoch: String::new(),
@@ -161,7 +162,7 @@ impl Room {
                     received = events.recv_many(&mut published, 256), if events_open => {
                         events_open = received > 0;
                         for event in published.drain(..) {
-                            self.on_published(*event).await;
+                            self.on_published(event).await;
                         }
                         published.shrink_to(16);
                         // Presence changes of this burst go out together (or when due).
@@ -408,8 +409,8 @@ impl Room {
         }
     }
 
-    async fn on_published(&mut self, published: Published) {
-        let event = match published {
+    async fn on_published(&mut self, published: Box<Published>) {
+        let event = match *published {
             Published::Durable { epoch, event } => {
                 if self.reset_if_new_epoch(&epoch) {
                     self.last = event.offset;
@@ -448,11 +449,21 @@ impl Room {
         }
         // Presence heard before this event is sent before it, as it was heard.
         self.send_presence();
-        if offset > self.last + 1 && !Box::pin(self.fill(self.last + 1, offset - 1)).await {
-            // Deliver nothing past a gap; the periodic check retries the read.
-            return;
+        if offset > self.last + 1 {
+            // Boxed with the event: a gap is rare, and what waits for its fill would
+            // otherwise widen the room's future.
+            Box::pin(self.deliver_after_gap(event)).await;
+        } else {
+            self.deliver(&event);
         }
-        self.deliver(&event);
+    }
+
+    /// Reads what is missing before `event` from the stream, then delivers it all. Past a
+    /// gap that cannot be read nothing is delivered; the periodic check retries the read.
+    async fn deliver_after_gap(&mut self, event: Box<StreamEvent>) {
+        if self.fill(self.last + 1, event.offset - 1).await {
+            self.deliver(&event);
+        }
     }
 
     /// Relays typing to other users' connections. Every gateway's room sees the same
@@ -461,17 +472,21 @@ impl Room {
     fn on_typing(&mut self, kind: Ephemeral, user: String) {
         let frame = match kind {
             Ephemeral::TypingStart => {
-                self.typing
-                    .insert(user.clone(), Instant::now() + self.typing_timeout);
+                let due = Instant::now() + self.typing_timeout;
+                match self.typing.iter_mut().find(|(typist, _)| *typist == user) {
+                    Some(typist) => typist.1 = due,
+                    None => self.typing.push((user.clone(), due)),
+                }
                 ServerFrame::TypingStart {
                     team: self.team.clone(),
                     user,
                 }
             }
             Ephemeral::TypingStop => {
-                if self.typing.remove(&user).is_none() {
+                let Some(index) = self.typing.iter().position(|(typist, _)| *typist == user) else {
                     return;
-                }
+                };
+                self.typing.swap_remove(index);
                 ServerFrame::TypingStop {
                     team: self.team.clone(),
                     user,
@@ -528,7 +543,7 @@ impl Room {
     /// When the room's timer is next due: the presence refresh, the pending presence batch
     /// or the earliest typing stop.
     fn next_due(&self) -> Instant {
-        let typing = self.typing.values().min().copied();
+        let typing = self.typing.iter().map(|(_, due)| *due).min();
         [self.presence_out.due(), typing]
             .into_iter()
             .flatten()
@@ -537,14 +552,11 @@ impl Room {
 
     fn expire_typing(&mut self) {
         let now = Instant::now();
-        let silent: Vec<String> = self
-            .typing
-            .iter()
-            .filter(|(_, due)| **due <= now)
-            .map(|(user, _)| user.clone())
-            .collect();
-        for user in silent {
-            self.typing.remove(&user);
+        let (silent, typing) = std::mem::take(&mut self.typing)
+            .into_iter()
+            .partition(|(_, due)| *due <= now);
+        self.typing = typing;
+        for (user, _) in silent {
             self.send_to_others(ServerFrame::TypingStop {
                 team: self.team.clone(),
                 user,
