@@ -2,8 +2,7 @@
 //! requests in order; replies and room events go out through the connection's `Outlet`
 //! (see `writer`).
 
-use std::collections::{HashSet, VecDeque};
-use std::io::Cursor;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,7 +15,6 @@ use teamchat_shared::event::{ActorData, EditData, Ephemeral, EventData, MessageD
 use teamchat_shared::protocol::{
     self, ClientFrame, Encoding, ErrorCode, Limits, Request, RequestError, ServerFrame,
 };
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::oneshot;
@@ -47,9 +45,9 @@ struct Session {
     session: Arc<str>,
     encoding: Encoding,
     outlet: Outlet,
-    joined: HashSet<String>,
+    joined: Teams,
     /// Teams this connection is typing in, so leaving or closing sends `typing:stop`.
-    typing: HashSet<String>,
+    typing: Teams,
     /// When the token (with leeway) expires: the connection closes 4003 unless refreshed.
     expires_at: Instant,
     /// Times of recent `bad_request`/`unknown_type` errors (close 1008 past the limit).
@@ -58,6 +56,44 @@ struct Session {
     close_with: Option<(u16, &'static str)>,
     /// Started at the first `receipt:update`.
     receipts: Option<receipts::Coalescer>,
+}
+
+/// A connection's teams (joined, typing in): a few names in a list, smaller than a set
+/// in every connection and as quick to search at this size.
+#[derive(Default)]
+struct Teams(Vec<String>);
+
+impl Teams {
+    fn contains(&self, team: &str) -> bool {
+        self.0.iter().any(|t| t == team)
+    }
+
+    fn insert(&mut self, team: String) {
+        if !self.contains(&team) {
+            // Grown one at a time: most connections hold one or two teams.
+            self.0.reserve_exact(1);
+            self.0.push(team);
+        }
+    }
+
+    /// Whether the team was there.
+    fn remove(&mut self, team: &str) -> bool {
+        let index = self.0.iter().position(|t| t == team);
+        index.map(|index| self.0.swap_remove(index)).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl IntoIterator for Teams {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
 }
 
 /// What the read loop does after a frame.
@@ -71,9 +107,9 @@ enum Flow {
     Stop,
 }
 
-/// What a connection reads frames from: bytes hyper read past the handshake, then the
-/// socket.
-type Reader = fastwebsockets::WebSocketRead<tokio::io::Chain<Cursor<Bytes>, OwnedReadHalf>>;
+/// What a connection reads frames from: its socket (bytes hyper read past the handshake
+/// are put in the reader's buffer first).
+type Reader = fastwebsockets::WebSocketRead<OwnedReadHalf>;
 
 /// Opens a connection after the upgrade (authentication, the per-user limit, welcome),
 /// then hands it to a task of its own that reads it until it closes: the task that lives
@@ -86,7 +122,15 @@ pub async fn run(
 ) {
     if let Some((session, ws)) = open(state, upgraded, auth, encoding).await {
         let sessions = session.state.sessions.clone();
-        sessions.spawn(session.serve(ws));
+        let serving = session.serve(ws);
+        // Every idle connection is this future in a task of 128-byte steps: at 784 bytes
+        // the task is 896 (docs/performance.md). A field more moves it to 1,024.
+        debug_assert!(
+            std::mem::size_of_val(&serving) <= 784,
+            "a connection's future grew to {} bytes",
+            std::mem::size_of_val(&serving)
+        );
+        sessions.spawn(serving);
     }
 }
 
@@ -105,12 +149,10 @@ async fn open(
         }
     };
     let (read, write) = parts.io.into_inner().into_split();
-    // Bytes the client sent right after its handshake may already sit in hyper's buffer.
-    // They are copied out: a slice would keep hyper's whole read buffer alive for the
-    // connection's lifetime.
-    let early = Bytes::copy_from_slice(&parts.read_buf);
-    drop(parts.read_buf);
-    let read = Cursor::new(early).chain(read);
+    // Bytes the client sent right after its handshake may already sit in hyper's buffer:
+    // they are copied into the frame reader's buffer (a slice would keep hyper's whole
+    // read buffer alive for the connection's lifetime).
+    let early = parts.read_buf;
     let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2));
 
     let claims = match auth {
@@ -168,8 +210,8 @@ async fn open(
         session: session_id,
         encoding,
         outlet,
-        joined: HashSet::new(),
-        typing: HashSet::new(),
+        joined: Teams::default(),
+        typing: Teams::default(),
         expires_at: Instant::now(),
         violations: VecDeque::new(),
         close_with: None,
@@ -177,6 +219,8 @@ async fn open(
     };
     session.expires_at = session.token_deadline(session.claims.exp);
     let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.push_buffered(&early);
+    drop(early);
     ws.set_max_message_size(session.state.config.max_frame + 1);
     // Pings are answered in `on_frame`, so that read_frame returns them and they count as
     // traffic for the heartbeat.
@@ -274,9 +318,8 @@ impl Session {
                     // fastwebsockets reserves a read buffer as soon as it reads: with
                     // nothing buffered, wait for the socket first, so an idle connection
                     // holds no buffer.
-                    let (early, socket) = ws.get_ref().get_ref();
-                    let early_left = (early.position() as usize) < early.get_ref().len();
-                    if !ws.has_buffered() && !early_left {
+                    if !ws.has_buffered() {
+                        let socket = ws.get_ref();
                         socket.readable().await.map_err(WebSocketError::IoError)?;
                     }
                     ws.read_frame(&mut obligated).await

@@ -271,6 +271,13 @@ impl<'f, S> WebSocketRead<S> {
     !self.read_half.buffer.is_empty()
   }
 
+  /// Bytes read from the stream before this reader existed (by the HTTP server, past the
+  /// handshake): read before the stream's (teamchat patch: a reader over the stream
+  /// itself is smaller than one over a chain of those bytes and the stream).
+  pub fn push_buffered(&mut self, bytes: &[u8]) {
+    self.read_half.buffer.extend_from_slice(bytes);
+  }
+
   /// The underlying stream (teamchat patch, see `has_buffered`).
   pub fn get_ref(&self) -> &S {
     &self.stream
