@@ -21,12 +21,18 @@ use crate::presence_batch::{PresenceBatch, PresenceChange};
 use crate::queue;
 use crate::writer::{OutFrame, Outbound, Outlet};
 
-/// A connection in a room.
-pub struct Member {
-    pub conn_id: u64,
+/// Who a connection is: one allocation shared by its session and its member entries
+/// (a room of many members holds one pointer each, not copies of the ids and name).
+pub struct Who {
     pub session: Arc<str>,
     pub user: Arc<str>,
     pub name: Option<String>,
+}
+
+/// A connection in a room.
+pub struct Member {
+    pub conn_id: u64,
+    pub who: Arc<Who>,
     /// The member's connection: a full queue closes it with 1013; a lost team stream
     /// with 1012.
     pub outlet: Outlet,
@@ -156,15 +162,17 @@ impl Room {
                             }
                         }
                         Box::pin(self.on_joins(joins)).await;
-                        // A storm's batch is not kept in every room.
-                        batch.shrink_to(16);
+                        // Commands are occasional: no room keeps a batch's memory (a join
+                        // storm's would stay in every room).
+                        batch = Vec::new();
                     }
                     received = events.recv_many(&mut published, 256), if events_open => {
                         events_open = received > 0;
                         for event in published.drain(..) {
                             self.on_published(event).await;
                         }
-                        published.shrink_to(16);
+                        // Events come often: the smallest buffer is kept.
+                        published.shrink_to(4);
                         // Presence changes of this burst go out together (or when due).
                         if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
                             self.send_presence();
@@ -239,7 +247,11 @@ impl Room {
             .iter()
             .map(|(join, _)| {
                 let member = &join.member;
-                (&*member.session, &*member.user, member.name.as_deref())
+                (
+                    &*member.who.session,
+                    &*member.who.user,
+                    member.who.name.as_deref(),
+                )
             })
             .collect();
         let ttl = self.presence_ttl.as_millis() as u64;
@@ -382,7 +394,7 @@ impl Room {
         if self.members.is_empty() {
             return;
         }
-        let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.session.clone()).collect();
+        let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.who.session.clone()).collect();
         let ttl = self.presence_ttl.as_millis() as u64;
         let missing = match self.broker.presence_tick(&self.team, &sessions, ttl).await {
             Ok(missing) => missing,
@@ -397,8 +409,8 @@ impl Room {
         let rejoining: Vec<_> = self
             .members
             .iter()
-            .filter(|m| missing.iter().any(|s| **s == *m.session))
-            .map(|m| (&*m.session, &*m.user, m.name.as_deref()))
+            .filter(|m| missing.iter().any(|s| **s == *m.who.session))
+            .map(|m| (&*m.who.session, &*m.who.user, m.who.name.as_deref()))
             .collect();
         if rejoining.is_empty() {
             return;
@@ -525,7 +537,7 @@ impl Room {
         let frames = Arc::new(frames);
         let mut sent = 0;
         self.members.retain(|member| {
-            let skip = caused.get(&*member.session).copied();
+            let skip = caused.get(&*member.who.session).copied();
             if skip.is_some() && frames.len() == 1 {
                 return true;
             }
@@ -575,7 +587,8 @@ impl Room {
         let frame = OutFrame::new(frame);
         let mut sent = 0;
         self.members.retain(|member| {
-            *member.user == *user || offer(member, Outbound::Shared(frame.clone()), 1, &mut sent)
+            *member.who.user == *user
+                || offer(member, Outbound::Shared(frame.clone()), 1, &mut sent)
         });
         count_out(&frame, sent);
     }
@@ -672,7 +685,7 @@ impl Room {
         let frame = OutFrame::new(ServerFrame::from_event(event));
         let mut sent = 0;
         self.members.retain(|member| {
-            *member.session == *event.src
+            *member.who.session == *event.src
                 || offer(member, Outbound::Shared(frame.clone()), 1, &mut sent)
         });
         count_out(&frame, sent);

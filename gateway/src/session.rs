@@ -26,7 +26,7 @@ use crate::auth::{AuthError, Claims};
 use crate::broker::AppendOutcome;
 use crate::limits::Operation;
 use crate::receipts;
-use crate::room::{Join, Member};
+use crate::room::{Join, Member, Who};
 use crate::writer::{Outbound, Outlet, StopReading};
 use teamchat_shared::metrics as m;
 
@@ -40,9 +40,9 @@ struct Session {
     state: Arc<AppState>,
     /// Boxed: the session state is part of every idle connection's future.
     claims: Box<Claims>,
-    user: Arc<str>,
+    /// Session id, user id and name, shared with the connection's member entries.
+    who: Arc<Who>,
     conn_id: u64,
-    session: Arc<str>,
     encoding: Encoding,
     outlet: Outlet,
     joined: Teams,
@@ -202,12 +202,16 @@ async fn open(
     metrics::counter!(m::CONNECTS).increment(1);
     metrics::gauge!(m::CONNECTIONS).increment(1.0);
 
+    let who = Arc::new(Who {
+        session: session_id,
+        user,
+        name: claims.name.clone(),
+    });
     let mut session = Session {
         state,
         claims: Box::new(claims),
-        user,
+        who,
         conn_id,
-        session: session_id,
         encoding,
         outlet,
         joined: Teams::default(),
@@ -269,14 +273,14 @@ impl Session {
         for team in std::mem::take(&mut self.joined) {
             self.state
                 .hub
-                .leave(&team, self.conn_id, self.session.clone(), None, None);
+                .leave(&team, self.conn_id, self.who.session.clone(), None, None);
         }
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         let state = self.state.clone();
-        state.connections.forget(&self.session);
+        state.connections.forget(&self.who.session);
         if let Err(e) = state
             .broker
-            .connection_close(&self.user, &self.session)
+            .connection_close(&self.who.user, &self.who.session)
             .await
         {
             debug!(error = %e, "connection entry left to expire");
@@ -604,7 +608,7 @@ impl Session {
         if let Err(e) = self
             .state
             .broker
-            .publish_ephemeral(team, kind, &self.session, &self.claims.sub)
+            .publish_ephemeral(team, kind, &self.who.session, &self.claims.sub)
             .await
         {
             debug!(error = %e, "typing not published");
@@ -638,9 +642,7 @@ impl Session {
         let (done, answered) = oneshot::channel();
         let member = Member {
             conn_id: self.conn_id,
-            session: self.session.clone(),
-            user: self.user.clone(),
-            name: self.claims.name.clone(),
+            who: self.who.clone(),
             outlet: self.outlet.clone(),
         };
         self.state.hub.join(
@@ -660,13 +662,13 @@ impl Session {
             Ok(Err(error)) => {
                 self.state
                     .hub
-                    .leave(&team, self.conn_id, self.session.clone(), None, None);
+                    .leave(&team, self.conn_id, self.who.session.clone(), None, None);
                 Err(error)
             }
             Err(_) => {
                 self.state
                     .hub
-                    .leave(&team, self.conn_id, self.session.clone(), None, None);
+                    .leave(&team, self.conn_id, self.who.session.clone(), None, None);
                 Err(room_error(ErrorCode::Unavailable, "room unavailable"))
             }
         }
@@ -688,7 +690,7 @@ impl Session {
         self.state.hub.leave(
             &team,
             self.conn_id,
-            self.session.clone(),
+            self.who.session.clone(),
             Some(rid),
             Some(done),
         );
@@ -733,7 +735,7 @@ impl Session {
         let started = std::time::Instant::now();
         let broker = &self.state.broker;
         let appended = broker
-            .append(&team, &self.session, &data, target, staff, cost, limit)
+            .append(&team, &self.who.session, &data, target, staff, cost, limit)
             .await;
         metrics::histogram!(m::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
         match appended {
@@ -817,7 +819,7 @@ impl Session {
         seq: u64,
     ) -> Result<Option<ServerFrame>, RequestError> {
         self.check_write(&team, false)?;
-        let (state, session, user) = (&self.state, &self.session, &self.claims.sub);
+        let (state, session, user) = (&self.state, &self.who.session, &self.claims.sub);
         self.receipts
             .get_or_insert_with(|| {
                 let limit = self.claims.credit_limit.or(state.config.credit_limit);
