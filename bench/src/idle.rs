@@ -98,8 +98,9 @@ async fn measure(args: &IdleArgs, n: usize) -> anyhow::Result<Row> {
     }
     let connect_time = started.elapsed();
     let held = n - failed;
-    // Let the last presence and receipt frames be written before reading RSS.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Let the last presence and receipt frames be written, and the gateways' allocator
+    // return the pages the storm freed (its decay time is 2 s), before reading RSS.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let rss: u64 = gateways
         .iter()
         .map(|g| stack::rss_bytes(g.pid))
