@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -74,8 +74,6 @@ pub enum Outbound {
     Ping,
     /// Close the connection with this code; nothing is written after it.
     Close(Box<(u16, &'static str)>),
-    /// Bytes of frames written in part: the rest, which the writer writes first.
-    Raw(Box<Bytes>),
 }
 
 // Every connection's queue allocates its slots at this size: keep it two words.
@@ -141,6 +139,8 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
+    /// The rest of frames a sender wrote in part: written first.
+    rest: Option<Box<Bytes>>,
     queue: VecDeque<Outbound>,
     /// The writer is writing what it took: senders queue behind it, so order holds.
     writing: bool,
@@ -163,6 +163,8 @@ enum Taken {
     Frames(Option<u16>),
     /// Nothing is left: the writer ends, and the next item queued starts another.
     Drained,
+    /// Sending ended already (the connection was given up): the writer just stops.
+    Stopped,
     /// The reader finished and nothing is left.
     ReaderDone,
 }
@@ -201,7 +203,7 @@ impl Outlet {
     {
         let shared = &*self.0;
         let mut items = items.into_iter();
-        let mut state = shared.state.lock().expect("outlet lock");
+        let mut state = shared.lock();
         if state.ending || state.done {
             return Err(TrySendError::Closed);
         }
@@ -210,32 +212,33 @@ impl Outlet {
             self.too_slow();
             return Err(TrySendError::Full);
         }
-        let idle = !state.writing && state.queue.is_empty();
+        let idle = !state.writing && state.queue.is_empty() && state.rest.is_none();
         if idle && shared.close.load(Ordering::Acquire) == 0 {
             // Under the lock, so nothing the writer or another sender writes interleaves.
             match shared.write_through(&mut items) {
                 (None, None) => return Ok(()),
-                (rest, closing) => state.queue.extend(rest.into_iter().chain(closing)),
+                (rest, closing) => {
+                    state.rest = rest.map(Box::new);
+                    state.queue.extend(closing);
+                }
             }
         }
         state.queue.extend(items);
-        self.wake_writer(state);
+        // A running writer takes what was queued before it ends: no need to wake it.
+        self.start_writer(state);
         Ok(())
     }
 
-    /// Wakes the writer, or starts one (under the lock: one writer at a time).
-    fn wake_writer(&self, mut state: MutexGuard<'_, State>) {
-        if state.writer.is_some() {
-            drop(state);
-            self.0.writer.wake();
-        } else if !state.done {
+    /// Starts a writer unless one runs (under the lock: one writer at a time).
+    fn start_writer(&self, mut state: MutexGuard<'_, State>) {
+        if state.writer.is_none() && !state.done {
             state.writer = Some(tokio::spawn(run(self.clone())).abort_handle());
         }
     }
 
     /// Free queue slots.
     pub fn capacity(&self) -> usize {
-        let queued = self.0.state.lock().expect("outlet lock").queue.len();
+        let queued = self.0.lock().queue.len();
         self.0.capacity.saturating_sub(queued)
     }
 
@@ -255,29 +258,32 @@ impl Outlet {
             .close
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         if asked.is_ok() {
-            self.wake_writer(self.0.state.lock().expect("outlet lock"));
+            self.start_writer(self.0.lock());
+            // A writer waiting for the socket gives it a grace period from now.
+            self.0.writer.wake();
         }
     }
 
     /// The reader finished: nothing more is accepted, and sending ends once what is
     /// queued is written.
     pub fn end(&self) {
-        let mut state = self.0.state.lock().expect("outlet lock");
+        let mut state = self.0.lock();
         state.ending = true;
-        if state.writer.is_some() {
-            self.wake_writer(state);
-        } else if !state.done {
-            // Nothing queued (a writer would be running): ended now.
-            drop(state);
-            self.0.finish(WriterEnd::ReaderDone);
+        // With nothing pending no writer runs (one would be): sending ends now. Otherwise
+        // the writer ends once it drained the queue.
+        if state.writer.is_none() {
+            self.0.finish(state, WriterEnd::ReaderDone);
         }
     }
 
-    /// Stops a writer that is still waiting for a peer that does not read.
+    /// Gives up on a peer that does not read what is being written: the writer is
+    /// stopped, and nothing more is sent.
     pub fn abandon(&self) {
-        if let Some(writer) = self.0.state.lock().expect("outlet lock").writer.take() {
+        let mut state = self.0.lock();
+        if let Some(writer) = state.writer.take() {
             writer.abort();
         }
+        self.0.finish(state, WriterEnd::WriteFailed);
     }
 
     /// Resolves once sending ended (only the reader waits for this).
@@ -289,7 +295,7 @@ impl Outlet {
     /// requests. Told through the outlet, which the reader waits on anyway: a waiter on
     /// the gateway's shutdown token would add ≈ 70 bytes to every idle connection.
     pub fn shut_down(&self) {
-        self.0.state.lock().expect("outlet lock").shutting_down = true;
+        self.0.lock().shutting_down = true;
         self.0.reader.wake();
     }
 
@@ -308,7 +314,7 @@ impl Outlet {
         &'a self,
         ready: impl Fn(&State) -> Option<T> + 'a,
     ) -> impl Future<Output = T> + 'a {
-        let check = move || ready(&self.0.state.lock().expect("outlet lock"));
+        let check = move || ready(&self.0.lock());
         poll_fn(move |cx| {
             if let Some(value) = check() {
                 return Poll::Ready(value);
@@ -331,13 +337,19 @@ pub enum StopReading {
 }
 
 impl Shared {
+    /// The state; a panic elsewhere while it was held does not stop the connection from
+    /// being closed.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Writes items to the socket without waiting, up to the first that closes (the
     /// writer sends that one, and ends). Returns what the socket did not take and the
     /// item it stopped at: both to be queued, before the items not taken.
     fn write_through(
         &self,
         items: &mut impl Iterator<Item = Outbound>,
-    ) -> (Option<Outbound>, Option<Outbound>) {
+    ) -> (Option<Bytes>, Option<Outbound>) {
         SCRATCH.with_borrow_mut(|buffer| {
             buffer.clear();
             let closing = items.find_map(|item| {
@@ -353,8 +365,7 @@ impl Shared {
                 true => 0,
                 false => self.socket.try_write(buffer).unwrap_or(0),
             };
-            let rest = (written < buffer.len())
-                .then(|| Outbound::Raw(Box::new(Bytes::copy_from_slice(&buffer[written..]))));
+            let rest = (written < buffer.len()).then(|| Bytes::copy_from_slice(&buffer[written..]));
             if buffer.capacity() > 64 * 1024 {
                 *buffer = BytesMut::new();
             }
@@ -365,7 +376,14 @@ impl Shared {
     /// Takes what is queued into the buffer (a close asked for first), or learns that
     /// nothing is left.
     fn take(&self, buffer: &mut BytesMut) -> Taken {
-        let mut state = self.state.lock().expect("outlet lock");
+        let mut state = self.lock();
+        if state.done {
+            return Taken::Stopped;
+        }
+        // The rest of frames written in part goes first, whatever follows.
+        if let Some(rest) = state.rest.take() {
+            buffer.extend_from_slice(&rest);
+        }
         let code = self.close.load(Ordering::Acquire);
         if code != 0 {
             let reason = if code == 1012 {
@@ -373,15 +391,12 @@ impl Shared {
             } else {
                 "too slow"
             };
-            // What is queued is dropped, except the rest of a frame written in part.
-            if let Some(rest @ Outbound::Raw(_)) = state.queue.pop_front() {
-                push(buffer, rest, self.encoding);
-            }
+            // What is queued is dropped (the rest of a frame written in part is not).
             state.queue.clear();
             state.writing = true;
             return Taken::Frames(push(buffer, Outbound::close(code, reason), self.encoding));
         }
-        if state.queue.is_empty() {
+        if state.queue.is_empty() && buffer.is_empty() {
             state.writing = false;
             if state.ending {
                 return Taken::ReaderDone;
@@ -420,12 +435,19 @@ impl Shared {
         .await
     }
 
-    fn finish(&self, end: WriterEnd) {
-        let mut state = self.state.lock().expect("outlet lock");
+    /// Sending ended: nothing more is accepted or written. Once only.
+    fn finish(&self, mut state: MutexGuard<'_, State>, end: WriterEnd) {
+        if state.done {
+            return;
+        }
         state.done = true;
         state.writer = None;
+        state.rest = None;
         state.queue = VecDeque::new();
         drop(state);
+        // The peer learns at once that nothing follows (the socket itself closes only
+        // when the connection's last holder lets go of it, which may wait on Redis).
+        let _ = socket2::SockRef::from(self.socket.as_ref()).shutdown(std::net::Shutdown::Write);
         self.reader.wake();
         let code = match end {
             WriterEnd::Closed(code) => code.to_string(),
@@ -445,7 +467,7 @@ async fn run(outlet: Outlet) {
     let end = loop {
         let closed = match shared.take(&mut buffer) {
             Taken::Frames(closed) => closed,
-            Taken::Drained => return,
+            Taken::Drained | Taken::Stopped => return,
             Taken::ReaderDone => break WriterEnd::ReaderDone,
         };
         if !write_all_or_give_up(shared, &buffer).await {
@@ -456,7 +478,7 @@ async fn run(outlet: Outlet) {
         }
         buffer.clear();
     };
-    shared.finish(end);
+    shared.finish(shared.lock(), end);
 }
 
 /// Writes the buffer. A peer that stops reading blocks the write; once a close is asked
@@ -502,7 +524,6 @@ fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16
         }
         Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
         Outbound::Ping => push_frame(buffer, OpCode::Ping, b""),
-        Outbound::Raw(bytes) => buffer.extend_from_slice(&bytes),
         Outbound::Control(control) => {
             let (op, payload) = *control;
             push_frame(buffer, op, &payload);
@@ -634,5 +655,29 @@ mod tests {
         assert_eq!(code, 1013);
         outlet.ended().await;
         assert_eq!(outlet.try_send(Outbound::Ping), Err(TrySendError::Closed));
+        // Nothing follows the close, and the peer is told so at once (this test still
+        // holds the socket, as rooms may for a while).
+        let after = tokio::time::timeout(Duration::from_secs(5), client.read_frame()).await;
+        assert!(after.expect("end of stream after the close").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nothing_is_sent_once_the_connection_is_given_up() {
+        let (outlet, _client, _read) = connected(FRAMES as usize).await;
+        // The client never reads: the writer waits for the socket mid-frame.
+        for n in 0..FRAMES {
+            outlet.try_send(numbered(0, n, SIZE)).unwrap();
+        }
+        outlet.end();
+        outlet.abandon();
+        // A room that still holds the member asks for a close: no writer may start (its
+        // close frame would follow a frame written in part).
+        outlet.too_slow();
+        assert!(
+            outlet.0.lock().writer.is_none(),
+            "a writer started after giving up"
+        );
+        assert_eq!(outlet.try_send(Outbound::Ping), Err(TrySendError::Closed));
+        outlet.ended().await;
     }
 }
