@@ -142,11 +142,10 @@ struct State {
     /// The rest of frames a sender wrote in part: written first.
     rest: Option<Box<Bytes>>,
     queue: VecDeque<Outbound>,
-    /// The writer is writing what it took: senders queue behind it, so order holds.
-    writing: bool,
     /// The reader finished: nothing more is accepted; the writer ends once drained.
     ending: bool,
-    /// The writer task, while one runs.
+    /// The writer task, while one runs: it writes what it took from the queue, and
+    /// senders queue behind it, so order holds.
     writer: Option<AbortHandle>,
     /// Sending ended (a close frame written, the reader finished, or the socket failed).
     done: bool,
@@ -212,7 +211,7 @@ impl Outlet {
             self.too_slow();
             return Err(TrySendError::Full);
         }
-        let idle = !state.writing && state.queue.is_empty() && state.rest.is_none();
+        let idle = state.writer.is_none() && state.queue.is_empty() && state.rest.is_none();
         if idle && shared.close.load(Ordering::Acquire) == 0 {
             // Under the lock, so nothing the writer or another sender writes interleaves.
             match shared.write_through(&mut items) {
@@ -393,18 +392,15 @@ impl Shared {
             };
             // What is queued is dropped (the rest of a frame written in part is not).
             state.queue.clear();
-            state.writing = true;
             return Taken::Frames(push(buffer, Outbound::close(code, reason), self.encoding));
         }
         if state.queue.is_empty() && buffer.is_empty() {
-            state.writing = false;
             if state.ending {
                 return Taken::ReaderDone;
             }
             state.writer = None;
             return Taken::Drained;
         }
-        state.writing = true;
         let mut closed = None;
         // Coalesce: everything queued now goes out in one write.
         while closed.is_none() && buffer.len() < 256 * 1024 {
