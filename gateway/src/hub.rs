@@ -13,28 +13,27 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::connections::{REFRESH_SLICES, slice_of};
 use crate::queue;
-use crate::room::{Join, Leave, Room, RoomCmd};
+use crate::room::{Join, Leave, Room, RoomCmd, RoomShared};
 use crate::tail::{self, SubCmd};
 
-/// Published events buffered per room before the room must catch up from the stream.
+/// Items a room's queue may hold before published events are dropped and the room must
+/// catch up from the stream (commands are never dropped).
 const ROOM_EVENT_BUFFER: usize = 4_096;
 
 pub struct Hub {
     rooms: Mutex<HashMap<String, RoomEntry>>,
     subs: mpsc::UnboundedSender<SubCmd>,
-    /// Shared by the rooms: one pointer each rather than a copy of the connection handle
-    /// and key prefix.
-    broker: Arc<Broker>,
+    /// Shared by the rooms: one pointer each rather than a copy of the connection handle,
+    /// key prefix and timeouts.
+    shared: Arc<RoomShared>,
     tail_check: Duration,
-    typing_timeout: Duration,
-    presence_ttl: Duration,
 }
 
 struct RoomEntry {
-    cmds: queue::Sender<RoomCmd>,
-    /// Boxed events: a drained queue keeps a few slots.
-    events: queue::Sender<Box<Published>>,
+    /// Commands and published events, in one queue: a room costs one.
+    queue: queue::Sender<RoomCmd>,
     members: usize,
 }
 
@@ -51,23 +50,27 @@ impl Hub {
         let hub = Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
             subs,
-            broker: Arc::new(broker),
+            shared: Arc::new(RoomShared {
+                broker,
+                typing_timeout: Duration::from_millis(config.typing_timeout_ms),
+                presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),
+            }),
             tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
-            typing_timeout: Duration::from_millis(config.typing_timeout_ms),
-            presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),
         });
         let tail = tokio::spawn(tail::run(client, hub.clone(), sub_cmds));
         let check = tokio::spawn(check_tops(hub.clone()));
+        let refresh = tokio::spawn(refresh_presence(hub.clone()));
         tokio::spawn(async move {
             shutdown.cancelled().await;
             tail.abort();
             check.abort();
+            refresh.abort();
         });
         Ok(hub)
     }
 
     pub fn keys(&self) -> &Keys {
-        self.broker.keys()
+        self.shared.broker.keys()
     }
 
     /// Adds a connection to a team's room; the room answers it (see `room::Join`).
@@ -78,7 +81,7 @@ impl Hub {
             self.open_room(team)
         });
         entry.members += 1;
-        let _ = entry.cmds.try_send(RoomCmd::Join(Box::new(join)));
+        let _ = entry.queue.try_send(RoomCmd::Join(Box::new(join)));
     }
 
     /// Removes a connection from a team's room. With `reply`, the room sends `room:left`.
@@ -95,7 +98,7 @@ impl Hub {
         let Some(entry) = rooms.get_mut(team) else {
             return;
         };
-        let _ = entry.cmds.try_send(RoomCmd::Leave(Box::new(Leave {
+        let _ = entry.queue.try_send(RoomCmd::Leave(Box::new(Leave {
             conn_id,
             session,
             reply,
@@ -103,7 +106,7 @@ impl Hub {
         })));
         entry.members -= 1;
         if entry.members == 0 {
-            let _ = entry.cmds.try_send(RoomCmd::Shutdown);
+            let _ = entry.queue.try_send(RoomCmd::Shutdown);
             rooms.remove(team);
             metrics::gauge!(teamchat_shared::metrics::ROOMS).decrement(1.0);
             // Queued under the lock, so a room opened later subscribes after this.
@@ -118,7 +121,10 @@ impl Hub {
     pub fn dispatch(&self, team: &str, published: Published) {
         let rooms = self.rooms.lock().expect("hub lock");
         if let Some(entry) = rooms.get(team)
-            && entry.events.try_send(Box::new(published)) == Err(queue::TrySendError::Full)
+            && entry
+                .queue
+                .try_send_within(RoomCmd::Published(Box::new(published)), ROOM_EVENT_BUFFER)
+                == Err(queue::TrySendError::Full)
         {
             metrics::counter!(teamchat_shared::metrics::ROOM_EVENTS_DROPPED).increment(1);
         }
@@ -137,16 +143,26 @@ impl Hub {
     pub fn catch_up_all(&self) {
         let rooms = self.rooms.lock().expect("hub lock");
         for entry in rooms.values() {
-            let _ = entry.cmds.try_send(RoomCmd::CatchUp);
+            let _ = entry.queue.try_send(RoomCmd::CatchUp);
         }
     }
 
-    /// Every room's team with its command channel.
+    /// Every room's team with its queue.
     fn room_handles(&self) -> Vec<(String, queue::Sender<RoomCmd>)> {
         let rooms = self.rooms.lock().expect("hub lock");
         rooms
             .iter()
-            .map(|(team, entry)| (team.clone(), entry.cmds.clone()))
+            .map(|(team, entry)| (team.clone(), entry.queue.clone()))
+            .collect()
+    }
+
+    /// The queues of the rooms in one slice of all (see `refresh_presence`).
+    fn room_slice(&self, slice: u64, slices: u64) -> Vec<queue::Sender<RoomCmd>> {
+        let rooms = self.rooms.lock().expect("hub lock");
+        rooms
+            .iter()
+            .filter(|(team, _)| slice_of(team, slices) == slice)
+            .map(|(_, entry)| entry.queue.clone())
             .collect()
     }
 
@@ -156,24 +172,22 @@ impl Hub {
     }
 
     fn open_room(&self, team: &str) -> RoomEntry {
-        let (cmds, cmd_rx) = queue::unbounded();
-        let (events, event_rx) = queue::bounded(ROOM_EVENT_BUFFER);
+        let (queue, received) = queue::unbounded();
         let (ready_tx, ready) = oneshot::channel();
         let _ = self
             .subs
             .send(SubCmd::Subscribe(self.keys().team_channel(team), ready_tx));
-        let room = Room::new(
-            team.to_owned(),
-            self.broker.clone(),
-            self.typing_timeout,
-            self.presence_ttl,
+        let room = Room::new(team.to_owned(), self.shared.clone());
+        let running = room.run(ready, received);
+        // Every room is this future in a task of 128-byte steps: at 360 bytes the task is
+        // 512; past 408 it is 640 (docs/performance.md).
+        debug_assert!(
+            std::mem::size_of_val(&running) <= 408,
+            "a room's future grew to {} bytes",
+            std::mem::size_of_val(&running)
         );
-        tokio::spawn(room.run(ready, cmd_rx, event_rx));
-        RoomEntry {
-            cmds,
-            events,
-            members: 0,
-        }
+        tokio::spawn(running);
+        RoomEntry { queue, members: 0 }
     }
 }
 
@@ -191,10 +205,10 @@ async fn check_tops(hub: Arc<Hub>) {
         let rooms = hub.room_handles();
         for chunk in rooms.chunks(TOP_CHECK_CHUNK) {
             let teams: Vec<String> = chunk.iter().map(|(team, _)| team.clone()).collect();
-            match hub.broker.top_offsets(&teams).await {
+            match hub.shared.broker.top_offsets(&teams).await {
                 Ok(tops) => {
                     for ((_, cmds), top) in chunk.iter().zip(tops) {
-                        let _ = cmds.try_send(RoomCmd::Top(top));
+                        let _ = cmds.try_send(RoomCmd::Top(Box::new(top)));
                     }
                 }
                 Err(e) => {
@@ -204,5 +218,21 @@ async fn check_tops(hub: Arc<Hub>) {
                 }
             }
         }
+    }
+}
+
+/// Asks every room to refresh its members' presence entries three times per TTL, one
+/// slice of the rooms at a time, so that Redis sees a steady trickle rather than every
+/// room at once (and no room needs a timer of its own for it).
+async fn refresh_presence(hub: Arc<Hub>) {
+    let period = hub.shared.presence_ttl / 3;
+    let mut every = tokio::time::interval(period / REFRESH_SLICES as u32);
+    let mut tick: u64 = 0;
+    loop {
+        every.tick().await;
+        for queue in hub.room_slice(tick % REFRESH_SLICES, REFRESH_SLICES) {
+            let _ = queue.try_send(RoomCmd::Refresh);
+        }
+        tick += 1;
     }
 }

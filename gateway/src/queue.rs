@@ -1,11 +1,11 @@
-//! The queues every room has (its commands and published events): many senders, one
+//! The queue every room has (its commands and published events): many senders, one
 //! receiver, optionally bounded, and small, because there are as many rooms as teams with
 //! members here. (A connection's send queue is the same shape, inside its `Outlet`.)
 //!
 //! tokio's channels allocate their first block of 32 slots (and a bounded one its
 //! semaphore) up front: ≈1.2 KB per channel, measured, more than a whole idle
 //! connection's budget. This one is a `VecDeque` behind a mutex (≈100 bytes while
-//! empty) that gives back a burst's memory once drained. flume has the same shape but is
+//! empty) that gives back its buffer once drained: most rooms are quiet most of the time. flume has the same shape but is
 //! built here with its spin-lock feature (enabled by sqlx), which sleeps a runtime thread
 //! under contention.
 
@@ -16,9 +16,6 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
-
-/// A drained queue whose buffer grew past this many slots gives it back.
-const KEEP_SLOTS: usize = 8;
 
 struct Shared<T> {
     items: Mutex<VecDeque<T>>,
@@ -60,12 +57,18 @@ pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
 
 impl<T> Sender<T> {
     pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
+        self.try_send_within(item, self.0.capacity)
+    }
+
+    /// Queues the item only while fewer than `limit` items (of any kind) are queued: one
+    /// queue carries both items that must not be refused and items that may be.
+    pub fn try_send_within(&self, item: T, limit: usize) -> Result<(), TrySendError> {
         if self.0.receiver_gone.load(Ordering::Acquire) {
             return Err(TrySendError::Closed);
         }
         {
             let mut items = self.0.items.lock().expect("queue lock");
-            if items.len() >= self.0.capacity {
+            if items.len() >= limit.min(self.0.capacity) {
                 return Err(TrySendError::Full);
             }
             items.push_back(item);
@@ -145,23 +148,26 @@ impl<T> Receiver<T> {
             }
         }
         let taken = take(&mut items);
-        if items.is_empty() && items.capacity() > KEEP_SLOTS {
-            *items = VecDeque::new();
-        }
+        release_if_empty(&mut items);
         Poll::Ready(Some(taken))
     }
 
     pub fn try_recv(&mut self) -> Option<T> {
         let mut items = self.0.items.lock().expect("queue lock");
         let item = items.pop_front();
-        if items.is_empty() && items.capacity() > KEEP_SLOTS {
-            *items = VecDeque::new();
-        }
+        release_if_empty(&mut items);
         item
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.items.lock().expect("queue lock").is_empty()
+    }
+}
+
+/// A drained queue gives its buffer back (the next item allocates one again).
+fn release_if_empty<T>(items: &mut VecDeque<T>) {
+    if items.is_empty() && items.capacity() > 0 {
+        *items = VecDeque::new();
     }
 }
 
@@ -241,6 +247,18 @@ mod tests {
             tx.try_send(n).unwrap();
         }
         while rx.try_recv().is_some() {}
-        assert!(rx.0.items.lock().unwrap().capacity() <= KEEP_SLOTS);
+        assert_eq!(rx.0.items.lock().unwrap().capacity(), 0);
+    }
+
+    #[test]
+    fn a_limited_send_counts_every_queued_item() {
+        let (tx, mut rx) = unbounded();
+        tx.try_send(1).unwrap();
+        tx.try_send_within(2, 2).unwrap();
+        assert_eq!(tx.try_send_within(3, 2), Err(TrySendError::Full));
+        // Unlimited items still go in.
+        tx.try_send(4).unwrap();
+        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv()).collect();
+        assert_eq!(got, [1, 2, 4]);
     }
 }

@@ -5,13 +5,16 @@
 //! replay what a joining member missed (`since`).
 
 use std::collections::HashMap;
+use std::future::poll_fn;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
 use teamchat_shared::protocol::{ErrorCode, RequestError, ServerFrame, Since};
 use tokio::sync::oneshot;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::{error, warn};
 
 use teamchat_shared::metrics as m;
@@ -56,30 +59,38 @@ pub struct Leave {
     pub done: Option<oneshot::Sender<()>>,
 }
 
-/// Joins and leaves are boxed: the command channel allocates its slots at the size of the
-/// largest variant, per room.
+/// What a room's queue carries: commands and published events. Every variant holds at
+/// most a pointer: the queue allocates its slots at the size of the largest.
 pub enum RoomCmd {
     Join(Box<Join>),
     Leave(Box<Leave>),
+    /// An event published on the team's channel.
+    Published(Box<Published>),
     /// Read the stream beyond the last delivered offset now (pub/sub may have missed some).
     CatchUp,
     /// The stream's epoch and top offset, from the gateway's periodic check of all rooms.
-    Top(Top),
+    Top(Box<Top>),
+    /// Refresh this gateway's members' presence entries (the hub asks each room once per
+    /// third of the TTL, a slice of the rooms at a time).
+    Refresh,
     Shutdown,
+}
+
+/// What every room of the gateway shares: one pointer per room.
+pub struct RoomShared {
+    pub broker: Broker,
+    pub typing_timeout: Duration,
+    pub presence_ttl: Duration,
 }
 
 pub struct Room {
     team: String,
-    broker: Arc<Broker>,
-    typing_timeout: Duration,
-    presence_ttl: Duration,
+    shared: Arc<RoomShared>,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
     /// A short list: a few typists at a time, and every room holds one.
     typing: Vec<(String, Instant)>,
     /// Presence changes not yet sent to the members.
     presence_out: PresenceBatch,
-    /// When this gateway's members' presence entries are next refreshed.
-    next_refresh: Instant,
     epoch: String,
     /// Offset of the newest event delivered to the members.
     last: u64,
@@ -87,20 +98,12 @@ pub struct Room {
 }
 
 impl Room {
-    pub fn new(
-        team: String,
-        broker: Arc<Broker>,
-        typing_timeout: Duration,
-        presence_ttl: Duration,
-    ) -> Self {
+    pub fn new(team: String, shared: Arc<RoomShared>) -> Self {
         Self {
             team,
-            broker,
-            typing_timeout,
-            presence_ttl,
+            shared,
             typing: Vec::new(),
             presence_out: PresenceBatch::default(),
-            next_refresh: Instant::now(),
             epoch: String::new(),
             last: 0,
             members: Vec::new(),
@@ -114,41 +117,39 @@ impl Room {
     pub fn run(
         mut self,
         subscribed: oneshot::Receiver<()>,
-        mut cmds: queue::Receiver<RoomCmd>,
-        mut events: queue::Receiver<Box<Published>>,
+        mut queue: queue::Receiver<RoomCmd>,
     ) -> impl Future<Output = ()> + Send {
         async move {
             let _ = subscribed.await;
-            // Rooms opened together (a gateway's start, a join storm) would refresh together:
-            // each starts at a random point of the period, so Redis sees a steady trickle.
-            let every = self.presence_ttl / 3;
-            self.next_refresh = Instant::now() + every.mul_f64(rand::random::<f64>());
             let mut batch = Vec::new();
-            let mut published = Vec::new();
-            let mut events_open = true;
-            // One timer, set again only when what it waits for changes: not once per event.
-            let timer = tokio::time::sleep_until(self.next_due());
-            tokio::pin!(timer);
+            // One timer for the presence batch and the typists' stops, there only while one
+            // is due (most rooms wait without), set again only when what it waits for
+            // changes: not once per event.
+            let mut timer: Option<Pin<Box<Sleep>>> = None;
             loop {
-                let due = self.next_due();
-                if timer.deadline() != due {
-                    timer.as_mut().reset(due);
-                }
+                arm(&mut timer, self.next_due());
                 tokio::select! {
-                    received = cmds.recv_many(&mut batch, 256) => {
+                    received = queue.recv_many(&mut batch, 256) => {
                         if received == 0 {
                             return;
                         }
+                        // Joins are answered together, with one state read. Events need
+                        // not wait for them: a joiner starts at the state it reads, and
+                        // what it has already is not delivered twice.
                         let mut joins = Vec::new();
                         for cmd in batch.drain(..) {
                             match cmd {
                                 RoomCmd::Join(join) => joins.push(*join),
+                                RoomCmd::Published(event) => self.on_published(event).await,
                                 other => {
                                     // Keep the order: joins queued before this go first.
                                     Box::pin(self.on_joins(std::mem::take(&mut joins))).await;
                                     match other {
                                         RoomCmd::CatchUp => Box::pin(self.check_top()).await,
-                                        RoomCmd::Top(top) => Box::pin(self.on_top(top)).await,
+                                        RoomCmd::Top(top) => Box::pin(self.on_top(*top)).await,
+                                        RoomCmd::Refresh => {
+                                            Box::pin(self.refresh_presence()).await
+                                        }
                                         RoomCmd::Leave(leave) => {
                                             let Leave { conn_id, session, reply, done } = *leave;
                                             Box::pin(self.on_leave(conn_id, &session, reply)).await;
@@ -162,34 +163,19 @@ impl Room {
                             }
                         }
                         Box::pin(self.on_joins(joins)).await;
-                        // Commands are occasional: no room keeps a batch's memory (a join
-                        // storm's would stay in every room).
+                        // No room keeps a batch's memory between bursts: most rooms are
+                        // quiet, and a join storm's batch would stay in every one.
                         batch = Vec::new();
-                    }
-                    received = events.recv_many(&mut published, 256), if events_open => {
-                        events_open = received > 0;
-                        for event in published.drain(..) {
-                            self.on_published(event).await;
-                        }
-                        // Events come often: the smallest buffer is kept.
-                        published.shrink_to(4);
                         // Presence changes of this burst go out together (or when due).
                         if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
                             self.send_presence();
                         }
                     }
-                    // One timer for the presence refresh, the presence batch and the typists'
-                    // stops.
-                    _ = &mut timer => {
-                        let now = Instant::now();
-                        if self.presence_out.due().is_some_and(|due| due <= now) {
+                    () = fired(&mut timer) => {
+                        if self.presence_out.due().is_some_and(|due| due <= Instant::now()) {
                             self.send_presence();
                         }
                         self.expire_typing();
-                        if self.next_refresh <= now {
-                            Box::pin(self.refresh_presence()).await;
-                            self.next_refresh = Instant::now() + every;
-                        }
                     }
                 }
             }
@@ -202,7 +188,7 @@ impl Room {
         if joins.is_empty() {
             return;
         }
-        let state = match self.broker.team_state(&self.team).await {
+        let state = match self.shared.broker.team_state(&self.team).await {
             Ok(state) => state,
             Err(e) => {
                 {
@@ -254,8 +240,13 @@ impl Room {
                 )
             })
             .collect();
-        let ttl = self.presence_ttl.as_millis() as u64;
-        let online = match self.broker.presence_join(&self.team, &joining, ttl).await {
+        let ttl = self.shared.presence_ttl.as_millis() as u64;
+        let online = match self
+            .shared
+            .broker
+            .presence_join(&self.team, &joining, ttl)
+            .await
+        {
             Ok(online) => online,
             Err(e) => {
                 for (join, _) in ready {
@@ -358,6 +349,7 @@ impl Room {
             return Ok(Some(Vec::new()));
         }
         let events = self
+            .shared
             .broker
             .read_range(&self.team, from + 1, state.offset)
             .await?;
@@ -367,7 +359,7 @@ impl Room {
     }
 
     async fn on_leave(&mut self, conn_id: u64, session: &str, reply: Option<Option<String>>) {
-        if let Err(e) = self.broker.presence_leave(&self.team, session).await {
+        if let Err(e) = self.shared.broker.presence_leave(&self.team, session).await {
             // The entry expires after PRESENCE_TTL_MS instead.
             {
                 metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
@@ -395,8 +387,13 @@ impl Room {
             return;
         }
         let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.who.session.clone()).collect();
-        let ttl = self.presence_ttl.as_millis() as u64;
-        let missing = match self.broker.presence_tick(&self.team, &sessions, ttl).await {
+        let ttl = self.shared.presence_ttl.as_millis() as u64;
+        let missing = match self
+            .shared
+            .broker
+            .presence_tick(&self.team, &sessions, ttl)
+            .await
+        {
             Ok(missing) => missing,
             Err(e) => {
                 metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
@@ -415,7 +412,12 @@ impl Room {
         if rejoining.is_empty() {
             return;
         }
-        if let Err(e) = self.broker.presence_join(&self.team, &rejoining, ttl).await {
+        if let Err(e) = self
+            .shared
+            .broker
+            .presence_join(&self.team, &rejoining, ttl)
+            .await
+        {
             metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
             warn!(error = %e, team = %self.team, "presence rejoin: Redis unavailable");
         }
@@ -484,7 +486,7 @@ impl Room {
     fn on_typing(&mut self, kind: Ephemeral, user: String) {
         let frame = match kind {
             Ephemeral::TypingStart => {
-                let due = Instant::now() + self.typing_timeout;
+                let due = Instant::now() + self.shared.typing_timeout;
                 match self.typing.iter_mut().find(|(typist, _)| *typist == user) {
                     Some(typist) => typist.1 = due,
                     None => self.typing.push((user.clone(), due)),
@@ -552,14 +554,14 @@ impl Room {
         count_out(&frames[0], sent);
     }
 
-    /// When the room's timer is next due: the presence refresh, the pending presence batch
-    /// or the earliest typing stop.
-    fn next_due(&self) -> Instant {
+    /// When the room's timer is next due: the pending presence batch or the earliest
+    /// typing stop; `None` when neither is.
+    fn next_due(&self) -> Option<Instant> {
         let typing = self.typing.iter().map(|(_, due)| *due).min();
         [self.presence_out.due(), typing]
             .into_iter()
             .flatten()
-            .fold(self.next_refresh, Instant::min)
+            .min()
     }
 
     fn expire_typing(&mut self) {
@@ -614,7 +616,7 @@ impl Room {
         if self.epoch.is_empty() || self.members.is_empty() {
             return;
         }
-        match self.broker.top_offset(&self.team).await {
+        match self.shared.broker.top_offset(&self.team).await {
             Ok(top) => self.on_top(top).await,
             Err(e) => {
                 metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
@@ -635,7 +637,7 @@ impl Room {
         if same_stream && top.offset > self.last {
             self.fill(self.last + 1, top.offset).await;
         } else if !same_stream || top.offset < self.last {
-            match self.broker.team_state(&self.team).await {
+            match self.shared.broker.team_state(&self.team).await {
                 Ok(state) if self.reset_if_new_epoch(&state.epoch) => self.last = state.offset,
                 Ok(_) => {}
                 Err(e) => {
@@ -650,7 +652,7 @@ impl Room {
     /// be read. If the stream no longer holds the whole range, the members cannot be given
     /// a gap: they are closed with 1013 and resume with `since` (getting `recovered: false`).
     async fn fill(&mut self, from: u64, to: u64) -> bool {
-        let events = match self.broker.read_range(&self.team, from, to).await {
+        let events = match self.shared.broker.read_range(&self.team, from, to).await {
             Ok(events) => events,
             Err(e) => {
                 {
@@ -692,6 +694,24 @@ impl Room {
         let age_ms = crate::broker::now_ms() - event.data.ts();
         metrics::histogram!(m::FANOUT_SECONDS).record(age_ms.max(0) as f64 / 1000.0);
     }
+}
+
+/// Sets the timer to `due`: made when first needed, dropped when nothing is due.
+fn arm(timer: &mut Option<Pin<Box<Sleep>>>, due: Option<Instant>) {
+    match (due, timer.as_mut()) {
+        (None, _) => *timer = None,
+        (Some(due), Some(sleep)) if sleep.deadline() != due => sleep.as_mut().reset(due),
+        (Some(_), Some(_)) => {}
+        (Some(due), None) => *timer = Some(Box::pin(tokio::time::sleep_until(due))),
+    }
+}
+
+/// Resolves when the timer fires; never without a timer.
+fn fired(timer: &mut Option<Pin<Box<Sleep>>>) -> impl Future<Output = ()> + '_ {
+    poll_fn(move |cx| match timer {
+        Some(sleep) => sleep.as_mut().poll(cx),
+        None => Poll::Pending,
+    })
 }
 
 /// Counts a frame offered to `recipients` members (one metric update per event, not per
