@@ -2,7 +2,7 @@
 //! requests in order; replies and room events go out through the connection's `Outlet`
 //! (see `writer`).
 
-use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -51,11 +51,33 @@ struct Session {
     /// When the token (with leeway) expires: the connection closes 4003 unless refreshed.
     expires_at: Instant,
     /// Times of recent `bad_request`/`unknown_type` errors (close 1008 past the limit).
-    violations: VecDeque<Instant>,
-    /// A close a request asked for (token refresh refused, too many violations).
-    close_with: Option<(u16, &'static str)>,
+    violations: Vec<Instant>,
+    /// A close a request asked for.
+    close_with: Option<CloseAsked>,
     /// Started at the first `receipt:update`.
     receipts: Option<receipts::Coalescer>,
+}
+
+/// Why a request asked for the connection to close (a byte, not a code and a reason: the
+/// session state is part of every idle connection's future).
+#[derive(Clone, Copy)]
+enum CloseAsked {
+    /// `token:refresh` with a token that is not valid.
+    BadToken(AuthError),
+    /// `token:refresh` with another user's token.
+    OtherUser,
+    /// Too many protocol violations within a minute.
+    Violations,
+}
+
+impl CloseAsked {
+    fn flow(self) -> Flow {
+        match self {
+            CloseAsked::BadToken(error) => Flow::Close(error.close_code(), error.reason()),
+            CloseAsked::OtherUser => Flow::Close(4001, "token of another user"),
+            CloseAsked::Violations => Flow::Close(1008, "too many protocol violations"),
+        }
+    }
 }
 
 /// A connection's teams (joined, typing in): a few names in a list, smaller than a set
@@ -123,11 +145,11 @@ pub async fn run(
     if let Some((session, ws)) = open(state, upgraded, auth, encoding).await {
         let sessions = session.state.sessions.clone();
         let serving = session.serve(ws);
-        // Every idle connection is this future in a task of 128-byte steps: at 784 bytes
-        // the task is 896 (docs/performance.md). A field more moves it to 1,024. (Debug
-        // and release builds lay it out alike: 784 in both, measured.)
+        // Every idle connection is this future in a task of 128-byte steps: at 648 bytes
+        // the task is 768 (docs/performance.md); past 656 it is 896. (Debug and release
+        // builds lay it out alike, measured.)
         debug_assert!(
-            std::mem::size_of_val(&serving) <= 784,
+            std::mem::size_of_val(&serving) <= 656,
             "a connection's future grew to {} bytes",
             std::mem::size_of_val(&serving)
         );
@@ -218,7 +240,7 @@ async fn open(
         joined: Teams::default(),
         typing: Teams::default(),
         expires_at: Instant::now(),
-        violations: VecDeque::new(),
+        violations: Vec::new(),
         close_with: None,
         receipts: None,
     };
@@ -296,90 +318,107 @@ impl Session {
     /// Reads frames and carries out requests until the connection is to close. What is
     /// live across this loop's awaits is in every idle connection: the work on a frame is
     /// boxed (`on_frame`), and a close is queued at one place.
-    async fn read_loop(&mut self, ws: &mut Reader) {
-        // Fragments are collected here, not by fastwebsockets' collector, so that a
-        // message's total size is capped while it arrives (1009), not only its frames'.
-        let mut partial: Option<Vec<u8>> = None;
-        let control = self.outlet.clone();
-        // Pongs and close echoes the reader owes go through the outlet; a peer that does
-        // not read them is too slow like any other (1013).
-        let mut obligated = move |frame: Frame<'_>| {
-            let payload = Bytes::copy_from_slice(&frame.payload);
-            let queued = control.try_send(Outbound::control(frame.opcode, payload));
-            std::future::ready(queued.map_err(|_| std::io::Error::other("send queue unavailable")))
-        };
-        let heartbeat = Duration::from_millis(self.state.config.heartbeat_ms.max(100));
-        let silence = heartbeat * 2;
-        // One timer for the pings, the peer's silence and the token's expiry, moved lazily:
-        // a frame only notes when it came, and the timer, when it fires early, is set again.
-        let mut heard = Instant::now();
-        let mut next_ping = heard + heartbeat;
-        let deadline = tokio::time::sleep_until(self.expires_at.min(next_ping));
-        tokio::pin!(deadline);
-        let flow = loop {
-            // The next frame, or why the connection closes without one.
-            let frame = {
-                // Kept across the timer's wake-ups: a frame half read is not dropped.
-                let read = async {
-                    // fastwebsockets reserves a read buffer as soon as it reads: with
-                    // nothing buffered, wait for the socket first, so an idle connection
-                    // holds no buffer.
-                    if !ws.has_buffered() {
-                        let socket = ws.get_ref();
-                        socket.readable().await.map_err(WebSocketError::IoError)?;
-                    }
-                    ws.read_frame(&mut obligated).await
-                };
-                tokio::pin!(read);
-                loop {
-                    tokio::select! {
-                        frame = &mut read => break Ok(frame),
-                        _ = &mut deadline => {
-                            let now = Instant::now();
-                            if now >= self.expires_at {
-                                break Err(Flow::Close(4003, "token expired"));
-                            }
-                            if now >= heard + silence {
-                                break Err(Flow::Close(4000, "no heartbeat"));
-                            }
-                            if now >= next_ping {
-                                if self.outlet.try_send(Outbound::Ping).is_err() {
-                                    break Err(Flow::Stop);
-                                }
-                                next_ping = now + heartbeat;
-                            }
-                            let due = self.expires_at.min(heard + silence).min(next_ping);
-                            deadline.as_mut().reset(due);
+    #[allow(clippy::manual_async_fn)] // not an `async fn`, which holds its arguments twice
+    fn read_loop<'a>(&'a mut self, ws: &'a mut Reader) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            // Fragments are collected here, not by fastwebsockets' collector, so that a
+            // message's total size is capped while it arrives (1009), not only its frames'.
+            // Boxed: fragmented messages are rare.
+            let mut partial: Option<Box<Vec<u8>>> = None;
+            let control = self.outlet.clone();
+            // Pongs and close echoes the reader owes go through the outlet; a peer that does
+            // not read them is too slow like any other (1013).
+            let mut obligated = move |frame: Frame<'_>| {
+                let payload = Bytes::copy_from_slice(&frame.payload);
+                let queued = control.try_send(Outbound::control(frame.opcode, payload));
+                std::future::ready(
+                    queued.map_err(|_| std::io::Error::other("send queue unavailable")),
+                )
+            };
+            // One timer for the pings, the peer's silence and the token's expiry, moved lazily:
+            // a frame only notes when it came, and the timer, when it fires early, is set again.
+            let mut heard = Instant::now();
+            let mut next_ping = heard + self.heartbeat();
+            let deadline = tokio::time::sleep_until(self.expires_at.min(next_ping));
+            tokio::pin!(deadline);
+            let flow = loop {
+                // The next frame, or why the connection closes without one.
+                let frame = {
+                    // Kept across the timer's wake-ups: a frame half read is not dropped.
+                    let read = async {
+                        // fastwebsockets reserves a read buffer as soon as it reads: with
+                        // nothing buffered, wait for the socket first, so an idle connection
+                        // holds no buffer.
+                        // (Polled for readiness, not `readable()`, whose future is 168 bytes.)
+                        if !ws.has_buffered() {
+                            let socket: &TcpStream = ws.get_ref().as_ref();
+                            poll_fn(|cx| socket.poll_read_ready(cx))
+                                .await
+                                .map_err(WebSocketError::IoError)?;
                         }
-                        stop = self.outlet.stop_reading() => break Err(match stop {
-                            // Drain: between requests, so what was accepted is answered first.
-                            StopReading::ShutDown => Flow::Close(1012, "gateway restarting"),
-                            // A close was written (too slow, stream reset), or the socket failed.
-                            StopReading::Ended => Flow::Stop,
-                        }),
+                        ws.read_frame(&mut obligated).await
+                    };
+                    tokio::pin!(read);
+                    loop {
+                        tokio::select! {
+                            frame = &mut read => break Ok(frame),
+                            _ = &mut deadline => {
+                                let now = Instant::now();
+                                if now >= self.expires_at {
+                                    break Err(Flow::Close(4003, "token expired"));
+                                }
+                                if now >= heard + self.silence() {
+                                    break Err(Flow::Close(4000, "no heartbeat"));
+                                }
+                                if now >= next_ping {
+                                    if self.outlet.try_send(Outbound::Ping).is_err() {
+                                        break Err(Flow::Stop);
+                                    }
+                                    next_ping = now + self.heartbeat();
+                                }
+                                let due = self.expires_at.min(heard + self.silence()).min(next_ping);
+                                deadline.as_mut().reset(due);
+                            }
+                            stop = self.outlet.stop_reading() => break Err(match stop {
+                                // Drain: between requests, so what was accepted is answered first.
+                                StopReading::ShutDown => Flow::Close(1012, "gateway restarting"),
+                                // A close was written (too slow, stream reset), or the socket failed.
+                                StopReading::Ended => Flow::Stop,
+                            }),
+                        }
                     }
+                };
+                heard = Instant::now();
+                let flow = match frame {
+                    Ok(Ok(frame)) => Box::pin(self.on_frame(frame, &mut partial)).await,
+                    Ok(Err(WebSocketError::FrameTooLarge)) => Flow::Close(1009, "frame too large"),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "connection read ended");
+                        Flow::Close(1002, "protocol error")
+                    }
+                    Err(flow) => flow,
+                };
+                if !matches!(flow, Flow::Continue) {
+                    break flow;
+                }
+                // A refreshed token may expire sooner than the timer is set for.
+                if self.expires_at < deadline.deadline() {
+                    deadline.as_mut().reset(self.expires_at);
                 }
             };
-            heard = Instant::now();
-            let flow = match frame {
-                Ok(Ok(frame)) => Box::pin(self.on_frame(frame, &mut partial)).await,
-                Ok(Err(WebSocketError::FrameTooLarge)) => Flow::Close(1009, "frame too large"),
-                Ok(Err(e)) => {
-                    debug!(error = %e, "connection read ended");
-                    Flow::Close(1002, "protocol error")
-                }
-                Err(flow) => flow,
-            };
-            if !matches!(flow, Flow::Continue) {
-                break flow;
-            }
-            // A refreshed token may expire sooner than the timer is set for.
-            if self.expires_at < deadline.deadline() {
-                deadline.as_mut().reset(self.expires_at);
-            }
-        };
-        // Boxed: its timer would otherwise widen every idle connection's future.
-        Box::pin(self.closing(flow)).await;
+            // Boxed: its timer would otherwise widen every idle connection's future.
+            Box::pin(self.closing(flow)).await;
+        }
+    }
+
+    /// How often the gateway pings (computed, not kept: see `read_loop`).
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.state.config.heartbeat_ms.max(100))
+    }
+
+    /// How long a silent peer is kept: two heartbeats.
+    fn silence(&self) -> Duration {
+        self.heartbeat() * 2
     }
 
     /// Sends the close the read loop ended with, or waits (briefly) for the echo of the
@@ -397,7 +436,8 @@ impl Session {
 
     /// Works on one frame: collects fragments, carries out a complete request and queues
     /// its reply, answers a ping.
-    async fn on_frame(&mut self, frame: Frame<'_>, partial: &mut Option<Vec<u8>>) -> Flow {
+    #[allow(clippy::box_collection)] // one word in every idle connection's future, not three
+    async fn on_frame(&mut self, frame: Frame<'_>, partial: &mut Option<Box<Vec<u8>>>) -> Flow {
         let max_frame = self.state.config.max_frame;
         let message = match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -405,7 +445,7 @@ impl Session {
                 if first == partial.is_some() {
                     return Flow::Close(1002, "bad fragmentation");
                 }
-                let collected = partial.get_or_insert_with(Vec::new);
+                let collected = partial.get_or_insert_with(Box::default);
                 if collected.len() + frame.payload.len() > max_frame {
                     return Flow::Close(1009, "frame too large");
                 }
@@ -414,7 +454,11 @@ impl Session {
                     Some(frame.payload.to_vec())
                 } else {
                     collected.extend_from_slice(&frame.payload);
-                    if frame.fin { partial.take() } else { None }
+                    if frame.fin {
+                        partial.take().map(|collected| *collected)
+                    } else {
+                        None
+                    }
                 }
             }
             _ => None,
@@ -439,10 +483,7 @@ impl Session {
                     return Flow::Stop;
                 }
             }
-            return match self.close_with {
-                Some((code, reason)) => Flow::Close(code, reason),
-                None => Flow::Continue,
-            };
+            return self.close_with.map_or(Flow::Continue, CloseAsked::flow);
         }
         match frame.opcode {
             OpCode::Ping => {
@@ -550,11 +591,11 @@ impl Session {
                 Some(ServerFrame::TokenRefreshed { exp, rid })
             }
             Ok(_) => {
-                self.close_with = Some((4001, "token of another user"));
+                self.close_with = Some(CloseAsked::OtherUser);
                 None
             }
             Err(error) => {
-                self.close_with = Some((error.close_code(), error.reason()));
+                self.close_with = Some(CloseAsked::BadToken(error));
                 None
             }
         }
@@ -566,16 +607,11 @@ impl Session {
             return;
         }
         let now = Instant::now();
-        while self
-            .violations
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > Duration::from_secs(60))
-        {
-            self.violations.pop_front();
-        }
-        self.violations.push_back(now);
+        self.violations
+            .retain(|t| now.duration_since(*t) <= Duration::from_secs(60));
+        self.violations.push(now);
         if self.violations.len() >= self.state.config.max_violations.max(1) {
-            self.close_with = Some((1008, "too many protocol violations"));
+            self.close_with = Some(CloseAsked::Violations);
         }
     }
 
