@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
-use crate::connections::{REFRESH_SLICES, slice_of};
 use crate::queue;
 use crate::room::{Join, Leave, Room, RoomCmd, RoomShared};
 use crate::tail::{self, SubCmd};
@@ -156,14 +155,10 @@ impl Hub {
             .collect()
     }
 
-    /// The queues of the rooms in one slice of all (see `refresh_presence`).
-    fn room_slice(&self, slice: u64, slices: u64) -> Vec<queue::Sender<RoomCmd>> {
+    /// Every room's queue.
+    fn room_queues(&self) -> Vec<queue::Sender<RoomCmd>> {
         let rooms = self.rooms.lock().expect("hub lock");
-        rooms
-            .iter()
-            .filter(|(team, _)| slice_of(team, slices) == slice)
-            .map(|(_, entry)| entry.queue.clone())
-            .collect()
+        rooms.values().map(|entry| entry.queue.clone()).collect()
     }
 
     /// Teams with a room on this gateway.
@@ -221,18 +216,23 @@ async fn check_tops(hub: Arc<Hub>) {
     }
 }
 
-/// Asks every room to refresh its members' presence entries three times per TTL, one
-/// slice of the rooms at a time, so that Redis sees a steady trickle rather than every
-/// room at once (and no room needs a timer of its own for it).
+/// Asks every room to refresh its members' presence entries three times per TTL, the
+/// rooms spread evenly over the period in steps of 10 ms: a refresh is a script call, and
+/// a sixteenth of all rooms at once is a burst that messages appended meanwhile queue
+/// behind (docs/performance.md). No room needs a timer of its own for it. A room opened
+/// during a round waits for the next one (within two thirds of the TTL).
 async fn refresh_presence(hub: Arc<Hub>) {
     let period = hub.shared.presence_ttl / 3;
-    let mut every = tokio::time::interval(period / REFRESH_SLICES as u32);
-    let mut tick: u64 = 0;
+    let steps = (period.as_millis() / 10).clamp(1, 1_000) as u32;
+    let mut every = tokio::time::interval(period / steps);
     loop {
-        every.tick().await;
-        for queue in hub.room_slice(tick % REFRESH_SLICES, REFRESH_SLICES) {
-            let _ = queue.try_send(RoomCmd::Refresh);
+        let rooms = hub.room_queues();
+        let mut slices = rooms.chunks(rooms.len().div_ceil(steps as usize).max(1));
+        for _ in 0..steps {
+            every.tick().await;
+            for queue in slices.next().unwrap_or_default() {
+                let _ = queue.try_send(RoomCmd::Refresh);
+            }
         }
-        tick += 1;
     }
 }
