@@ -17,8 +17,8 @@ use crate::queue;
 use crate::room::{Join, Leave, Room, RoomCmd, RoomShared};
 use crate::tail::{self, SubCmd};
 
-/// Items a room's queue may hold before published events are dropped and the room must
-/// catch up from the stream (commands are never dropped).
+/// Published events a room's queue may hold; more are dropped (counted), and the room
+/// reads them from the stream. Commands are never dropped.
 const ROOM_EVENT_BUFFER: usize = 4_096;
 
 pub struct Hub {
@@ -122,7 +122,7 @@ impl Hub {
         if let Some(entry) = rooms.get(team)
             && entry
                 .queue
-                .try_send_within(RoomCmd::Published(Box::new(published)), ROOM_EVENT_BUFFER)
+                .try_send(RoomCmd::Published(Box::new(published)))
                 == Err(queue::TrySendError::Full)
         {
             metrics::counter!(teamchat_shared::metrics::ROOM_EVENTS_DROPPED).increment(1);
@@ -167,15 +167,15 @@ impl Hub {
     }
 
     fn open_room(&self, team: &str) -> RoomEntry {
-        let (queue, received) = queue::unbounded();
+        let (queue, received) = queue::channel(ROOM_EVENT_BUFFER, RoomCmd::is_published);
         let (ready_tx, ready) = oneshot::channel();
         let _ = self
             .subs
             .send(SubCmd::Subscribe(self.keys().team_channel(team), ready_tx));
         let room = Room::new(team.to_owned(), self.shared.clone());
         let running = room.run(ready, received);
-        // Every room is this future in a task of 128-byte steps: at 360 bytes the task is
-        // 512; past 408 it is 640 (docs/performance.md).
+        // Every room is this future in a task of 128-byte steps: at 360 bytes (release)
+        // the task is 512; past 408 it is 640 (docs/performance.md).
         debug_assert!(
             std::mem::size_of_val(&running) <= 408,
             "a room's future grew to {} bytes",

@@ -1,13 +1,16 @@
 //! The queue every room has (its commands and published events): many senders, one
-//! receiver, optionally bounded, and small, because there are as many rooms as teams with
-//! members here. (A connection's send queue is the same shape, inside its `Outlet`.)
+//! receiver, and small, because there are as many rooms as teams with members here.
+//! Only some items count toward its bound: published events, which a room that fell
+//! behind reads from the stream instead; commands are never refused, and a join storm's
+//! commands do not crowd out the events. (A connection's send queue is the same shape,
+//! inside its `Outlet`.)
 //!
 //! tokio's channels allocate their first block of 32 slots (and a bounded one its
 //! semaphore) up front: ≈1.2 KB per channel, measured, more than a whole idle
 //! connection's budget. This one is a `VecDeque` behind a mutex (≈100 bytes while
-//! empty) that gives back its buffer once drained: most rooms are quiet most of the time. flume has the same shape but is
-//! built here with its spin-lock feature (enabled by sqlx), which sleeps a runtime thread
-//! under contention.
+//! empty) that gives back its buffer once drained: most rooms are quiet most of the time.
+//! flume has the same shape but is built here with its spin-lock feature (enabled by
+//! sqlx), which sleeps a runtime thread under contention.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -17,9 +20,16 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+struct Queued<T> {
+    items: VecDeque<T>,
+    /// How many of `items` count toward the bound.
+    counted: usize,
+}
+
 struct Shared<T> {
-    items: Mutex<VecDeque<T>>,
-    capacity: usize,
+    queued: Mutex<Queued<T>>,
+    bound: usize,
+    counts: fn(&T) -> bool,
     receiver_waker: AtomicWaker,
     senders: AtomicUsize,
     receiver_gone: AtomicBool,
@@ -28,7 +38,7 @@ struct Shared<T> {
 /// Why `try_send` did not queue the item.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TrySendError {
-    /// The queue holds `capacity` items.
+    /// The queue holds `bound` items that count.
     Full,
     /// The receiver is gone.
     Closed,
@@ -38,11 +48,16 @@ pub struct Sender<T>(Arc<Shared<T>>);
 
 pub struct Receiver<T>(Arc<Shared<T>>);
 
-/// A queue holding at most `capacity` items.
-pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+/// A queue holding at most `bound` items for which `counts` is true, and any number of
+/// the others.
+pub fn channel<T>(bound: usize, counts: fn(&T) -> bool) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
-        items: Mutex::new(VecDeque::new()),
-        capacity,
+        queued: Mutex::new(Queued {
+            items: VecDeque::new(),
+            counted: 0,
+        }),
+        bound,
+        counts,
         receiver_waker: AtomicWaker::new(),
         senders: AtomicUsize::new(1),
         receiver_gone: AtomicBool::new(false),
@@ -50,37 +65,22 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
     (Sender(shared.clone()), Receiver(shared))
 }
 
-/// A queue without a bound (for commands whose senders must not be refused).
-pub fn unbounded<T>() -> (Sender<T>, Receiver<T>) {
-    bounded(usize::MAX)
-}
-
 impl<T> Sender<T> {
     pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
-        self.try_send_within(item, self.0.capacity)
-    }
-
-    /// Queues the item only while fewer than `limit` items (of any kind) are queued: one
-    /// queue carries both items that must not be refused and items that may be.
-    pub fn try_send_within(&self, item: T, limit: usize) -> Result<(), TrySendError> {
         if self.0.receiver_gone.load(Ordering::Acquire) {
             return Err(TrySendError::Closed);
         }
         {
-            let mut items = self.0.items.lock().expect("queue lock");
-            if items.len() >= limit.min(self.0.capacity) {
+            let counts = (self.0.counts)(&item);
+            let mut queued = self.0.queued.lock().expect("queue lock");
+            if counts && queued.counted >= self.0.bound {
                 return Err(TrySendError::Full);
             }
-            items.push_back(item);
+            queued.items.push_back(item);
+            queued.counted += usize::from(counts);
         }
         self.0.receiver_waker.wake();
         Ok(())
-    }
-
-    /// Free slots.
-    pub fn capacity(&self) -> usize {
-        let queued = self.0.items.lock().expect("queue lock").len();
-        self.0.capacity.saturating_sub(queued)
     }
 }
 
@@ -104,7 +104,10 @@ impl<T> Receiver<T> {
     /// `recv_many` return `poll_fn`s: a room holds their futures while it waits, and an
     /// `async fn`'s future would hold its arguments twice.)
     pub fn recv(&mut self) -> impl Future<Output = Option<T>> + '_ {
-        poll_fn(move |cx| self.poll_take(cx, VecDeque::pop_front).map(Option::flatten))
+        poll_fn(move |cx| {
+            self.poll_take(cx, 1, |item| Some(item))
+                .map(Option::flatten)
+        })
     }
 
     /// Waits for an item, then takes it and up to `limit - 1` more that are queued; 0 once
@@ -115,31 +118,29 @@ impl<T> Receiver<T> {
         limit: usize,
     ) -> impl Future<Output = usize> + 'a {
         poll_fn(move |cx| {
-            let taken = self.poll_take(cx, |items| {
-                let count = items.len().min(limit.max(1));
-                buf.extend(items.drain(..count));
-                count
-            });
-            taken.map(|count| count.unwrap_or(0))
+            let before = buf.len();
+            let taken = self.poll_take(cx, limit, |item| buf.push(item));
+            taken.map(|taken| taken.map_or(0, |_| buf.len() - before))
         })
     }
 
-    /// Ready with what `take` takes once an item is queued, or with `None` once every
-    /// sender is gone and the queue is empty.
+    /// Once an item is queued, hands up to `limit` items to `take` (returning its last
+    /// answer); `None` once every sender is gone and the queue is empty.
     fn poll_take<R>(
         &self,
         cx: &mut Context<'_>,
-        take: impl FnOnce(&mut VecDeque<T>) -> R,
+        limit: usize,
+        mut take: impl FnMut(T) -> R,
     ) -> Poll<Option<R>> {
-        let mut items = self.0.items.lock().expect("queue lock");
-        if items.is_empty() {
-            drop(items);
+        let mut queued = self.0.queued.lock().expect("queue lock");
+        if queued.items.is_empty() {
+            drop(queued);
             self.0.receiver_waker.register(cx.waker());
             // Checked again after registering: an item or the last sender's drop may have
             // come in between. Senders first: with none left, nothing can follow.
             let no_senders = self.0.senders.load(Ordering::Acquire) == 0;
-            items = self.0.items.lock().expect("queue lock");
-            if items.is_empty() {
+            queued = self.0.queued.lock().expect("queue lock");
+            if queued.items.is_empty() {
                 return if no_senders {
                     Poll::Ready(None)
                 } else {
@@ -147,27 +148,19 @@ impl<T> Receiver<T> {
                 };
             }
         }
-        let taken = take(&mut items);
-        release_if_empty(&mut items);
-        Poll::Ready(Some(taken))
-    }
-
-    pub fn try_recv(&mut self) -> Option<T> {
-        let mut items = self.0.items.lock().expect("queue lock");
-        let item = items.pop_front();
-        release_if_empty(&mut items);
-        item
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.items.lock().expect("queue lock").is_empty()
-    }
-}
-
-/// A drained queue gives its buffer back (the next item allocates one again).
-fn release_if_empty<T>(items: &mut VecDeque<T>) {
-    if items.is_empty() && items.capacity() > 0 {
-        *items = VecDeque::new();
+        let mut answer = None;
+        for _ in 0..limit.max(1) {
+            let Some(item) = queued.items.pop_front() else {
+                break;
+            };
+            queued.counted -= usize::from((self.0.counts)(&item));
+            answer = Some(take(item));
+        }
+        // A drained queue gives its buffer back (the next item allocates one again).
+        if queued.items.is_empty() && queued.items.capacity() > 0 {
+            queued.items = VecDeque::new();
+        }
+        Poll::Ready(answer)
     }
 }
 
@@ -175,7 +168,9 @@ impl<T> Drop for Receiver<T> {
     fn drop(&mut self) {
         self.0.receiver_gone.store(true, Ordering::Release);
         // What was queued goes now, not when the last sender does.
-        self.0.items.lock().expect("queue lock").clear();
+        let mut queued = self.0.queued.lock().expect("queue lock");
+        queued.items.clear();
+        queued.counted = 0;
     }
 }
 
@@ -183,33 +178,54 @@ impl<T> Drop for Receiver<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn holds_at_most_its_capacity_and_frees_slots_as_items_are_taken() {
-        let (tx, mut rx) = bounded(2);
-        assert_eq!(tx.capacity(), 2);
+    fn all(_: &u32) -> bool {
+        true
+    }
+
+    fn odd(n: &u32) -> bool {
+        n % 2 == 1
+    }
+
+    async fn take_all(rx: &mut Receiver<u32>) -> Vec<u32> {
+        let mut got = Vec::new();
+        rx.recv_many(&mut got, usize::MAX).await;
+        got
+    }
+
+    #[tokio::test]
+    async fn holds_at_most_its_bound_and_frees_places_as_items_are_taken() {
+        let (tx, mut rx) = channel(2, all);
         tx.try_send(1).unwrap();
         tx.clone().try_send(2).unwrap();
         assert_eq!(tx.try_send(3), Err(TrySendError::Full));
-        assert_eq!(tx.capacity(), 0);
-        assert_eq!(rx.try_recv(), Some(1));
+        assert_eq!(rx.recv().await, Some(1));
         tx.try_send(3).unwrap();
-        assert_eq!(
-            (rx.try_recv(), rx.try_recv(), rx.try_recv()),
-            (Some(2), Some(3), None)
-        );
-        assert!(rx.is_empty());
+        assert_eq!(take_all(&mut rx).await, [2, 3]);
+    }
+
+    #[tokio::test]
+    async fn only_the_items_that_count_are_bounded() {
+        let (tx, mut rx) = channel(1, odd);
+        tx.try_send(1).unwrap();
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full));
+        // Items that do not count go in whatever is queued.
+        tx.try_send(2).unwrap();
+        tx.try_send(4).unwrap();
+        assert_eq!(take_all(&mut rx).await, [1, 2, 4]);
+        tx.try_send(3).unwrap();
+        assert_eq!(tx.try_send(5), Err(TrySendError::Full));
     }
 
     #[test]
     fn a_sender_learns_that_the_receiver_is_gone() {
-        let (tx, rx) = bounded(2);
+        let (tx, rx) = channel(2, all);
         drop(rx);
         assert_eq!(tx.try_send(1), Err(TrySendError::Closed));
     }
 
     #[tokio::test]
     async fn the_receiver_is_woken_by_an_item_and_ends_when_the_last_sender_goes() {
-        let (tx, mut rx) = bounded(4);
+        let (tx, mut rx) = channel(4, all);
         let second = tx.clone();
         let receiving = tokio::spawn(async move {
             let mut got = Vec::new();
@@ -228,7 +244,7 @@ mod tests {
 
     #[tokio::test]
     async fn recv_many_takes_what_is_queued_up_to_its_limit() {
-        let (tx, mut rx) = unbounded();
+        let (tx, mut rx) = channel(usize::MAX, all);
         for n in 0..5 {
             tx.try_send(n).unwrap();
         }
@@ -240,25 +256,13 @@ mod tests {
         assert_eq!(rx.recv_many(&mut got, 3).await, 0);
     }
 
-    #[test]
-    fn a_drained_queue_gives_back_a_bursts_memory() {
-        let (tx, mut rx) = bounded(100);
+    #[tokio::test]
+    async fn a_drained_queue_gives_back_its_buffer() {
+        let (tx, mut rx) = channel(100, all);
         for n in 0..50 {
             tx.try_send(n).unwrap();
         }
-        while rx.try_recv().is_some() {}
-        assert_eq!(rx.0.items.lock().unwrap().capacity(), 0);
-    }
-
-    #[test]
-    fn a_limited_send_counts_every_queued_item() {
-        let (tx, mut rx) = unbounded();
-        tx.try_send(1).unwrap();
-        tx.try_send_within(2, 2).unwrap();
-        assert_eq!(tx.try_send_within(3, 2), Err(TrySendError::Full));
-        // Unlimited items still go in.
-        tx.try_send(4).unwrap();
-        let got: Vec<_> = std::iter::from_fn(|| rx.try_recv()).collect();
-        assert_eq!(got, [1, 2, 4]);
+        assert_eq!(take_all(&mut rx).await.len(), 50);
+        assert_eq!(rx.0.queued.lock().unwrap().items.capacity(), 0);
     }
 }

@@ -76,6 +76,13 @@ pub enum RoomCmd {
     Shutdown,
 }
 
+impl RoomCmd {
+    /// Published events are what a room's queue bounds (see `queue`).
+    pub fn is_published(&self) -> bool {
+        matches!(self, RoomCmd::Published(_))
+    }
+}
+
 /// What every room of the gateway shares: one pointer per room.
 pub struct RoomShared {
     pub broker: Broker,
