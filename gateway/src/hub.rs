@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::Broker;
+use crate::connections::slice_of;
 use crate::queue;
 use crate::room::{Join, Leave, Room, RoomCmd, RoomShared};
 use crate::tail::{self, SubCmd};
@@ -155,10 +156,17 @@ impl Hub {
             .collect()
     }
 
-    /// Every room's queue.
-    fn room_queues(&self) -> Vec<queue::Sender<RoomCmd>> {
-        let rooms = self.rooms.lock().expect("hub lock");
-        rooms.values().map(|entry| entry.queue.clone()).collect()
+    /// Every room's queue with its step of `steps` (see `refresh_presence`), in step order.
+    fn room_steps(&self, steps: u64) -> Vec<(u64, queue::Sender<RoomCmd>)> {
+        let mut rooms: Vec<_> = {
+            let rooms = self.rooms.lock().expect("hub lock");
+            rooms
+                .iter()
+                .map(|(team, entry)| (slice_of(team, steps), entry.queue.clone()))
+                .collect()
+        };
+        rooms.sort_unstable_by_key(|(step, _)| *step);
+        rooms
     }
 
     /// Teams with a room on this gateway.
@@ -219,18 +227,19 @@ async fn check_tops(hub: Arc<Hub>) {
 /// Asks every room to refresh its members' presence entries three times per TTL, the
 /// rooms spread evenly over the period in steps of 10 ms: a refresh is a script call, and
 /// a sixteenth of all rooms at once is a burst that messages appended meanwhile queue
-/// behind (docs/performance.md). No room needs a timer of its own for it. A room opened
-/// during a round waits for the next one (within two thirds of the TTL).
+/// behind (docs/performance.md). A room keeps its step from round to round (a hash of its
+/// team), so it is refreshed once per period, as with a timer of its own, which no room
+/// needs now; a room opened during a round waits for its step in the next one.
 async fn refresh_presence(hub: Arc<Hub>) {
     let period = hub.shared.presence_ttl / 3;
-    let steps = (period.as_millis() / 10).clamp(1, 1_000) as u32;
-    let mut every = tokio::time::interval(period / steps);
+    let steps = (period.as_millis() / 10).clamp(1, 1_000) as u64;
+    let mut every = tokio::time::interval(period / steps as u32);
     loop {
-        let rooms = hub.room_queues();
-        let mut slices = rooms.chunks(rooms.len().div_ceil(steps as usize).max(1));
-        for _ in 0..steps {
+        let rooms = hub.room_steps(steps);
+        let mut next = rooms.iter().peekable();
+        for step in 0..steps {
             every.tick().await;
-            for queue in slices.next().unwrap_or_default() {
+            while let Some((_, queue)) = next.next_if(|(room_step, _)| *room_step <= step) {
                 let _ = queue.try_send(RoomCmd::Refresh);
             }
         }
