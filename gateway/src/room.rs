@@ -263,6 +263,10 @@ impl Room {
             }
         };
         drop(joining);
+        // Changes heard before the joiners' list was read go to the members there were
+        // then: held back, a later opposite change would cancel them, and a joiner whose
+        // list has the first would never hear of the second.
+        self.send_presence();
         let list = OutFrame::new(ServerFrame::PresenceList {
             team: self.team.clone(),
             users: online,
