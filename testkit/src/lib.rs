@@ -69,14 +69,20 @@ impl Drop for TestEnv {
 
 /// Unlinks every key under `prefix`.
 fn remove_keys(redis_url: &str, prefix: &str) {
-    use redis::Commands;
     let Ok(client) = redis::Client::open(redis_url) else {
         return;
     };
     let Ok(mut conn) = client.get_connection_with_timeout(Duration::from_secs(2)) else {
         return;
     };
-    let keys: Vec<String> = match conn.scan_match::<_, String>(format!("{prefix}:*")) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut scan = redis::cmd("SCAN");
+    scan.cursor_arg(0)
+        .arg("MATCH")
+        .arg(format!("{prefix}:*"))
+        .arg("COUNT")
+        .arg(1000);
+    let keys: Vec<String> = match scan.iter(&mut conn) {
         Ok(keys) => keys.filter_map(Result::ok).collect(),
         Err(_) => return,
     };
@@ -93,9 +99,8 @@ async fn drop_database(admin_url: &str, database: &str) {
     let connecting = tokio::time::timeout(Duration::from_secs(5), admin.connect());
     if let Ok(Ok(mut conn)) = connecting.await {
         let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
-            .execute(&mut conn)
-            .await;
+        let dropping = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut conn);
+        let _ = tokio::time::timeout(Duration::from_secs(30), dropping).await;
     }
 }
 
