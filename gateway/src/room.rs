@@ -71,7 +71,7 @@ pub enum RoomCmd {
     /// The stream's epoch and top offset, from the gateway's periodic check of all rooms.
     Top(Box<Top>),
     /// Refresh this gateway's members' presence entries (the hub asks each room once per
-    /// third of the TTL, a slice of the rooms at a time).
+    /// third of the TTL, at the room's own step of that period).
     Refresh,
     Shutdown,
 }
@@ -189,6 +189,11 @@ impl Room {
         }
     }
 
+    /// How long the members' presence entries live without a refresh.
+    fn presence_ttl_ms(&self) -> u64 {
+        self.shared.presence_ttl.as_millis() as u64
+    }
+
     /// Answers joins with one state read: the room first delivers everything up to the
     /// state's offset to its members, so each new member starts exactly there.
     async fn on_joins(&mut self, joins: Vec<Join>) {
@@ -247,7 +252,7 @@ impl Room {
                 )
             })
             .collect();
-        let ttl = self.shared.presence_ttl.as_millis() as u64;
+        let ttl = self.presence_ttl_ms();
         let online = match self
             .shared
             .broker
@@ -398,7 +403,7 @@ impl Room {
             return;
         }
         let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.who.session.clone()).collect();
-        let ttl = self.shared.presence_ttl.as_millis() as u64;
+        let ttl = self.presence_ttl_ms();
         let missing = match self
             .shared
             .broker
