@@ -253,3 +253,59 @@ async fn the_tail_check_notices_a_reset_stream_that_grew_past_the_room() {
         "no event of the new stream delivered as if it followed: {frames:?}"
     );
 }
+
+/// A message appended straight through the broker, as the gateway does on `message:send`.
+async fn append_message(
+    broker: &teamchat_gateway::broker::Broker,
+    client_id: &str,
+) -> teamchat_gateway::broker::Appended {
+    use teamchat_shared::event::{EventData, MessageData};
+    let data = EventData::Message(MessageData {
+        id: format!("id-{client_id}"),
+        client_id: client_id.into(),
+        user: "alice".into(),
+        name: None,
+        body: "hello".into(),
+        meta: None,
+        ts: 1,
+    });
+    match broker
+        .append("t", "session", &data, 0, false, 0, None)
+        .await
+        .expect("append")
+    {
+        teamchat_gateway::broker::AppendOutcome::Appended(appended) => appended,
+        other => panic!("not appended: {other:?}"),
+    }
+}
+
+/// The team's meta hash lost (say, evicted) while its stream was not: the next append
+/// follows the stream's top instead of failing for good on an offset the stream has
+/// passed, and writes the hash again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let broker = teamchat_gateway::broker::Broker::connect(&env.gateway_config(&[]))
+        .await
+        .unwrap();
+    for n in 1..=3u64 {
+        assert_eq!(append_message(&broker, &format!("c{n}")).await.offset, n);
+    }
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let _: () = redis.del(keys.team_meta("t")).await.unwrap();
+
+    let after = append_message(&broker, "c4").await;
+    assert!(after.is_new);
+    assert_eq!(after.offset, 4, "the offset after the stream's top");
+    let top: redis::streams::StreamRangeReply = redis
+        .xrevrange_count(keys.team_events("t"), "+", "-", 1)
+        .await
+        .unwrap();
+    assert_eq!(top.ids[0].id, "4-0");
+    let offset: String = redis.hget(keys.team_meta("t"), "offset").await.unwrap();
+    assert_eq!(offset, "4", "the meta hash written again");
+    // The next append goes on from the hash again.
+    assert_eq!(append_message(&broker, "c5").await.offset, 5);
+}

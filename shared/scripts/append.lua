@@ -28,19 +28,23 @@ local id, ts, user = ARGV[9], ARGV[10], ARGV[12]
 
 -- Integers as text: Lua 5.1 would print large numbers in exponent form.
 local function int(n) return string.format('%d', n) end
-local top_seq = tonumber(redis.call('HGET', meta, 'seq')) or 0
-local seq
+-- Each redis.call costs about as much as the command it runs: the meta hash is read once
+-- and written once.
+local state = redis.call('HMGET', meta, 'seq', 'offset', 'epoch')
+local top_seq = tonumber(state[1]) or 0
+local epoch = state[3]
+local seq, entry
 
 if kind == 'message' then
   local first = redis.call('GET', dedupe)
   if first then
     local f_seq, f_offset, f_id, f_ts = string.match(first, '^(%d+) (%d+) (%S+) (%d+)$')
-    return {'0', f_seq, f_offset, redis.call('HGET', meta, 'epoch') or '', f_id, f_ts}
+    return {'0', f_seq, f_offset, epoch or '', f_id, f_ts}
   end
   seq = int(top_seq + 1)
 elseif kind == 'edit' or kind == 'delete' then
   seq = ARGV[11]
-  local entry = redis.call('HGET', messages, seq)
+  entry = redis.call('HGET', messages, seq)
   if not entry or string.sub(entry, 1, 1) == '~' then return {'err', 'not_found'} end
   local author, message_id = string.match(entry, '^([^\t]*)\t(.*)$')
   if author ~= user and not (kind == 'delete' and ARGV[13] == '1') then
@@ -62,27 +66,40 @@ if ARGV[15] ~= '' and cost > 0 then
   if used + cost > tonumber(ARGV[15]) then return {'err', 'quota_exceeded'} end
 end
 
--- The next offset follows the meta hash, or the stream's top if the hash was lost (say,
--- evicted) while the stream was not: appends then go on instead of failing for good.
-local top = tonumber(redis.call('HGET', meta, 'offset')) or 0
-local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
-if newest then top = math.max(top, tonumber(string.match(newest[1], '^(%d+)'))) end
-local offset = int(top + 1)
-redis.call('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
-  'k', kind, 'seq', seq, 'src', src, 'd', data)
-redis.call('HSETNX', meta, 'epoch', ARGV[8])
-local epoch = redis.call('HGET', meta, 'epoch')
-redis.call('HSET', meta, 'offset', offset)
+-- The next offset follows the meta hash. If the hash was lost (say, evicted) while the
+-- stream was not, the XADD is refused (its id must grow) and the offset follows the
+-- stream's top instead: appends then go on instead of failing for good.
+local offset = int((tonumber(state[2]) or 0) + 1)
+local function add_event()
+  return redis.pcall('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
+    'k', kind, 'seq', seq, 'src', src, 'd', data)
+end
+local added = add_event()
+if type(added) == 'table' and added.err then
+  local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
+  if not newest then return redis.error_reply(added.err) end
+  offset = int(tonumber(string.match(newest[1], '^(%d+)')) + 1)
+  added = add_event()
+  if type(added) == 'table' and added.err then return redis.error_reply(added.err) end
+end
 
+local meta_fields = {'offset', offset}
+if not epoch then
+  epoch = ARGV[8]
+  table.insert(meta_fields, 'epoch')
+  table.insert(meta_fields, epoch)
+end
 if kind == 'message' then
-  redis.call('HSET', meta, 'seq', seq)
+  table.insert(meta_fields, 'seq')
+  table.insert(meta_fields, seq)
   redis.call('HSET', messages, seq, user .. '\t' .. id)
   redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. id .. ' ' .. ts, 'EX', ARGV[7])
 elseif kind == 'delete' then
-  redis.call('HSET', messages, seq, '~' .. redis.call('HGET', messages, seq))
+  redis.call('HSET', messages, seq, '~' .. entry)
 elseif kind == 'receipt' then
   redis.call('HSET', receipts, user, seq)
 end
+redis.call('HSET', meta, unpack(meta_fields))
 
 if cost > 0 then
   redis.call('HINCRBY', user_credits, user, cost)
