@@ -1,7 +1,9 @@
 //! Fan-out: rooms × members spread over two gateways, one sender per room at a fixed
 //! offered rate; deliveries, delivery ratio, end-to-end latency (sender timestamp in
-//! `meta`), CPU of each process. Step mode raises the rate until p99 ≥ 100 ms or fewer
-//! than 99.9 % of deliveries arrive.
+//! `meta`), the sender's ack latency, CPU of each process, and beside them the round trip
+//! of a bare Redis `PING` from the generator in the same window: the floor under every
+//! hop between two processes on this machine. Step mode raises the rate until p99 ≥ 100
+//! ms or fewer than 99.9 % of deliveries arrive.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -43,6 +45,7 @@ struct Window {
     delivered: AtomicU64,
     acked: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
+    ack_us: Mutex<Histogram<u64>>,
 }
 
 impl Window {
@@ -50,9 +53,15 @@ impl Window {
         Window {
             delivered: AtomicU64::new(0),
             acked: AtomicU64::new(0),
-            latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()),
+            latency_us: Mutex::new(histogram()),
+            ack_us: Mutex::new(histogram()),
         }
     }
+}
+
+/// Microseconds from 1 to 10 minutes, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).unwrap()
 }
 
 pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
@@ -112,6 +121,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (w, &rate) in args.rates.iter().enumerate() {
         let meter = CpuMeter::start(&processes);
+        let pings = RedisPings::start(&args.stack.redis_url).await?;
         let started = Instant::now();
         // One pacing task per room; each sends rate / rooms messages per second.
         let per_room = rate as f64 / args.rooms as f64;
@@ -128,9 +138,11 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                 let mut sent = 0u64;
                 for n in 0..total_per_room {
                     tick.tick().await;
+                    // The send time in the client id too: the ack echoes it.
+                    let sent_us = now_us();
                     let frame = json!({"type": "message:send", "team": team,
-                        "client_id": format!("w{w}n{n}"), "body": "hello, room",
-                        "meta": {"sent_us": now_us(), "w": w}});
+                        "client_id": format!("w{w}n{n}t{sent_us}"), "body": "hello, room",
+                        "meta": {"sent_us": sent_us, "w": w}});
                     if sink.send(Message::text(frame.to_string())).await.is_err() {
                         break;
                     }
@@ -150,9 +162,12 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let window = &windows[w];
         wait_settled(&window.delivered, expected).await;
         let cpu = meter.elapsed();
+        let ping_us = pings.stop().await;
         let delivered = window.delivered.load(Ordering::Relaxed);
         let histogram = window.latency_us.lock().unwrap().clone();
+        let acks = window.ack_us.lock().unwrap().clone();
         let ms = |q: f64| round(histogram.value_at_quantile(q) as f64 / 1000.0, 2);
+        let ms_of = |h: &Histogram<u64>, q: f64| round(h.value_at_quantile(q) as f64 / 1000.0, 2);
         let ratio = delivered as f64 / expected.max(1) as f64;
         let p99_ms = ms(0.99);
         let gateway_cpu: f64 = cpu.iter().take(2).map(|(_, secs, _)| secs).sum();
@@ -174,6 +189,10 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             .with("p50 ms", ms(0.5))
             .with("p99 ms", p99_ms)
             .with("p99.9 ms", ms(0.999))
+            .with("ack p50 ms", ms_of(&acks, 0.5))
+            .with("ack p99 ms", ms_of(&acks, 0.99))
+            .with("redis ping p50 ms", ms_of(&ping_us, 0.5))
+            .with("redis ping p99 ms", ms_of(&ping_us, 0.99))
             .with(
                 "gateway µs/delivery",
                 round(gateway_cpu * 1e6 / delivered.max(1) as f64, 2),
@@ -262,13 +281,62 @@ async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: A
             }
             continue;
         }
-        // The client id is w<window>n<count>.
-        let window = text
-            .find(r#""client_id":"w"#)
-            .and_then(|at| client::number_after(&text[at..], r#""client_id":"w"#));
+        // The client id is w<window>n<count>t<sent µs>.
+        const KEY: &str = r#""client_id":""#;
+        let Some(at) = text.find(KEY) else {
+            continue;
+        };
+        let id = &text[at + KEY.len()..];
+        let id = &id[..id.find('"').unwrap_or(id.len())];
+        let window = client::number_after(id, "w");
         if let Some(window) = window.and_then(|w| windows.get(w as usize)) {
             window.acked.fetch_add(1, Ordering::Relaxed);
+            if let Some(sent) = client::number_after(id, "t") {
+                let latency = now_us().saturating_sub(sent).max(1);
+                let _ = window.ack_us.lock().unwrap().record(latency);
+            }
         }
+    }
+}
+
+/// Round trips of a bare `PING` to Redis every 2 ms while a window runs, on a connection
+/// of its own.
+struct RedisPings {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Histogram<u64>>,
+}
+
+impl RedisPings {
+    async fn start(redis_url: &str) -> anyhow::Result<Self> {
+        let mut redis = redis::Client::open(redis_url)?
+            .get_multiplexed_async_connection()
+            .await?;
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut rtt = histogram();
+            let mut tick = tokio::time::interval(Duration::from_millis(2));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return rtt,
+                    _ = tick.tick() => {}
+                }
+                let started = Instant::now();
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut redis)
+                    .await
+                    .is_ok()
+                {
+                    let _ = rtt.record((started.elapsed().as_micros() as u64).max(1));
+                }
+            }
+        });
+        Ok(RedisPings { stop, task })
+    }
+
+    async fn stop(self) -> Histogram<u64> {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or_else(|_| histogram())
     }
 }
 
