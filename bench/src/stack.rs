@@ -97,7 +97,7 @@ async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
 
 /// Deletes every key of a run's prefix, so benchmarks do not fill Redis.
 pub async fn clean_redis(args: &StackArgs, prefix: &str) -> anyhow::Result<()> {
-    let mut redis = redis::Client::open(args.redis_url.as_str())?
+    let mut redis = teamchat_shared::config::redis_client(&args.redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     let mut cursor = 0u64;
@@ -125,7 +125,7 @@ pub async fn clean_redis(args: &StackArgs, prefix: &str) -> anyhow::Result<()> {
 
 /// The Redis server's process id (same machine), for its CPU time.
 pub async fn redis_pid(args: &StackArgs) -> anyhow::Result<u32> {
-    let mut redis = redis::Client::open(args.redis_url.as_str())?
+    let mut redis = teamchat_shared::config::redis_client(&args.redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     let info: String = redis::cmd("INFO")

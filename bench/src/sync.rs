@@ -91,7 +91,7 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
         "--listen=127.0.0.1:0".to_owned(),
     ])?;
     let keys = config.redis.keys();
-    let mut redis = redis::Client::open(args.stack.redis_url.as_str())?
+    let mut redis = teamchat_shared::config::redis_client(&args.stack.redis_url)?
         .get_multiplexed_async_connection()
         .await?;
     let pool = sqlx::postgres::PgPoolOptions::new()

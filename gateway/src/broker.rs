@@ -65,7 +65,7 @@ pub struct Appended {
 
 impl Broker {
     pub async fn connect(config: &GatewayConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis.redis_url.as_str())?;
+        let client = config.redis.client()?;
         // A slow append that still succeeds must not be reported as "nothing was accepted":
         // allow seconds, not the default 500 ms.
         // While Redis is away, fail requests within a fraction of a second (they answer

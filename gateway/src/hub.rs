@@ -44,8 +44,7 @@ impl Hub {
         broker: Broker,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let client =
-            redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
+        let client = config.redis.client().context("parsing REDIS_URL")?;
         let (subs, sub_cmds) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),

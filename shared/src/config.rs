@@ -24,6 +24,21 @@ impl RedisArgs {
     pub fn keys(&self) -> Keys {
         Keys::new(self.redis_prefix.clone(), self.shards)
     }
+
+    /// A client of the configured Redis; see [`redis_client`].
+    pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        redis_client(&self.redis_url)
+    }
+}
+
+/// A Redis client whose TCP connections send at once (`TCP_NODELAY`). redis-rs leaves
+/// Nagle's algorithm on, which holds a request back while an earlier one on the same
+/// multiplexed connection is unacknowledged: appends then waited for replies to others.
+pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    use redis::IntoConnectionInfo;
+    let info = url.into_connection_info()?;
+    let tcp = info.tcp_settings().clone().set_nodelay(true);
+    redis::Client::open(info.set_tcp_settings(tcp))
 }
 
 /// The gateway: WebSocket and HTTP server.

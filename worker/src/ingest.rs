@@ -46,7 +46,7 @@ pub struct Ingest {
 
 impl Ingest {
     pub async fn connect(config: &WorkerConfig) -> anyhow::Result<Self> {
-        let client = redis::Client::open(config.redis.redis_url.as_str())?;
+        let client = config.redis.client()?;
         let blocking = client
             .get_multiplexed_async_connection_with_config(
                 &redis::AsyncConnectionConfig::new().set_response_timeout(None),

@@ -31,8 +31,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     teamchat_shared::metrics::install();
     teamchat_shared::metrics::touch("teamchat_worker_");
     let store = Store::connect(&config.database_url, config.write_concurrency).await?;
-    let redis =
-        redis::Client::open(config.redis.redis_url.as_str()).context("parsing REDIS_URL")?;
+    let redis = config.redis.client().context("parsing REDIS_URL")?;
     let migrated = Arc::new(AtomicBool::new(false));
     let readiness = health::Readiness {
         db: store.pool().clone(),

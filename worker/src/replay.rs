@@ -47,7 +47,7 @@ impl Progress {
 }
 
 async fn redis(config: &WorkerConfig) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = redis::Client::open(config.redis.redis_url.as_str())?;
+    let client = config.redis.client()?;
     client
         .get_multiplexed_async_connection()
         .await
