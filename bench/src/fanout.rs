@@ -1,8 +1,8 @@
 //! Fan-out: rooms × members spread over two gateways, one sender per room at a fixed
 //! offered rate; deliveries, delivery ratio, end-to-end latency (sender timestamp in
-//! `meta`), the sender's ack latency, CPU of each process, and beside them the round trip
-//! of a bare Redis `PING` from the generator in the same window: the floor under every
-//! hop between two processes on this machine. Step mode raises the rate until p99 ≥ 100
+//! `meta`), the sender's ack latency, CPU of each process, and beside them the round trips
+//! of a bare Redis `PING` and of a protocol `ping` to the senders' gateway in the same
+//! window: the floors under the hops a message crosses on this machine. Step mode raises the rate until p99 ≥ 100
 //! ms or fewer than 99.9 % of deliveries arrive.
 
 use std::sync::Arc;
@@ -11,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, SplitSink};
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
+use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -118,10 +120,21 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         closed.describe()
     );
 
+    // The probers: a Redis connection and a connection to the senders' gateway.
+    let mut redis_prober = Some(
+        teamchat_shared::config::redis_client(&args.stack.redis_url)?
+            .get_multiplexed_async_connection()
+            .await?,
+    );
+    let prober_token = client::token("prober", &[]);
+    let mut gateway_prober =
+        Some(client::connect(addrs[0], client::source_ip(connections), &prober_token).await?);
+
     let mut rows = Vec::new();
     for (w, &rate) in args.rates.iter().enumerate() {
         let meter = CpuMeter::start(&processes);
-        let pings = RedisPings::start(&args.stack.redis_url).await?;
+        let redis_pings = Pings::start(redis_prober.take().expect("returned"), redis_ping);
+        let gateway_pings = Pings::start(gateway_prober.take().expect("returned"), gateway_ping);
         let started = Instant::now();
         // One pacing task per room; each sends rate / rooms messages per second.
         let per_room = rate as f64 / args.rooms as f64;
@@ -162,7 +175,9 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let window = &windows[w];
         wait_settled(&window.delivered, expected).await;
         let cpu = meter.elapsed();
-        let ping_us = pings.stop().await;
+        let (redis, redis_rtt) = redis_pings.stop().await?;
+        let (ws, gateway_rtt) = gateway_pings.stop().await?;
+        (redis_prober, gateway_prober) = (Some(redis), Some(ws));
         let delivered = window.delivered.load(Ordering::Relaxed);
         let histogram = window.latency_us.lock().unwrap().clone();
         let acks = window.ack_us.lock().unwrap().clone();
@@ -191,8 +206,9 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             .with("p99.9 ms", ms(0.999))
             .with("ack p50 ms", ms_of(&acks, 0.5))
             .with("ack p99 ms", ms_of(&acks, 0.99))
-            .with("redis ping p50 ms", ms_of(&ping_us, 0.5))
-            .with("redis ping p99 ms", ms_of(&ping_us, 0.99))
+            .with("gateway ping p50 ms", ms_of(&gateway_rtt, 0.5))
+            .with("redis ping p50 ms", ms_of(&redis_rtt, 0.5))
+            .with("redis ping p99 ms", ms_of(&redis_rtt, 0.99))
             .with(
                 "gateway µs/delivery",
                 round(gateway_cpu * 1e6 / delivered.max(1) as f64, 2),
@@ -299,18 +315,16 @@ async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: A
     }
 }
 
-/// Round trips of a bare `PING` to Redis every 2 ms while a window runs, on a connection
-/// of its own.
-struct RedisPings {
+/// Round trips measured every 2 ms while a window runs, on a connection of their own:
+/// a bare Redis `PING`, or a protocol `ping` to the senders' gateway (no Redis on its
+/// path). Each is the floor under the hops it crosses, measured beside the load.
+struct Pings<S> {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Histogram<u64>>,
+    task: tokio::task::JoinHandle<(S, Histogram<u64>)>,
 }
 
-impl RedisPings {
-    async fn start(redis_url: &str) -> anyhow::Result<Self> {
-        let mut redis = redis::Client::open(redis_url)?
-            .get_multiplexed_async_connection()
-            .await?;
+impl<S: Send + 'static> Pings<S> {
+    fn start(mut state: S, round_trip: for<'a> fn(&'a mut S) -> BoxFuture<'a, bool>) -> Self {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut rtt = histogram();
@@ -318,26 +332,38 @@ impl RedisPings {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = &mut stopped => return rtt,
+                    _ = &mut stopped => return (state, rtt),
                     _ = tick.tick() => {}
                 }
                 let started = Instant::now();
-                if redis::cmd("PING")
-                    .query_async::<String>(&mut redis)
-                    .await
-                    .is_ok()
-                {
+                if round_trip(&mut state).await {
                     let _ = rtt.record((started.elapsed().as_micros() as u64).max(1));
                 }
             }
         });
-        Ok(RedisPings { stop, task })
+        Pings { stop, task }
     }
 
-    async fn stop(self) -> Histogram<u64> {
+    async fn stop(self) -> anyhow::Result<(S, Histogram<u64>)> {
         let _ = self.stop.send(());
-        self.task.await.unwrap_or_else(|_| histogram())
+        Ok(self.task.await?)
     }
+}
+
+fn redis_ping(redis: &mut MultiplexedConnection) -> BoxFuture<'_, bool> {
+    Box::pin(async move {
+        redis::cmd("PING")
+            .query_async::<String>(redis)
+            .await
+            .is_ok()
+    })
+}
+
+fn gateway_ping(ws: &mut Ws) -> BoxFuture<'_, bool> {
+    Box::pin(async move {
+        ws.send(Message::text(r#"{"type":"ping"}"#)).await.is_ok()
+            && client::next_of(ws, "pong").await.is_ok()
+    })
 }
 
 /// Receiving connections the gateway ended (e.g. 1013 when a client reads too slowly),
