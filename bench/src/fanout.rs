@@ -133,6 +133,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for (w, &rate) in args.rates.iter().enumerate() {
         let meter = CpuMeter::start(&processes);
+        let appends_before = append_seconds(addrs[0]).await;
         let redis_pings = Pings::start(redis_prober.take().expect("returned"), redis_ping);
         let gateway_pings = Pings::start(gateway_prober.take().expect("returned"), gateway_ping);
         let started = Instant::now();
@@ -177,6 +178,12 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let cpu = meter.elapsed();
         let (redis, redis_rtt) = redis_pings.stop().await?;
         let (ws, gateway_rtt) = gateway_pings.stop().await?;
+        let append_mean_ms = match (appends_before, append_seconds(addrs[0]).await) {
+            (Some((sum0, n0)), Some((sum1, n1))) if n1 > n0 => {
+                round((sum1 - sum0) * 1e3 / (n1 - n0) as f64, 2).into()
+            }
+            _ => serde_json::Value::Null,
+        };
         (redis_prober, gateway_prober) = (Some(redis), Some(ws));
         let delivered = window.delivered.load(Ordering::Relaxed);
         let histogram = window.latency_us.lock().unwrap().clone();
@@ -206,6 +213,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             .with("p99.9 ms", ms(0.999))
             .with("ack p50 ms", ms_of(&acks, 0.5))
             .with("ack p99 ms", ms_of(&acks, 0.99))
+            .with("gateway append mean ms", append_mean_ms)
             .with("gateway ping p50 ms", ms_of(&gateway_rtt, 0.5))
             .with("redis ping p50 ms", ms_of(&redis_rtt, 0.5))
             .with("redis ping p99 ms", ms_of(&redis_rtt, 0.99))
@@ -348,6 +356,24 @@ impl<S: Send + 'static> Pings<S> {
         let _ = self.stop.send(());
         Ok(self.task.await?)
     }
+}
+
+/// The senders' gateway's own append round trips so far (its metric's sum in seconds and
+/// count), read from `/metrics`.
+async fn append_seconds(gateway: std::net::SocketAddr) -> Option<(f64, u64)> {
+    let (_, _, body) =
+        teamchat_testkit::try_http(gateway, "GET", "/metrics", &[], Vec::new()).await?;
+    let text = std::str::from_utf8(&body).ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    // Absent before the gateway's first append.
+    let name = teamchat_shared::metrics::APPEND_SECONDS;
+    let sum = value(&format!("{name}_sum")).unwrap_or(0.0);
+    let count = value(&format!("{name}_count")).unwrap_or(0.0) as u64;
+    Some((sum, count))
 }
 
 fn redis_ping(redis: &mut MultiplexedConnection) -> BoxFuture<'_, bool> {
