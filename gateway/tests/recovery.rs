@@ -279,9 +279,10 @@ async fn append_message(
     }
 }
 
-/// The team's meta hash lost (say, evicted) while its stream was not: the next append
-/// follows the stream's top instead of failing for good on an offset the stream has
-/// passed, and writes the hash again.
+/// The team's meta hash lost (say, evicted) while its stream and messages were not: the
+/// next append follows the stream's top instead of failing for good on an offset the
+/// stream has passed, takes the seq after the newest message instead of giving one twice,
+/// and writes the hash again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     use redis::AsyncCommands;
@@ -299,6 +300,9 @@ async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     let after = append_message(&broker, "c4").await;
     assert!(after.is_new);
     assert_eq!(after.offset, 4, "the offset after the stream's top");
+    assert_eq!(after.seq, 4, "the seq after the newest message");
+    let first: String = redis.hget(keys.team_messages("t"), 1).await.unwrap();
+    assert_eq!(first, "alice\tid-c1", "the first message keeps its seq");
     let top: redis::streams::StreamRangeReply = redis
         .xrevrange_count(keys.team_events("t"), "+", "-", 1)
         .await
@@ -307,5 +311,6 @@ async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     let offset: String = redis.hget(keys.team_meta("t"), "offset").await.unwrap();
     assert_eq!(offset, "4", "the meta hash written again");
     // The next append goes on from the hash again.
-    assert_eq!(append_message(&broker, "c5").await.offset, 5);
+    let next = append_message(&broker, "c5").await;
+    assert_eq!((next.offset, next.seq), (5, 5));
 }
