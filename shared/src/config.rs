@@ -32,8 +32,9 @@ impl RedisArgs {
 }
 
 /// A Redis client whose TCP connections send at once (`TCP_NODELAY`). redis-rs leaves
-/// Nagle's algorithm on, which holds a request back while an earlier one on the same
-/// multiplexed connection is unacknowledged: appends then waited for replies to others.
+/// Nagle's algorithm on, which holds a small request back until the connection's earlier
+/// segment is acknowledged by TCP; with delayed ACKs that is often only when a reply
+/// comes, so requests on a multiplexed connection waited for replies to others.
 pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
