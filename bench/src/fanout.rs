@@ -136,7 +136,9 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     for (w, &rate) in args.rates.iter().enumerate() {
         let meter = CpuMeter::start(&processes);
         let appends_before = append_seconds(addrs[0]).await;
-        let redis_pings = Pings::start(redis_prober.take().expect("returned"), redis_ping);
+        let mut redis = redis_prober.take().expect("returned");
+        let rewrites_before = aof_rewrites(&mut redis).await;
+        let redis_pings = Pings::start(redis, redis_ping);
         let gateway_pings = Pings::start(gateway_prober.take().expect("returned"), gateway_ping);
         let started = Instant::now();
         // One pacing task per room; each sends rate / rooms messages per second.
@@ -178,7 +180,11 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let window = &windows[w];
         wait_settled(&window.delivered, expected).await;
         let cpu = meter.elapsed();
-        let (redis, redis_rtt) = redis_pings.stop().await?;
+        let (mut redis, redis_rtt) = redis_pings.stop().await?;
+        let rewrites = match (rewrites_before, aof_rewrites(&mut redis).await) {
+            (Some(before), Some(after)) => (after - before).into(),
+            _ => serde_json::Value::Null,
+        };
         let (ws, gateway_rtt) = gateway_pings.stop().await?;
         let append_mean_ms = match (appends_before, append_seconds(addrs[0]).await) {
             (Some((sum0, n0)), Some((sum1, n1))) if n1 > n0 => {
@@ -225,6 +231,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             .with("gateway ping p50 ms", ms_of(&gateway_rtt, 0.5))
             .with("redis ping p50 ms", ms_of(&redis_rtt, 0.5))
             .with("redis ping p99 ms", ms_of(&redis_rtt, 0.99))
+            .with("redis AOF rewrites", rewrites)
             .with(
                 "gateway µs/delivery",
                 round(gateway_cpu * 1e6 / delivered.max(1) as f64, 2),
@@ -383,6 +390,17 @@ async fn append_seconds(gateway: std::net::SocketAddr) -> Option<(f64, u64)> {
     let sum = value(&format!("{name}_sum")).unwrap_or(0.0);
     let count = value(&format!("{name}_count")).unwrap_or(0.0) as u64;
     Some((sum, count))
+}
+
+/// Redis's count of AOF rewrites so far: a rewrite forks Redis and writes out its whole
+/// dataset, which on two cores shows in the window's tail.
+async fn aof_rewrites(redis: &mut MultiplexedConnection) -> Option<u64> {
+    let info: String = redis::cmd("INFO")
+        .arg("persistence")
+        .query_async(redis)
+        .await
+        .ok()?;
+    client::number_after(&info, "aof_rewrites:")
 }
 
 fn redis_ping(redis: &mut MultiplexedConnection) -> BoxFuture<'_, bool> {
