@@ -182,7 +182,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let cpu = meter.elapsed();
         let (mut redis, redis_rtt) = redis_pings.stop().await?;
         let rewrites = match (rewrites_before, aof_rewrites(&mut redis).await) {
-            (Some(before), Some(after)) => (after - before).into(),
+            // A Redis restarted in the window counts from 0 again: no figure then.
+            (Some(before), Some(after)) if after >= before => (after - before).into(),
             _ => serde_json::Value::Null,
         };
         let (ws, gateway_rtt) = gateway_pings.stop().await?;
