@@ -94,9 +94,79 @@ pub fn number_after(text: &str, key: &str) -> Option<u64> {
     digits[..end].parse().ok()
 }
 
+/// A gateway's `/metrics` text; None when it does not answer.
+pub async fn metrics_text(gateway: SocketAddr) -> Option<String> {
+    let (_, _, body) =
+        teamchat_testkit::try_http(gateway, "GET", "/metrics", &[], Vec::new()).await?;
+    String::from_utf8(body.to_vec()).ok()
+}
+
+/// The sum of every series of metric `name`, whatever its labels, in a `/metrics` text;
+/// 0 for a metric not there yet.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = match rest.as_bytes().first()? {
+                b' ' => rest,
+                b'{' => &rest[rest.find('}')? + 1..],
+                _ => return None,
+            };
+            value.trim().parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Frames queued to clients and write calls to client sockets, summed over gateways.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Writes {
+    pub frames: f64,
+    pub writes: f64,
+}
+
+impl Writes {
+    /// The gateways' counts now; None when one does not answer.
+    pub async fn read(gateways: &[SocketAddr]) -> Option<Writes> {
+        let mut total = Writes {
+            frames: 0.0,
+            writes: 0.0,
+        };
+        for &gateway in gateways {
+            let text = metrics_text(gateway).await?;
+            total.frames += metric_sum(&text, teamchat_shared::metrics::EVENTS_OUT);
+            total.writes += metric_sum(&text, teamchat_shared::metrics::SOCKET_WRITES);
+        }
+        Some(total)
+    }
+
+    /// What was counted between `before` and `after` (None when either is missing).
+    pub fn between(before: Option<Writes>, after: Option<Writes>) -> Option<Writes> {
+        let (before, after) = (before?, after?);
+        Some(Writes {
+            frames: after.frames - before.frames,
+            writes: after.writes - before.writes,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::number_after;
+    use super::{metric_sum, number_after};
+
+    #[test]
+    fn sums_a_metrics_series_over_its_labels() {
+        let text = "# TYPE teamchat_gateway_events_out_total counter\n\
+            teamchat_gateway_events_out_total{type=\"ack\"} 3\n\
+            teamchat_gateway_events_out_total{type=\"message:new\"} 40\n\
+            teamchat_gateway_events_out_total_other 7\n\
+            teamchat_gateway_socket_writes_total 12\n";
+        assert_eq!(metric_sum(text, "teamchat_gateway_events_out_total"), 43.0);
+        assert_eq!(
+            metric_sum(text, "teamchat_gateway_socket_writes_total"),
+            12.0
+        );
+        assert_eq!(metric_sum(text, "teamchat_gateway_connections"), 0.0);
+    }
 
     #[test]
     fn finds_numbers_in_frames() {

@@ -8,7 +8,7 @@ use futures_util::future::join_all;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
-use crate::client::{self, Ws};
+use crate::client::{self, Writes, Ws};
 use crate::report::{Row, round};
 use crate::stack::{self, CpuMeter, StackArgs};
 
@@ -41,6 +41,7 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
 
     // The storm: everyone at once.
     let meter = CpuMeter::start(&processes);
+    let writes = Writes::read(&addrs).await;
     let started = Instant::now();
     let storm = join_all(tokens.iter().enumerate().map(|(n, (token, team))| {
         let gateway = addrs[n % 2];
@@ -53,8 +54,16 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
     }))
     .await;
     let storm_time = started.elapsed();
+    let writes = Writes::between(writes, Writes::read(&addrs).await);
     let (connections, first) = summarize(storm);
-    let mut rows = vec![row("connect + join", args, &first, storm_time, &meter)];
+    let mut rows = vec![row(
+        "connect + join",
+        args,
+        &first,
+        storm_time,
+        &meter,
+        writes,
+    )];
 
     // Every client drops and resumes where it was, on the other gateway.
     let resumes: Vec<(Value, usize)> = connections
@@ -68,6 +77,7 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
         .collect();
     drop(connections);
     let meter = CpuMeter::start(&processes);
+    let writes = Writes::read(&addrs).await;
     let started = Instant::now();
     let storm = join_all(resumes.iter().map(|(since, n)| {
         let (token, team) = &tokens[*n];
@@ -82,8 +92,16 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
     }))
     .await;
     let storm_time = started.elapsed();
+    let writes = Writes::between(writes, Writes::read(&addrs).await);
     let (connections, second) = summarize(storm);
-    rows.push(row("reconnect + resume", args, &second, storm_time, &meter));
+    rows.push(row(
+        "reconnect + resume",
+        args,
+        &second,
+        storm_time,
+        &meter,
+        writes,
+    ));
     drop(connections);
     drop(gateways);
     stack::clean_redis(&args.stack, &prefix).await?;
@@ -124,7 +142,14 @@ fn summarize(outcomes: Vec<Outcome>) -> (Vec<(usize, Ws, Value)>, Storm) {
     (connections, storm)
 }
 
-fn row(case: &str, args: &ConnectArgs, storm: &Storm, took: Duration, meter: &CpuMeter) -> Row {
+fn row(
+    case: &str,
+    args: &ConnectArgs,
+    storm: &Storm,
+    took: Duration,
+    meter: &CpuMeter,
+    writes: Option<Writes>,
+) -> Row {
     let ms = |q: f64| round(storm.micros.value_at_quantile(q) as f64 / 1000.0, 1);
     if let Some(error) = &storm.first_error {
         eprintln!("connect: {case}: {} failed, first: {error}", storm.failed);
@@ -138,6 +163,9 @@ fn row(case: &str, args: &ConnectArgs, storm: &Storm, took: Duration, meter: &Cp
             .sum()
     };
     let per_connection_us = |kind: &str| round(cpu(kind) * 1e6 / storm.ok.max(1) as f64, 1);
+    let per_connection = |count: Option<f64>| -> serde_json::Value {
+        count.map_or(Value::Null, |n| round(n / storm.ok.max(1) as f64, 2).into())
+    };
     Row::new()
         .with("case", case)
         .with("clients", args.clients)
@@ -150,4 +178,11 @@ fn row(case: &str, args: &ConnectArgs, storm: &Storm, took: Duration, meter: &Cp
         .with("gateway CPU µs each", per_connection_us("gateways"))
         .with("redis CPU µs each", per_connection_us("redis"))
         .with("generator CPU µs each", per_connection_us("generator"))
+        // Counted by the gateways until the last client joined: what reached the members
+        // a little later (presence batches) is not in it.
+        .with(
+            "socket writes each",
+            per_connection(writes.map(|w| w.writes)),
+        )
+        .with("frames each", per_connection(writes.map(|w| w.frames)))
 }

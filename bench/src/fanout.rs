@@ -19,7 +19,7 @@ use redis::aio::MultiplexedConnection;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::client::{self, Ws};
+use crate::client::{self, Writes, Ws};
 use crate::report::{Row, round};
 use crate::stack::{self, CpuMeter, StackArgs};
 
@@ -136,6 +136,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     for (w, &rate) in args.rates.iter().enumerate() {
         let meter = CpuMeter::start(&processes);
         let appends_before = append_seconds(addrs[0]).await;
+        let writes_before = Writes::read(&addrs).await;
         let mut redis = redis_prober.take().expect("returned");
         let rewrites_before = aof_rewrites(&mut redis).await;
         let redis_pings = Pings::start(redis, redis_ping);
@@ -194,6 +195,10 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             _ => serde_json::Value::Null,
         };
         (redis_prober, gateway_prober) = (Some(redis), Some(ws));
+        let frames_per_write = match Writes::between(writes_before, Writes::read(&addrs).await) {
+            Some(w) if w.writes > 0.0 => round(w.frames / w.writes, 2).into(),
+            _ => serde_json::Value::Null,
+        };
         let delivered = window.delivered.load(Ordering::Relaxed);
         let histogram = window.latency_us.lock().unwrap().clone();
         let acks = window.ack_us.lock().unwrap().clone();
@@ -233,6 +238,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             .with("redis ping p50 ms", ms_of(&redis_rtt, 0.5))
             .with("redis ping p99 ms", ms_of(&redis_rtt, 0.99))
             .with("redis AOF rewrites", rewrites)
+            .with("frames per socket write", frames_per_write)
             .with(
                 "gateway µs/delivery",
                 round(gateway_cpu * 1e6 / delivered.max(1) as f64, 2),
@@ -378,18 +384,11 @@ impl<S: Send + 'static> Pings<S> {
 /// The senders' gateway's own append round trips so far (its metric's sum in seconds and
 /// count), read from `/metrics`.
 async fn append_seconds(gateway: std::net::SocketAddr) -> Option<(f64, u64)> {
-    let (_, _, body) =
-        teamchat_testkit::try_http(gateway, "GET", "/metrics", &[], Vec::new()).await?;
-    let text = std::str::from_utf8(&body).ok()?;
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-    };
-    // Absent before the gateway's first append.
+    let text = client::metrics_text(gateway).await?;
+    // Absent (0) before the gateway's first append.
     let name = teamchat_shared::metrics::APPEND_SECONDS;
-    let sum = value(&format!("{name}_sum")).unwrap_or(0.0);
-    let count = value(&format!("{name}_count")).unwrap_or(0.0) as u64;
+    let sum = client::metric_sum(&text, &format!("{name}_sum"));
+    let count = client::metric_sum(&text, &format!("{name}_count")) as u64;
     Some((sum, count))
 }
 

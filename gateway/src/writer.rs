@@ -362,7 +362,7 @@ impl Shared {
             // waits for the socket or ends.
             let written = match buffer.is_empty() {
                 true => 0,
-                false => self.socket.try_write(buffer).unwrap_or(0),
+                false => try_write(&self.socket, buffer).unwrap_or(0),
             };
             let rest = (written < buffer.len()).then(|| Bytes::copy_from_slice(&buffer[written..]));
             if buffer.capacity() > 64 * 1024 {
@@ -493,7 +493,7 @@ async fn write_all_or_give_up(shared: &Shared, buffer: &[u8]) -> bool {
 /// Writes all of `buffer`, waiting for the socket when it is full.
 async fn write_all(socket: &OwnedWriteHalf, mut buffer: &[u8]) -> std::io::Result<()> {
     while !buffer.is_empty() {
-        match socket.try_write(buffer) {
+        match try_write(socket, buffer) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buffer = &buffer[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.writable().await?,
@@ -501,6 +501,13 @@ async fn write_all(socket: &OwnedWriteHalf, mut buffer: &[u8]) -> std::io::Resul
         }
     }
     Ok(())
+}
+
+/// One write call to the socket, counted: frames out over writes shows how well frames
+/// are coalesced.
+fn try_write(socket: &OwnedWriteHalf, buffer: &[u8]) -> std::io::Result<usize> {
+    metrics::counter!(m::SOCKET_WRITES).increment(1);
+    socket.try_write(buffer)
 }
 
 /// Appends an item to the write buffer; returns the close code once a close frame is in it.
@@ -629,6 +636,27 @@ mod tests {
             sender.await.unwrap();
         }
         reading.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn frames_sent_together_to_an_idle_connection_take_one_write() {
+        let (outlet, mut client, _read) = connected(16).await;
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            outlet
+                .try_send_all((0..3).map(|n| numbered(0, n, 10)))
+                .unwrap();
+            outlet.try_send(numbered(0, 3, 10)).unwrap();
+        });
+        for n in 0..4 {
+            assert_eq!(number(&next_frame(&mut client).await.1), (0, n));
+        }
+        let text = handle.render();
+        let writes = text
+            .lines()
+            .find_map(|line| line.strip_prefix(m::SOCKET_WRITES)?.strip_prefix(' '));
+        assert_eq!(writes, Some("2"), "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

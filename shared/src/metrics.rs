@@ -21,6 +21,7 @@ pub const AUTH_FAILURES: &str = "teamchat_gateway_auth_failures_total";
 pub const ROOMS: &str = "teamchat_gateway_rooms";
 pub const EVENTS_IN: &str = "teamchat_gateway_events_in_total";
 pub const EVENTS_OUT: &str = "teamchat_gateway_events_out_total";
+pub const SOCKET_WRITES: &str = "teamchat_gateway_socket_writes_total";
 pub const APPEND_SECONDS: &str = "teamchat_gateway_append_seconds";
 pub const FANOUT_SECONDS: &str = "teamchat_gateway_fanout_seconds";
 pub const QUEUE_OVERFLOWS: &str = "teamchat_gateway_send_queue_overflows_total";
@@ -72,6 +73,12 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "type",
         "frames queued to clients, by type",
+    ),
+    (
+        SOCKET_WRITES,
+        Kind::Counter,
+        "",
+        "write calls to client sockets (frames out over writes: frames coalesced per write)",
     ),
     (
         APPEND_SECONDS,
