@@ -1,5 +1,6 @@
 //! The gateway's narrow interface to Redis: append a durable event, read a team's state,
-//! read a range of its stream. Pub/sub lives in `tail`.
+//! read a range of its stream. Pub/sub lives in `tail`. PostgreSQL is asked only when a
+//! team's counters are set (a new team, or one whose Redis state was lost).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
+use sqlx::PgPool;
 use teamchat_shared::config::GatewayConfig;
 use teamchat_shared::event::{Ephemeral, EventData, StreamEvent};
 use teamchat_shared::keys::Keys;
@@ -30,6 +32,8 @@ pub struct Broker {
     conn: ConnectionManager,
     keys: Keys,
     stream_maxlen: u64,
+    /// Where the worker stores what was given out: a team's counters start after it.
+    db: PgPool,
 }
 
 /// A team's state for `room:joined`.
@@ -64,7 +68,7 @@ pub struct Appended {
 }
 
 impl Broker {
-    pub async fn connect(config: &GatewayConfig) -> anyhow::Result<Self> {
+    pub async fn connect(config: &GatewayConfig, db: PgPool) -> anyhow::Result<Self> {
         let client = config.redis.client()?;
         // A slow append that still succeeds must not be reported as "nothing was accepted":
         // allow seconds, not the default 500 ms.
@@ -84,6 +88,7 @@ impl Broker {
             conn,
             keys: config.redis.keys(),
             stream_maxlen: config.stream_maxlen,
+            db,
         })
     }
 
@@ -124,7 +129,8 @@ impl Broker {
             EventData::Message(m) => (m.id.as_str(), keys.dedupe(team, &m.user, &m.client_id)),
             _ => ("", keys.team_meta(team)),
         };
-        let reply: Vec<String> = scripts::APPEND
+        let mut append = scripts::APPEND.prepare_invoke();
+        append
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
             .key(keys.ingest(keys.shard_of(team)))
@@ -148,9 +154,12 @@ impl Broker {
             .arg(if staff { "1" } else { "0" })
             .arg(cost)
             .arg(limit.map(|l| l.to_string()).unwrap_or_default())
-            .arg(used_elsewhere)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(used_elsewhere);
+        let mut reply: Vec<String> = append.invoke_async(&mut self.conn.clone()).await?;
+        if is_unseeded(&reply) {
+            self.seed(team).await?;
+            reply = append.invoke_async(&mut self.conn.clone()).await?;
+        }
         parse_outcome(&reply).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
@@ -174,12 +183,15 @@ impl Broker {
 
     /// The team's epoch (created on first use), newest offset and message seq, receipts.
     pub async fn team_state(&self, team: &str) -> redis::RedisResult<TeamState> {
-        let reply: Vec<String> = scripts::TEAM_STATE
-            .key(self.keys.team_meta(team))
+        let mut read = scripts::TEAM_STATE.prepare_invoke();
+        read.key(self.keys.team_meta(team))
             .key(self.keys.team_receipts(team))
-            .arg(scripts::new_epoch())
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            .arg(scripts::new_epoch());
+        let mut reply: Vec<String> = read.invoke_async(&mut self.conn.clone()).await?;
+        if is_unseeded(&reply) {
+            self.seed(team).await?;
+            reply = read.invoke_async(&mut self.conn.clone()).await?;
+        }
         let bad = || {
             redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "team state reply"))
         };
@@ -200,6 +212,30 @@ impl Broker {
                 })
                 .collect(),
         })
+    }
+
+    /// Sets the counters of a team that has none (new, or its Redis state lost) after
+    /// what was given out before: the newest seq and synced offset PostgreSQL holds, and
+    /// what Redis still has (`scripts/seed_team.lua`). Once per team while Redis keeps it.
+    async fn seed(&self, team: &str) -> redis::RedisResult<()> {
+        let (seq, offset) = stored_floor(&self.db, team).await.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "reading the team's newest seq and offset from PostgreSQL",
+                e.to_string(),
+            ))
+        })?;
+        let keys = &self.keys;
+        let _: i64 = scripts::SEED_TEAM
+            .key(keys.team_meta(team))
+            .key(keys.team_events(team))
+            .key(keys.team_messages(team))
+            .arg(seq)
+            .arg(offset)
+            .arg(scripts::new_epoch())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     /// The team's stream epoch and the offset of its newest durable event.
@@ -414,6 +450,29 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
 }
 
 /// Milliseconds since the Unix epoch.
+/// A script's answer for a team whose counters are not set yet.
+fn is_unseeded(reply: &[String]) -> bool {
+    matches!(reply, [only] if only == "unseeded")
+}
+
+/// The newest message seq and the newest synced offset PostgreSQL holds for a team; 0 and
+/// 0 before the worker created the schema.
+async fn stored_floor(db: &PgPool, team: &str) -> sqlx::Result<(i64, i64)> {
+    let floor: sqlx::Result<(i64, i64)> = sqlx::query_as(
+        r#"SELECT COALESCE((SELECT max(seq) FROM messages WHERE team = $1), 0),
+                  GREATEST(COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0),
+                           COALESCE((SELECT max("offset") FROM synced_ahead WHERE team = $1), 0))"#,
+    )
+    .bind(team)
+    .fetch_one(db)
+    .await;
+    match floor {
+        // undefined_table: no worker has run yet, so nothing was stored.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok((0, 0)),
+        other => other,
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -73,13 +73,13 @@ impl Gateway {
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
-        let broker = Broker::connect(&config).await?;
-        let hub = Hub::start(&config, broker.clone(), shutdown.clone()).await?;
         let db = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&config.database_url)
             .context("parsing DATABASE_URL")?;
+        let broker = Broker::connect(&config, db.clone()).await?;
+        let hub = Hub::start(&config, broker.clone(), shutdown.clone()).await?;
         let rate_limits = RateLimits::new(&config);
         let state = Arc::new(AppState {
             verifier: Verifier::new(&config.jwt_secret, config.token_leeway_s),

@@ -279,6 +279,13 @@ async fn append_message(
     }
 }
 
+/// A broker on the test's Redis prefix and database, as a gateway has.
+async fn broker(env: &TestEnv) -> teamchat_gateway::broker::Broker {
+    teamchat_gateway::broker::Broker::connect(&env.gateway_config(&[]), env.pg().await)
+        .await
+        .unwrap()
+}
+
 /// The team's meta hash lost (say, evicted) while its stream and messages were not: the
 /// next append follows the stream's top instead of failing for good on an offset the
 /// stream has passed, takes the seq after the newest message instead of giving one twice,
@@ -287,9 +294,7 @@ async fn append_message(
 async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     use redis::AsyncCommands;
     let env = TestEnv::new().await;
-    let broker = teamchat_gateway::broker::Broker::connect(&env.gateway_config(&[]))
-        .await
-        .unwrap();
+    let broker = broker(&env).await;
     for n in 1..=3u64 {
         assert_eq!(append_message(&broker, &format!("c{n}")).await.offset, n);
     }
@@ -313,4 +318,90 @@ async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     // The next append goes on from the hash again.
     let next = append_message(&broker, "c5").await;
     assert_eq!((next.offset, next.seq), (5, 5));
+}
+
+/// A team whose whole Redis state is gone (a Redis without persistence restarted, say)
+/// while PostgreSQL holds what the worker synced: its counters go on after PostgreSQL's
+/// newest seq and synced offset, so nothing is given out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_without_redis_state_goes_on_after_what_postgresql_holds() {
+    let env = TestEnv::new().await;
+    let pg = env.pg().await;
+    // Messages 1–5 at offsets 1–5, the watermark at 6 and offset 9 synced ahead of it.
+    sqlx::query(
+        r#"INSERT INTO messages (team, seq, id, body, "offset", version)
+           SELECT 't', n, 'old' || n, 'old', n, n FROM generate_series(1, 5) AS n"#,
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO team_sync (team, synced_offset) VALUES ('t', 6)")
+        .execute(&pg)
+        .await
+        .unwrap();
+    sqlx::query(r#"INSERT INTO synced_ahead (team, "offset") VALUES ('t', 9)"#)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let broker = broker(&env).await;
+
+    let state = broker.team_state("t").await.unwrap();
+    assert_eq!(
+        (state.offset, state.seq),
+        (9, 5),
+        "room:joined starts there"
+    );
+    assert!(!state.epoch.is_empty());
+    let appended = append_message(&broker, "c1").await;
+    assert_eq!((appended.offset, appended.seq), (10, 6));
+    assert_eq!(appended.epoch, state.epoch);
+    let next = append_message(&broker, "c2").await;
+    assert_eq!((next.offset, next.seq), (11, 7));
+}
+
+/// End to end: messages synced, the team's Redis state lost, then a new message. It is
+/// stored beside the old ones with the next seq, not dropped as a second "message 1".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_after_the_teams_redis_state_was_lost_is_stored_beside_the_synced_ones() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let gateway = common::gateway(&env, &[]).await;
+    let worker = common::worker(&env, "w1");
+    let pg = env.pg().await;
+    let mut writer = Client::connect(gateway.addr(), &env.token("writer", &["t"])).await;
+    writer.join("t").await;
+    writer.send_message("t", "m1", "first").await;
+    writer.send_message("t", "m2", "second").await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", 2).await;
+
+    let keys = env.keys();
+    let mut redis = lose_team_stream(&env, "t").await;
+    let _: () = redis
+        .del(&[keys.team_messages("t"), keys.team_receipts("t")])
+        .await
+        .unwrap();
+
+    let mut again = Client::connect(gateway.addr(), &env.token("writer", &["t"])).await;
+    let joined = again.join("t").await;
+    assert_eq!(
+        (&joined["offset"], &joined["seq"]),
+        (&json!("2"), &json!(2))
+    );
+    // The team started a new epoch: the connection from before it is closed.
+    assert_eq!(writer.close_code().await.0, 1012);
+    let ack = again.send_message("t", "m3", "after the loss").await;
+    assert_eq!((&ack["offset"], &ack["seq"]), (&json!("3"), &json!(3)));
+    teamchat_testkit::wait_for_watermark(&pg, "t", 3).await;
+    let stored: Vec<(i64, String)> =
+        sqlx::query_as("SELECT seq, body FROM messages WHERE team = 't' ORDER BY seq")
+            .fetch_all(&pg)
+            .await
+            .unwrap();
+    let expected = [(1, "first"), (2, "second"), (3, "after the loss")];
+    let expected: Vec<(i64, String)> = expected
+        .iter()
+        .map(|(seq, body)| (*seq, body.to_string()))
+        .collect();
+    assert_eq!(stored, expected);
+    worker.cancel();
 }

@@ -15,7 +15,8 @@
 --
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
--- refused one (nothing written); {'ignored'} for a receipt not above the user's last.
+-- refused one (nothing written); {'ignored'} for a receipt not above the user's last;
+-- {'unseeded'} for a team whose counters seed_team.lua must set first (nothing written).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
@@ -31,16 +32,11 @@ local function int(n) return string.format('%d', n) end
 -- Each redis.call costs about as much as the command it runs: the meta hash is read once
 -- and written once.
 local state = redis.call('HMGET', meta, 'seq', 'offset', 'epoch')
-local top_seq = tonumber(state[1])
+-- A new team, or one whose meta hash was lost: its counters must first be set after what
+-- was given out before (seed_team.lua, with what PostgreSQL holds).
+if not state[2] then return {'unseeded'} end
+local top_seq = tonumber(state[1]) or 0
 local epoch = state[3]
-if not top_seq then
-  -- No message yet, or the meta hash was lost (say, evicted) while the messages hash was
-  -- not: go on after its newest seq, so that no seq is given twice.
-  top_seq = 0
-  for _, taken in ipairs(redis.call('HKEYS', messages)) do
-    top_seq = math.max(top_seq, tonumber(taken))
-  end
-end
 local seq, entry
 
 if kind == 'message' then
@@ -74,10 +70,9 @@ if ARGV[15] ~= '' and cost > 0 then
   if used + cost > tonumber(ARGV[15]) then return {'err', 'quota_exceeded'} end
 end
 
--- The next offset follows the meta hash. If the hash was lost while the stream was not,
--- the XADD is refused (its id must grow) and the offset follows the stream's top instead:
--- appends then go on instead of failing for good. (The refused XADD still counts in
--- Redis's error statistics, once per team whose meta hash was lost.)
+-- The next offset follows the meta hash. Should the stream be ahead of it all the same
+-- (the hash written by hand, say), the XADD is refused (its id must grow) and the offset
+-- follows the stream's top instead: appends then go on instead of failing for good.
 local offset = int((tonumber(state[2]) or 0) + 1)
 local function add_event()
   return redis.pcall('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',

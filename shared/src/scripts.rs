@@ -13,6 +13,10 @@ pub static APPEND: LazyLock<Script> =
 pub static TEAM_STATE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/team_state.lua")));
 
+/// Sets a new (or lost) team's offset and seq counters after what was given out before.
+pub static SEED_TEAM: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/seed_team.lua")));
+
 /// A team's presence: join, leave, and the periodic refresh-and-expire tick.
 pub static PRESENCE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/presence.lua")));
