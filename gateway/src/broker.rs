@@ -16,6 +16,8 @@ use teamchat_shared::protocol::{ErrorCode, PresenceEntry, Receipt};
 use teamchat_shared::scripts;
 use teamchat_shared::stream;
 
+use crate::floor;
+
 /// How long `message:send` dedupe keys live (PROTOCOL.md: within 24 h).
 const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
 
@@ -215,23 +217,25 @@ impl Broker {
     }
 
     /// Sets the counters of a team that has none (new, or its Redis state lost) after
-    /// what was given out before: the newest seq and synced offset PostgreSQL holds, and
-    /// what Redis still has (`scripts/seed_team.lua`). Once per team while Redis keeps it.
+    /// what was given out before: what PostgreSQL holds (`floor`) and what Redis still has
+    /// (`scripts/seed_team.lua`). Once per team while Redis keeps its state.
     async fn seed(&self, team: &str) -> redis::RedisResult<()> {
-        let (seq, offset) = stored_floor(&self.db, team).await.map_err(|e| {
-            redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "reading the team's newest seq and offset from PostgreSQL",
-                e.to_string(),
-            ))
-        })?;
         let keys = &self.keys;
+        let floor = floor::read(&self.db, team).await.map_err(postgres_error)?;
+        if floor.offset > floor.watermark {
+            let stream_kept: bool = self.conn.clone().exists(keys.team_events(team)).await?;
+            if !stream_kept {
+                floor::pass_lost_offsets(&self.db, team, floor.offset)
+                    .await
+                    .map_err(postgres_error)?;
+            }
+        }
         let _: i64 = scripts::SEED_TEAM
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
             .key(keys.team_messages(team))
-            .arg(seq)
-            .arg(offset)
+            .arg(floor.seq)
+            .arg(floor.offset)
             .arg(scripts::new_epoch())
             .invoke_async(&mut self.conn.clone())
             .await?;
@@ -449,30 +453,23 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
     }
 }
 
-/// Milliseconds since the Unix epoch.
 /// A script's answer for a team whose counters are not set yet.
 fn is_unseeded(reply: &[String]) -> bool {
     matches!(reply, [only] if only == "unseeded")
 }
 
-/// The newest message seq and the newest synced offset PostgreSQL holds for a team; 0 and
-/// 0 before the worker created the schema.
-async fn stored_floor(db: &PgPool, team: &str) -> sqlx::Result<(i64, i64)> {
-    let floor: sqlx::Result<(i64, i64)> = sqlx::query_as(
-        r#"SELECT COALESCE((SELECT max(seq) FROM messages WHERE team = $1), 0),
-                  GREATEST(COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0),
-                           COALESCE((SELECT max("offset") FROM synced_ahead WHERE team = $1), 0))"#,
-    )
-    .bind(team)
-    .fetch_one(db)
-    .await;
-    match floor {
-        // undefined_table: no worker has run yet, so nothing was stored.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok((0, 0)),
-        other => other,
-    }
+/// A PostgreSQL failure while seeding a team, as the broker's error: the request gets
+/// `unavailable`, and nothing was written.
+fn postgres_error(e: sqlx::Error) -> redis::RedisError {
+    tracing::warn!(error = %e, "seeding a team's counters: PostgreSQL unavailable");
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        "PostgreSQL unavailable while seeding the team's counters",
+        e.to_string(),
+    ))
 }
 
+/// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -9,6 +9,7 @@ pub mod broker;
 pub mod connections;
 pub mod credits;
 pub mod dev;
+pub mod floor;
 pub mod history;
 pub mod hub;
 pub mod limits;

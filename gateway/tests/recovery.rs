@@ -199,7 +199,7 @@ async fn a_lost_team_stream_closes_1012_and_rejoining_is_not_recovered() {
     assert_ne!(joined["epoch"], old_epoch.as_str());
     assert_eq!(
         joined["offset"], "1",
-        "offsets start again under the new epoch"
+        "offsets start again under the new epoch (PostgreSQL holds nothing of the team)"
     );
 }
 
@@ -287,9 +287,9 @@ async fn broker(env: &TestEnv) -> teamchat_gateway::broker::Broker {
 }
 
 /// The team's meta hash lost (say, evicted) while its stream and messages were not: the
-/// next append follows the stream's top instead of failing for good on an offset the
-/// stream has passed, takes the seq after the newest message instead of giving one twice,
-/// and writes the hash again.
+/// team is seeded again from what Redis still has, so the next append follows the stream's
+/// top instead of failing for good on an offset the stream has passed, takes the seq after
+/// the newest message instead of giving one twice, and the hash is written again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     use redis::AsyncCommands;
@@ -327,7 +327,8 @@ async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
 async fn a_team_without_redis_state_goes_on_after_what_postgresql_holds() {
     let env = TestEnv::new().await;
     let pg = env.pg().await;
-    // Messages 1–5 at offsets 1–5, the watermark at 6 and offset 9 synced ahead of it.
+    // Messages 1–5 at offsets 1–5, the watermark at 6 and offset 9 synced ahead of it
+    // (7 and 8 were never synced, and went with Redis).
     sqlx::query(
         r#"INSERT INTO messages (team, seq, id, body, "offset", version)
            SELECT 't', n, 'old' || n, 'old', n, n FROM generate_series(1, 5) AS n"#,
@@ -335,7 +336,7 @@ async fn a_team_without_redis_state_goes_on_after_what_postgresql_holds() {
     .execute(&pg)
     .await
     .unwrap();
-    sqlx::query("INSERT INTO team_sync (team, synced_offset) VALUES ('t', 6)")
+    sqlx::query("INSERT INTO team_sync (team, synced_offset, waiting) VALUES ('t', 6, true)")
         .execute(&pg)
         .await
         .unwrap();
@@ -357,6 +358,37 @@ async fn a_team_without_redis_state_goes_on_after_what_postgresql_holds() {
     assert_eq!(appended.epoch, state.epoch);
     let next = append_message(&broker, "c2").await;
     assert_eq!((next.offset, next.seq), (11, 7));
+    // The watermark passed the lost offsets, so it can follow the new ones.
+    let watermark: (i64, bool) =
+        sqlx::query_as("SELECT synced_offset, waiting FROM team_sync WHERE team = 't'")
+            .fetch_one(&pg)
+            .await
+            .unwrap();
+    assert_eq!(watermark, (9, false));
+    let ahead: i64 = sqlx::query_scalar("SELECT count(*) FROM synced_ahead WHERE team = 't'")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(ahead, 0);
+}
+
+/// A meta hash behind its own stream (written by hand, say): the append is not refused
+/// for good; its offset follows the stream's top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_with_the_meta_hash_behind_the_stream_follows_the_streams_top() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let broker = broker(&env).await;
+    for n in 1..=3u64 {
+        append_message(&broker, &format!("c{n}")).await;
+    }
+    let mut redis = env.redis().await;
+    let _: () = redis
+        .hset(env.keys().team_meta("t"), "offset", 1)
+        .await
+        .unwrap();
+    let after = append_message(&broker, "c4").await;
+    assert_eq!((after.offset, after.seq), (4, 4));
 }
 
 /// End to end: messages synced, the team's Redis state lost, then a new message. It is

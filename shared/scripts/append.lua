@@ -34,8 +34,8 @@ local function int(n) return string.format('%d', n) end
 local state = redis.call('HMGET', meta, 'seq', 'offset', 'epoch')
 -- A new team, or one whose meta hash was lost: its counters must first be set after what
 -- was given out before (seed_team.lua, with what PostgreSQL holds).
-if not state[2] then return {'unseeded'} end
-local top_seq = tonumber(state[1]) or 0
+if not (state[1] and state[2]) then return {'unseeded'} end
+local top_seq = tonumber(state[1])
 local epoch = state[3]
 local seq, entry
 

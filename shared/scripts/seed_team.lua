@@ -1,22 +1,25 @@
--- Gives a team whose meta hash has no offset (a new team, or one whose Redis state was
--- lost) counters that go on after everything already given out: the offsets and seqs
--- PostgreSQL holds, the stream's top and the messages hash. Without it a team whose state
--- was lost would give seq 1 again, and the worker, which keeps the row it has for a
--- (team, seq), would drop the new message.
+-- Gives a team whose meta hash lacks its offset or seq (a new team, one whose Redis state
+-- was lost, or a hash written before seeding existed) counters that go on after everything
+-- already given out: the offsets and seqs PostgreSQL holds, the hash's own, the stream's
+-- top and the messages hash. Without it a team whose state was lost would give seq 1
+-- again, and the worker, which keeps the row it has for a (team, seq), would drop the new
+-- message.
 --
 -- KEYS[1] team meta hash   KEYS[2] team event stream   KEYS[3] messages hash
--- ARGV[1] newest seq in PostgreSQL   ARGV[2] newest synced offset in PostgreSQL
+-- ARGV[1] newest seq in PostgreSQL   ARGV[2] newest offset in PostgreSQL
 -- ARGV[3] epoch to use if the team has none
--- Returns 1 when it wrote the counters, 0 when the team had them already.
+-- Returns 1 when it wrote the counters, 0 when the team had them already (another
+-- gateway seeded it first).
 
 local meta, events, messages = KEYS[1], KEYS[2], KEYS[3]
-if redis.call('HEXISTS', meta, 'offset') == 1 then return 0 end
+local state = redis.call('HMGET', meta, 'offset', 'seq')
+if state[1] and state[2] then return 0 end
 
-local seq = math.max(tonumber(ARGV[1]), tonumber(redis.call('HGET', meta, 'seq')) or 0)
+local seq = math.max(tonumber(ARGV[1]), tonumber(state[2]) or 0)
 for _, taken in ipairs(redis.call('HKEYS', messages)) do
   seq = math.max(seq, tonumber(taken))
 end
-local offset = tonumber(ARGV[2])
+local offset = math.max(tonumber(ARGV[2]), tonumber(state[1]) or 0)
 local newest = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)[1]
 if newest then
   offset = math.max(offset, tonumber(string.match(newest[1], '^(%d+)')))

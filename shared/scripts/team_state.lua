@@ -3,16 +3,16 @@
 --
 -- KEYS[1] team meta hash    KEYS[2] receipts hash (user -> seq)
 -- ARGV[1] epoch to use if the team has none
--- Returns {epoch, offset, seq, user1, seq1, user2, seq2, …}, '0' for a seq not yet taken;
--- {'unseeded'} for a team whose counters seed_team.lua must set first.
+-- Returns {epoch, offset, seq, user1, seq1, user2, seq2, …}; {'unseeded'} for a team whose
+-- counters seed_team.lua must set first.
 
 local state = redis.call('HMGET', KEYS[1], 'epoch', 'offset', 'seq')
-if not state[2] then return {'unseeded'} end
+if not (state[2] and state[3]) then return {'unseeded'} end
 if not state[1] then
   redis.call('HSET', KEYS[1], 'epoch', ARGV[1])
   state[1] = ARGV[1]
 end
-local reply = {state[1], state[2], state[3] or '0'}
+local reply = {state[1], state[2], state[3]}
 for _, field in ipairs(redis.call('HGETALL', KEYS[2])) do
   table.insert(reply, field)
 end

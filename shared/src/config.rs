@@ -56,7 +56,7 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub redis: RedisArgs,
-    /// PostgreSQL URL, read by HTTP history.
+    /// PostgreSQL URL: the worker writes it; the gateway reads HTTP history and a new team's counters from it.
     #[arg(
         long,
         env = "DATABASE_URL",

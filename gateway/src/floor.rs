@@ -1,0 +1,75 @@
+//! What PostgreSQL already holds of a team, read when the team's Redis counters are set (a
+//! new team, or one whose Redis state was lost): the counters go on after it, so no seq or
+//! offset is given out twice.
+
+use sqlx::PgPool;
+use tracing::warn;
+
+/// The newest seq and offset PostgreSQL holds for a team, and its sync watermark.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Floor {
+    pub seq: i64,
+    pub offset: i64,
+    pub watermark: i64,
+}
+
+/// Every part is a primary-key lookup, or a scan of one team's receipts. Offsets: the
+/// watermark and the offsets synced past it, the credit ledger (kept in the batch's first
+/// transaction, which the offsets past the watermark may not have followed yet) and the
+/// newest message row; seqs: the newest message and the highest receipt.
+const FLOOR: &str = r#"
+    SELECT GREATEST(COALESCE((SELECT max(seq) FROM messages WHERE team = $1), 0),
+                    COALESCE((SELECT max(seq) FROM receipts WHERE team = $1), 0)),
+           GREATEST(COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0),
+                    COALESCE((SELECT max("offset") FROM synced_ahead WHERE team = $1), 0),
+                    COALESCE((SELECT max("offset") FROM credit_ledger WHERE team = $1), 0),
+                    COALESCE((SELECT GREATEST("offset", version) FROM messages
+                              WHERE team = $1 ORDER BY seq DESC LIMIT 1), 0),
+                    COALESCE((SELECT max("offset") FROM receipts WHERE team = $1), 0)),
+           COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0)"#;
+
+/// What PostgreSQL holds of `team`; nothing before a worker created the schema.
+pub async fn read(db: &PgPool, team: &str) -> sqlx::Result<Floor> {
+    let floor: sqlx::Result<(i64, i64, i64)> = sqlx::query_as(FLOOR).bind(team).fetch_one(db).await;
+    match floor {
+        Ok((seq, offset, watermark)) => Ok(Floor {
+            seq,
+            offset,
+            watermark,
+        }),
+        // undefined_table: no worker has migrated this database yet (or DATABASE_URL
+        // points elsewhere than the workers').
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+            warn!(
+                team,
+                "no messages table in DATABASE_URL's database: counters start at 0"
+            );
+            Ok(Floor::default())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The team's stream was lost: the offsets between the sync watermark and the floor that
+/// were never synced are gone with it. The watermark passes them, so it moves on with the
+/// offsets to come (it only moves over contiguous ones) and history stops reading the
+/// stream for them. The update locks the team's row, as the worker's writes do.
+pub async fn pass_lost_offsets(db: &PgPool, team: &str, floor: i64) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        r#"UPDATE team_sync SET synced_offset = GREATEST(synced_offset, $2),
+                  waiting = EXISTS (SELECT 1 FROM synced_ahead a WHERE a.team = $1
+                                    AND a."offset" > GREATEST(team_sync.synced_offset, $2))
+           WHERE team = $1"#,
+    )
+    .bind(team)
+    .bind(floor)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(r#"DELETE FROM synced_ahead WHERE team = $1 AND "offset" <= $2"#)
+        .bind(team)
+        .bind(floor)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
