@@ -2,6 +2,8 @@
 //! new team, or one whose Redis state was lost): the counters go on after it, so no seq or
 //! offset is given out twice.
 
+use std::sync::Once;
+
 use sqlx::PgPool;
 use tracing::warn;
 
@@ -40,10 +42,14 @@ pub async fn read(db: &PgPool, team: &str) -> sqlx::Result<Floor> {
         // undefined_table: no worker has migrated this database yet (or DATABASE_URL
         // points elsewhere than the workers').
         Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
-            warn!(
-                team,
-                "no messages table in DATABASE_URL's database: counters start at 0"
-            );
+            // Once per process: every new team would say it again.
+            static WARNED: Once = Once::new();
+            WARNED.call_once(|| {
+                warn!(
+                    team,
+                    "no messages table in DATABASE_URL's database: counters start at 0"
+                );
+            });
             Ok(Floor::default())
         }
         Err(e) => Err(e),
