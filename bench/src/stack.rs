@@ -53,6 +53,12 @@ pub async fn start_gateways(
     count: usize,
 ) -> anyhow::Result<(Vec<GatewayProcess>, String)> {
     let bin = args.gateway_bin()?;
+    // As in a deployment, a worker has put the schema in place: a gateway reads a new
+    // team's counters from it (without it, each would be an error reply).
+    teamchat_worker::store::Store::connect(&args.database_url, 1)
+        .await?
+        .migrate()
+        .await?;
     let prefix = format!("bench{}x{}", std::process::id(), teamchat_testkit::now());
     let mut gateways = Vec::new();
     for _ in 0..count {
