@@ -20,15 +20,17 @@ pub struct Floor {
 /// transaction, which the offsets past the watermark may not have followed yet) and the
 /// newest message row; seqs: the newest message and the highest receipt.
 const FLOOR: &str = r#"
+    WITH w AS (SELECT COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0) AS mark)
     SELECT GREATEST(COALESCE((SELECT max(seq) FROM messages WHERE team = $1), 0),
                     COALESCE((SELECT max(seq) FROM receipts WHERE team = $1), 0)),
-           GREATEST(COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0),
+           GREATEST(w.mark,
                     COALESCE((SELECT max("offset") FROM synced_ahead WHERE team = $1), 0),
                     COALESCE((SELECT max("offset") FROM credit_ledger WHERE team = $1), 0),
                     COALESCE((SELECT GREATEST("offset", version) FROM messages
                               WHERE team = $1 ORDER BY seq DESC LIMIT 1), 0),
                     COALESCE((SELECT max("offset") FROM receipts WHERE team = $1), 0)),
-           COALESCE((SELECT synced_offset FROM team_sync WHERE team = $1), 0)"#;
+           w.mark
+    FROM w"#;
 
 /// What PostgreSQL holds of `team`; nothing before a worker created the schema.
 pub async fn read(db: &PgPool, team: &str) -> sqlx::Result<Floor> {
