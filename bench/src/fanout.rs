@@ -4,6 +4,9 @@
 //! of a bare Redis `PING` and of a protocol `ping` to the senders' gateway in the same
 //! window: the floors under the hops a message crosses on this machine. Step mode raises
 //! the rate until p99 ≥ 100 ms or fewer than 99.9 % of deliveries arrive.
+//!
+//! One file for the scenario (its load, its probes and its row of the report), which
+//! reads as one piece; hence its length.
 
 use std::sync::Arc;
 use std::sync::Mutex;

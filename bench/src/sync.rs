@@ -4,6 +4,9 @@
 //! same run, and for the messages
 //! with their credit ledger rows and balances (everything the worker writes but the
 //! watermarks); then the sync lag while events arrive at a steady rate.
+//!
+//! One file for the scenario (the worker's run, the direct writers it is compared with,
+//! the lag phase), which reads as one piece; hence its length.
 
 use std::time::{Duration, Instant};
 

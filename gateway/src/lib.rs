@@ -1,26 +1,20 @@
-//! The gateway: a thin, stateless WebSocket server. Clients connect and authenticate
-//! (`server`, `auth`), each connection runs a reader and a writer (`session`, `writer`),
-//! rooms are joined through the `hub`, durable events are appended to Redis (`broker`), and
-//! each joined team's channel is tailed (`tail`) and fanned out in offset order (`room`).
-//! History over HTTP merges PostgreSQL with the unsynced end of the stream (`history`).
+//! The gateway: a thin, stateless WebSocket server. The data path, in module order:
+//! `http` accepts connections and routes `/ws` upgrades to a `session` (one per
+//! connection: authentication, the read loop, one function per request), whose replies
+//! and room events go out through its `outlet`. A session joins teams through the `hub`,
+//! which keeps one `room` per team (ordering, gap fill, fan-out, typing, presence) and
+//! tails the team channels (`hub::tail`). Durable events are appended through `storage`
+//! (Redis via `broker`; a new team's counters seeded from PostgreSQL). `protocol` is the
+//! client contract's frames. docs/architecture.md walks the same path.
 
-pub mod auth;
 pub mod broker;
-pub mod connections;
-pub mod credits;
-pub mod dev;
-pub mod floor;
-pub mod history;
+pub mod http;
 pub mod hub;
-pub mod limits;
-pub mod presence_batch;
-pub mod queue;
-pub mod receipts;
+pub mod outlet;
+pub mod protocol;
 pub mod room;
-pub mod server;
 pub mod session;
-pub mod tail;
-pub mod writer;
+pub mod storage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -34,17 +28,20 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Verifier;
 use crate::broker::Broker;
-use crate::connections::Connections;
 use crate::hub::Hub;
-use crate::limits::RateLimits;
+use crate::session::auth::Verifier;
+use crate::session::connections::{self, Connections};
+use crate::session::limits::RateLimits;
+use crate::storage::Storage;
 
 /// What every request handler and session shares.
 pub struct AppState {
     pub config: GatewayConfig,
     pub verifier: Verifier,
     pub broker: Broker,
+    /// Appends and team state, seeding a new team's counters from PostgreSQL.
+    pub storage: Storage,
     pub hub: Arc<Hub>,
     pub db: sqlx::PgPool,
     /// Fires when the gateway stops: sessions close with 1012.
@@ -79,13 +76,15 @@ impl Gateway {
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(&config.database_url)
             .context("parsing DATABASE_URL")?;
-        let broker = Broker::connect(&config, db.clone()).await?;
-        let hub = Hub::start(&config, broker.clone(), shutdown.clone()).await?;
+        let broker = Broker::connect(&config).await?;
+        let storage = Storage::new(broker.clone(), db.clone());
+        let hub = Hub::start(&config, storage.clone(), shutdown.clone()).await?;
         let rate_limits = RateLimits::new(&config);
         let state = Arc::new(AppState {
             verifier: Verifier::new(&config.jwt_secret, config.token_leeway_s),
             config,
             broker,
+            storage,
             hub,
             db,
             shutdown,
@@ -110,7 +109,7 @@ impl Gateway {
                 "DEV_MODE is on: anyone can get a token at POST /dev/token; never use it in production"
             );
         }
-        let task = tokio::spawn(server::serve(state.clone(), listener));
+        let task = tokio::spawn(http::serve(state.clone(), listener));
         Ok(Self { addr, state, task })
     }
 
@@ -153,14 +152,4 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
-}
-
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
 }

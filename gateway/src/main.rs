@@ -23,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     teamchat_shared::logging::init(config.log_json);
     let gateway = teamchat_gateway::Gateway::start(config).await?;
     tracing::info!(addr = %gateway.addr(), "gateway listening");
-    teamchat_gateway::shutdown_signal().await;
+    teamchat_shared::runtime::shutdown_signal().await;
     gateway.stop().await;
     Ok(())
 }

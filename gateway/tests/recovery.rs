@@ -254,9 +254,9 @@ async fn the_tail_check_notices_a_reset_stream_that_grew_past_the_room() {
     );
 }
 
-/// A message appended straight through the broker, as the gateway does on `message:send`.
+/// A message appended straight through storage, as the gateway does on `message:send`.
 async fn append_message(
-    broker: &teamchat_gateway::broker::Broker,
+    storage: &teamchat_gateway::storage::Storage,
     client_id: &str,
 ) -> teamchat_gateway::broker::Appended {
     use teamchat_shared::event::{EventData, MessageData};
@@ -269,21 +269,27 @@ async fn append_message(
         meta: None,
         ts: 1,
     });
-    match broker
-        .append("t", "session", &data, 0, false, 0, None)
-        .await
-        .expect("append")
-    {
+    let append = teamchat_gateway::broker::Append {
+        team: "t",
+        src: "session",
+        data: &data,
+        target: 0,
+        staff: false,
+        cost: 0,
+        limit: None,
+    };
+    match storage.append(&append).await.expect("append") {
         teamchat_gateway::broker::AppendOutcome::Appended(appended) => appended,
         other => panic!("not appended: {other:?}"),
     }
 }
 
-/// A broker on the test's Redis prefix and database, as a gateway has.
-async fn broker(env: &TestEnv) -> teamchat_gateway::broker::Broker {
-    teamchat_gateway::broker::Broker::connect(&env.gateway_config(&[]), env.pg().await)
+/// Storage on the test's Redis prefix and database, as a gateway has.
+async fn storage(env: &TestEnv) -> teamchat_gateway::storage::Storage {
+    let broker = teamchat_gateway::broker::Broker::connect(&env.gateway_config(&[]))
         .await
-        .unwrap()
+        .unwrap();
+    teamchat_gateway::storage::Storage::new(broker, env.pg().await)
 }
 
 /// The team's meta hash lost (say, evicted) while its stream and messages were not: the
@@ -294,15 +300,15 @@ async fn broker(env: &TestEnv) -> teamchat_gateway::broker::Broker {
 async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     use redis::AsyncCommands;
     let env = TestEnv::new().await;
-    let broker = broker(&env).await;
+    let storage = storage(&env).await;
     for n in 1..=3u64 {
-        assert_eq!(append_message(&broker, &format!("c{n}")).await.offset, n);
+        assert_eq!(append_message(&storage, &format!("c{n}")).await.offset, n);
     }
     let keys = env.keys();
     let mut redis = env.redis().await;
     let _: () = redis.del(keys.team_meta("t")).await.unwrap();
 
-    let after = append_message(&broker, "c4").await;
+    let after = append_message(&storage, "c4").await;
     assert!(after.is_new);
     assert_eq!(after.offset, 4, "the offset after the stream's top");
     assert_eq!(after.seq, 4, "the seq after the newest message");
@@ -316,7 +322,7 @@ async fn an_append_after_the_meta_hash_is_lost_follows_the_streams_top() {
     let offset: String = redis.hget(keys.team_meta("t"), "offset").await.unwrap();
     assert_eq!(offset, "4", "the meta hash written again");
     // The next append goes on from the hash again.
-    let next = append_message(&broker, "c5").await;
+    let next = append_message(&storage, "c5").await;
     assert_eq!((next.offset, next.seq), (5, 5));
 }
 
@@ -344,19 +350,19 @@ async fn a_team_without_redis_state_goes_on_after_what_postgresql_holds() {
         .execute(&pg)
         .await
         .unwrap();
-    let broker = broker(&env).await;
+    let storage = storage(&env).await;
 
-    let state = broker.team_state("t").await.unwrap();
+    let state = storage.team_state("t").await.unwrap();
     assert_eq!(
         (state.offset, state.seq),
         (9, 5),
         "room:joined starts there"
     );
     assert!(!state.epoch.is_empty());
-    let appended = append_message(&broker, "c1").await;
+    let appended = append_message(&storage, "c1").await;
     assert_eq!((appended.offset, appended.seq), (10, 6));
     assert_eq!(appended.epoch, state.epoch);
-    let next = append_message(&broker, "c2").await;
+    let next = append_message(&storage, "c2").await;
     assert_eq!((next.offset, next.seq), (11, 7));
     // The watermark passed the lost offsets, so it can follow the new ones.
     let watermark: (i64, bool) =
@@ -378,16 +384,16 @@ async fn a_team_without_redis_state_goes_on_after_what_postgresql_holds() {
 async fn an_append_with_the_meta_hash_behind_the_stream_follows_the_streams_top() {
     use redis::AsyncCommands;
     let env = TestEnv::new().await;
-    let broker = broker(&env).await;
+    let storage = storage(&env).await;
     for n in 1..=3u64 {
-        append_message(&broker, &format!("c{n}")).await;
+        append_message(&storage, &format!("c{n}")).await;
     }
     let mut redis = env.redis().await;
     let _: () = redis
         .hset(env.keys().team_meta("t"), "offset", 1)
         .await
         .unwrap();
-    let after = append_message(&broker, "c4").await;
+    let after = append_message(&storage, "c4").await;
     assert_eq!((after.offset, after.seq), (4, 4));
 }
 

@@ -1,4 +1,4 @@
--- Appends one durable event of a team, atomically (DESIGN.md, Data path 1).
+-- Appends one durable event of a team, atomically (docs/architecture.md, Data path).
 --
 -- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; any key of the team otherwise

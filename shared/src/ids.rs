@@ -1,6 +1,6 @@
 //! Validation of the identifiers the protocol accepts (teams, users).
 
-/// Ids are 1..64 bytes of `[A-Za-z0-9_.:-]` (PROTOCOL.md, Frames).
+/// Ids are 1..64 bytes of `[A-Za-z0-9_.:-]` (docs/protocol.md, Frames).
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64

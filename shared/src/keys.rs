@@ -132,6 +132,16 @@ impl Keys {
     }
 }
 
+/// Which of `slices` a key (a session id, a team) falls in: the same every time within a
+/// process (not across processes, unlike `Keys::shard_of`). Spreads periodic work over a
+/// period.
+pub fn slice_of(key: &str, slices: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish() % slices
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,14 @@
-//! Shared by the gateway and the worker: the event model, the client protocol's frames and
-//! codecs, the Redis key schema and scripts, and configuration.
+//! Shared by the gateway and the worker: the event model and its codecs, the Redis key
+//! schema and scripts, the PostgreSQL statements both run (`db`), configuration, metric
+//! names, and the clock and stop signal (`runtime`).
 
 pub mod config;
+pub mod db;
 pub mod event;
 pub mod ids;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
-pub mod protocol;
+pub mod runtime;
 pub mod scripts;
 pub mod stream;

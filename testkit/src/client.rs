@@ -1,5 +1,5 @@
 //! A WebSocket test client (tokio-tungstenite, an implementation independent of the
-//! gateway's) that speaks PROTOCOL.md in JSON or MessagePack.
+//! gateway's) that speaks docs/protocol.md in JSON or MessagePack.
 
 use std::net::SocketAddr;
 use std::time::Duration;

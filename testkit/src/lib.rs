@@ -1,6 +1,6 @@
 //! Test support: every test gets its own Redis key prefix and its own PostgreSQL database
 //! on the real servers at `REDIS_URL` / `DATABASE_URL`, tokens signed like a real issuer's,
-//! and a WebSocket client that speaks PROTOCOL.md over TCP.
+//! and a WebSocket client that speaks docs/protocol.md over TCP.
 
 pub mod client;
 pub mod pg_server;

@@ -17,7 +17,11 @@ async fn main() -> anyhow::Result<()> {
     match config.command.clone() {
         None | Some(WorkerCommand::Sync) => {
             let shutdown = CancellationToken::new();
-            tokio::spawn(teamchat_worker::shutdown_on_signal(shutdown.clone()));
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                teamchat_shared::runtime::shutdown_signal().await;
+                stop.cancel();
+            });
             teamchat_worker::run(config, shutdown).await
         }
         Some(WorkerCommand::Replay { team }) => {

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tracing::warn;
 
+use teamchat_shared::keys::slice_of;
+
 use crate::AppState;
-use crate::writer::Outlet;
+use crate::outlet::Outlet;
 
 /// Every connection open here, by session id.
 #[derive(Default)]
@@ -55,14 +57,6 @@ impl Connections {
 /// one pipeline kept Redis busy for tens of milliseconds every period, which every
 /// message appended meanwhile waited for (p99.9 at 500 msg/s: 30 ms against 4–5 ms).
 const REFRESH_SLICES: u64 = 16;
-
-/// Which of `slices` a key (a session, a team) falls in: the same every time.
-pub fn slice_of(key: &str, slices: u64) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut hasher);
-    hasher.finish() % slices
-}
 
 /// Refreshes every connection's entry three times per TTL, one slice of them at a time,
 /// each slice in one pipeline.

@@ -1,24 +1,23 @@
-//! The gateway's narrow interface to Redis: append a durable event, read a team's state,
-//! read a range of its stream. Pub/sub lives in `tail`. PostgreSQL is asked only when a
-//! team's counters are set (a new team, or one whose Redis state was lost).
+//! The gateway's narrow interface to Redis, and every Redis call it makes but pub/sub
+//! (`hub::tail`): append a durable event, read a team's state and a range of its stream,
+//! presence, the per-user connection count. Nothing here reads PostgreSQL: a team whose
+//! counters are not set is reported as unseeded, and `storage` seeds it. Presence and the
+//! per-user connection count, entries that expire unless refreshed, are in `presence`.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+mod presence;
 
 use anyhow::Context;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
-use sqlx::PgPool;
 use teamchat_shared::config::GatewayConfig;
 use teamchat_shared::event::{Ephemeral, EventData, StreamEvent};
 use teamchat_shared::keys::Keys;
-use teamchat_shared::protocol::{ErrorCode, PresenceEntry, Receipt};
 use teamchat_shared::scripts;
 use teamchat_shared::stream;
 
-use crate::floor;
+use crate::protocol::{ErrorCode, Receipt};
 
-/// How long `message:send` dedupe keys live (PROTOCOL.md: within 24 h).
+/// How long `message:send` dedupe keys live (docs/protocol.md: a retry within 24 h).
 const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
 
 /// Where a team's stream stands: its epoch (which changes when the stream was lost and
@@ -34,8 +33,6 @@ pub struct Broker {
     conn: ConnectionManager,
     keys: Keys,
     stream_maxlen: u64,
-    /// Where the worker stores what was given out: a team's counters start after it.
-    db: PgPool,
 }
 
 /// A team's state for `room:joined`.
@@ -56,6 +53,26 @@ pub enum AppendOutcome {
     Refused(ErrorCode),
     /// A receipt not above the user's last one: nothing to do.
     Ignored,
+    /// The team's counters are not set (a new team, or its Redis state was lost): nothing
+    /// was written; seed the team and append again (`storage`).
+    Unseeded,
+}
+
+/// A durable event to append, with what the script checks before it does.
+pub struct Append<'a> {
+    pub team: &'a str,
+    /// The session that caused it (its own connection does not hear it).
+    pub src: &'a str,
+    pub data: &'a EventData,
+    /// The message an edit or delete concerns, or the seq a receipt reads up to.
+    pub target: u64,
+    /// Lets a delete remove anyone's message.
+    pub staff: bool,
+    /// Credits charged to the user.
+    pub cost: u64,
+    /// With a limit, an event that would take the user's total over it is refused with
+    /// `quota_exceeded`.
+    pub limit: Option<u64>,
 }
 
 /// The appended event's identity, new or from the first send of a `client_id`.
@@ -70,7 +87,7 @@ pub struct Appended {
 }
 
 impl Broker {
-    pub async fn connect(config: &GatewayConfig, db: PgPool) -> anyhow::Result<Self> {
+    pub async fn connect(config: &GatewayConfig) -> anyhow::Result<Self> {
         let client = config.redis.client()?;
         // A slow append that still succeeds must not be reported as "nothing was accepted":
         // allow seconds, not the default 500 ms.
@@ -90,7 +107,6 @@ impl Broker {
             conn,
             keys: config.redis.keys(),
             stream_maxlen: config.stream_maxlen,
-            db,
         })
     }
 
@@ -98,24 +114,18 @@ impl Broker {
         &self.keys
     }
 
-    /// Appends a durable event (PROTOCOL.md's acked requests and receipts). The ack may be
-    /// sent once this returns `Appended`.
-    ///
-    /// `target` is the message an edit or delete concerns, or the seq a receipt reads up
-    /// to; `staff` lets a delete remove anyone's message.
-    /// `cost` credits are charged to the user; with a `limit`, an event that would take the
-    /// user's total over it is refused with `quota_exceeded`.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn append(
-        &self,
-        team: &str,
-        src: &str,
-        data: &EventData,
-        target: u64,
-        staff: bool,
-        cost: u64,
-        limit: Option<u64>,
-    ) -> redis::RedisResult<AppendOutcome> {
+    /// Appends a durable event (the acked requests and receipts). The ack may be sent
+    /// once this returns `Appended`.
+    pub async fn append(&self, append: &Append<'_>) -> redis::RedisResult<AppendOutcome> {
+        let Append {
+            team,
+            src,
+            data,
+            target,
+            staff,
+            cost,
+            limit,
+        } = *append;
         let keys = &self.keys;
         let shard = keys.shard_of(team);
         // The script sees only its shard; the user's credits on the others are read first.
@@ -131,11 +141,10 @@ impl Broker {
             EventData::Message(m) => (m.id.as_str(), keys.dedupe(team, &m.user, &m.client_id)),
             _ => ("", keys.team_meta(team)),
         };
-        let mut append = scripts::APPEND.prepare_invoke();
-        append
+        let reply: Vec<String> = scripts::APPEND
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
-            .key(keys.ingest(keys.shard_of(team)))
+            .key(keys.ingest(shard))
             .key(dedupe)
             .key(keys.team_messages(team))
             .key(keys.team_receipts(team))
@@ -156,12 +165,9 @@ impl Broker {
             .arg(if staff { "1" } else { "0" })
             .arg(cost)
             .arg(limit.map(|l| l.to_string()).unwrap_or_default())
-            .arg(used_elsewhere);
-        let mut reply: Vec<String> = append.invoke_async(&mut self.conn.clone()).await?;
-        if is_unseeded(&reply) {
-            self.seed(team).await?;
-            reply = append.invoke_async(&mut self.conn.clone()).await?;
-        }
+            .arg(used_elsewhere)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         parse_outcome(&reply).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
@@ -183,16 +189,17 @@ impl Broker {
             .collect())
     }
 
-    /// The team's epoch (created on first use), newest offset and message seq, receipts.
-    pub async fn team_state(&self, team: &str) -> redis::RedisResult<TeamState> {
-        let mut read = scripts::TEAM_STATE.prepare_invoke();
-        read.key(self.keys.team_meta(team))
+    /// The team's epoch (created on first use), newest offset and message seq, receipts;
+    /// `None` when the team's counters are not set (`storage` seeds it).
+    pub async fn team_state(&self, team: &str) -> redis::RedisResult<Option<TeamState>> {
+        let reply: Vec<String> = scripts::TEAM_STATE
+            .key(self.keys.team_meta(team))
             .key(self.keys.team_receipts(team))
-            .arg(scripts::new_epoch());
-        let mut reply: Vec<String> = read.invoke_async(&mut self.conn.clone()).await?;
+            .arg(scripts::new_epoch())
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         if is_unseeded(&reply) {
-            self.seed(team).await?;
-            reply = read.invoke_async(&mut self.conn.clone()).await?;
+            return Ok(None);
         }
         let bad = || {
             redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "team state reply"))
@@ -200,7 +207,7 @@ impl Broker {
         let [epoch, offset, seq, receipts @ ..] = reply.as_slice() else {
             return Err(bad());
         };
-        Ok(TeamState {
+        Ok(Some(TeamState {
             epoch: epoch.clone(),
             offset: offset.parse().map_err(|_| bad())?,
             seq: seq.parse().map_err(|_| bad())?,
@@ -213,33 +220,29 @@ impl Broker {
                     })
                 })
                 .collect(),
-        })
+        }))
     }
 
     /// Sets the counters of a team that has none (new, or its Redis state lost) after
-    /// what was given out before: what PostgreSQL holds (`floor`) and what Redis still has
-    /// (`scripts/seed_team.lua`). Once per team while Redis keeps its state.
-    async fn seed(&self, team: &str) -> redis::RedisResult<()> {
+    /// `seq` and `offset` (what PostgreSQL holds) and whatever Redis still has of the team
+    /// (`scripts/seed_team.lua`: idempotent, a second gateway's seed changes nothing).
+    pub async fn seed_team(&self, team: &str, seq: i64, offset: i64) -> redis::RedisResult<()> {
         let keys = &self.keys;
-        let floor = floor::read(&self.db, team).await.map_err(postgres_error)?;
-        if floor.offset > floor.watermark {
-            let stream_kept: bool = self.conn.clone().exists(keys.team_events(team)).await?;
-            if !stream_kept {
-                floor::pass_lost_offsets(&self.db, team, floor.offset)
-                    .await
-                    .map_err(postgres_error)?;
-            }
-        }
         let _: i64 = scripts::SEED_TEAM
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
             .key(keys.team_messages(team))
-            .arg(floor.seq)
-            .arg(floor.offset)
+            .arg(seq)
+            .arg(offset)
             .arg(scripts::new_epoch())
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
+    }
+
+    /// Whether the team's stream exists.
+    pub async fn stream_exists(&self, team: &str) -> redis::RedisResult<bool> {
+        self.conn.clone().exists(self.keys.team_events(team)).await
     }
 
     /// The team's stream epoch and the offset of its newest durable event.
@@ -293,136 +296,6 @@ impl Broker {
             .await
     }
 
-    fn presence_call(
-        &self,
-        team: &str,
-        op: &str,
-        now: i64,
-        ttl_ms: u64,
-    ) -> redis::ScriptInvocation<'static> {
-        let [sessions, expiry, users] = self.keys.presence(team);
-        let mut call = scripts::PRESENCE.prepare_invoke();
-        call.key(sessions).key(expiry).key(users);
-        call.arg(op)
-            .arg(now)
-            .arg(now + ttl_ms as i64)
-            .arg(self.keys.team_channel(team));
-        call
-    }
-
-    /// Marks sessions (`session`, `user`, `name`) online in a team, a batch of joins in one
-    /// call; returns who is online now, one entry per user (earliest `since`). Publishes
-    /// `presence:update` online for each user whose first session it is.
-    pub async fn presence_join(
-        &self,
-        team: &str,
-        joining: &[(&str, &str, Option<&str>)],
-        ttl_ms: u64,
-    ) -> redis::RedisResult<Vec<PresenceEntry>> {
-        let mut call = self.presence_call(team, "join", now_ms(), ttl_ms);
-        for (session, user, name) in joining {
-            call.arg(session).arg(user).arg(name.unwrap_or_default());
-        }
-        let entries: Vec<String> = call.invoke_async(&mut self.conn.clone()).await?;
-        let mut users: BTreeMap<String, PresenceEntry> = BTreeMap::new();
-        for entry in entries {
-            let mut parts = entry.splitn(3, '\n');
-            let (Some(user), Some(name), Some(since)) = (parts.next(), parts.next(), parts.next())
-            else {
-                continue;
-            };
-            let since: i64 = since.parse().unwrap_or_default();
-            let slot = users
-                .entry(user.to_owned())
-                .or_insert_with(|| PresenceEntry {
-                    user: user.to_owned(),
-                    name: (!name.is_empty()).then(|| name.to_owned()),
-                    since,
-                });
-            slot.since = slot.since.min(since);
-        }
-        Ok(users.into_values().collect())
-    }
-
-    /// Marks a session offline in a team (`presence:update` offline if it was the last).
-    pub async fn presence_leave(&self, team: &str, session: &str) -> redis::RedisResult<()> {
-        let mut call = self.presence_call(team, "leave", now_ms(), 0);
-        call.arg(session);
-        call.invoke_async::<i64>(&mut self.conn.clone())
-            .await
-            .map(|_| ())
-    }
-
-    /// Keeps this gateway's sessions of a team online and expires the ones nobody refreshed.
-    /// Returns the given sessions the team no longer had (they expired meanwhile).
-    pub async fn presence_tick(
-        &self,
-        team: &str,
-        sessions: &[Arc<str>],
-        ttl_ms: u64,
-    ) -> redis::RedisResult<Vec<String>> {
-        let mut call = self.presence_call(team, "tick", now_ms(), ttl_ms);
-        for session in sessions {
-            call.arg(session.as_ref());
-        }
-        call.invoke_async(&mut self.conn.clone()).await
-    }
-
-    fn connection_call(
-        &self,
-        user: &str,
-        op: &str,
-        session: &str,
-        ttl_ms: u64,
-    ) -> redis::ScriptInvocation<'static> {
-        let now = now_ms();
-        let mut call = scripts::CONNECTION_LIMIT.prepare_invoke();
-        call.key(self.keys.user_connections(user));
-        call.arg(op).arg(session).arg(now).arg(now + ttl_ms as i64);
-        call
-    }
-
-    /// Counts a new connection of the user across gateways; false if over `limit`.
-    pub async fn connection_open(
-        &self,
-        user: &str,
-        session: &str,
-        limit: u32,
-        ttl_ms: u64,
-    ) -> redis::RedisResult<bool> {
-        let mut call = self.connection_call(user, "open", session, ttl_ms);
-        call.arg(limit);
-        Ok(call.invoke_async::<i64>(&mut self.conn.clone()).await? == 1)
-    }
-
-    pub async fn connection_close(&self, user: &str, session: &str) -> redis::RedisResult<()> {
-        let call = self.connection_call(user, "close", session, 0);
-        call.invoke_async::<i64>(&mut self.conn.clone())
-            .await
-            .map(|_| ())
-    }
-
-    /// Keeps this gateway's connections counted (one pipeline for all of them).
-    pub async fn connections_refresh(
-        &self,
-        connections: &[(Arc<str>, Arc<str>)],
-        ttl_ms: u64,
-    ) -> redis::RedisResult<()> {
-        let expires = now_ms() + ttl_ms as i64;
-        let mut pipe = redis::pipe();
-        for (user, session) in connections {
-            let key = self.keys.user_connections(user);
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg("XX")
-                .arg(expires)
-                .arg(session.as_ref())
-                .ignore();
-            pipe.cmd("PEXPIREAT").arg(&key).arg(expires).ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone()).await
-    }
-
     /// Redis answers PING.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         redis::cmd("PING")
@@ -434,6 +307,7 @@ impl Broker {
 
 fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
     match reply {
+        _ if is_unseeded(reply) => Some(AppendOutcome::Unseeded),
         [ignored] if ignored == "ignored" => Some(AppendOutcome::Ignored),
         [err, code] if err == "err" => Some(AppendOutcome::Refused(match code.as_str() {
             "not_found" => ErrorCode::NotFound,
@@ -456,23 +330,4 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
 /// A script's answer for a team whose counters are not set yet.
 fn is_unseeded(reply: &[String]) -> bool {
     matches!(reply, [only] if only == "unseeded")
-}
-
-/// A PostgreSQL failure while seeding a team, as the broker's error: the request gets
-/// `unavailable`, and nothing was written.
-fn postgres_error(e: sqlx::Error) -> redis::RedisError {
-    tracing::warn!(error = %e, "seeding a team's counters: PostgreSQL unavailable");
-    redis::RedisError::from((
-        redis::ErrorKind::Client,
-        "PostgreSQL unavailable while seeding the team's counters",
-        e.to_string(),
-    ))
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }

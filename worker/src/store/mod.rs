@@ -1,122 +1,22 @@
 //! PostgreSQL writes of the worker: one transaction per batch, every statement an
-//! idempotent upsert so that redelivered or reordered entries never double a row.
+//! idempotent upsert so that redelivered or reordered entries never double a row. The
+//! batch's column arrays are built in `columns`.
 
+mod columns;
+
+use std::borrow::Borrow;
 use std::time::Duration;
 
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
-use std::borrow::Borrow;
-use std::collections::BTreeMap;
+use teamchat_shared::db::watermark;
+use teamchat_shared::event::StreamEvent;
 
-use teamchat_shared::event::{EditData, EventData, MessageData, StreamEvent};
-
+use self::columns::{Changes, LedgerColumns, MessageColumns, TeamOffsets};
 use crate::ingest::Entry;
 
 pub struct Store {
     pool: PgPool,
-}
-
-/// The batch's messages, column by column, for one UNNEST insert.
-#[derive(Default)]
-struct MessageColumns<'a> {
-    team: Vec<&'a str>,
-    seq: Vec<i64>,
-    id: Vec<&'a str>,
-    client_id: Vec<&'a str>,
-    user_id: Vec<&'a str>,
-    name: Vec<Option<&'a str>>,
-    body: Vec<&'a str>,
-    meta: Vec<Option<String>>,
-    ts: Vec<i64>,
-    offset: Vec<i64>,
-}
-
-impl<'a> MessageColumns<'a> {
-    fn new(messages: &BTreeMap<(&'a str, u64), (u64, &'a MessageData)>) -> Self {
-        let mut columns = Self::default();
-        for ((team, seq), (offset, d)) in messages {
-            columns.team.push(team);
-            columns.seq.push(*seq as i64);
-            columns.id.push(&d.id);
-            columns.client_id.push(&d.client_id);
-            columns.user_id.push(&d.user);
-            columns.name.push(d.name.as_deref());
-            columns.body.push(&d.body);
-            columns.meta.push(d.meta.as_ref().map(|m| m.to_string()));
-            columns.ts.push(d.ts);
-            columns.offset.push(*offset as i64);
-        }
-        columns
-    }
-}
-
-/// The charged events, column by column, for the credit ledger.
-#[derive(Default)]
-struct LedgerColumns<'a> {
-    team: Vec<&'a str>,
-    offset: Vec<i64>,
-    user_id: Vec<&'a str>,
-    kind: Vec<&'static str>,
-    cost: Vec<i64>,
-}
-
-impl<'a> LedgerColumns<'a> {
-    fn new(mut events: Vec<&'a StreamEvent>) -> Self {
-        // Rows are locked in one order in every transaction, so concurrent workers cannot
-        // deadlock on them.
-        events.sort_by(|a, b| (&a.team, a.offset).cmp(&(&b.team, b.offset)));
-        let mut columns = Self::default();
-        for event in events {
-            columns.team.push(&event.team);
-            columns.offset.push(event.offset as i64);
-            columns.user_id.push(event.data.user());
-            columns.kind.push(event.kind().as_str());
-            columns.cost.push(event.cost as i64);
-        }
-        columns
-    }
-}
-
-/// The batch's changes, one per key: one statement may not touch a row twice.
-#[derive(Default)]
-struct Changes<'a> {
-    messages: BTreeMap<(&'a str, u64), (u64, &'a MessageData)>,
-    /// The newest edit of each message.
-    edits: BTreeMap<(&'a str, u64), (u64, &'a EditData)>,
-    /// The newest delete offset of each message.
-    deletes: BTreeMap<(&'a str, u64), u64>,
-    /// Each user's highest receipt: seq and its offset.
-    receipts: BTreeMap<(&'a str, &'a str), (u64, u64)>,
-}
-
-impl<'a> Changes<'a> {
-    fn add(&mut self, event: &'a StreamEvent) {
-        let key = (event.team.as_str(), event.seq);
-        match &event.data {
-            EventData::Message(m) => {
-                self.messages.entry(key).or_insert((event.offset, m));
-            }
-            EventData::Edit(e) => {
-                let slot = self.edits.entry(key).or_insert((event.offset, e));
-                if event.offset > slot.0 {
-                    *slot = (event.offset, e);
-                }
-            }
-            EventData::Delete(_) => {
-                let slot = self.deletes.entry(key).or_insert(event.offset);
-                *slot = (*slot).max(event.offset);
-            }
-            EventData::Receipt(r) => {
-                let slot = self
-                    .receipts
-                    .entry((event.team.as_str(), r.user.as_str()))
-                    .or_insert((event.seq, event.offset));
-                if event.seq > slot.0 {
-                    *slot = (event.seq, event.offset);
-                }
-            }
-        }
-    }
 }
 
 impl Store {
@@ -210,47 +110,10 @@ impl Store {
             .collect();
         if !behind.is_empty() {
             let mut tx = conn.begin().await?;
-            record_synced(&mut tx, &behind).await?;
+            watermark::record_synced(&mut tx, &behind).await?;
             tx.commit().await?;
         }
         Ok(())
-    }
-}
-
-/// Each team's offsets in a batch.
-struct TeamOffsets<'a> {
-    teams: BTreeMap<&'a str, Run>,
-}
-
-struct Run {
-    low: i64,
-    high: i64,
-    /// Whether the offsets are every one from `low` to `high`.
-    contiguous: bool,
-}
-
-impl<'a> TeamOffsets<'a> {
-    fn new(synced: &[(&'a str, i64)]) -> Self {
-        let mut seen: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
-        for (team, offset) in synced {
-            seen.entry(team).or_default().insert(*offset);
-        }
-        let teams = seen
-            .into_iter()
-            .map(|(team, offsets)| {
-                let (low, high) = (*offsets.first().unwrap(), *offsets.last().unwrap());
-                let contiguous = high - low + 1 == offsets.len() as i64;
-                (
-                    team,
-                    Run {
-                        low,
-                        high,
-                        contiguous,
-                    },
-                )
-            })
-            .collect();
-        Self { teams }
     }
 }
 
@@ -380,19 +243,7 @@ impl Store {
     /// Records that everything of `team` up to `offset` is in PostgreSQL (after a replay
     /// wrote the whole stream up to there; what the stream no longer holds is gone anyway).
     pub async fn mark_synced_through(&self, team: &str, offset: u64) -> anyhow::Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO team_sync (team, synced_offset) VALUES ($1, $2)
-             ON CONFLICT (team) DO UPDATE SET synced_offset = GREATEST(team_sync.synced_offset, $2)",
-        )
-        .bind(team)
-        .bind(offset as i64)
-        .execute(&mut *tx)
-        .await?;
-        // Offsets synced past the old watermark may now follow on from the new one.
-        settle_watermarks(&mut tx, &[team]).await?;
-        tx.commit().await?;
-        Ok(())
+        Ok(watermark::pass_through(&self.pool, team, offset as i64).await?)
     }
 
     /// Moves one entry to the dead letters, counting its offset as synced (in one
@@ -415,7 +266,7 @@ impl Store {
         .await?;
         // Team rows before balances, as in every transaction.
         if let Some((team, offset)) = &position {
-            record_synced(&mut tx, &[(team, *offset as i64)]).await?;
+            watermark::record_synced(&mut tx, &[(team, *offset as i64)]).await?;
         }
         // Its credits were counted when it was appended: the ledger counts them too.
         if let Ok(event) = &entry.event
@@ -498,83 +349,5 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
         .execute(&mut *tx)
         .await?;
     }
-    Ok(())
-}
-
-/// Records synced offsets that the watermark may not cover yet and moves each team's
-/// contiguous watermark (`team_sync.synced_offset`) as far as the offsets synced so far
-/// allow.
-///
-/// Workers commit out of order, so offsets past a gap wait in `synced_ahead`, and the
-/// team row says so (`waiting`). The team rows are locked (in team order, against
-/// deadlocks) before anything is read: the statements after the lock see every offset
-/// committed by the transactions before it, and a transaction whose offsets were not yet
-/// visible to another moves the watermark itself.
-async fn record_synced(tx: &mut sqlx::PgConnection, synced: &[(&str, i64)]) -> sqlx::Result<()> {
-    let mut offsets: BTreeMap<&str, std::collections::BTreeSet<i64>> = BTreeMap::new();
-    for (team, offset) in synced {
-        offsets.entry(team).or_default().insert(*offset);
-    }
-    let teams: Vec<&str> = offsets.keys().copied().collect();
-    // Creates missing rows and locks them all; a no-op update locks the row as FOR UPDATE
-    // would, and also one a concurrent transaction is inserting.
-    let watermarks: Vec<(String, i64)> = sqlx::query_as(
-        "INSERT INTO team_sync (team) SELECT * FROM UNNEST($1::text[])
-         ON CONFLICT (team) DO UPDATE SET synced_offset = team_sync.synced_offset
-         RETURNING team, synced_offset",
-    )
-    .bind(&teams)
-    .fetch_all(&mut *tx)
-    .await?;
-    let (mut ahead_team, mut ahead_offset) = (Vec::new(), Vec::new());
-    for (team, watermark) in &watermarks {
-        for offset in offsets[team.as_str()].range(watermark + 1..) {
-            ahead_team.push(team.as_str());
-            ahead_offset.push(*offset);
-        }
-    }
-    if !ahead_team.is_empty() {
-        sqlx::query(
-            r#"INSERT INTO synced_ahead (team, "offset") SELECT * FROM UNNEST($1::text[], $2::int8[])
-               ON CONFLICT DO NOTHING"#,
-        )
-        .bind(&ahead_team)
-        .bind(&ahead_offset)
-        .execute(&mut *tx)
-        .await?;
-    }
-    settle_watermarks(tx, &teams).await
-}
-
-/// Moves the (locked) teams' watermarks over the waiting offsets that now follow on,
-/// deletes the offsets they passed, and sets the rows' `waiting`.
-async fn settle_watermarks(tx: &mut sqlx::PgConnection, teams: &[&str]) -> sqlx::Result<()> {
-    sqlx::query(
-        r#"UPDATE team_sync ts SET synced_offset = adv.top
-           FROM (SELECT s.team, max(a."offset") AS top
-                 FROM team_sync s
-                 JOIN LATERAL (SELECT "offset", row_number() OVER (ORDER BY "offset") AS rn
-                               FROM synced_ahead
-                               WHERE team = s.team AND "offset" > s.synced_offset) a
-                   ON a."offset" = s.synced_offset + a.rn
-                 WHERE s.team = ANY($1)
-                 GROUP BY s.team) adv
-           WHERE ts.team = adv.team"#,
-    )
-    .bind(teams)
-    .execute(&mut *tx)
-    .await?;
-    // Then what the watermark passed goes, and the rows say whether any offset still waits.
-    sqlx::query(
-        r#"WITH passed AS (
-               DELETE FROM synced_ahead a USING team_sync s
-               WHERE a.team = s.team AND s.team = ANY($1) AND a."offset" <= s.synced_offset)
-           UPDATE team_sync s SET waiting = EXISTS (
-               SELECT 1 FROM synced_ahead a WHERE a.team = s.team AND a."offset" > s.synced_offset)
-           WHERE s.team = ANY($1)"#,
-    )
-    .bind(teams)
-    .execute(&mut *tx)
-    .await?;
     Ok(())
 }

@@ -57,27 +57,3 @@ pub async fn read(db: &PgPool, team: &str) -> sqlx::Result<Floor> {
         Err(e) => Err(e),
     }
 }
-
-/// The team's stream was lost: the offsets between the sync watermark and the floor that
-/// were never synced are gone with it. The watermark passes them, so it moves on with the
-/// offsets to come (it only moves over contiguous ones) and history stops reading the
-/// stream for them. The update locks the team's row, as the worker's writes do.
-pub async fn pass_lost_offsets(db: &PgPool, team: &str, floor: i64) -> sqlx::Result<()> {
-    let mut tx = db.begin().await?;
-    sqlx::query(
-        r#"UPDATE team_sync SET synced_offset = GREATEST(synced_offset, $2),
-                  waiting = EXISTS (SELECT 1 FROM synced_ahead a WHERE a.team = $1
-                                    AND a."offset" > GREATEST(team_sync.synced_offset, $2))
-           WHERE team = $1"#,
-    )
-    .bind(team)
-    .bind(floor)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(r#"DELETE FROM synced_ahead WHERE team = $1 AND "offset" <= $2"#)
-        .bind(team)
-        .bind(floor)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await
-}

@@ -1,4 +1,6 @@
-//! Presence changes a room has received but not yet sent to its members.
+//! Presence in a room: the members' entries kept online (refreshed three times per TTL,
+//! the sessions of gateways that stopped refreshing expired), and the changes the room has
+//! received but not yet sent to its members.
 //!
 //! Every join in a room is a presence change for every other member: a storm of joins is
 //! quadratic. Changes are therefore gathered and sent as one batch (one queue slot and one
@@ -6,9 +8,15 @@
 //! and went within a batch (or went and came back) is not sent at all: the members' view
 //! of who is online ends the same.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use super::{Room, count_out, offer};
+use crate::outlet::{OutFrame, Outbound};
+use crate::protocol::ServerFrame;
 
 /// The least time between two batches of one room. The first change after a quiet spell
 /// goes out at once.
@@ -58,6 +66,92 @@ impl PresenceBatch {
             self.last_sent = Some(now);
         }
         std::mem::take(&mut self.changes)
+    }
+}
+
+impl Room {
+    /// Sends the pending presence changes to every member, as one queued batch each; the
+    /// connection that caused a change does not hear it.
+    pub(super) fn send_presence(&mut self) {
+        if self.presence_out.is_empty() {
+            return;
+        }
+        let changes = self.presence_out.take(Instant::now());
+        if self.members.is_empty() {
+            return;
+        }
+        let frames: Vec<Arc<OutFrame>> = changes
+            .iter()
+            .map(|change| {
+                OutFrame::new(ServerFrame::PresenceUpdate {
+                    team: self.team.clone(),
+                    user: change.user.clone(),
+                    status: change.status,
+                })
+            })
+            .collect();
+        let caused: HashMap<&str, u32> = changes
+            .iter()
+            .enumerate()
+            .map(|(i, change)| (change.src.as_str(), i as u32))
+            .collect();
+        let frames = Arc::new(frames);
+        let mut sent = 0;
+        self.members.retain(|member| {
+            let skip = caused.get(&*member.who.session).copied();
+            if skip.is_some() && frames.len() == 1 {
+                return true;
+            }
+            let batch = Outbound::Batch(frames.clone(), skip.unwrap_or(u32::MAX));
+            offer(
+                member,
+                batch,
+                frames.len() - usize::from(skip.is_some()),
+                &mut sent,
+            )
+        });
+        count_out(&frames[0], sent);
+    }
+
+    /// Keeps this gateway's members online and lets the presence script expire the
+    /// sessions of gateways that stopped refreshing (it publishes their offline updates).
+    pub(super) async fn refresh_presence(&mut self) {
+        if self.members.is_empty() {
+            return;
+        }
+        let sessions: Vec<Arc<str>> = self.members.iter().map(|m| m.who.session.clone()).collect();
+        let ttl = self.presence_ttl_ms();
+        let missing = match self
+            .shared
+            .broker
+            .presence_tick(&self.team, &sessions, ttl)
+            .await
+        {
+            Ok(missing) => missing,
+            Err(e) => {
+                self.storage_failed("presence refresh", &e);
+                return;
+            }
+        };
+        // Sessions that expired while this gateway could not refresh them (a Redis outage
+        // longer than the TTL): they are online again, and others hear so.
+        let rejoining: Vec<_> = self
+            .members
+            .iter()
+            .filter(|m| missing.iter().any(|s| **s == *m.who.session))
+            .map(|m| (&*m.who.session, &*m.who.user, m.who.name.as_deref()))
+            .collect();
+        if rejoining.is_empty() {
+            return;
+        }
+        if let Err(e) = self
+            .shared
+            .broker
+            .presence_join(&self.team, &rejoining, ttl)
+            .await
+        {
+            self.storage_failed("presence rejoin", &e);
+        }
     }
 }
 

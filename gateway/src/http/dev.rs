@@ -6,16 +6,16 @@
 //! `POST /dev/token` answers `{"token","exp"}` for `{"user","name"?,"teams"?}`.
 
 use std::path::{Component, Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
+use teamchat_shared::runtime::now_ms;
 
+use super::{Body, json, json_error};
 use crate::AppState;
-use crate::server::{Body, json, json_error};
 
 /// How long a development token lives; the client library refreshes it before it ends.
 const TOKEN_TTL_S: u64 = 3600;
@@ -110,10 +110,7 @@ pub async fn token(state: &AppState, req: Request<Incoming>) -> Response<Body> {
             "invalid user or team id",
         );
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs();
+    let now = (now_ms() / 1000) as u64;
     let claims = DevClaims {
         sub: &request.user,
         name: request.name.as_deref().unwrap_or(&request.user),

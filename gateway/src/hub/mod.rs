@@ -1,5 +1,8 @@
 //! The rooms of this gateway: which teams its connections joined, each with one room task
-//! (see `room`) and one channel subscription that lives exactly as long as the room.
+//! (see `room`) and one channel subscription that lives exactly as long as the room. The
+//! subscriptions are kept by `tail`, which hands what it receives back through `Rooms`.
+
+pub mod tail;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,11 +15,12 @@ use teamchat_shared::keys::Keys;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
-use crate::connections::slice_of;
-use crate::queue;
+use teamchat_shared::keys::slice_of;
+
+use self::tail::SubCmd;
+use crate::room::queue;
 use crate::room::{Join, Leave, Room, RoomCmd, RoomShared};
-use crate::tail::{self, SubCmd};
+use crate::storage::Storage;
 
 /// Published events a room's queue may hold; more are dropped (counted), and the room
 /// reads them from the stream. Commands are never dropped.
@@ -41,7 +45,7 @@ impl Hub {
     /// Opens the pub/sub connection and starts the subscriber and dispatcher tasks.
     pub async fn start(
         config: &GatewayConfig,
-        broker: Broker,
+        storage: Storage,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let client = config.redis.client().context("parsing REDIS_URL")?;
@@ -50,13 +54,15 @@ impl Hub {
             rooms: Mutex::new(HashMap::new()),
             subs,
             shared: Arc::new(RoomShared {
-                broker,
+                broker: storage.broker().clone(),
+                storage,
                 typing_timeout: Duration::from_millis(config.typing_timeout_ms),
                 presence_ttl: Duration::from_millis(config.presence_ttl_ms.max(30)),
             }),
             tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
         });
-        let tail = tokio::spawn(tail::run(client, hub.clone(), sub_cmds));
+        let keys = hub.keys().clone();
+        let tail = tokio::spawn(tail::run(client, keys, hub.clone(), sub_cmds));
         let check = tokio::spawn(check_tops(hub.clone()));
         let refresh = tokio::spawn(refresh_presence(hub.clone()));
         tokio::spawn(async move {
@@ -115,37 +121,6 @@ impl Hub {
         }
     }
 
-    /// Hands a published event to its room. A full room buffer drops it (counted): the room
-    /// sees the offset gap and reads the missing durable events from the stream.
-    pub fn dispatch(&self, team: &str, published: Published) {
-        let rooms = self.rooms.lock().expect("hub lock");
-        if let Some(entry) = rooms.get(team)
-            && entry
-                .queue
-                .try_send(RoomCmd::Published(Box::new(published)))
-                == Err(queue::TrySendError::Full)
-        {
-            metrics::counter!(teamchat_shared::metrics::ROOM_EVENTS_DROPPED).increment(1);
-        }
-    }
-
-    /// The channels of every team with a room here (to subscribe again after a reconnect).
-    pub fn channels(&self) -> Vec<String> {
-        let rooms = self.rooms.lock().expect("hub lock");
-        rooms
-            .keys()
-            .map(|team| self.keys().team_channel(team))
-            .collect()
-    }
-
-    /// Asks every room to read what its stream has beyond what it delivered.
-    pub fn catch_up_all(&self) {
-        let rooms = self.rooms.lock().expect("hub lock");
-        for entry in rooms.values() {
-            let _ = entry.queue.try_send(RoomCmd::CatchUp);
-        }
-    }
-
     /// Every room's team with its queue.
     fn room_handles(&self) -> Vec<(String, queue::Sender<RoomCmd>)> {
         let rooms = self.rooms.lock().expect("hub lock");
@@ -190,6 +165,39 @@ impl Hub {
         );
         tokio::spawn(running);
         RoomEntry { queue, members: 0 }
+    }
+}
+
+impl tail::Rooms for Hub {
+    /// The channels of every team with a room here (to subscribe again after a reconnect).
+    fn channels(&self) -> Vec<String> {
+        let rooms = self.rooms.lock().expect("hub lock");
+        rooms
+            .keys()
+            .map(|team| self.keys().team_channel(team))
+            .collect()
+    }
+
+    /// Asks every room to read what its stream has beyond what it delivered.
+    fn catch_up_all(&self) {
+        let rooms = self.rooms.lock().expect("hub lock");
+        for entry in rooms.values() {
+            let _ = entry.queue.try_send(RoomCmd::CatchUp);
+        }
+    }
+
+    /// Hands a published event to its room. A full room buffer drops it (counted): the room
+    /// sees the offset gap and reads the missing durable events from the stream.
+    fn dispatch(&self, team: &str, published: Published) {
+        let rooms = self.rooms.lock().expect("hub lock");
+        if let Some(entry) = rooms.get(team)
+            && entry
+                .queue
+                .try_send(RoomCmd::Published(Box::new(published)))
+                == Err(queue::TrySendError::Full)
+        {
+            metrics::counter!(teamchat_shared::metrics::ROOM_EVENTS_DROPPED).increment(1);
+        }
     }
 }
 

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
+use teamchat_shared::db::history::{MessageRow, Page};
+use teamchat_shared::db::{self};
 use teamchat_shared::event::EventData;
-use teamchat_shared::ids::is_valid_id;
-use teamchat_shared::protocol::MessageView;
 
+use super::{Body, authorized, json, json_error, unavailable};
 use crate::AppState;
-use crate::server::{Body, http_claims, json, json_error, unauthorized};
+use crate::protocol::MessageView;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
@@ -28,58 +29,11 @@ struct HistoryMessage {
     version: u64,
 }
 
-#[derive(sqlx::FromRow)]
-struct Row {
-    seq: i64,
-    id: String,
-    client_id: String,
-    user_id: String,
-    name: Option<String>,
-    body: String,
-    meta: Option<serde_json::Value>,
-    ts: i64,
-    offset: i64,
-    edited_at: Option<i64>,
-    deleted: bool,
-    version: i64,
-}
-
-/// Which page: newest first before a seq (or from the newest), or oldest first after one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Page {
-    Before(Option<u64>),
-    After(u64),
-}
-
-impl Page {
-    fn contains(self, seq: u64) -> bool {
-        match self {
-            Page::Before(None) => true,
-            Page::Before(Some(before)) => seq < before,
-            Page::After(after) => seq > after,
-        }
-    }
-}
-
 pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
-    let path = req.uri().path();
-    let Some(team) = path
-        .strip_prefix("/v1/teams/")
-        .and_then(|rest| rest.strip_suffix("/messages"))
-    else {
-        return json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+    let (team, claims) = match authorized(state, req, ("/v1/teams/", "team", "/messages")) {
+        Ok(authorized) => authorized,
+        Err(response) => return *response,
     };
-    let claims = match http_claims(state, req) {
-        Ok(claims) => claims,
-        Err(error) => return unauthorized(error),
-    };
-    if !is_valid_id(team) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "team is not a valid id",
-        );
-    }
     if !claims.may_read(team) {
         return json_error(StatusCode::FORBIDDEN, "forbidden", "team not in token");
     }
@@ -92,14 +46,7 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
             StatusCode::OK,
             &serde_json::json!({"messages": messages, "has_more": has_more}),
         ),
-        Err(e) => {
-            tracing::warn!(error = %e, "history unavailable");
-            json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "storage unavailable, retry later",
-            )
-        }
+        Err(e) => unavailable("history", &e),
     }
 }
 
@@ -132,34 +79,8 @@ async fn load(
     page: Page,
     limit: usize,
 ) -> anyhow::Result<(Vec<HistoryMessage>, bool)> {
-    let watermark: Option<i64> =
-        sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = $1")
-            .bind(team)
-            .fetch_optional(&state.db)
-            .await?;
-    let columns = r#"seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version"#;
-    let fetch = (limit + 1) as i64;
-    let rows: Vec<Row> = match page {
-        Page::Before(before) => {
-            sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {columns} FROM messages WHERE team = $1 AND id IS NOT NULL AND ($2::int8 IS NULL OR seq < $2)
-                 ORDER BY seq DESC LIMIT $3"
-            )))
-            .bind(team)
-            .bind(before.map(|b| b as i64))
-            .bind(fetch)
-            .fetch_all(&state.db)
-            .await?
-        }
-        Page::After(after) => sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT {columns} FROM messages WHERE team = $1 AND id IS NOT NULL AND seq > $2 ORDER BY seq ASC LIMIT $3"
-        )))
-        .bind(team)
-        .bind(after as i64)
-        .bind(fetch)
-        .fetch_all(&state.db)
-        .await?,
-    };
+    let watermark = db::watermark::read(&state.db, team).await?;
+    let rows = db::history::page(&state.db, team, page, (limit + 1) as i64).await?;
     let mut merged: BTreeMap<u64, HistoryMessage> = rows
         .into_iter()
         .map(|row| (row.seq as u64, from_row(team, row)))
@@ -214,7 +135,7 @@ async fn load(
     Ok((messages, has_more))
 }
 
-fn from_row(team: &str, row: Row) -> HistoryMessage {
+fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
     HistoryMessage {
         message: MessageView {
             team: team.to_owned(),

@@ -11,8 +11,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use teamchat_shared::runtime::now_ms;
+
+use super::requests::credit_cost;
 use crate::AppState;
-use crate::broker::{AppendOutcome, now_ms};
+use crate::broker::{Append, AppendOutcome};
 
 /// The shortest interval between two receipt events of one connection in one team.
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -82,15 +85,19 @@ async fn run(
                 user: user.clone(),
                 ts: now_ms(),
             });
-            let cost = crate::session::credit_cost(&state.config, &data);
-            let appended =
-                state
-                    .broker
-                    .append(team, &session, &data, seq, false, cost, credit_limit);
-            match appended.await {
+            let append = Append {
+                team,
+                src: &session,
+                data: &data,
+                target: seq,
+                staff: false,
+                cost: credit_cost(&state.config, &data),
+                limit: credit_limit,
+            };
+            match state.storage.append(&append).await {
                 Ok(AppendOutcome::Refused(code)) => debug!(?code, team, seq, "receipt refused"),
                 Ok(_) => {}
-                Err(e) => warn!(error = %e, team, seq, "receipt not written: Redis unavailable"),
+                Err(e) => warn!(error = %e, team, seq, "receipt not written"),
             }
         }
         if closed {

@@ -11,10 +11,20 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use teamchat_shared::event::Published;
+use teamchat_shared::keys::Keys;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
-use crate::hub::Hub;
+/// Where the tail hands what it receives: the hub's rooms. The tail only calls these, so
+/// it knows nothing of how rooms are kept.
+pub trait Rooms: Send + Sync + 'static {
+    /// The channels of every team with a room here (to subscribe again after a reconnect).
+    fn channels(&self) -> Vec<String>;
+    /// Asks every room to read what its stream has beyond what it delivered.
+    fn catch_up_all(&self);
+    /// Hands a published event to its team's room.
+    fn dispatch(&self, team: &str, published: Published);
+}
 
 /// A change of the gateway's subscriptions.
 pub enum SubCmd {
@@ -25,7 +35,12 @@ pub enum SubCmd {
 }
 
 /// Runs the pub/sub side of the gateway until the command channel closes.
-pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::UnboundedReceiver<SubCmd>) {
+pub async fn run(
+    client: redis::Client,
+    keys: Keys,
+    rooms: Arc<impl Rooms>,
+    mut cmds: mpsc::UnboundedReceiver<SubCmd>,
+) {
     let mut backoff = Duration::from_millis(50);
     loop {
         let pubsub = match client.get_async_pubsub().await {
@@ -54,14 +69,14 @@ pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::Unbounded
         let (mut sink, mut stream) = pubsub.split();
         // Every team with a room here, whether subscribed before (a reconnect) or opened
         // while no connection could be had; the rooms then catch up from their streams.
-        let channels = hub.channels();
+        let channels = rooms.channels();
         if !channels.is_empty() {
             if let Err(e) = sink.subscribe(&channels).await {
                 warn!(error = %e, "resubscribe failed");
                 continue;
             }
             info!(teams = channels.len(), "pub/sub (re)subscribed");
-            hub.catch_up_all();
+            rooms.catch_up_all();
         }
         let mut pending = Vec::new();
         loop {
@@ -77,9 +92,9 @@ pub async fn run(client: redis::Client, hub: Arc<Hub>, mut cmds: mpsc::Unbounded
                 message = stream.next() => match message {
                     Some(msg) => {
                         let channel = msg.get_channel_name();
-                        let Some(team) = hub.keys().team_of_channel(channel) else { continue };
+                        let Some(team) = keys.team_of_channel(channel) else { continue };
                         match Published::parse(team, msg.get_payload_bytes()) {
-                            Ok(published) => hub.dispatch(team, published),
+                            Ok(published) => rooms.dispatch(team, published),
                             Err(e) => error!(error = %e, channel, "undecodable published event"),
                         }
                     }

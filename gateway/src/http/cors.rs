@@ -1,0 +1,53 @@
+//! Cross-origin access: pages on `ALLOWED_ORIGINS` may call the HTTP API (history,
+//! credits) from the browser and connect with a `tc_token` cookie.
+
+use hyper::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_MAX_AGE, HeaderValue, ORIGIN, VARY,
+};
+use hyper::{Request, Response, StatusCode};
+use teamchat_shared::config::GatewayConfig;
+
+use super::Body;
+
+/// The request's `Origin`, if it is on `ALLOWED_ORIGINS`.
+pub fn allowed_origin<B>(config: &GatewayConfig, req: &Request<B>) -> Option<HeaderValue> {
+    let origin = req.headers().get(ORIGIN)?;
+    let allowed = origin
+        .to_str()
+        .is_ok_and(|o| config.allowed_origins.iter().any(|a| a == o));
+    allowed.then(|| origin.clone())
+}
+
+/// The answer to a CORS preflight: the API is read with GET and a bearer token.
+pub fn preflight(allowed: bool) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = if allowed {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::FORBIDDEN
+    };
+    if allowed {
+        let headers = response.headers_mut();
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET"),
+        );
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization"),
+        );
+        headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+    }
+    response
+}
+
+/// Lets the allowed origin (if any) read the response.
+pub fn with_cors(mut response: Response<Body>, origin: Option<HeaderValue>) -> Response<Body> {
+    if let Some(origin) = origin {
+        let headers = response.headers_mut();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        headers.insert(VARY, HeaderValue::from_static("origin"));
+    }
+    response
+}

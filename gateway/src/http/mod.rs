@@ -1,0 +1,184 @@
+//! The HTTP server: accepts TCP connections, routes `/ws` upgrades to sessions
+//! (`upgrade`) and the HTTP endpoints (history, credits, health, readiness, metrics,
+//! development mode) to their handlers, and holds what every handler shares: the JSON
+//! answers, the error shape, and the preamble of a token-authorized endpoint.
+
+mod cors;
+pub mod credits;
+pub mod dev;
+pub mod history;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::HeaderValue;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use teamchat_shared::ids::is_valid_id;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::AppState;
+use crate::session::auth::{self, Claims};
+
+pub type Body = Full<Bytes>;
+
+/// Accepts connections until shutdown.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = state.shutdown.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| route(state.clone(), req));
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await
+            {
+                debug!(error = %e, %peer, "HTTP connection ended");
+            }
+        });
+    }
+}
+
+async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_owned();
+    // Pages on an allowed origin may call the HTTP API (history, credits) from the browser.
+    let cors_origin = path
+        .starts_with("/v1/")
+        .then(|| cors::allowed_origin(&state.config, &req))
+        .flatten();
+    let response = match (req.method(), path.as_str()) {
+        (&Method::OPTIONS, p) if p.starts_with("/v1/") => cors::preflight(cors_origin.is_some()),
+        (&Method::GET, "/ws") => upgrade::upgrade(state, req),
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Body::from(state.metrics.render()));
+            response.headers_mut().insert(
+                "content-type",
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            response
+        }
+        (&Method::GET, "/readyz") => ready(&state).await,
+        (&Method::GET, p) if p.starts_with("/v1/teams/") => history::handle(&state, &req).await,
+        (&Method::GET, p) if p.starts_with("/v1/users/") => credits::handle(&state, &req).await,
+        (&Method::POST, "/dev/token") if state.config.dev_mode => dev::token(&state, req).await,
+        (&Method::GET, p) if state.config.dev_mode => dev::static_file(&state, p).await,
+        _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+    };
+    Ok(cors::with_cors(response, cors_origin))
+}
+
+/// The preamble of an endpoint `{prefix}{id}{suffix}` that a user's token opens: the id
+/// (a `what`: team, user) from the path (404 if the path does not fit, 400 if it is not a
+/// valid id) and the token's claims (401). What the claims may see is the handler's to
+/// check.
+pub fn authorized<'a, B>(
+    state: &AppState,
+    req: &'a Request<B>,
+    (prefix, what, suffix): (&str, &str, &str),
+) -> Result<(&'a str, Claims), Box<Response<Body>>> {
+    let id = req
+        .uri()
+        .path()
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_suffix(suffix))
+        .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
+        .map_err(Box::new)?;
+    let claims = match auth::extract_token(req) {
+        None => Err(auth::AuthError::Missing),
+        Some((token, _)) => state.verifier.verify(&token),
+    };
+    let claims = claims.map_err(|e| Box::new(unauthorized(e)))?;
+    if !is_valid_id(id) {
+        let message = format!("{what} is not a valid id");
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &message,
+        )));
+    }
+    Ok((id, claims))
+}
+
+/// The 401 of a refused HTTP token.
+fn unauthorized(error: auth::AuthError) -> Response<Body> {
+    metrics::counter!(teamchat_shared::metrics::AUTH_FAILURES, "reason" => error.label())
+        .increment(1);
+    json_error(StatusCode::UNAUTHORIZED, "unauthorized", error.reason())
+}
+
+/// The 503 of an endpoint whose storage did not answer (logged with what failed).
+pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Response<Body> {
+    warn!(error = %error, "{what}: storage unavailable");
+    json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "storage unavailable, retry later",
+    )
+}
+
+async fn ready(state: &AppState) -> Response<Body> {
+    let limit = std::time::Duration::from_secs(1);
+    let redis = matches!(
+        tokio::time::timeout(limit, state.broker.ping()).await,
+        Ok(Ok(()))
+    );
+    let postgres = matches!(
+        tokio::time::timeout(limit, teamchat_shared::db::ping(&state.db)).await,
+        Ok(Ok(()))
+    );
+    let status = if redis && postgres {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    json(
+        status,
+        &serde_json::json!({"redis": redis, "postgres": postgres}),
+    )
+}
+
+pub fn json(status: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(
+        serde_json::to_vec(value).expect("JSON values encode"),
+    ));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An HTTP error as docs/protocol.md gives it: `{"code","message"}`.
+pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json(
+        status,
+        &serde_json::json!({"code": code, "message": message}),
+    )
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response
+}

@@ -1,0 +1,70 @@
+//! `GET /ws`: the WebSocket handshake. The token is checked here; a bad one still
+//! upgrades, so that the client learns why through the close code (4001/4003,
+//! docs/protocol.md). The connection then belongs to a `session`.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::{Request, Response, StatusCode};
+use tracing::debug;
+
+use super::{Body, cors, json_error};
+use crate::AppState;
+use crate::protocol::Encoding;
+use crate::session::{self, auth};
+
+pub fn upgrade(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        return json_error(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "WebSocket upgrade expected",
+        );
+    }
+    let token = auth::extract_token(&req);
+    // A cookie is sent by the browser on any page's behalf: only allowed origins use it.
+    if let Some((_, auth::TokenSource::Cookie)) = &token
+        && cors::allowed_origin(&state.config, &req).is_none()
+    {
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "origin not allowed");
+    }
+    let auth = match &token {
+        Some((token, _)) => state.verifier.verify(token),
+        None => Err(auth::AuthError::Missing),
+    };
+    let (encoding, echo) = choose_subprotocol(&req);
+    let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok(pair) => pair,
+        Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
+    };
+    let sessions = state.sessions.clone();
+    sessions.spawn(async move {
+        match upgrade.await {
+            Ok(ws) => {
+                let upgraded = ws.into_inner().into_inner();
+                session::run(state, upgraded, auth, encoding).await;
+            }
+            Err(e) => debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (mut parts, _) = response.into_parts();
+    if echo {
+        parts.headers.insert(
+            SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(encoding.subprotocol()),
+        );
+    }
+    Response::from_parts(parts, Body::default())
+}
+
+/// The first offered subprotocol we speak; JSON (not echoed) when none is offered.
+fn choose_subprotocol<B>(req: &Request<B>) -> (Encoding, bool) {
+    req.headers()
+        .get_all(SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|name| Encoding::from_subprotocol(name.trim()))
+        .map_or((Encoding::Json, false), |encoding| (encoding, true))
+}

@@ -1,0 +1,132 @@
+//! What a connection's queue carries (`Outbound`), and frames for many recipients
+//! (`OutFrame`), encoded once per encoding and shared.
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload};
+
+use crate::protocol::{Encoding, ServerFrame};
+
+/// A server frame shared by every local recipient, encoded at most once per encoding.
+pub struct OutFrame {
+    frame: ServerFrame,
+    json: OnceLock<Bytes>,
+    msgpack: OnceLock<Bytes>,
+}
+
+impl OutFrame {
+    pub fn new(frame: ServerFrame) -> Arc<Self> {
+        Arc::new(Self {
+            frame,
+            json: OnceLock::new(),
+            msgpack: OnceLock::new(),
+        })
+    }
+
+    /// The frame's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        self.frame.kind()
+    }
+
+    pub fn bytes(&self, encoding: Encoding) -> &Bytes {
+        let cell = match encoding {
+            Encoding::Json => &self.json,
+            Encoding::MsgPack => &self.msgpack,
+        };
+        cell.get_or_init(|| self.frame.encode(encoding))
+    }
+}
+
+/// What a connection's queue carries.
+pub enum Outbound {
+    /// A frame shared with other recipients.
+    Shared(Arc<OutFrame>),
+    /// Frames shared with other recipients, queued together (one slot for a burst); the
+    /// frame at the second index, if any, is not this connection's to hear (it caused it).
+    Batch(Arc<Vec<Arc<OutFrame>>>, u32),
+    /// A frame for this connection only (replies, welcome). Boxed: a queue's slots are
+    /// the size of the largest variant, and a drained queue keeps a few of them.
+    Own(Box<ServerFrame>),
+    /// A control frame the reader owes the peer (pong, close echo). Boxed, as is `Close`:
+    /// both are rare, and a small slot keeps every idle connection's queue small.
+    Control(Box<(OpCode, Bytes)>),
+    /// A heartbeat ping (the reader keeps the connection's one timer).
+    Ping,
+    /// Close the connection with this code; nothing is written after it.
+    Close(Box<(u16, &'static str)>),
+}
+
+// Every connection's queue allocates its slots at this size: keep it two words.
+const _: () = assert!(std::mem::size_of::<Outbound>() == 16);
+
+impl Outbound {
+    pub fn own(frame: ServerFrame) -> Self {
+        Outbound::Own(Box::new(frame))
+    }
+
+    pub fn control(opcode: OpCode, payload: Bytes) -> Self {
+        Outbound::Control(Box::new((opcode, payload)))
+    }
+
+    pub fn close(code: u16, reason: &'static str) -> Self {
+        Outbound::Close(Box::new((code, reason)))
+    }
+
+    /// A close frame: the writer sends it, and ends.
+    pub(super) fn closes(&self) -> bool {
+        match self {
+            Outbound::Close(_) => true,
+            Outbound::Control(control) => control.0 == OpCode::Close,
+            _ => false,
+        }
+    }
+}
+
+/// Appends an item to the write buffer; returns the close code once a close frame is in it.
+pub(super) fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16> {
+    let opcode = match encoding {
+        Encoding::Json => OpCode::Text,
+        Encoding::MsgPack => OpCode::Binary,
+    };
+    match item {
+        Outbound::Shared(frame) => push_frame(buffer, opcode, frame.bytes(encoding)),
+        Outbound::Batch(frames, skip) => {
+            for (i, frame) in frames.iter().enumerate() {
+                if i != skip as usize {
+                    push_frame(buffer, opcode, frame.bytes(encoding));
+                }
+            }
+        }
+        Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
+        Outbound::Ping => push_frame(buffer, OpCode::Ping, b""),
+        Outbound::Control(control) => {
+            let (op, payload) = *control;
+            push_frame(buffer, op, &payload);
+            if op == OpCode::Close {
+                return Some(
+                    payload
+                        .get(..2)
+                        .map_or(1000, |b| u16::from_be_bytes([b[0], b[1]])),
+                );
+            }
+        }
+        Outbound::Close(close) => {
+            let (code, reason) = *close;
+            let mut payload = Vec::with_capacity(2 + reason.len());
+            payload.extend_from_slice(&code.to_be_bytes());
+            payload.extend_from_slice(reason.as_bytes());
+            push_frame(buffer, OpCode::Close, &payload);
+            return Some(code);
+        }
+    }
+    None
+}
+
+/// Appends one unmasked server frame.
+fn push_frame(buffer: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+    let mut head = [0u8; 10];
+    let len = Frame::new(true, opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
+    buffer.extend_from_slice(&head[..len]);
+    buffer.extend_from_slice(payload);
+}

@@ -1,0 +1,404 @@
+//! Frames a client sends: one decoder per request type, each checking its fields' shape
+//! and size before the request reaches a session (docs/protocol.md, Frames and Limits).
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use teamchat_shared::ids::is_valid_id;
+
+use super::Encoding;
+use super::error::{ErrorCode, RequestError};
+
+/// `since` of a `room:join`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Since {
+    pub offset: String,
+    pub epoch: String,
+}
+
+/// A client request, decoded and with its fields checked for shape.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    RoomJoin {
+        team: String,
+        since: Option<Since>,
+    },
+    RoomLeave {
+        team: String,
+    },
+    MessageSend {
+        team: String,
+        client_id: String,
+        body: String,
+        meta: Option<Value>,
+    },
+    MessageEdit {
+        team: String,
+        seq: u64,
+        body: String,
+    },
+    MessageDelete {
+        team: String,
+        seq: u64,
+    },
+    ReceiptUpdate {
+        team: String,
+        seq: u64,
+    },
+    Ping,
+    TypingStart {
+        team: String,
+    },
+    TypingStop {
+        team: String,
+    },
+    TokenRefresh {
+        token: String,
+    },
+}
+
+impl Request {
+    /// The request's `type`, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::RoomJoin { .. } => "room:join",
+            Request::RoomLeave { .. } => "room:leave",
+            Request::MessageSend { .. } => "message:send",
+            Request::MessageEdit { .. } => "message:edit",
+            Request::MessageDelete { .. } => "message:delete",
+            Request::ReceiptUpdate { .. } => "receipt:update",
+            Request::Ping => "ping",
+            Request::TypingStart { .. } => "typing:start",
+            Request::TypingStop { .. } => "typing:stop",
+            Request::TokenRefresh { .. } => "token:refresh",
+        }
+    }
+
+    /// The team a request concerns, if any.
+    pub fn team(&self) -> Option<&str> {
+        match self {
+            Request::RoomJoin { team, .. }
+            | Request::RoomLeave { team }
+            | Request::MessageSend { team, .. }
+            | Request::MessageEdit { team, .. }
+            | Request::MessageDelete { team, .. }
+            | Request::ReceiptUpdate { team, .. }
+            | Request::TypingStart { team }
+            | Request::TypingStop { team } => Some(team),
+            Request::Ping | Request::TokenRefresh { .. } => None,
+        }
+    }
+}
+
+/// A decoded client frame: its request and request id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientFrame {
+    pub rid: Option<String>,
+    pub request: Request,
+}
+
+/// Size limits checked while decoding.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_body: usize,
+    pub max_meta: usize,
+}
+
+/// Decodes one client frame of the given encoding. Every error carries the frame's `rid`
+/// when it could be read.
+pub fn decode_client(
+    payload: &[u8],
+    encoding: Encoding,
+    limits: Limits,
+) -> Result<ClientFrame, RequestError> {
+    let value: Value = match encoding {
+        Encoding::Json => {
+            serde_json::from_slice(payload).map_err(|_| bad("frame is not valid JSON"))?
+        }
+        Encoding::MsgPack => {
+            rmp_serde::from_slice(payload).map_err(|_| bad("frame is not valid MessagePack"))?
+        }
+    };
+    let Value::Object(mut object) = value else {
+        return Err(bad("frame is not an object"));
+    };
+    let rid = match object.remove("rid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(rid)) if rid.len() <= 64 => Some(rid),
+        Some(_) => return Err(bad("rid must be a string of at most 64 bytes")),
+    };
+    match decode_request(object, limits) {
+        Ok(request) => Ok(ClientFrame { rid, request }),
+        Err(error) => Err(RequestError { rid, ..error }),
+    }
+}
+
+/// Routes a frame's fields to the decoder of its `type`.
+fn decode_request(mut object: Map<String, Value>, limits: Limits) -> Result<Request, RequestError> {
+    let Some(Value::String(kind)) = object.remove("type") else {
+        return Err(bad("type must be a string"));
+    };
+    match kind.as_str() {
+        "room:join" => room_join(object),
+        "room:leave" => Ok(Request::RoomLeave {
+            team: room_team(&object)?,
+        }),
+        "message:send" => message_send(object, limits),
+        "message:edit" => message_edit(object, limits),
+        "message:delete" => {
+            let (team, seq) = team_and_seq(&object)?;
+            Ok(Request::MessageDelete { team, seq })
+        }
+        "receipt:update" => {
+            let (team, seq) = team_and_seq(&object)?;
+            Ok(Request::ReceiptUpdate { team, seq })
+        }
+        "typing:start" => Ok(Request::TypingStart {
+            team: team(&object)?,
+        }),
+        "typing:stop" => Ok(Request::TypingStop {
+            team: team(&object)?,
+        }),
+        "token:refresh" => match object.remove("token") {
+            Some(Value::String(token)) => Ok(Request::TokenRefresh { token }),
+            _ => Err(bad("token must be a string")),
+        },
+        "ping" => Ok(Request::Ping),
+        other => Err(RequestError::new(
+            ErrorCode::UnknownType,
+            format!("unknown type {other:?}"),
+        )),
+    }
+}
+
+fn room_join(object: Map<String, Value>) -> Result<Request, RequestError> {
+    #[derive(Deserialize)]
+    struct Fields {
+        #[serde(default)]
+        since: Option<Value>,
+    }
+    let team = room_team(&object)?;
+    let error = |message| bad(message).in_room().in_team(&team);
+    let fields: Fields =
+        serde_json::from_value(Value::Object(object)).map_err(|_| error("malformed room:join"))?;
+    let since = match fields.since {
+        None | Some(Value::Null) => None,
+        Some(since) => Some(parse_since(since).ok_or_else(|| error("malformed since"))?),
+    };
+    Ok(Request::RoomJoin { team, since })
+}
+
+fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, RequestError> {
+    #[derive(Deserialize)]
+    struct Fields {
+        team: String,
+        client_id: String,
+        body: String,
+        #[serde(default)]
+        meta: Option<Value>,
+    }
+    let fields: Fields = serde_json::from_value(Value::Object(object))
+        .map_err(|e| bad(&format!("malformed message:send: {e}")))?;
+    if !is_valid_id(&fields.team) {
+        return Err(bad("team is not a valid id"));
+    }
+    let in_team = |e: RequestError| e.in_team(&fields.team);
+    if fields.client_id.is_empty() || fields.client_id.len() > 64 {
+        return Err(in_team(bad("client_id must be 1..64 bytes")));
+    }
+    // PostgreSQL text and jsonb cannot hold NUL: refuse it here, not in the worker.
+    if fields.body.contains('\0')
+        || fields
+            .meta
+            .as_ref()
+            .is_some_and(|m| m.to_string().contains("\\u0000"))
+    {
+        return Err(in_team(bad("body and meta cannot contain NUL")));
+    }
+    check_body(&fields.body, limits).map_err(in_team)?;
+    let meta = match fields.meta {
+        None | Some(Value::Null) => None,
+        Some(meta @ Value::Object(_)) => {
+            let size = serde_json::to_vec(&meta)
+                .map(|v| v.len())
+                .unwrap_or(usize::MAX);
+            if size > limits.max_meta {
+                return Err(in_team(RequestError::new(
+                    ErrorCode::TooLarge,
+                    format!("meta is over {} bytes", limits.max_meta),
+                )));
+            }
+            Some(meta)
+        }
+        Some(_) => return Err(in_team(bad("meta must be an object"))),
+    };
+    Ok(Request::MessageSend {
+        team: fields.team,
+        client_id: fields.client_id,
+        body: fields.body,
+        meta,
+    })
+}
+
+fn message_edit(mut object: Map<String, Value>, limits: Limits) -> Result<Request, RequestError> {
+    let (team, seq) = team_and_seq(&object)?;
+    let Some(Value::String(body)) = object.remove("body") else {
+        return Err(bad("body must be a string").in_team(&team));
+    };
+    if body.contains('\0') {
+        return Err(bad("body cannot contain NUL").in_team(&team));
+    }
+    check_body(&body, limits).map_err(|e| e.in_team(&team))?;
+    Ok(Request::MessageEdit { team, seq, body })
+}
+
+/// A message body within `MAX_BODY` (`too_large`).
+fn check_body(body: &str, limits: Limits) -> Result<(), RequestError> {
+    if body.len() > limits.max_body {
+        return Err(RequestError::new(
+            ErrorCode::TooLarge,
+            format!("body is over {} bytes", limits.max_body),
+        ));
+    }
+    Ok(())
+}
+
+/// The `team` of a request answered with `error`.
+fn team(object: &Map<String, Value>) -> Result<String, RequestError> {
+    match object.get("team") {
+        Some(Value::String(team)) if is_valid_id(team) => Ok(team.clone()),
+        _ => Err(bad("team is missing or not a valid id")),
+    }
+}
+
+/// The `team` and `seq` of an edit, delete or receipt.
+fn team_and_seq(object: &Map<String, Value>) -> Result<(String, u64), RequestError> {
+    let team = team(object)?;
+    match object.get("seq").and_then(Value::as_u64) {
+        Some(seq) => Ok((team, seq)),
+        None => Err(bad("seq must be a non-negative integer").in_team(&team)),
+    }
+}
+
+/// The `team` of `room:join` / `room:leave`, answered with `room:error`.
+fn room_team(object: &Map<String, Value>) -> Result<String, RequestError> {
+    match object.get("team") {
+        Some(Value::String(team)) if is_valid_id(team) => Ok(team.clone()),
+        Some(_) => Err(bad("team is not a valid id").in_room()),
+        None => Err(bad("team is missing").in_room()),
+    }
+}
+
+fn parse_since(value: Value) -> Option<Since> {
+    let since: Since = serde_json::from_value(value).ok()?;
+    since.offset.parse::<u64>().ok()?;
+    (!since.epoch.is_empty()).then_some(since)
+}
+
+fn bad(message: &str) -> RequestError {
+    RequestError::new(ErrorCode::BadRequest, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const LIMITS: Limits = Limits {
+        max_body: 16,
+        max_meta: 32,
+    };
+
+    fn decode_json(v: Value) -> Result<ClientFrame, RequestError> {
+        decode_client(&serde_json::to_vec(&v).unwrap(), Encoding::Json, LIMITS)
+    }
+
+    #[test]
+    fn send_decodes_with_rid() {
+        let f = decode_json(json!({"type":"message:send","rid":"r1","team":"t","client_id":"c","body":"hi","extra":1}))
+            .unwrap();
+        assert_eq!(f.rid.as_deref(), Some("r1"));
+        assert_eq!(
+            f.request,
+            Request::MessageSend {
+                team: "t".into(),
+                client_id: "c".into(),
+                body: "hi".into(),
+                meta: None
+            }
+        );
+    }
+
+    #[test]
+    fn msgpack_frames_decode_like_json() {
+        let bytes = rmp_serde::to_vec_named(&json!({"type":"room:join","team":"t1"})).unwrap();
+        let f = decode_client(&bytes, Encoding::MsgPack, LIMITS).unwrap();
+        assert_eq!(
+            f.request,
+            Request::RoomJoin {
+                team: "t1".into(),
+                since: None
+            }
+        );
+    }
+
+    #[test]
+    fn errors_carry_codes_rids_teams_and_kinds() {
+        let e = decode_json(json!({"type":"nope","rid":"x"})).unwrap_err();
+        assert_eq!(
+            (e.code, e.rid.as_deref(), e.room),
+            (ErrorCode::UnknownType, Some("x"), false)
+        );
+
+        let e = decode_json(json!({"type":"room:join","team":"bad team"})).unwrap_err();
+        assert_eq!((e.code, e.room), (ErrorCode::BadRequest, true));
+
+        let e = decode_json(json!({"type":"room:leave"})).unwrap_err();
+        assert_eq!((e.code, e.room), (ErrorCode::BadRequest, true));
+
+        let e =
+            decode_json(json!({"type":"room:join","team":"t","since":{"offset":"x","epoch":"e"}}))
+                .unwrap_err();
+        assert_eq!(
+            (e.code, e.room, e.team.as_deref()),
+            (ErrorCode::BadRequest, true, Some("t"))
+        );
+
+        let e = decode_json(
+            json!({"type":"message:send","team":"t","client_id":"c","body":"x".repeat(17)}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.team.as_deref()),
+            (ErrorCode::TooLarge, Some("t"))
+        );
+
+        let e = decode_json(json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":{"k":"x".repeat(40)}}))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge);
+
+        let nul =
+            decode_json(json!({"type":"message:send","team":"t","client_id":"c","body":"a\u{0}b"}));
+        assert_eq!(nul.unwrap_err().code, ErrorCode::BadRequest);
+        let nul = decode_json(
+            json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":{"k":"\u{0}"}}),
+        );
+        assert_eq!(nul.unwrap_err().code, ErrorCode::BadRequest);
+
+        let e = decode_json(json!({"type":"message:send","team":"t","client_id":"","body":"b"}))
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+
+        let e =
+            decode_json(json!({"type":"message:edit","rid":"r","team":"t","seq":-1,"body":"b"}))
+                .unwrap_err();
+        assert_eq!(
+            (e.code, e.rid.as_deref(), e.team.as_deref()),
+            (ErrorCode::BadRequest, Some("r"), Some("t"))
+        );
+
+        let e = decode_client(b"{not json", Encoding::Json, LIMITS).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+        let e = decode_json(json!([1, 2])).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+}

@@ -1,0 +1,413 @@
+//! One client connection after the upgrade: authentication (`auth`), the per-user
+//! connection limit (`connections`), the welcome, then the read loop, which decodes frames
+//! and carries out requests in order (`requests`, one function each, rate-limited by
+//! `limits`; receipts coalesced by `receipts`), and the close. Replies and room events go
+//! out through the connection's `Outlet`.
+
+pub mod auth;
+pub mod connections;
+pub mod limits;
+mod open;
+mod receipts;
+mod requests;
+
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, WebSocketError};
+use hyper::upgrade::Upgraded;
+use teamchat_shared::event::Ephemeral;
+use teamchat_shared::metrics as m;
+use teamchat_shared::runtime::now_ms;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::time::Instant;
+use tracing::debug;
+
+use self::auth::{AuthError, Claims};
+use self::open::{let_close, open};
+use crate::AppState;
+use crate::outlet::{Outbound, Outlet, StopReading};
+use crate::protocol::{self, Encoding, Limits};
+use crate::room::Who;
+
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// How long a closing connection waits for the peer's close frame.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The per-connection state the reader keeps.
+struct Session {
+    state: Arc<AppState>,
+    /// Boxed: the session state is part of every idle connection's future.
+    claims: Box<Claims>,
+    /// Session id, user id and name, shared with the connection's member entries.
+    who: Arc<Who>,
+    conn_id: u64,
+    encoding: Encoding,
+    outlet: Outlet,
+    joined: Teams,
+    /// Teams this connection is typing in, so leaving or closing sends `typing:stop`.
+    typing: Teams,
+    /// When the token (with leeway) expires: the connection closes 4003 unless refreshed.
+    expires_at: Instant,
+    /// Times of recent `bad_request`/`unknown_type` errors (close 1008 past the limit).
+    violations: Vec<Instant>,
+    /// A close a request asked for.
+    close_with: Option<CloseAsked>,
+    /// Started at the first `receipt:update`.
+    receipts: Option<receipts::Coalescer>,
+}
+
+/// Why a request asked for the connection to close (a byte, not a code and a reason: the
+/// session state is part of every idle connection's future).
+#[derive(Clone, Copy)]
+enum CloseAsked {
+    /// `token:refresh` with a token that is not valid.
+    BadToken(AuthError),
+    /// `token:refresh` with another user's token.
+    OtherUser,
+    /// Too many protocol violations within a minute.
+    Violations,
+}
+
+impl CloseAsked {
+    fn flow(self) -> Flow {
+        match self {
+            CloseAsked::BadToken(error) => Flow::Close(error.close_code(), error.reason()),
+            CloseAsked::OtherUser => Flow::Close(4001, "token of another user"),
+            CloseAsked::Violations => Flow::Close(1008, "too many protocol violations"),
+        }
+    }
+}
+
+/// A connection's teams (joined, typing in): a few names in a list, smaller than a set
+/// in every connection and as quick to search at this size.
+#[derive(Default)]
+struct Teams(Vec<String>);
+
+impl Teams {
+    fn contains(&self, team: &str) -> bool {
+        self.0.iter().any(|t| t == team)
+    }
+
+    fn insert(&mut self, team: String) {
+        if !self.contains(&team) {
+            // Grown one at a time: most connections hold one or two teams.
+            self.0.reserve_exact(1);
+            self.0.push(team);
+        }
+    }
+
+    /// Whether the team was there.
+    fn remove(&mut self, team: &str) -> bool {
+        let index = self.0.iter().position(|t| t == team);
+        index.map(|index| self.0.swap_remove(index)).is_some()
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl IntoIterator for Teams {
+    type Item = String;
+    type IntoIter = std::vec::IntoIter<String>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+/// What the read loop does after a frame.
+enum Flow {
+    Continue,
+    /// Send a close with this code and wait (briefly) for it to be written.
+    Close(u16, &'static str),
+    /// The peer sent a close (echoed already): wait (briefly) for the echo to be written.
+    PeerClosed,
+    /// Stop reading; the outlet closes (1013) or has closed.
+    Stop,
+}
+
+/// What a connection reads frames from: its socket (bytes hyper read past the handshake
+/// are put in the reader's buffer first).
+type Reader = fastwebsockets::WebSocketRead<OwnedReadHalf>;
+
+/// Opens a connection after the upgrade (authentication, the per-user limit, welcome),
+/// then hands it to a task of its own that reads it until it closes: the task that lives
+/// as long as the connection carries none of the opening's state.
+pub async fn run(
+    state: Arc<AppState>,
+    upgraded: Upgraded,
+    auth: Result<Claims, AuthError>,
+    encoding: Encoding,
+) {
+    if let Some((session, ws)) = open(state, upgraded, auth, encoding).await {
+        let sessions = session.state.sessions.clone();
+        let serving = session.serve(ws);
+        // Every idle connection is this future in a task of 128-byte steps: at 648 bytes
+        // (release, `-Zprint-type-sizes`) the task is 768 (docs/performance.md); past 656
+        // it is 896. The tests run this check on debug builds.
+        debug_assert!(
+            std::mem::size_of_val(&serving) <= 656,
+            "a connection's future grew to {} bytes",
+            std::mem::size_of_val(&serving)
+        );
+        sessions.spawn(serving);
+    }
+}
+
+impl Drop for Session {
+    /// However the reader stops (even by a panic), sending ends once what is queued is
+    /// written, and the registry of open connections lets go of the connection.
+    fn drop(&mut self) {
+        self.outlet.end();
+        self.state.connections.forget(&self.who.session);
+    }
+}
+
+impl Session {
+    /// Reads the connection until it closes, then lets go of it. Everything held across
+    /// the read loop's awaits is part of every idle connection: the closing is boxed, and
+    /// this is an `async` block, not an `async fn`, whose future would hold its arguments
+    /// twice (as captured and as moved into its body: 360 bytes more per connection).
+    #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+    fn serve(mut self, mut ws: Reader) -> impl Future<Output = ()> + Send {
+        async move {
+            self.read_loop(&mut ws).await;
+            Box::pin(self.finish()).await;
+        }
+    }
+
+    /// After the read loop: typing stopped, rooms left, the connection forgotten, and
+    /// what is queued given a moment to be written (a peer that never reads cannot hold
+    /// it).
+    async fn finish(mut self) {
+        for team in std::mem::take(&mut self.typing) {
+            self.publish_typing(&team, Ephemeral::TypingStop).await;
+        }
+        for team in std::mem::take(&mut self.joined) {
+            self.state
+                .hub
+                .leave(&team, self.conn_id, self.who.session.clone(), None, None);
+        }
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        let state = self.state.clone();
+        state.connections.forget(&self.who.session);
+        if let Err(e) = state
+            .broker
+            .connection_close(&self.who.user, &self.who.session)
+            .await
+        {
+            debug!(error = %e, "connection entry left to expire");
+        }
+        let outlet = self.outlet.clone();
+        // Sending ends once what is queued is written (the session's drop ends it).
+        drop(self);
+        let_close(outlet).await;
+    }
+
+    /// Reads frames and carries out requests until the connection is to close. What is
+    /// live across this loop's awaits is in every idle connection: the work on a frame is
+    /// boxed (`on_frame`), and a close is queued at one place.
+    #[allow(clippy::manual_async_fn)] // not an `async fn`, which holds its arguments twice
+    fn read_loop<'a>(&'a mut self, ws: &'a mut Reader) -> impl Future<Output = ()> + Send + 'a {
+        async move {
+            // Fragments are collected here, not by fastwebsockets' collector, so that a
+            // message's total size is capped while it arrives (1009), not only its frames'.
+            // Boxed: fragmented messages are rare.
+            let mut partial: Option<Box<Vec<u8>>> = None;
+            let control = self.outlet.clone();
+            // Pongs and close echoes the reader owes go through the outlet; a peer that does
+            // not read them is too slow like any other (1013).
+            let mut obligated = move |frame: Frame<'_>| {
+                let payload = Bytes::copy_from_slice(&frame.payload);
+                let queued = control.try_send(Outbound::control(frame.opcode, payload));
+                std::future::ready(
+                    queued.map_err(|_| std::io::Error::other("send queue unavailable")),
+                )
+            };
+            // One timer for the pings, the peer's silence and the token's expiry, moved lazily:
+            // a frame only notes when it came, and the timer, when it fires early, is set again.
+            let mut heard = Instant::now();
+            let mut next_ping = heard + self.heartbeat();
+            let deadline = tokio::time::sleep_until(self.expires_at.min(next_ping));
+            tokio::pin!(deadline);
+            let flow = loop {
+                // The next frame, or why the connection closes without one.
+                let frame = {
+                    // Kept across the timer's wake-ups: a frame half read is not dropped.
+                    let read = async {
+                        // fastwebsockets reserves a read buffer as soon as it reads: with
+                        // nothing buffered, wait for the socket first, so an idle connection
+                        // holds no buffer.
+                        // (Polled for readiness, not `readable()`, whose future is 168 bytes.)
+                        if !ws.has_buffered() {
+                            let socket: &TcpStream = ws.get_ref().as_ref();
+                            poll_fn(|cx| socket.poll_read_ready(cx))
+                                .await
+                                .map_err(WebSocketError::IoError)?;
+                        }
+                        ws.read_frame(&mut obligated).await
+                    };
+                    tokio::pin!(read);
+                    loop {
+                        tokio::select! {
+                            frame = &mut read => break Ok(frame),
+                            _ = &mut deadline => {
+                                let now = Instant::now();
+                                if now >= self.expires_at {
+                                    break Err(Flow::Close(4003, "token expired"));
+                                }
+                                if now >= heard + self.silence() {
+                                    break Err(Flow::Close(4000, "no heartbeat"));
+                                }
+                                if now >= next_ping {
+                                    if self.outlet.try_send(Outbound::Ping).is_err() {
+                                        break Err(Flow::Stop);
+                                    }
+                                    next_ping = now + self.heartbeat();
+                                }
+                                let due = self.expires_at.min(heard + self.silence()).min(next_ping);
+                                deadline.as_mut().reset(due);
+                            }
+                            stop = self.outlet.stop_reading() => break Err(match stop {
+                                // Drain: between requests, so what was accepted is answered first.
+                                StopReading::ShutDown => Flow::Close(1012, "gateway restarting"),
+                                // A close was written (too slow, stream reset), or the socket failed.
+                                StopReading::Ended => Flow::Stop,
+                            }),
+                        }
+                    }
+                };
+                heard = Instant::now();
+                let flow = match frame {
+                    Ok(Ok(frame)) => Box::pin(self.on_frame(frame, &mut partial)).await,
+                    Ok(Err(WebSocketError::FrameTooLarge)) => Flow::Close(1009, "frame too large"),
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "connection read ended");
+                        Flow::Close(1002, "protocol error")
+                    }
+                    Err(flow) => flow,
+                };
+                if !matches!(flow, Flow::Continue) {
+                    break flow;
+                }
+                // A refreshed token may expire sooner than the timer is set for.
+                if self.expires_at < deadline.deadline() {
+                    deadline.as_mut().reset(self.expires_at);
+                }
+            };
+            // Boxed: its timer would otherwise widen every idle connection's future.
+            Box::pin(self.closing(flow)).await;
+        }
+    }
+
+    /// How often the gateway pings (computed, not kept: see `read_loop`).
+    fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.state.config.heartbeat_ms.max(100))
+    }
+
+    /// How long a silent peer is kept: two heartbeats.
+    fn silence(&self) -> Duration {
+        self.heartbeat() * 2
+    }
+
+    /// Sends the close the read loop ended with, or waits (briefly) for the echo of the
+    /// peer's close to be written.
+    async fn closing(&self, flow: Flow) {
+        match flow {
+            Flow::Close(code, reason) => self.close(code, reason).await,
+            // The close echo is already queued by the obligated send.
+            Flow::PeerClosed => {
+                let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.ended()).await;
+            }
+            Flow::Continue | Flow::Stop => {}
+        }
+    }
+
+    /// Works on one frame: collects fragments, carries out a complete request and queues
+    /// its reply, answers a ping.
+    #[allow(clippy::box_collection)] // one word in every idle connection's future, not three
+    async fn on_frame(&mut self, frame: Frame<'_>, partial: &mut Option<Box<Vec<u8>>>) -> Flow {
+        let max_frame = self.state.config.max_frame;
+        let message = match frame.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let first = frame.opcode != OpCode::Continuation;
+                if first == partial.is_some() {
+                    return Flow::Close(1002, "bad fragmentation");
+                }
+                if frame.fin && partial.is_none() {
+                    // A whole message in one frame, the usual case: nothing to collect.
+                    if frame.payload.len() > max_frame {
+                        return Flow::Close(1009, "frame too large");
+                    }
+                    Some(frame.payload.to_vec())
+                } else {
+                    let collected = partial.get_or_insert_with(Box::default);
+                    if collected.len() + frame.payload.len() > max_frame {
+                        return Flow::Close(1009, "frame too large");
+                    }
+                    collected.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        partial.take().map(|collected| *collected)
+                    } else {
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(message) = message {
+            let limits = Limits {
+                max_body: self.state.config.max_body,
+                max_meta: self.state.config.max_meta,
+            };
+            let reply = match protocol::decode_client(&message, self.encoding, limits) {
+                Ok(request) => self.handle(request).await,
+                Err(error) => {
+                    self.count_violation(error.code);
+                    Some(error.into_frame())
+                }
+            };
+            if let Some(reply) = reply {
+                metrics::counter!(m::EVENTS_OUT, "type" => reply.kind()).increment(1);
+                // A peer that sends requests but does not read their replies fills its
+                // queue like any slow reader: 1013.
+                if self.outlet.try_send(Outbound::own(reply)).is_err() {
+                    return Flow::Stop;
+                }
+            }
+            return self.close_with.map_or(Flow::Continue, CloseAsked::flow);
+        }
+        match frame.opcode {
+            OpCode::Ping => {
+                let pong = Outbound::control(OpCode::Pong, Bytes::copy_from_slice(&frame.payload));
+                if self.outlet.try_send(pong).is_err() {
+                    return Flow::Stop;
+                }
+                Flow::Continue
+            }
+            OpCode::Close => Flow::PeerClosed,
+            _ => Flow::Continue,
+        }
+    }
+
+    /// Sends a close frame and waits (briefly) for it to be written.
+    async fn close(&self, code: u16, reason: &'static str) {
+        // A full queue (the peer is not reading) closes with 1013 instead.
+        let _ = self.outlet.try_send(Outbound::close(code, reason));
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.outlet.ended()).await;
+    }
+
+    /// The instant a token with this `exp` stops being accepted.
+    fn token_deadline(&self, exp: u64) -> Instant {
+        let valid_for =
+            (exp + self.state.config.token_leeway_s).saturating_sub(now_ms() as u64 / 1000);
+        Instant::now() + Duration::from_secs(valid_for)
+    }
+}

@@ -1,0 +1,129 @@
+//! The opening of a connection after the upgrade: the socket taken from hyper (with any
+//! bytes it already read), authentication, the per-user connection limit (4029), the
+//! registry of this gateway's connections, and `session:welcome`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fastwebsockets::Role;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use teamchat_shared::metrics as m;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::auth::{AuthError, Claims};
+use super::{CLOSE_GRACE, NEXT_CONN_ID, Reader, Session, Teams};
+use crate::AppState;
+use crate::outlet::{Outbound, Outlet};
+use crate::protocol::{Encoding, ServerFrame};
+use crate::room::Who;
+
+/// The opening: `None` when the connection was refused (and closed).
+pub(super) async fn open(
+    state: Arc<AppState>,
+    upgraded: Upgraded,
+    auth: Result<Claims, AuthError>,
+    encoding: Encoding,
+) -> Option<(Session, Reader)> {
+    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => parts,
+        Err(_) => {
+            warn!("upgraded connection is not a TCP stream");
+            return None;
+        }
+    };
+    let (read, write) = parts.io.into_inner().into_split();
+    // Bytes the client sent right after its handshake may already sit in hyper's buffer:
+    // they are copied into the frame reader's buffer (a slice would keep hyper's whole
+    // read buffer alive for the connection's lifetime).
+    let early = parts.read_buf;
+    let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2));
+
+    let claims = match auth {
+        Ok(claims) => claims,
+        Err(error) => {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => error.label()).increment(1);
+            // The queue is new: there is room.
+            let _ = outlet.try_send(Outbound::close(error.close_code(), error.reason()));
+            let_close(outlet).await;
+            return None;
+        }
+    };
+
+    let conn_id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let session_id: Arc<str> = uuid::Uuid::now_v7().simple().to_string().into();
+    let user: Arc<str> = claims.sub.as_str().into();
+    let ttl = state.config.presence_ttl_ms;
+    let limit = state.config.max_connections_per_user;
+    match state
+        .broker
+        .connection_open(&user, &session_id, limit, ttl)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            let _ = outlet.try_send(Outbound::close(4029, "too many connections"));
+            let_close(outlet).await;
+            return None;
+        }
+        // The limit protects; it is not worth refusing service while Redis is away.
+        Err(e) => warn!(error = %e, "connection limit not checked: Redis unavailable"),
+    }
+    state
+        .connections
+        .register(session_id.clone(), user.clone(), outlet.clone());
+    // A shutdown that began before this registration did not see it.
+    if state.shutdown.is_cancelled() {
+        outlet.shut_down();
+    }
+    let welcome = ServerFrame::Welcome {
+        user: claims.sub.clone(),
+        session: session_id.to_string(),
+        heartbeat_ms: state.config.heartbeat_ms,
+        max_frame: state.config.max_frame,
+    };
+    let _ = outlet.try_send(Outbound::own(welcome));
+    metrics::counter!(m::CONNECTS).increment(1);
+    metrics::gauge!(m::CONNECTIONS).increment(1.0);
+
+    let who = Arc::new(Who {
+        session: session_id,
+        user,
+        name: claims.name.clone(),
+    });
+    let mut session = Session {
+        state,
+        claims: Box::new(claims),
+        who,
+        conn_id,
+        encoding,
+        outlet,
+        joined: Teams::default(),
+        typing: Teams::default(),
+        expires_at: Instant::now(),
+        violations: Vec::new(),
+        close_with: None,
+        receipts: None,
+    };
+    session.expires_at = session.token_deadline(session.claims.exp);
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.push_buffered(&early);
+    drop(early);
+    ws.set_max_message_size(session.state.config.max_frame + 1);
+    // Pings are answered in `on_frame`, so that read_frame returns them and they count as
+    // traffic for the heartbeat.
+    ws.set_auto_pong(false);
+    Some((session, ws))
+}
+
+/// Gives the close a moment to be written (a peer that never reads cannot hold it).
+pub(super) async fn let_close(outlet: Outlet) {
+    if tokio::time::timeout(CLOSE_GRACE, outlet.ended())
+        .await
+        .is_err()
+    {
+        outlet.abandon();
+    }
+}

@@ -1,0 +1,396 @@
+//! One function per client request: what a session does with a decoded frame. Each
+//! checks what the connection's token allows, then asks the room (`hub`) or storage, and
+//! returns the direct reply, if any.
+
+use std::time::Duration;
+
+use teamchat_shared::event::{ActorData, EditData, Ephemeral, EventData, MessageData};
+use teamchat_shared::metrics as m;
+use teamchat_shared::runtime::now_ms;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::limits::Operation;
+use super::receipts;
+use super::{CloseAsked, Session};
+use crate::broker::{Append, AppendOutcome};
+use crate::protocol::{self, ClientFrame, ErrorCode, Request, RequestError, ServerFrame};
+use crate::room::{Join, Member};
+
+impl Session {
+    /// Carries out one request; returns the direct reply the reader queues, if any.
+    pub(super) async fn handle(&mut self, frame: ClientFrame) -> Option<ServerFrame> {
+        let ClientFrame { rid, request } = frame;
+        metrics::counter!(m::EVENTS_IN, "type" => request.kind()).increment(1);
+        let operation = match &request {
+            Request::MessageSend { .. }
+            | Request::MessageEdit { .. }
+            | Request::MessageDelete { .. } => Some(Operation::Send),
+            Request::TypingStart { .. } | Request::TypingStop { .. } => Some(Operation::Typing),
+            Request::RoomJoin { .. } => Some(Operation::Join),
+            _ => None,
+        };
+        if let Some(operation) = operation
+            && let Err(wait) = self.state.rate_limits.check(operation, &self.claims.sub)
+        {
+            metrics::counter!(m::RATE_LIMITED, "operation" => operation.label()).increment(1);
+            let (room, team) = match &request {
+                Request::RoomJoin { team, .. } => (true, Some(team.clone())),
+                Request::MessageSend { team, .. }
+                | Request::MessageEdit { team, .. }
+                | Request::MessageDelete { team, .. }
+                | Request::TypingStart { team }
+                | Request::TypingStop { team } => (false, Some(team.clone())),
+                _ => (false, None),
+            };
+            let error = RequestError {
+                rid,
+                team,
+                room,
+                retry_after_ms: Some(wait.as_millis().max(1) as u64),
+                ..RequestError::new(ErrorCode::RateLimited, "rate limited, retry later")
+            };
+            return Some(error.into_frame());
+        }
+        let result = match request {
+            Request::Ping => return Some(ServerFrame::Pong { rid }),
+            Request::TokenRefresh { token } => return self.refresh_token(&token, rid),
+            Request::TypingStart { team } => self.typing(team, true).await,
+            Request::TypingStop { team } => self.typing(team, false).await,
+            Request::RoomJoin { team, since } => self.join(team, since, rid.clone()).await,
+            Request::RoomLeave { team } => self.leave(team, rid.clone()).await,
+            Request::MessageEdit { team, seq, body } => {
+                self.amend_message(team, seq, Some(body), rid.clone()).await
+            }
+            Request::MessageDelete { team, seq } => {
+                self.amend_message(team, seq, None, rid.clone()).await
+            }
+            Request::ReceiptUpdate { team, seq } => self.update_receipt(team, seq),
+            Request::MessageSend {
+                team,
+                client_id,
+                body,
+                meta,
+            } => {
+                self.send_message(team, client_id, body, meta, rid.clone())
+                    .await
+            }
+        };
+        match result {
+            Ok(reply) => reply,
+            Err(mut error) => {
+                error.rid = rid;
+                self.count_violation(error.code);
+                Some(error.into_frame())
+            }
+        }
+    }
+
+    /// `token:refresh`: a valid token of the same user extends the session; anything else
+    /// closes it (4003 if expired, else 4001).
+    fn refresh_token(&mut self, token: &str, rid: Option<String>) -> Option<ServerFrame> {
+        match self.state.verifier.verify(token) {
+            Ok(claims) if claims.sub == self.claims.sub => {
+                self.expires_at = self.token_deadline(claims.exp);
+                let exp = claims.exp;
+                *self.claims = claims;
+                Some(ServerFrame::TokenRefreshed { exp, rid })
+            }
+            Ok(_) => {
+                self.close_with = Some(CloseAsked::OtherUser);
+                None
+            }
+            Err(error) => {
+                self.close_with = Some(CloseAsked::BadToken(error));
+                None
+            }
+        }
+    }
+
+    /// Counts protocol violations; too many within a minute closes the connection (1008).
+    pub(super) fn count_violation(&mut self, code: ErrorCode) {
+        if !matches!(code, ErrorCode::BadRequest | ErrorCode::UnknownType) {
+            return;
+        }
+        let now = Instant::now();
+        self.violations
+            .retain(|t| now.duration_since(*t) <= Duration::from_secs(60));
+        self.violations.push(now);
+        if self.violations.len() >= self.state.config.max_violations.max(1) {
+            self.close_with = Some(CloseAsked::Violations);
+        }
+    }
+
+    async fn typing(
+        &mut self,
+        team: String,
+        start: bool,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        let error = |code, message: &str| RequestError {
+            team: Some(team.clone()),
+            ..RequestError::new(code, message)
+        };
+        if !self.joined.contains(&team) {
+            return Err(error(ErrorCode::NotJoined, "team not joined"));
+        }
+        if !self.claims.is_member(&team) {
+            return Err(error(ErrorCode::Forbidden, "team not in token"));
+        }
+        let kind = if start {
+            self.typing.insert(team.clone());
+            Ephemeral::TypingStart
+        } else {
+            self.typing.remove(&team);
+            Ephemeral::TypingStop
+        };
+        self.publish_typing(&team, kind).await;
+        Ok(None)
+    }
+
+    /// Typing is best effort: if Redis is down it is dropped (the room's timeout ends it).
+    pub(super) async fn publish_typing(&self, team: &str, kind: Ephemeral) {
+        if let Err(e) = self
+            .state
+            .broker
+            .publish_ephemeral(team, kind, &self.who.session, &self.claims.sub)
+            .await
+        {
+            debug!(error = %e, "typing not published");
+        }
+    }
+
+    async fn join(
+        &mut self,
+        team: String,
+        since: Option<protocol::Since>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        let room_error = |code, message: &str| RequestError {
+            team: Some(team.clone()),
+            room: true,
+            ..RequestError::new(code, message)
+        };
+        if !self.claims.may_read(&team) {
+            return Err(room_error(ErrorCode::Forbidden, "team not in token"));
+        }
+        if self.joined.contains(&team) {
+            // Already joined: nothing changes; the room's answer was given on the first join.
+            return Err(room_error(ErrorCode::BadRequest, "already joined"));
+        }
+        if self.joined.len() >= self.state.config.max_rooms {
+            return Err(room_error(
+                ErrorCode::TooManyRooms,
+                "too many rooms on this connection",
+            ));
+        }
+        let (done, answered) = oneshot::channel();
+        let member = Member {
+            conn_id: self.conn_id,
+            who: self.who.clone(),
+            outlet: self.outlet.clone(),
+        };
+        self.state.hub.join(
+            &team,
+            Join {
+                member,
+                rid,
+                since,
+                done,
+            },
+        );
+        match answered.await {
+            Ok(Ok(())) => {
+                self.joined.insert(team);
+                Ok(None)
+            }
+            Ok(Err(error)) => {
+                self.state
+                    .hub
+                    .leave(&team, self.conn_id, self.who.session.clone(), None, None);
+                Err(error)
+            }
+            Err(_) => {
+                self.state
+                    .hub
+                    .leave(&team, self.conn_id, self.who.session.clone(), None, None);
+                Err(room_error(ErrorCode::Unavailable, "room unavailable"))
+            }
+        }
+    }
+
+    async fn leave(
+        &mut self,
+        team: String,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        if !self.joined.remove(&team) {
+            return Err(RequestError {
+                team: Some(team),
+                room: true,
+                ..RequestError::new(ErrorCode::NotJoined, "team not joined")
+            });
+        }
+        let (done, left) = oneshot::channel();
+        self.state.hub.leave(
+            &team,
+            self.conn_id,
+            self.who.session.clone(),
+            Some(rid),
+            Some(done),
+        );
+        let _ = left.await;
+        if self.typing.remove(&team) {
+            self.publish_typing(&team, Ephemeral::TypingStop).await;
+        }
+        Ok(None)
+    }
+
+    /// Checks a team-scoped write: joined, and in the token (staff may delete anywhere).
+    fn check_write(&self, team: &str, staff_may: bool) -> Result<(), RequestError> {
+        let error = |code, message: &str| RequestError {
+            team: Some(team.to_owned()),
+            ..RequestError::new(code, message)
+        };
+        if !self.joined.contains(team) {
+            return Err(error(ErrorCode::NotJoined, "team not joined"));
+        }
+        let allowed = self.claims.is_member(team) || (staff_may && self.claims.is_staff());
+        if !allowed {
+            return Err(error(ErrorCode::Forbidden, "team not in token"));
+        }
+        Ok(())
+    }
+
+    /// Appends a durable event for a request and builds its `message:ack`.
+    async fn append_acked(
+        &self,
+        team: String,
+        data: EventData,
+        target: u64,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        let error = |code, message: &str| RequestError {
+            team: Some(team.clone()),
+            ..RequestError::new(code, message)
+        };
+        let started = std::time::Instant::now();
+        let appended = self
+            .state
+            .storage
+            .append(&Append {
+                team: &team,
+                src: &self.who.session,
+                data: &data,
+                target,
+                staff: self.claims.is_staff(),
+                cost: credit_cost(&self.state.config, &data),
+                limit: self.claims.credit_limit.or(self.state.config.credit_limit),
+            })
+            .await;
+        metrics::histogram!(m::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
+        match appended {
+            Ok(AppendOutcome::Appended(appended)) => Ok(Some(ServerFrame::MessageAck {
+                client_id: match data {
+                    EventData::Message(m) => Some(m.client_id),
+                    _ => None,
+                },
+                team,
+                seq: appended.seq,
+                id: appended.id,
+                offset: appended.offset.to_string(),
+                ts: appended.ts,
+                rid,
+            })),
+            Ok(AppendOutcome::Refused(ErrorCode::NotFound)) => {
+                Err(error(ErrorCode::NotFound, "no such message"))
+            }
+            Ok(AppendOutcome::Refused(ErrorCode::Forbidden)) => Err(error(
+                ErrorCode::Forbidden,
+                "only the author may change a message",
+            )),
+            Ok(AppendOutcome::Refused(ErrorCode::QuotaExceeded)) => {
+                Err(error(ErrorCode::QuotaExceeded, "credit limit reached"))
+            }
+            Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
+            // Storage seeds the team and appends again: never seen here.
+            Ok(AppendOutcome::Ignored | AppendOutcome::Unseeded) => Ok(None),
+            Err(e) => {
+                metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
+                warn!(error = %e, "append failed");
+                Err(error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable, retry later",
+                ))
+            }
+        }
+    }
+
+    async fn send_message(
+        &mut self,
+        team: String,
+        client_id: String,
+        body: String,
+        meta: Option<serde_json::Value>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, false)?;
+        let data = EventData::Message(MessageData {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            client_id,
+            user: self.claims.sub.clone(),
+            name: self.claims.name.clone(),
+            body,
+            meta,
+            ts: now_ms(),
+        });
+        self.append_acked(team, data, 0, rid).await
+    }
+
+    /// `message:edit` (`body: Some`) or `message:delete`.
+    async fn amend_message(
+        &mut self,
+        team: String,
+        seq: u64,
+        body: Option<String>,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, body.is_none())?;
+        let (user, ts) = (self.claims.sub.clone(), now_ms());
+        let data = match body {
+            Some(body) => EventData::Edit(EditData { user, body, ts }),
+            None => EventData::Delete(ActorData { user, ts }),
+        };
+        self.append_acked(team, data, seq, rid).await
+    }
+
+    /// `receipt:update`: no reply; coalesced per team (see `receipts`).
+    fn update_receipt(
+        &mut self,
+        team: String,
+        seq: u64,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, false)?;
+        let (state, session, user) = (&self.state, &self.who.session, &self.claims.sub);
+        self.receipts
+            .get_or_insert_with(|| {
+                let limit = self.claims.credit_limit.or(state.config.credit_limit);
+                receipts::Coalescer::spawn(state.clone(), session.clone(), user.clone(), limit)
+            })
+            .update(team, seq);
+        Ok(None)
+    }
+}
+
+/// What an event costs, by kind (`CREDIT_COST_*`).
+pub(super) fn credit_cost(
+    config: &teamchat_shared::config::GatewayConfig,
+    data: &EventData,
+) -> u64 {
+    match data {
+        EventData::Message(_) => config.credit_cost_message,
+        EventData::Edit(_) => config.credit_cost_edit,
+        EventData::Delete(_) => config.credit_cost_delete,
+        EventData::Receipt(_) => config.credit_cost_receipt,
+    }
+}

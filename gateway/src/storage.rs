@@ -1,0 +1,76 @@
+//! Where durable events go and where a team's state comes from: Redis (`broker`), with a
+//! team's counters seeded from what PostgreSQL holds the first time Redis lacks them (a new
+//! team, or one whose Redis state was lost), so no seq or offset is given out twice.
+
+use sqlx::PgPool;
+use teamchat_shared::db::{floor, watermark};
+
+use crate::broker::{Append, AppendOutcome, Broker, TeamState};
+
+/// Appends and team state, with the seeding they may need first.
+#[derive(Clone)]
+pub struct Storage {
+    broker: Broker,
+    /// Where the workers store what was given out: a team's counters start after it.
+    db: PgPool,
+}
+
+/// Why storage could not answer: the request gets `unavailable`, and nothing was written.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("Redis unavailable: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("PostgreSQL unavailable while seeding the team's counters: {0}")]
+    Postgres(#[from] sqlx::Error),
+}
+
+impl Storage {
+    pub fn new(broker: Broker, db: PgPool) -> Self {
+        Self { broker, db }
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.broker
+    }
+
+    /// Appends a durable event; the ack may be sent once this returns `Appended`.
+    pub async fn append(&self, append: &Append<'_>) -> Result<AppendOutcome, StorageError> {
+        match self.broker.append(append).await? {
+            AppendOutcome::Unseeded => {
+                self.seed(append.team).await?;
+                Ok(self.broker.append(append).await?)
+            }
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// The team's epoch, newest offset and seq, and receipts.
+    pub async fn team_state(&self, team: &str) -> Result<TeamState, StorageError> {
+        if let Some(state) = self.broker.team_state(team).await? {
+            return Ok(state);
+        }
+        self.seed(team).await?;
+        self.broker.team_state(team).await?.ok_or_else(|| {
+            StorageError::Redis(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "team still unseeded after seeding",
+            )))
+        })
+    }
+
+    /// Sets the counters of a team that has none after what PostgreSQL holds and what
+    /// Redis still has. Once per team while Redis keeps its state.
+    async fn seed(&self, team: &str) -> Result<(), StorageError> {
+        let floor = floor::read(&self.db, team).await.inspect_err(|e| {
+            tracing::warn!(error = %e, team, "seeding a team's counters: PostgreSQL unavailable");
+        })?;
+        // The team's stream was lost: the offsets between the sync watermark and the floor
+        // that were never synced are gone with it. The watermark passes them, so it moves
+        // on with the offsets to come, and history stops reading the stream for them.
+        if floor.offset > floor.watermark && !self.broker.stream_exists(team).await? {
+            watermark::pass_through(&self.db, team, floor.offset).await?;
+        }
+        self.broker.seed_team(team, floor.seq, floor.offset).await?;
+        Ok(())
+    }
+}
