@@ -1,4 +1,4 @@
-// Frames of the client protocol v1 (PROTOCOL.md), with the server's type names, and the
+// Frames of the client protocol v1 (docs/protocol.md), with the server's type names, and the
 // client's own option and event types.
 
 export interface SessionWelcome {
