@@ -1,5 +1,5 @@
 //! HTTP history: readable at once after the ack, from PostgreSQL once synced, and paged as
-//! PROTOCOL.md says.
+//! docs/protocol.md says.
 
 mod common;
 

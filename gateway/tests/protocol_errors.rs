@@ -8,58 +8,114 @@ use teamchat_testkit::client::{self, Auth};
 use teamchat_testkit::tokio_tungstenite::tungstenite::Message;
 use teamchat_testkit::{Client, TestEnv};
 
+/// A request and the answer it must get: the frame's `type`, its `code` and `rid`.
+struct Case {
+    frame: String,
+    answer: &'static str,
+    code: &'static str,
+    rid: Option<&'static str>,
+}
+
+fn case(frame: impl ToString, answer: &'static str, code: &'static str) -> Case {
+    Case {
+        frame: frame.to_string(),
+        answer,
+        code,
+        rid: None,
+    }
+}
+
+/// Sends each case's frame and checks its answer.
+async fn check(c: &mut Client, cases: &[Case]) {
+    for Case {
+        frame,
+        answer,
+        code,
+        rid,
+    } in cases
+    {
+        c.ws.send(Message::text(frame.clone())).await.unwrap();
+        let e = c.expect(answer).await;
+        assert_eq!(
+            (e["code"].as_str(), e["rid"].as_str()),
+            (Some(*code), *rid),
+            "the answer to {frame}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_refused_requests_get_error_codes() {
     let env = TestEnv::new().await;
     let g = common::gateway(&env, &["--max-body=16", "--max-meta=32"]).await;
     let mut c = Client::connect(g.addr(), &env.token("u1", &["t"])).await;
+    let send = |fields: serde_json::Value| {
+        let mut frame = json!({"type": "message:send", "team": "t", "client_id": "c", "body": "b"});
+        for (key, value) in fields.as_object().unwrap() {
+            match value {
+                serde_json::Value::Null => frame.as_object_mut().unwrap().remove(key),
+                value => frame
+                    .as_object_mut()
+                    .unwrap()
+                    .insert(key.clone(), value.clone()),
+            };
+        }
+        frame
+    };
 
-    c.ws.send(Message::text("{not json")).await.unwrap();
-    assert_eq!(c.expect("error").await["code"], "bad_request");
-    c.ws.send(Message::text("[1,2]")).await.unwrap();
-    assert_eq!(c.expect("error").await["code"], "bad_request");
-
-    c.send(json!({"type":"no:such","rid":"r9"})).await;
-    let e = c.expect("error").await;
-    assert_eq!(
-        (e["code"].as_str(), e["rid"].as_str()),
-        (Some("unknown_type"), Some("r9"))
-    );
-
-    c.send(json!({"type":"room:join"})).await;
-    assert_eq!(c.expect("room:error").await["code"], "bad_request");
-    c.send(json!({"type":"room:join","team":"bad team!"})).await;
-    assert_eq!(c.expect("room:error").await["code"], "bad_request");
-    c.send(json!({"type":"room:join","team":"t","since":{"offset":"x"}}))
-        .await;
-    assert_eq!(c.expect("room:error").await["code"], "bad_request");
-    c.send(json!({"type":"room:leave","team":"t","rid":"l1"}))
-        .await;
-    let e = c.expect("room:error").await;
-    assert_eq!(
-        (e["code"].as_str(), e["rid"].as_str()),
-        (Some("not_joined"), Some("l1"))
-    );
-
-    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"b"}))
-        .await;
-    assert_eq!(c.expect("error").await["code"], "not_joined");
+    check(
+        &mut c,
+        &[
+            case("{not json", "error", "bad_request"),
+            case("[1,2]", "error", "bad_request"),
+            Case {
+                rid: Some("r9"),
+                ..case(
+                    json!({"type":"no:such","rid":"r9"}),
+                    "error",
+                    "unknown_type",
+                )
+            },
+            case(json!({"type":"room:join"}), "room:error", "bad_request"),
+            case(
+                json!({"type":"room:join","team":"bad team!"}),
+                "room:error",
+                "bad_request",
+            ),
+            case(
+                json!({"type":"room:join","team":"t","since":{"offset":"x"}}),
+                "room:error",
+                "bad_request",
+            ),
+            Case {
+                rid: Some("l1"),
+                ..case(
+                    json!({"type":"room:leave","team":"t","rid":"l1"}),
+                    "room:error",
+                    "not_joined",
+                )
+            },
+            case(send(json!({})), "error", "not_joined"),
+        ],
+    )
+    .await;
 
     c.join("t").await;
-    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"x".repeat(17)}))
-        .await;
-    assert_eq!(c.expect("error").await["code"], "too_large");
-    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":{"k":"x".repeat(40)}})).await;
-    assert_eq!(c.expect("error").await["code"], "too_large");
-    c.send(json!({"type":"message:send","team":"t","client_id":"c","body":"b","meta":"text"}))
-        .await;
-    assert_eq!(c.expect("error").await["code"], "bad_request");
-    c.send(json!({"type":"message:send","team":"t","client_id":"","body":"b"}))
-        .await;
-    assert_eq!(c.expect("error").await["code"], "bad_request");
-    c.send(json!({"type":"message:send","team":"t","body":"b"}))
-        .await;
-    assert_eq!(c.expect("error").await["code"], "bad_request");
+    check(
+        &mut c,
+        &[
+            case(send(json!({"body": "x".repeat(17)})), "error", "too_large"),
+            case(
+                send(json!({"meta": {"k": "x".repeat(40)}})),
+                "error",
+                "too_large",
+            ),
+            case(send(json!({"meta": "text"})), "error", "bad_request"),
+            case(send(json!({"client_id": ""})), "error", "bad_request"),
+            case(send(json!({"client_id": null})), "error", "bad_request"),
+        ],
+    )
+    .await;
 
     // None of that was accepted: the first message gets seq 1 at offset 1.
     let ack = c.send_message("t", "ok", "fine").await;
@@ -78,9 +134,15 @@ async fn malformed_and_refused_requests_get_error_codes() {
         (left["team"].as_str(), left["rid"].as_str()),
         (Some("t"), Some("bye"))
     );
-    c.send(json!({"type":"message:send","team":"t","client_id":"c2","body":"b"}))
-        .await;
-    assert_eq!(c.expect("error").await["code"], "not_joined");
+    check(
+        &mut c,
+        &[case(
+            send(json!({"client_id": "c2"})),
+            "error",
+            "not_joined",
+        )],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

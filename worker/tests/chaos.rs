@@ -1,4 +1,4 @@
-//! The chaos test (DESIGN.md's invariants): three gateways and two workers as processes,
+//! The chaos test (docs/architecture.md's invariants): three gateways and two workers as processes,
 //! twenty clients sending messages, edits, deletes and receipts for a bounded time, while a
 //! random worker or gateway is killed (SIGKILL) and restarted every couple of seconds, and
 //! PostgreSQL and Redis (AOF on) are each crashed and restarted once. Clients retry what

@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-mod common;
+use super::common;
 
 use serde_json::Value;
 use teamchat_testkit::{eventually, free_port, try_http_get};

@@ -1,0 +1,9 @@
+//! Deployment tests: what an operator runs beside the binaries agrees with them —
+//! compose.yaml and the files it mounts (`compose`), and the Grafana dashboard, every
+//! panel of which shows data from a real Prometheus (`dashboard`).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod compose;
+mod dashboard;
