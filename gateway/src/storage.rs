@@ -38,7 +38,11 @@ impl Storage {
         match self.broker.append(append).await? {
             AppendOutcome::Unseeded => {
                 self.seed(append.team).await?;
-                Ok(self.broker.append(append).await?)
+                match self.broker.append(append).await? {
+                    // The counters vanished again (eviction, a flush): nothing was written.
+                    AppendOutcome::Unseeded => Err(still_unseeded()),
+                    outcome => Ok(outcome),
+                }
             }
             outcome => Ok(outcome),
         }
@@ -50,27 +54,39 @@ impl Storage {
             return Ok(state);
         }
         self.seed(team).await?;
-        self.broker.team_state(team).await?.ok_or_else(|| {
-            StorageError::Redis(redis::RedisError::from((
-                redis::ErrorKind::UnexpectedReturnType,
-                "team still unseeded after seeding",
-            )))
-        })
+        self.broker
+            .team_state(team)
+            .await?
+            .ok_or_else(still_unseeded)
     }
 
     /// Sets the counters of a team that has none after what PostgreSQL holds and what
     /// Redis still has. Once per team while Redis keeps its state.
     async fn seed(&self, team: &str) -> Result<(), StorageError> {
-        let floor = floor::read(&self.db, team).await.inspect_err(|e| {
-            tracing::warn!(error = %e, team, "seeding a team's counters: PostgreSQL unavailable");
-        })?;
+        let floor = floor::read(&self.db, team)
+            .await
+            .inspect_err(|e| postgres_failed(team, e))?;
         // The team's stream was lost: the offsets between the sync watermark and the floor
         // that were never synced are gone with it. The watermark passes them, so it moves
         // on with the offsets to come, and history stops reading the stream for them.
         if floor.offset > floor.watermark && !self.broker.stream_exists(team).await? {
-            watermark::pass_through(&self.db, team, floor.offset).await?;
+            watermark::pass_through(&self.db, team, floor.offset)
+                .await
+                .inspect_err(|e| postgres_failed(team, e))?;
         }
         self.broker.seed_team(team, floor.seq, floor.offset).await?;
         Ok(())
     }
+}
+
+fn postgres_failed(team: &str, e: &sqlx::Error) {
+    tracing::warn!(error = %e, team, "seeding a team's counters: PostgreSQL unavailable");
+}
+
+/// A team's counters still missing right after it was seeded.
+fn still_unseeded() -> StorageError {
+    StorageError::Redis(redis::RedisError::from((
+        redis::ErrorKind::UnexpectedReturnType,
+        "team's counters missing right after seeding",
+    )))
 }

@@ -223,7 +223,7 @@ async fn check_tops(hub: Arc<Hub>) {
                 }
                 Err(e) => {
                     metrics::counter!(teamchat_shared::metrics::GATEWAY_REDIS_ERRORS).increment(1);
-                    tracing::warn!(error = %e, "tail check: Redis unavailable");
+                    tracing::warn!(error = %e, "tail check: storage unavailable");
                     break;
                 }
             }

@@ -72,21 +72,6 @@ impl Request {
             Request::TokenRefresh { .. } => "token:refresh",
         }
     }
-
-    /// The team a request concerns, if any.
-    pub fn team(&self) -> Option<&str> {
-        match self {
-            Request::RoomJoin { team, .. }
-            | Request::RoomLeave { team }
-            | Request::MessageSend { team, .. }
-            | Request::MessageEdit { team, .. }
-            | Request::MessageDelete { team, .. }
-            | Request::ReceiptUpdate { team, .. }
-            | Request::TypingStart { team }
-            | Request::TypingStop { team } => Some(team),
-            Request::Ping | Request::TokenRefresh { .. } => None,
-        }
-    }
 }
 
 /// A decoded client frame: its request and request id.

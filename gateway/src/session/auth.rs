@@ -5,7 +5,7 @@ use hyper::header::{AUTHORIZATION, COOKIE};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde::Deserialize;
 
-/// The claims teamchat reads from a token (docs/protocol.md, Connecting).
+/// The claims teamchat reads from a token (docs/protocol.md, Transport and connecting).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Claims {
     pub sub: String,

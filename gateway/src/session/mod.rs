@@ -1,5 +1,6 @@
-//! One client connection after the upgrade: authentication (`auth`), the per-user
-//! connection limit (`connections`), the welcome, then the read loop, which decodes frames
+//! One client connection after the upgrade: the opening (`open`: authentication by `auth`,
+//! the per-user connection limit, the welcome; `connections` is this gateway's registry
+//! of them), then the read loop, which decodes frames
 //! and carries out requests in order (`requests`, one function each, rate-limited by
 //! `limits`; receipts coalesced by `receipts`), and the close. Replies and room events go
 //! out through the connection's `Outlet`.

@@ -313,8 +313,12 @@ impl Session {
                 Err(error(ErrorCode::QuotaExceeded, "credit limit reached"))
             }
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
-            // Storage seeds the team and appends again: never seen here.
-            Ok(AppendOutcome::Ignored | AppendOutcome::Unseeded) => Ok(None),
+            Ok(AppendOutcome::Ignored) => Ok(None),
+            // Storage seeds the team and appends again, or fails: never seen here.
+            Ok(AppendOutcome::Unseeded) => Err(error(
+                ErrorCode::Unavailable,
+                "storage unavailable, retry later",
+            )),
             Err(e) => {
                 metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
                 warn!(error = %e, "append failed");

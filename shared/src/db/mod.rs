@@ -1,6 +1,6 @@
-//! The PostgreSQL statements the gateway and the worker share. The schema is in
-//! `migrations/` (applied by the worker at start); the worker's batch writes, which only it
-//! runs, are in `worker/src/store.rs`.
+//! PostgreSQL statements of both binaries, and those that keep the sync watermark's
+//! invariant wherever they run. The schema is in `migrations/` (applied by the worker at
+//! start); the rest of the worker's batch writes are in `worker/src/store/`.
 //!
 //! - `watermark`: the per-team sync watermark and its invariant;
 //! - `floor`: what PostgreSQL holds of a team, where its Redis counters start;
