@@ -51,6 +51,8 @@ pub struct AppState {
     pub rate_limits: RateLimits,
     /// This gateway's connections, counted per user across gateways in Redis.
     pub connections: Connections,
+    /// Places for `MAX_CONNECTIONS` open TCP connections.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
 }
@@ -65,6 +67,7 @@ pub struct Gateway {
 impl Gateway {
     /// Binds `config.listen` (port 0 picks a free port), connects to Redis and serves.
     pub async fn start(config: GatewayConfig) -> anyhow::Result<Self> {
+        refuse_unsafe(&config)?;
         teamchat_shared::metrics::install();
         teamchat_shared::metrics::touch("teamchat_gateway_");
         let listener =
@@ -80,6 +83,9 @@ impl Gateway {
         let storage = Storage::new(broker.clone(), db.clone());
         let hub = Hub::start(&config, storage.clone(), shutdown.clone()).await?;
         let rate_limits = RateLimits::new(&config);
+        let config_max_connections = config.max_connections;
+        metrics::gauge!(teamchat_shared::metrics::MAX_CONNECTIONS)
+            .set(config_max_connections as f64);
         let state = Arc::new(AppState {
             verifier: Verifier::new(&config.jwt_secret, config.token_leeway_s),
             config,
@@ -91,6 +97,9 @@ impl Gateway {
             sessions: TaskTracker::new(),
             rate_limits,
             connections: Connections::default(),
+            connection_slots: Arc::new(tokio::sync::Semaphore::new(
+                config_max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+            )),
             metrics: teamchat_shared::metrics::install(),
         });
         tokio::spawn(connections::refresh(state.clone()));
@@ -135,6 +144,37 @@ impl Gateway {
             );
         }
     }
+}
+
+/// The development secrets shipped with teamchat (scripts/run, compose.yaml): anyone can
+/// sign tokens with them.
+pub const SHIPPED_SECRETS: &[&str] = &["dev-secret-change-me"];
+
+/// The shortest `JWT_SECRET` accepted outside development: HS256 is as strong as its key.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Refuses settings that would let anyone in: outside `DEV_MODE`, a short or shipped
+/// `JWT_SECRET`; in `DEV_MODE` (tokens for anyone), an address other hosts reach unless
+/// `DEV_MODE_PUBLIC` says so.
+fn refuse_unsafe(config: &GatewayConfig) -> anyhow::Result<()> {
+    if config.dev_mode {
+        if !config.listen.ip().is_loopback() && !config.dev_mode_public {
+            anyhow::bail!(
+                "DEV_MODE mints tokens for anyone: it listens on loopback only ({} is not), unless DEV_MODE_PUBLIC=true",
+                config.listen
+            );
+        }
+        return Ok(());
+    }
+    if config.jwt_secret.len() < MIN_SECRET_LEN {
+        anyhow::bail!(
+            "JWT_SECRET must be at least {MIN_SECRET_LEN} bytes (random) outside DEV_MODE"
+        );
+    }
+    if SHIPPED_SECRETS.contains(&config.jwt_secret.as_str()) {
+        anyhow::bail!("JWT_SECRET is a development default shipped with teamchat: set your own");
+    }
+    Ok(())
 }
 
 /// Connections waiting to be accepted. After a gateway restarts, its clients reconnect at

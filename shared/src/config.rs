@@ -63,7 +63,8 @@ pub struct GatewayConfig {
         default_value = "postgres://teamchat:teamchat@127.0.0.1:5432/teamchat"
     )]
     pub database_url: String,
-    /// HS256 secret that client tokens are signed with.
+    /// HS256 secret that client tokens are signed with: at least 32 bytes, and none of the
+    /// development defaults shipped with teamchat (both enforced outside `DEV_MODE`).
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
     /// Origins allowed to upgrade with a `tc_token` cookie and to call the HTTP API from a
@@ -103,6 +104,14 @@ pub struct GatewayConfig {
     /// `room:join` requests per user per minute.
     #[arg(long, env = "RATE_JOIN_PER_MIN", default_value_t = 60)]
     pub rate_join_per_min: u32,
+    /// Open TCP connections this gateway serves at once (WebSocket and HTTP); beyond it a
+    /// new connection is answered 503 and closed at once.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+    /// How long a client may take to send a whole request head, the upgrade included, and
+    /// how long an idle HTTP keep-alive connection is kept.
+    #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
     /// Connections one user may hold across all gateways (close 4029 beyond).
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
     pub max_connections_per_user: u32,
@@ -142,6 +151,10 @@ pub struct GatewayConfig {
     /// token for anyone at `POST /dev/token`.
     #[arg(long, env = "DEV_MODE")]
     pub dev_mode: bool,
+    /// Lets `DEV_MODE` listen on an address other hosts reach (refused otherwise: anyone
+    /// there could mint tokens).
+    #[arg(long, env = "DEV_MODE_PUBLIC")]
+    pub dev_mode_public: bool,
     /// Where the demo page (`demo/www`) and the built client library (`js/dist`) are.
     #[arg(long, env = "DEV_CLIENTS_DIR", default_value = "clients")]
     pub dev_clients_dir: String,

@@ -28,6 +28,10 @@ pub const QUEUE_OVERFLOWS: &str = "teamchat_gateway_send_queue_overflows_total";
 pub const ROOM_EVENTS_DROPPED: &str = "teamchat_gateway_room_events_dropped_total";
 pub const RATE_LIMITED: &str = "teamchat_gateway_rate_limited_total";
 pub const GATEWAY_REDIS_ERRORS: &str = "teamchat_gateway_redis_errors_total";
+pub const CONNECTIONS_REFUSED: &str = "teamchat_gateway_connections_refused_total";
+pub const MAX_CONNECTIONS: &str = "teamchat_gateway_max_connections";
+pub const PANICS: &str = "teamchat_gateway_panics_total";
+pub const UNDECODABLE_EVENTS: &str = "teamchat_gateway_undecodable_events_total";
 pub const BATCHES: &str = "teamchat_worker_batches_total";
 pub const ROWS_SYNCED: &str = "teamchat_worker_rows_synced_total";
 pub const BATCH_SIZE: &str = "teamchat_worker_batch_size";
@@ -115,6 +119,30 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "",
         "Redis commands that failed",
+    ),
+    (
+        CONNECTIONS_REFUSED,
+        Kind::Counter,
+        "",
+        "TCP connections refused because the gateway held `MAX_CONNECTIONS`",
+    ),
+    (
+        MAX_CONNECTIONS,
+        Kind::Gauge,
+        "",
+        "the `MAX_CONNECTIONS` setting: open TCP connections served at once",
+    ),
+    (
+        PANICS,
+        Kind::Counter,
+        "",
+        "sessions closed 1011 by a bug that panicked (the process goes on)",
+    ),
+    (
+        UNDECODABLE_EVENTS,
+        Kind::Counter,
+        "source",
+        "events a room could not decode and passed over (`stream` entries, `pubsub` messages): written by hand, an older version or a bug",
     ),
     (BATCHES, Kind::Counter, "", "batches committed"),
     (

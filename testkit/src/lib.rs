@@ -20,7 +20,7 @@ use teamchat_shared::keys::Keys;
 pub use client::Client;
 pub use tokio_tungstenite;
 
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "teamchat-testkit-secret-for-tests-only";
 const SHARDS: u32 = 4;
 
 /// One test's isolated slice of Redis and PostgreSQL, removed when dropped.

@@ -97,10 +97,11 @@ pub async fn replay(config: &WorkerConfig, team: Option<&str>) -> anyhow::Result
                 config.batch_size.max(1),
             )
             .await?;
-            let Some(last) = page.last().map(|e| e.offset) else {
+            let Some(last) = page.last_offset() else {
                 break;
             };
-            let entries: Vec<Entry> = page.into_iter().map(entry).collect();
+            passed_over(team, &page.undecodable);
+            let entries: Vec<Entry> = page.events.into_iter().map(entry).collect();
             store.write_batch(&entries).await?;
             store.mark_synced_through(team, last).await?;
             stats.events += entries.len();
@@ -114,6 +115,13 @@ pub async fn replay(config: &WorkerConfig, team: Option<&str>) -> anyhow::Result
     }
     progress.done();
     Ok(stats)
+}
+
+/// Entries of a team stream that cannot be decoded are passed over, each logged.
+fn passed_over(team: &str, offsets: &[u64]) {
+    for offset in offsets {
+        tracing::error!(team, offset, "undecodable stream entry passed over");
+    }
 }
 
 fn entry(event: StreamEvent) -> Entry {
@@ -143,10 +151,11 @@ pub async fn export(
     let mut written = 0;
     while next <= to {
         let page = stream::read_page(&mut conn, &keys, team, next, to, stream::PAGE).await?;
-        let Some(last) = page.last().map(|e| e.offset) else {
+        let Some(last) = page.last_offset() else {
             break;
         };
-        for event in &page {
+        passed_over(team, &page.undecodable);
+        for event in &page.events {
             let data: serde_json::Value = serde_json::from_str(&event.data.encode())?;
             let line = json!({
                 "team": event.team,
@@ -157,7 +166,7 @@ pub async fn export(
             });
             writeln!(out, "{line}")?;
         }
-        written += page.len();
+        written += page.events.len();
         progress.show(format_args!(
             "export {team}: through offset {last} ({written} events)"
         ));

@@ -10,7 +10,7 @@ use anyhow::Context;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use teamchat_shared::config::GatewayConfig;
-use teamchat_shared::event::{Ephemeral, EventData, StreamEvent};
+use teamchat_shared::event::{Ephemeral, EventData};
 use teamchat_shared::keys::Keys;
 use teamchat_shared::scripts;
 use teamchat_shared::stream;
@@ -272,13 +272,14 @@ impl Broker {
             .collect())
     }
 
-    /// The team's events with offsets in `from..=to` that the stream still holds, in order.
+    /// The team's entries with offsets in `from..=to` that the stream still holds, in order
+    /// (those that cannot be decoded by offset only).
     pub async fn read_range(
         &self,
         team: &str,
         from: u64,
         to: u64,
-    ) -> redis::RedisResult<Vec<StreamEvent>> {
+    ) -> redis::RedisResult<stream::Range> {
         stream::read_range(&mut self.conn.clone(), &self.keys, team, from, to).await
     }
 

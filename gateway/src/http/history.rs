@@ -54,8 +54,8 @@ fn parse_query(query: &str) -> Result<(Page, usize), &'static str> {
     let (mut before, mut after, mut limit) = (None, None, DEFAULT_LIMIT);
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
-            "before" => before = Some(value.parse::<u64>().map_err(|_| "before must be a seq")?),
-            "after" => after = Some(value.parse::<u64>().map_err(|_| "after must be a seq")?),
+            "before" => before = Some(seq(&value).ok_or("before must be a seq")?),
+            "after" => after = Some(seq(&value).ok_or("after must be a seq")?),
             "limit" => {
                 limit = value.parse().map_err(|_| "limit must be 1..200")?;
                 if !(1..=MAX_LIMIT).contains(&limit) {
@@ -71,6 +71,14 @@ fn parse_query(query: &str) -> Result<(Page, usize), &'static str> {
         (before, None) => Page::Before(before),
     };
     Ok((page, limit))
+}
+
+/// A seq from the query: a non-negative integer PostgreSQL's `int8` holds.
+fn seq(value: &str) -> Option<u64> {
+    value
+        .parse::<u64>()
+        .ok()
+        .filter(|seq| *seq <= i64::MAX as u64)
 }
 
 async fn load(
@@ -92,6 +100,7 @@ async fn load(
         .broker
         .read_range(team, unsynced_from, u64::MAX)
         .await?
+        .events
     {
         if !page.contains(event.seq) {
             continue;
@@ -172,5 +181,11 @@ mod tests {
         assert!(parse_query("limit=201").is_err());
         assert!(parse_query("before=x").is_err());
         assert!(parse_query("after=-1").is_err());
+        // Past int8: refused, not wrapped round to a negative seq.
+        assert!(parse_query("before=9223372036854775808").is_err());
+        assert_eq!(
+            parse_query("after=9223372036854775807"),
+            Ok((Page::After(i64::MAX as u64), 50))
+        );
     }
 }

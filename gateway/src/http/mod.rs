@@ -10,7 +10,8 @@ pub mod history;
 mod upgrade;
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -19,18 +20,29 @@ use hyper::header::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use teamchat_shared::ids::is_valid_id;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
 use crate::AppState;
+use crate::outlet::ConnectionSlot;
 use crate::session::auth::{self, Claims};
 
 pub type Body = Full<Bytes>;
 
-/// Accepts connections until shutdown.
+/// The slot of an HTTP connection, until an upgrade takes it over.
+type SlotHolder = Arc<Mutex<Option<ConnectionSlot>>>;
+
+/// The largest request head read, in bytes (hyper's least): more is answered 431.
+const MAX_HEAD: usize = 8_192;
+
+/// Accepts connections until shutdown. Past `MAX_CONNECTIONS` a connection is answered
+/// 503 and closed at once, before any parsing; a client that takes longer than
+/// `HEADER_TIMEOUT_MS` to send a request head (or idles that long between requests) is
+/// dropped.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
+    let header_timeout = Duration::from_millis(state.config.header_timeout_ms.max(1));
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -44,11 +56,21 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
             },
             _ = state.shutdown.cancelled() => return,
         };
+        let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
+            metrics::counter!(teamchat_shared::metrics::CONNECTIONS_REFUSED).increment(1);
+            // Best effort, without waiting: the socket's buffer takes it.
+            let _ = stream.try_write(FULL);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| route(state.clone(), req));
+            let slot: SlotHolder = Arc::new(Mutex::new(Some(slot)));
+            let service = service_fn(move |req| route(state.clone(), slot.clone(), req));
             if let Err(e) = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_buf_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
                 .await
@@ -59,7 +81,15 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
     }
 }
 
-async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// The answer to a connection past `MAX_CONNECTIONS`.
+const FULL: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n";
+
+async fn route(
+    state: Arc<AppState>,
+    slot: SlotHolder,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     // Pages on an allowed origin may call the HTTP API (history, credits) from the browser.
     let cors_origin = path
@@ -68,7 +98,7 @@ async fn route(state: Arc<AppState>, req: Request<Incoming>) -> Result<Response<
         .flatten();
     let response = match (req.method(), path.as_str()) {
         (&Method::OPTIONS, p) if p.starts_with("/v1/") => cors::preflight(cors_origin.is_some()),
-        (&Method::GET, "/ws") => upgrade::upgrade(state, req),
+        (&Method::GET, "/ws") => upgrade::upgrade(state, req, &slot),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(Body::from(state.metrics.render()));

@@ -2,7 +2,8 @@
 //! upgrades, so that the client learns why through the close code (4001/4003,
 //! docs/protocol.md). The connection then belongs to a `session`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
@@ -11,10 +12,16 @@ use tracing::debug;
 
 use super::{Body, cors, json_error};
 use crate::AppState;
+use crate::outlet::ConnectionSlot;
 use crate::protocol::Encoding;
 use crate::session::{self, auth};
 
-pub fn upgrade(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Body> {
+/// Upgrades to WebSocket; the connection's slot goes with it to the session.
+pub fn upgrade(
+    state: Arc<AppState>,
+    mut req: Request<Incoming>,
+    slot: &Mutex<Option<ConnectionSlot>>,
+) -> Response<Body> {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return json_error(
             StatusCode::UPGRADE_REQUIRED,
@@ -38,14 +45,19 @@ pub fn upgrade(state: Arc<AppState>, mut req: Request<Incoming>) -> Response<Bod
         Ok(pair) => pair,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
     };
+    let slot = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
     let sessions = state.sessions.clone();
+    // The handshake completes once the 101 is written: a client that does not read it
+    // does not hold the connection past the header timeout.
+    let handshake = Duration::from_millis(state.config.header_timeout_ms.max(1));
     sessions.spawn(async move {
-        match upgrade.await {
-            Ok(ws) => {
+        match tokio::time::timeout(handshake, upgrade).await {
+            Ok(Ok(ws)) => {
                 let upgraded = ws.into_inner().into_inner();
-                session::run(state, upgraded, auth, encoding).await;
+                session::run(state, upgraded, auth, encoding, slot).await;
             }
-            Err(e) => debug!(error = %e, "upgrade failed"),
+            Ok(Err(e)) => debug!(error = %e, "upgrade failed"),
+            Err(_) => debug!("upgrade timed out"),
         }
     });
     let (mut parts, _) = response.into_parts();

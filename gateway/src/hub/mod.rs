@@ -19,7 +19,7 @@ use teamchat_shared::keys::slice_of;
 
 use self::tail::SubCmd;
 use crate::room::queue;
-use crate::room::{Join, Leave, Room, RoomCmd, RoomShared};
+use crate::room::{Join, Leave, Left, Room, RoomCmd, RoomShared};
 use crate::storage::Storage;
 
 /// Published events a room's queue may hold; more are dropped (counted), and the room
@@ -96,7 +96,7 @@ impl Hub {
         team: &str,
         conn_id: u64,
         session: Arc<str>,
-        reply: Option<Option<String>>,
+        reply: Option<Left>,
         done: Option<oneshot::Sender<()>>,
     ) {
         let mut rooms = self.rooms.lock().expect("hub lock");

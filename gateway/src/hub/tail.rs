@@ -95,7 +95,11 @@ pub async fn run(
                         let Some(team) = keys.team_of_channel(channel) else { continue };
                         match Published::parse(team, msg.get_payload_bytes()) {
                             Ok(published) => rooms.dispatch(team, published),
-                            Err(e) => error!(error = %e, channel, "undecodable published event"),
+                            // The room reads a durable event it missed from the stream.
+                            Err(e) => {
+                                metrics::counter!(teamchat_shared::metrics::UNDECODABLE_EVENTS, "source" => "pubsub").increment(1);
+                                error!(error = %e, channel, "undecodable published event passed over");
+                            }
                         }
                     }
                     None => {

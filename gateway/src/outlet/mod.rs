@@ -24,11 +24,16 @@ use teamchat_shared::metrics as m;
 #[cfg(test)]
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use self::frame::push;
 use self::writer::try_write;
 use crate::protocol::Encoding;
+
+/// A place among the gateway's `MAX_CONNECTIONS`, held as long as its TCP connection is
+/// open: by the HTTP connection, then by the outlet after an upgrade.
+pub type ConnectionSlot = OwnedSemaphorePermit;
 
 /// Why `try_send` did not queue the item.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,6 +80,8 @@ struct Shared {
     close: AtomicU16,
     writer: AtomicWaker,
     reader: AtomicWaker,
+    /// The connection's place among `MAX_CONNECTIONS`, given back when the socket goes.
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 #[derive(Default)]
@@ -115,7 +122,12 @@ thread_local! {
 
 impl Outlet {
     /// The send side of a connection whose queue holds at most `capacity` items.
-    pub fn new(socket: OwnedWriteHalf, encoding: Encoding, capacity: usize) -> Self {
+    pub fn new(
+        socket: OwnedWriteHalf,
+        encoding: Encoding,
+        capacity: usize,
+        slot: Option<OwnedSemaphorePermit>,
+    ) -> Self {
         Outlet(Arc::new(Shared {
             socket,
             encoding,
@@ -124,6 +136,7 @@ impl Outlet {
             close: AtomicU16::new(0),
             writer: AtomicWaker::new(),
             reader: AtomicWaker::new(),
+            _slot: slot,
         }))
     }
 

@@ -13,7 +13,7 @@ async fn connected(capacity: usize) -> (Outlet, WebSocket<TcpStream>, OwnedReadH
         .unwrap();
     let (server, _) = listener.accept().await.unwrap();
     let (read, write) = server.into_split();
-    let outlet = Outlet::new(write, Encoding::Json, capacity);
+    let outlet = Outlet::new(write, Encoding::Json, capacity, None);
     (
         outlet,
         WebSocket::after_handshake(client, Role::Client),

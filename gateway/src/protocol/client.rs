@@ -1,5 +1,6 @@
 //! Frames a client sends: one decoder per request type, each checking its fields' shape
 //! and size before the request reaches a session (docs/protocol.md, Frames and Limits).
+//! Its unit tests make up a quarter of the file.
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -80,6 +81,14 @@ pub struct ClientFrame {
     pub rid: Option<String>,
     pub request: Request,
 }
+
+/// The deepest `meta` accepted, in either encoding: every reader of what is appended (the
+/// gateways, the workers, PostgreSQL's jsonb) must decode it, and serde_json stops at 128.
+pub const MAX_META_DEPTH: usize = 32;
+
+/// The highest `seq` a request may name: the append script's numbers are doubles, exact to
+/// 2^53 (JavaScript's `Number.MAX_SAFE_INTEGER`).
+pub const MAX_SEQ: u64 = (1 << 53) - 1;
 
 /// Size limits checked while decoding.
 #[derive(Clone, Copy, Debug)]
@@ -190,6 +199,10 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
     if fields.client_id.is_empty() || fields.client_id.len() > 64 {
         return Err(in_team(bad("client_id must be 1..64 bytes")));
     }
+    // Stored as PostgreSQL text, which cannot hold NUL.
+    if fields.client_id.contains('\0') {
+        return Err(in_team(bad("client_id cannot contain NUL")));
+    }
     // PostgreSQL text and jsonb cannot hold NUL: refuse it here, not in the worker.
     if fields.body.contains('\0')
         || fields
@@ -203,6 +216,11 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
     let meta = match fields.meta {
         None | Some(Value::Null) => None,
         Some(meta @ Value::Object(_)) => {
+            if deeper_than(&meta, MAX_META_DEPTH) {
+                return Err(in_team(bad(&format!(
+                    "meta is nested deeper than {MAX_META_DEPTH} levels"
+                ))));
+            }
             let size = serde_json::to_vec(&meta)
                 .map(|v| v.len())
                 .unwrap_or(usize::MAX);
@@ -259,9 +277,24 @@ fn team(object: &Map<String, Value>) -> Result<String, RequestError> {
 fn team_and_seq(object: &Map<String, Value>) -> Result<(String, u64), RequestError> {
     let team = team(object)?;
     match object.get("seq").and_then(Value::as_u64) {
-        Some(seq) => Ok((team, seq)),
+        Some(seq) if seq <= MAX_SEQ => Ok((team, seq)),
+        Some(_) => Err(bad("seq is out of range").in_team(&team)),
         None => Err(bad("seq must be a non-negative integer").in_team(&team)),
     }
+}
+
+/// Whether a value nests arrays and objects more than `levels` deep (the value itself is
+/// level 1). Stops looking once past the limit.
+fn deeper_than(value: &Value, levels: usize) -> bool {
+    let children: Box<dyn Iterator<Item = &Value>> = match value {
+        Value::Array(items) => Box::new(items.iter()),
+        Value::Object(map) => Box::new(map.values()),
+        _ => return false,
+    };
+    levels == 0
+        || children
+            .into_iter()
+            .any(|child| deeper_than(child, levels - 1))
 }
 
 /// The `team` of `room:join` / `room:leave`, answered with `room:error`.

@@ -34,11 +34,24 @@ pub struct RequestError {
     pub retry_after_ms: Option<u64>,
 }
 
+/// The longest error `message`, in bytes: a message may quote what the client sent (an
+/// unknown `type`, a field that did not parse), and no reply echoes unbounded input.
+pub const MAX_MESSAGE: usize = 200;
+
 impl RequestError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let mut message = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
+        }
         Self {
             code,
-            message: message.into(),
+            message,
             rid: None,
             team: None,
             room: false,

@@ -84,6 +84,9 @@ pub enum ServerFrame {
         team: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<String>,
+        /// Why the server took the connection out (not sent for a `room:leave`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'static str>,
     },
     #[serde(rename = "message:ack")]
     MessageAck {

@@ -5,7 +5,7 @@
 
 use teamchat_shared::event::StreamEvent;
 
-use super::{Join, Room};
+use super::{Join, Left, Room};
 use crate::broker::TeamState;
 use crate::outlet::{OutFrame, Outbound};
 use crate::protocol::{ErrorCode, RequestError, ServerFrame, Since};
@@ -177,22 +177,17 @@ impl Room {
         if missed == 0 {
             return Ok(Some(Vec::new()));
         }
-        let events = self
+        let range = self
             .shared
             .broker
             .read_range(&self.team, from + 1, state.offset)
             .await?;
-        let complete =
-            events.len() as u64 == missed && events.first().map(|e| e.offset) == Some(from + 1);
-        Ok(complete.then_some(events))
+        // Entries no reader can decode are not replayed (the room passed them over too).
+        let complete = range.entries() as u64 == missed;
+        Ok(complete.then_some(range.events))
     }
 
-    pub(super) async fn on_leave(
-        &mut self,
-        conn_id: u64,
-        session: &str,
-        reply: Option<Option<String>>,
-    ) {
+    pub(super) async fn on_leave(&mut self, conn_id: u64, session: &str, reply: Option<Left>) {
         if let Err(e) = self.shared.broker.presence_leave(&self.team, session).await {
             // The entry expires after PRESENCE_TTL_MS instead.
             self.storage_failed("presence leave", &e);
@@ -201,10 +196,11 @@ impl Room {
             return;
         };
         let member = self.members.swap_remove(index);
-        if let Some(rid) = reply {
+        if let Some(Left { rid, reason }) = reply {
             let left = ServerFrame::RoomLeft {
                 team: self.team.clone(),
                 rid,
+                reason,
             };
             // A full queue closes the connection (1013).
             let _ = member.outlet.try_send(Outbound::own(left));

@@ -56,12 +56,19 @@ pub struct Join {
     pub done: oneshot::Sender<Result<(), RequestError>>,
 }
 
-/// A member leaving. `reply: Some(rid)` sends `room:left` with that rid; `done` fires once
-/// the member is out, so nothing of this room follows `room:left`.
+/// The `room:left` a leaving member is sent: the `rid` of its `room:leave`, or the reason
+/// the server took it out (`forbidden`: a refreshed token no longer lists the team).
+pub struct Left {
+    pub rid: Option<String>,
+    pub reason: Option<&'static str>,
+}
+
+/// A member leaving. With `reply` the member is sent `room:left`; `done` fires once the
+/// member is out, so nothing of this room follows `room:left`.
 pub struct Leave {
     pub conn_id: u64,
     pub session: Arc<str>,
-    pub reply: Option<Option<String>>,
+    pub reply: Option<Left>,
     pub done: Option<oneshot::Sender<()>>,
 }
 

@@ -123,26 +123,43 @@ impl Room {
     /// be read. If the stream no longer holds the whole range, the members cannot be given
     /// a gap: they are closed with 1013 and resume with `since` (getting `recovered: false`).
     pub(super) async fn fill(&mut self, from: u64, to: u64) -> bool {
-        let events = match self.shared.broker.read_range(&self.team, from, to).await {
-            Ok(events) => events,
+        let range = match self.shared.broker.read_range(&self.team, from, to).await {
+            Ok(range) => range,
             Err(e) => {
                 self.storage_failed("gap fill", &e);
                 return false;
             }
         };
-        let complete = events.len() as u64 == to - from + 1;
+        let complete = range.entries() as u64 == to - from + 1;
         if !complete {
-            error!(team = %self.team, from, to, got = events.len(), "events trimmed before delivery");
+            error!(team = %self.team, from, to, got = range.entries(), "events trimmed before delivery");
             for member in self.members.drain(..) {
                 member.outlet.too_slow();
             }
             self.last = to;
             return true;
         }
-        for event in &events {
+        // An entry no reader can decode is passed over (counted, logged once: `last`
+        // moves past it), never a reason to close the members or stall the team.
+        let mut undecodable = range.undecodable.iter().peekable();
+        for event in &range.events {
+            while let Some(offset) = undecodable.next_if(|offset| **offset < event.offset) {
+                self.pass_over(*offset);
+            }
             self.deliver(event);
         }
+        for offset in undecodable {
+            self.pass_over(*offset);
+        }
         true
+    }
+
+    /// Moves past an entry of the team stream that cannot be decoded.
+    fn pass_over(&mut self, offset: u64) {
+        debug_assert_eq!(offset, self.last + 1);
+        self.last = offset;
+        metrics::counter!(m::UNDECODABLE_EVENTS, "source" => "stream").increment(1);
+        error!(team = %self.team, offset, "undecodable stream entry passed over");
     }
 
     /// Sends one event to every member but its sender, encoded once per encoding.

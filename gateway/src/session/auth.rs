@@ -104,6 +104,13 @@ pub fn extract_token<B>(req: &Request<B>) -> Option<(String, TokenSource)> {
     None
 }
 
+/// The latest `exp` accepted: the last second of the year 9999. Beyond it (up to `u64::MAX`)
+/// a deadline would overflow.
+pub const MAX_EXP: u64 = 253_402_300_799;
+
+/// The longest display name a token may carry, in bytes.
+pub const MAX_NAME: usize = 256;
+
 /// Verifies HS256 tokens with the shared secret.
 pub struct Verifier {
     key: DecodingKey,
@@ -133,7 +140,16 @@ impl Verifier {
             },
         )?;
         let claims = data.claims;
-        if !teamchat_shared::ids::is_valid_id(&claims.sub) {
+        if !teamchat_shared::ids::is_valid_id(&claims.sub) || claims.exp > MAX_EXP {
+            return Err(AuthError::Invalid);
+        }
+        // The name is stored with every message the user sends (PostgreSQL text: no NUL)
+        // and shown to every member.
+        let name_ok = claims
+            .name
+            .as_deref()
+            .is_none_or(|n| n.len() <= MAX_NAME && !n.contains('\0'));
+        if !name_ok {
             return Err(AuthError::Invalid);
         }
         Ok(claims)

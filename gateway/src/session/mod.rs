@@ -11,14 +11,17 @@ pub mod limits;
 mod open;
 mod receipts;
 mod requests;
+mod teams;
 
 use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, WebSocketError};
+use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use teamchat_shared::event::Ephemeral;
 use teamchat_shared::metrics as m;
@@ -30,8 +33,9 @@ use tracing::debug;
 
 use self::auth::{AuthError, Claims};
 use self::open::{let_close, open};
+use self::teams::Teams;
 use crate::AppState;
-use crate::outlet::{Outbound, Outlet, StopReading};
+use crate::outlet::{ConnectionSlot, Outbound, Outlet, StopReading};
 use crate::protocol::{self, Encoding, Limits};
 use crate::room::Who;
 
@@ -85,44 +89,6 @@ impl CloseAsked {
     }
 }
 
-/// A connection's teams (joined, typing in): a few names in a list, smaller than a set
-/// in every connection and as quick to search at this size.
-#[derive(Default)]
-struct Teams(Vec<String>);
-
-impl Teams {
-    fn contains(&self, team: &str) -> bool {
-        self.0.iter().any(|t| t == team)
-    }
-
-    fn insert(&mut self, team: String) {
-        if !self.contains(&team) {
-            // Grown one at a time: most connections hold one or two teams.
-            self.0.reserve_exact(1);
-            self.0.push(team);
-        }
-    }
-
-    /// Whether the team was there.
-    fn remove(&mut self, team: &str) -> bool {
-        let index = self.0.iter().position(|t| t == team);
-        index.map(|index| self.0.swap_remove(index)).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-}
-
-impl IntoIterator for Teams {
-    type Item = String;
-    type IntoIter = std::vec::IntoIter<String>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.into_iter()
-    }
-}
-
 /// What the read loop does after a frame.
 enum Flow {
     Continue,
@@ -146,8 +112,9 @@ pub async fn run(
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
+    slot: Option<ConnectionSlot>,
 ) {
-    if let Some((session, ws)) = open(state, upgraded, auth, encoding).await {
+    if let Some((session, ws)) = open(state, upgraded, auth, encoding, slot).await {
         let sessions = session.state.sessions.clone();
         let serving = session.serve(ws);
         // Every idle connection is this future in a task of 128-byte steps: at 648 bytes
@@ -160,6 +127,18 @@ pub async fn run(
         );
         sessions.spawn(serving);
     }
+}
+
+/// `work`, with a panic in it caught (counted, and logged by the panic hook): resolves to
+/// whether it panicked. (A combinator, not an `async fn`: it adds nothing to the
+/// connection's future.)
+fn caught(work: impl Future<Output = ()>) -> impl Future<Output = bool> {
+    AssertUnwindSafe(work).catch_unwind().map(|outcome| {
+        if outcome.is_err() {
+            metrics::counter!(m::PANICS).increment(1);
+        }
+        outcome.is_err()
+    })
 }
 
 impl Drop for Session {
@@ -179,7 +158,11 @@ impl Session {
     #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
     fn serve(mut self, mut ws: Reader) -> impl Future<Output = ()> + Send {
         async move {
-            self.read_loop(&mut ws).await;
+            // A bug that panics while a frame is worked on closes this connection with
+            // 1011, not the process; the connection is then let go of as usual.
+            if caught(self.read_loop(&mut ws)).await {
+                Box::pin(self.close(1011, "internal error")).await;
+            }
             Box::pin(self.finish()).await;
         }
     }
@@ -407,8 +390,20 @@ impl Session {
 
     /// The instant a token with this `exp` stops being accepted.
     fn token_deadline(&self, exp: u64) -> Instant {
+        // `exp` is at most MAX_EXP (auth): no sum here overflows.
         let valid_for =
             (exp + self.state.config.token_leeway_s).saturating_sub(now_ms() as u64 / 1000);
         Instant::now() + Duration::from_secs(valid_for)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::caught;
+
+    #[tokio::test]
+    async fn a_panic_is_caught_and_reported() {
+        assert!(caught(async { panic!("a bug") }).await);
+        assert!(!caught(async {}).await);
     }
 }

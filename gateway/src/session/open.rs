@@ -16,7 +16,7 @@ use tracing::warn;
 use super::auth::{AuthError, Claims};
 use super::{CLOSE_GRACE, NEXT_CONN_ID, Reader, Session, Teams};
 use crate::AppState;
-use crate::outlet::{Outbound, Outlet};
+use crate::outlet::{ConnectionSlot, Outbound, Outlet};
 use crate::protocol::{Encoding, ServerFrame};
 use crate::room::Who;
 
@@ -26,6 +26,7 @@ pub(super) async fn open(
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
+    slot: Option<ConnectionSlot>,
 ) -> Option<(Session, Reader)> {
     let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => parts,
@@ -39,7 +40,7 @@ pub(super) async fn open(
     // they are copied into the frame reader's buffer (a slice would keep hyper's whole
     // read buffer alive for the connection's lifetime).
     let early = parts.read_buf;
-    let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2));
+    let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2), slot);
 
     let claims = match auth {
         Ok(claims) => claims,

@@ -59,5 +59,22 @@ pub async fn touch_every_metric(stack: &Stack) {
     ann.expect("receipt:update").await;
     let offset = env.inject_ingest("t", "{").await; // a poison entry: a dead letter
     wait_for_watermark(&env.pg().await, "t", offset as i64).await;
+    // Pub/sub messages no room can decode are passed over (and counted).
+    let mut redis = env.redis().await;
+    let _: i64 = redis::AsyncCommands::publish(&mut redis, env.keys().team_channel("t"), "?")
+        .await
+        .unwrap();
+    teamchat_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "the garbled message counted",
+        || async {
+            let (_, text) = teamchat_testkit::http_get(addr, "/metrics", &[]).await;
+            let counted = text
+                .as_str()?
+                .contains("teamchat_gateway_undecodable_events_total");
+            counted.then_some(())
+        },
+    )
+    .await;
     drop(ben);
 }
