@@ -1,9 +1,11 @@
 //! Deployment tests: what an operator runs beside the binaries agrees with them —
-//! compose.yaml and the files it mounts (`compose`), and the Grafana dashboard, every
-//! panel of which shows data from a real Prometheus (`dashboard`).
+//! compose.yaml and the files it mounts (`compose`), the alerting rules (`alerts`), and
+//! the Grafana dashboard, every panel of which shows data from a real Prometheus
+//! (`dashboard`).
 
 #[path = "../common/mod.rs"]
 mod common;
 
+mod alerts;
 mod compose;
 mod dashboard;
