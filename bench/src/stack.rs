@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tokio::process::{Child, Command};
 
-pub const SECRET: &str = "bench-secret";
+pub const SECRET: &str = "teamchat-bench-secret-for-loopback-runs";
 
 #[derive(Args, Clone, Debug)]
 pub struct StackArgs {
