@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use teamchat_shared::config::GatewayConfig;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -74,11 +74,18 @@ impl Gateway {
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let shutdown = CancellationToken::new();
+        // Every statement is bounded: a stalled PostgreSQL answers `unavailable` instead of
+        // holding requests and joins.
+        let statement_timeout = config.pg_statement_timeout_ms.max(1).to_string();
+        let pg = config
+            .database_url
+            .parse::<PgConnectOptions>()
+            .context("parsing DATABASE_URL")?
+            .options([("statement_timeout", statement_timeout.as_str())]);
         let db = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(config.pg_pool_size.max(1))
             .acquire_timeout(Duration::from_secs(3))
-            .connect_lazy(&config.database_url)
-            .context("parsing DATABASE_URL")?;
+            .connect_lazy_with(pg);
         let broker = Broker::connect(&config).await?;
         let storage = Storage::new(broker.clone(), db.clone());
         let hub = Hub::start(&config, storage.clone(), shutdown.clone()).await?;

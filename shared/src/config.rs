@@ -112,6 +112,16 @@ pub struct GatewayConfig {
     /// how long an idle HTTP keep-alive connection is kept.
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
+    /// HTTP API requests (history, credits) per user per minute (429 beyond).
+    #[arg(long, env = "RATE_HTTP_PER_MIN", default_value_t = 120)]
+    pub rate_http_per_min: u32,
+    /// PostgreSQL connections the gateway keeps (history, a new team's counters).
+    #[arg(long, env = "PG_POOL_SIZE", default_value_t = 8)]
+    pub pg_pool_size: u32,
+    /// Longest a gateway's PostgreSQL statement may run before it is cancelled (the
+    /// request gets `unavailable`).
+    #[arg(long, env = "PG_STATEMENT_TIMEOUT_MS", default_value_t = 5_000)]
+    pub pg_statement_timeout_ms: u64,
     /// Connections one user may hold across all gateways (close 4029 beyond).
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 5)]
     pub max_connections_per_user: u32,

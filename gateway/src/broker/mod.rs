@@ -240,6 +240,20 @@ impl Broker {
         Ok(())
     }
 
+    /// The offset of the newest entry the team's stream holds (0 for none).
+    pub async fn stream_top(&self, team: &str) -> redis::RedisResult<u64> {
+        let reply: redis::streams::StreamRangeReply = self
+            .conn
+            .clone()
+            .xrevrange_count(self.keys.team_events(team), "+", "-", 1)
+            .await?;
+        Ok(reply
+            .ids
+            .first()
+            .and_then(|entry| teamchat_shared::event::offset_of_entry_id(&entry.id))
+            .unwrap_or(0))
+    }
+
     /// Whether the team's stream exists.
     pub async fn stream_exists(&self, team: &str) -> redis::RedisResult<bool> {
         self.conn.clone().exists(self.keys.team_events(team)).await
@@ -272,8 +286,20 @@ impl Broker {
             .collect())
     }
 
+    /// The team's entries with offsets in `from..=to` that the stream still holds, at most
+    /// `stream::PAGE` of them, in order (those that cannot be decoded by offset only).
+    pub async fn read_page(
+        &self,
+        team: &str,
+        from: u64,
+        to: u64,
+    ) -> redis::RedisResult<stream::Range> {
+        let mut conn = self.conn.clone();
+        stream::read_page(&mut conn, &self.keys, team, from, to, stream::PAGE).await
+    }
+
     /// The team's entries with offsets in `from..=to` that the stream still holds, in order
-    /// (those that cannot be decoded by offset only).
+    /// (those that cannot be decoded by offset only). Callers bound the range.
     pub async fn read_range(
         &self,
         team: &str,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 use teamchat_shared::db::history::{MessageRow, Page};
@@ -13,6 +14,11 @@ use teamchat_shared::event::EventData;
 use super::{Body, authorized, json, json_error, unavailable};
 use crate::AppState;
 use crate::protocol::MessageView;
+
+/// The most unsynced events one history request reads from the stream. Past it the
+/// workers are far behind on the team (`TeamchatSyncBacklog` fires), and history answers
+/// 503 rather than read without bound on every request.
+const MAX_UNSYNCED: u64 = 10_000;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
@@ -42,10 +48,21 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", message),
     };
     match load(state, team, page, limit).await {
-        Ok((messages, has_more)) => json(
+        Ok(Some((messages, has_more))) => json(
             StatusCode::OK,
             &serde_json::json!({"messages": messages, "has_more": has_more}),
         ),
+        Ok(None) => {
+            let mut response = json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "history is behind its sync, retry later",
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            response
+        }
         Err(e) => unavailable("history", &e),
     }
 }
@@ -81,24 +98,29 @@ fn seq(value: &str) -> Option<u64> {
         .filter(|seq| *seq <= i64::MAX as u64)
 }
 
+/// A page, or `None` when more than `MAX_UNSYNCED` events of the team wait for the workers.
 async fn load(
     state: &AppState,
     team: &str,
     page: Page,
     limit: usize,
-) -> anyhow::Result<(Vec<HistoryMessage>, bool)> {
+) -> anyhow::Result<Option<(Vec<HistoryMessage>, bool)>> {
     let watermark = db::watermark::read(&state.db, team).await?;
+    // Events the workers have not synced yet (the watermark is contiguous, so this is all).
+    let unsynced_from = watermark.unwrap_or(0) as u64 + 1;
+    let top = state.broker.stream_top(team).await?;
+    if top.saturating_sub(unsynced_from) >= MAX_UNSYNCED {
+        return Ok(None);
+    }
     let rows = db::history::page(&state.db, team, page, (limit + 1) as i64).await?;
     let mut merged: BTreeMap<u64, HistoryMessage> = rows
         .into_iter()
         .map(|row| (row.seq as u64, from_row(team, row)))
         .collect();
 
-    // Events the workers have not synced yet (the watermark is contiguous, so this is all).
-    let unsynced_from = watermark.unwrap_or(0) as u64 + 1;
     for event in state
         .broker
-        .read_range(team, unsynced_from, u64::MAX)
+        .read_range(team, unsynced_from, top)
         .await?
         .events
     {
@@ -141,7 +163,7 @@ async fn load(
     };
     let has_more = messages.len() > limit;
     messages.truncate(limit);
-    Ok((messages, has_more))
+    Ok(Some((messages, has_more)))
 }
 
 fn from_row(team: &str, row: MessageRow) -> HistoryMessage {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -28,6 +28,7 @@ use tracing::{debug, warn};
 use crate::AppState;
 use crate::outlet::ConnectionSlot;
 use crate::session::auth::{self, Claims};
+use crate::session::limits::Operation;
 
 pub type Body = Full<Bytes>;
 
@@ -139,6 +140,9 @@ pub fn authorized<'a, B>(
         Some((token, _)) => state.verifier.verify(&token),
     };
     let claims = claims.map_err(|e| Box::new(unauthorized(e)))?;
+    if let Err(wait) = state.rate_limits.check(Operation::Http, &claims.sub) {
+        return Err(Box::new(rate_limited(wait)));
+    }
     if !is_valid_id(id) {
         let message = format!("{what} is not a valid id");
         return Err(Box::new(json_error(
@@ -148,6 +152,26 @@ pub fn authorized<'a, B>(
         )));
     }
     Ok((id, claims))
+}
+
+/// The 429 of a user over `RATE_HTTP_PER_MIN`, with when to retry.
+fn rate_limited(wait: Duration) -> Response<Body> {
+    metrics::counter!(teamchat_shared::metrics::RATE_LIMITED, "operation" => Operation::Http.label())
+        .increment(1);
+    let retry_after_ms = wait.as_millis().max(1) as u64;
+    let mut response = json(
+        StatusCode::TOO_MANY_REQUESTS,
+        &serde_json::json!({
+            "code": "rate_limited",
+            "message": "rate limited, retry later",
+            "retry_after_ms": retry_after_ms,
+        }),
+    );
+    let seconds = retry_after_ms.div_ceil(1000).to_string();
+    if let Ok(value) = HeaderValue::from_str(&seconds) {
+        response.headers_mut().insert(RETRY_AFTER, value);
+    }
+    response
 }
 
 /// The 401 of a refused HTTP token.

@@ -6,6 +6,7 @@
 use teamchat_shared::event::{Ephemeral, Published, StreamEvent};
 use teamchat_shared::metrics as m;
 use teamchat_shared::runtime::now_ms;
+use teamchat_shared::stream;
 use tracing::{error, warn};
 
 use super::presence::PresenceChange;
@@ -119,37 +120,43 @@ impl Room {
         }
     }
 
-    /// Reads `from..=to` from the stream and delivers it. Returns false when Redis could not
-    /// be read. If the stream no longer holds the whole range, the members cannot be given
-    /// a gap: they are closed with 1013 and resume with `since` (getting `recovered: false`).
+    /// Reads `from..=to` from the stream and delivers it, a page at a time (a long gap,
+    /// after a pub/sub outage, is never read or held at once). Returns false when Redis
+    /// could not be read. If the stream no longer holds the whole range, the members
+    /// cannot be given a gap: they are closed with 1013 and resume with `since` (getting
+    /// `recovered: false`).
     pub(super) async fn fill(&mut self, from: u64, to: u64) -> bool {
-        let range = match self.shared.broker.read_range(&self.team, from, to).await {
-            Ok(range) => range,
-            Err(e) => {
-                self.storage_failed("gap fill", &e);
-                return false;
+        let mut start = from;
+        while start <= to {
+            let end = to.min(start.saturating_add(stream::PAGE as u64 - 1));
+            let range = match self.shared.broker.read_page(&self.team, start, end).await {
+                Ok(range) => range,
+                Err(e) => {
+                    self.storage_failed("gap fill", &e);
+                    return false;
+                }
+            };
+            if range.entries() as u64 != end - start + 1 {
+                error!(team = %self.team, from = start, to = end, got = range.entries(), "events trimmed before delivery");
+                for member in self.members.drain(..) {
+                    member.outlet.too_slow();
+                }
+                self.last = to;
+                return true;
             }
-        };
-        let complete = range.entries() as u64 == to - from + 1;
-        if !complete {
-            error!(team = %self.team, from, to, got = range.entries(), "events trimmed before delivery");
-            for member in self.members.drain(..) {
-                member.outlet.too_slow();
+            // An entry no reader can decode is passed over (counted, logged once: `last`
+            // moves past it), never a reason to close the members or stall the team.
+            let mut undecodable = range.undecodable.iter().peekable();
+            for event in &range.events {
+                while let Some(offset) = undecodable.next_if(|offset| **offset < event.offset) {
+                    self.pass_over(*offset);
+                }
+                self.deliver(event);
             }
-            self.last = to;
-            return true;
-        }
-        // An entry no reader can decode is passed over (counted, logged once: `last`
-        // moves past it), never a reason to close the members or stall the team.
-        let mut undecodable = range.undecodable.iter().peekable();
-        for event in &range.events {
-            while let Some(offset) = undecodable.next_if(|offset| **offset < event.offset) {
+            for offset in undecodable {
                 self.pass_over(*offset);
             }
-            self.deliver(event);
-        }
-        for offset in undecodable {
-            self.pass_over(*offset);
+            start = end + 1;
         }
         true
     }

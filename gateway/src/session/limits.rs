@@ -14,6 +14,8 @@ pub enum Operation {
     Send,
     Typing,
     Join,
+    /// Requests to the HTTP API (history, credits).
+    Http,
 }
 
 impl Operation {
@@ -23,6 +25,7 @@ impl Operation {
             Operation::Send => "send",
             Operation::Typing => "typing",
             Operation::Join => "join",
+            Operation::Http => "http",
         }
     }
 }
@@ -31,6 +34,7 @@ pub struct RateLimits {
     send: DefaultKeyedRateLimiter<String>,
     typing: DefaultKeyedRateLimiter<String>,
     join: DefaultKeyedRateLimiter<String>,
+    http: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
 
@@ -47,6 +51,7 @@ impl RateLimits {
             send: RateLimiter::dashmap(quota(config.rate_send_per_min)),
             typing: RateLimiter::dashmap(quota(config.rate_typing_per_min)),
             join: RateLimiter::dashmap(quota(config.rate_join_per_min)),
+            http: RateLimiter::dashmap(quota(config.rate_http_per_min)),
             clock: DefaultClock::default(),
         }
     }
@@ -57,6 +62,7 @@ impl RateLimits {
             Operation::Send => &self.send,
             Operation::Typing => &self.typing,
             Operation::Join => &self.join,
+            Operation::Http => &self.http,
         };
         limiter
             .check_key(&user.to_owned())
@@ -68,5 +74,6 @@ impl RateLimits {
         self.send.retain_recent();
         self.typing.retain_recent();
         self.join.retain_recent();
+        self.http.retain_recent();
     }
 }
