@@ -290,6 +290,7 @@ pub fn entry_fields(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn data() -> MessageData {
         MessageData {
@@ -343,5 +344,45 @@ mod tests {
     fn entry_ids_give_offsets() {
         assert_eq!(offset_of_entry_id("17-0"), Some(17));
         assert_eq!(offset_of_entry_id("17-1"), None);
+    }
+
+    /// A pub/sub payload of arbitrary parts, newline-separated as published ones are.
+    fn any_payload() -> impl Strategy<Value = Vec<u8>> {
+        let part = prop_oneof![
+            Just(b"!typing:start".to_vec()),
+            Just(b"message".to_vec()),
+            Just(b"7".to_vec()),
+            prop::collection::vec(any::<u8>(), 0..16),
+        ];
+        prop::collection::vec(part, 0..8).prop_map(|parts| parts.join(&b'\n'))
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_published_messages(payload in any_payload(), bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = Published::parse("t", &payload);
+            let _ = Published::parse("t", &bytes);
+        }
+
+        #[test]
+        fn fuzz_stream_entries(fields in prop::collection::vec(
+            (
+                prop::sample::select(vec!["team", "off", "k", "seq", "src", "d", "c", "x"]),
+                prop_oneof![
+                    Just(b"message".to_vec()),
+                    Just(b"12".to_vec()),
+                    Just(br#"{"id":"i","client_id":"c","user":"u","body":"b","ts":1}"#.to_vec()),
+                    prop::collection::vec(any::<u8>(), 0..64),
+                ],
+            ),
+            0..8,
+        )) {
+            let fields = fields.iter().map(|(name, value)| (*name, value.as_slice()));
+            if let Ok(event) = from_fields(None, None, fields) {
+                // What decodes encodes again, the same.
+                let again = EventData::decode(event.kind(), event.data.encode().as_bytes());
+                prop_assert_eq!(again.unwrap(), event.data);
+            }
+        }
     }
 }

@@ -189,6 +189,7 @@ fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn query_bounds_are_checked() {
@@ -209,5 +210,23 @@ mod tests {
             parse_query("after=9223372036854775807"),
             Ok((Page::After(i64::MAX as u64), 50))
         );
+    }
+
+    proptest! {
+        /// Any query string: no panic, and what is accepted is in range.
+        #[test]
+        fn fuzz_history_queries(query in prop_oneof![
+            ".{0,40}",
+            "((before|after|limit)=-?[0-9]{1,22}&?){0,3}",
+        ]) {
+            if let Ok((page, limit)) = parse_query(&query) {
+                prop_assert!((1..=MAX_LIMIT).contains(&limit));
+                let seq = match page {
+                    Page::Before(before) => before.unwrap_or(0),
+                    Page::After(after) => after,
+                };
+                prop_assert!(seq <= i64::MAX as u64);
+            }
+        }
     }
 }

@@ -319,7 +319,9 @@ fn bad(message: &str) -> RequestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+    use teamchat_shared::event::{EventData, EventKind, MessageData};
 
     const LIMITS: Limits = Limits {
         max_body: 16,
@@ -418,5 +420,163 @@ mod tests {
         assert_eq!(e.code, ErrorCode::BadRequest);
         let e = decode_json(json!([1, 2])).unwrap_err();
         assert_eq!(e.code, ErrorCode::BadRequest);
+    }
+
+    /// Limits as deployed, so that most generated frames get past them.
+    const DEPLOYED: Limits = Limits {
+        max_body: 16_384,
+        max_meta: 4_096,
+    };
+
+    /// Any JSON value, nested up to 40 levels (past the `meta` limit), strings of any
+    /// characters, NUL included.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(40, 160, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,6}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Deep chains of objects and arrays, which a size-bounded tree rarely grows.
+    fn deep_meta() -> impl Strategy<Value = Value> {
+        (0usize..48, any::<bool>()).prop_map(|(levels, arrays)| {
+            (0..levels).fold(json!({"k": 1}), |inner, _| {
+                if arrays {
+                    json!({"k": [inner]})
+                } else {
+                    json!({"k": inner})
+                }
+            })
+        })
+    }
+
+    /// A frame of a known (or unknown) `type` with arbitrary values in the fields the
+    /// requests read.
+    fn any_frame() -> impl Strategy<Value = Value> {
+        let kinds = prop::sample::select(vec![
+            "room:join",
+            "room:leave",
+            "message:send",
+            "message:edit",
+            "message:delete",
+            "receipt:update",
+            "typing:start",
+            "typing:stop",
+            "token:refresh",
+            "ping",
+            "nope",
+        ]);
+        let names = prop::sample::select(vec![
+            "team",
+            "client_id",
+            "body",
+            "meta",
+            "seq",
+            "since",
+            "rid",
+            "token",
+            "extra",
+        ]);
+        let plausible = prop_oneof![
+            Just(json!("t")),
+            Just(json!("c1")),
+            Just(json!("a\u{0}b")),
+            Just(json!(3)),
+            Just(json!(u64::MAX)),
+            Just(json!({"offset": "1", "epoch": "e"})),
+            deep_meta(),
+            any_json(),
+        ];
+        (kinds, prop::collection::btree_map(names, plausible, 0..7)).prop_map(|(kind, fields)| {
+            let mut object: Map<String, Value> =
+                fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            object.insert("type".into(), Value::from(kind));
+            Value::Object(object)
+        })
+    }
+
+    /// The properties every decoded frame keeps: an error's message is bounded; what a
+    /// `message:send` would append decodes again, unchanged, and holds nothing PostgreSQL
+    /// refuses.
+    fn check(payload: &[u8], encoding: Encoding) {
+        match decode_client(payload, encoding, DEPLOYED) {
+            Err(e) => assert!(e.message.len() <= super::super::error::MAX_MESSAGE),
+            Ok(ClientFrame {
+                request:
+                    Request::MessageSend {
+                        client_id,
+                        body,
+                        meta,
+                        ..
+                    },
+                ..
+            }) => {
+                assert!(!client_id.contains('\0') && !body.contains('\0'));
+                assert!(
+                    !meta
+                        .as_ref()
+                        .is_some_and(|m| deeper_than(m, MAX_META_DEPTH))
+                );
+                let data = EventData::Message(MessageData {
+                    id: "id".into(),
+                    client_id,
+                    user: "u".into(),
+                    name: None,
+                    body,
+                    meta,
+                    ts: 1,
+                });
+                let encoded = data.encode();
+                assert!(!encoded.contains("\\u0000"), "{encoded}");
+                let decoded = EventData::decode(EventKind::Message, encoded.as_bytes());
+                assert_eq!(decoded.expect("appended data decodes"), data);
+            }
+            Ok(ClientFrame {
+                request: Request::MessageEdit { seq, .. } | Request::ReceiptUpdate { seq, .. },
+                ..
+            }) => assert!(seq <= MAX_SEQ),
+            Ok(_) => {}
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn fuzz_client_frames_from_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            check(&bytes, Encoding::Json);
+            check(&bytes, Encoding::MsgPack);
+        }
+
+        #[test]
+        fn fuzz_message_sends(
+            client_id in prop_oneof![Just("c1".to_owned()), Just("a\u{0}b".to_owned()), ".{0,70}"],
+            body in prop_oneof![Just("b".to_owned()), ".{0,40}"],
+            meta in prop_oneof![Just(Value::Null), deep_meta(), any_json()],
+            msgpack in any::<bool>(),
+        ) {
+            let frame = json!({"type": "message:send", "team": "t", "client_id": client_id,
+                               "body": body, "meta": meta});
+            if msgpack {
+                check(&rmp_serde::to_vec_named(&frame).unwrap(), Encoding::MsgPack);
+            } else {
+                check(&serde_json::to_vec(&frame).unwrap(), Encoding::Json);
+            }
+        }
+
+        #[test]
+        fn fuzz_client_frames_of_every_type(frame in any_frame()) {
+            check(&serde_json::to_vec(&frame).unwrap(), Encoding::Json);
+            check(&rmp_serde::to_vec_named(&frame).unwrap(), Encoding::MsgPack);
+        }
     }
 }

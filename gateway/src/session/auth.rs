@@ -155,3 +155,43 @@ impl Verifier {
         Ok(claims)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    const SECRET: &str = "a-secret-of-at-least-thirty-two-bytes";
+
+    proptest! {
+        /// Any string as a token: refused, never a panic.
+        #[test]
+        fn fuzz_tokens_from_arbitrary_text(token in ".{0,300}") {
+            prop_assert!(Verifier::new(SECRET, 30).verify(&token).is_err() || token.is_empty());
+        }
+
+        /// Validly signed tokens with claims of any value: what is accepted is in range.
+        #[test]
+        fn fuzz_tokens_with_any_claims(
+            sub in prop_oneof![Just("u1".to_owned()), ".{0,70}"],
+            exp in prop_oneof![any::<u64>(), (0u64..4_000_000_000)],
+            name in proptest::option::of(".{0,300}"),
+            teams in prop::collection::vec(".{0,8}", 0..3),
+        ) {
+            let claims = json!({"sub": sub, "exp": exp, "name": name, "teams": teams});
+            let token = jsonwebtoken::encode(
+                &Header::default(),
+                &claims,
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap();
+            if let Ok(claims) = Verifier::new(SECRET, 30).verify(&token) {
+                prop_assert!(teamchat_shared::ids::is_valid_id(&claims.sub));
+                prop_assert!(claims.exp <= MAX_EXP);
+                prop_assert!(claims.name.is_none_or(|n| n.len() <= MAX_NAME && !n.contains('\0')));
+            }
+        }
+    }
+}

@@ -400,10 +400,34 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::caught;
+    use fastwebsockets::{Frame, Role};
 
     #[tokio::test]
     async fn a_panic_is_caught_and_reported() {
         assert!(caught(async { panic!("a bug") }).await);
         assert!(!caught(async {}).await);
+    }
+
+    proptest::proptest! {
+        /// The (vendored) frame reader as a session sets it up, over arbitrary bytes from
+        /// a client: frames or an error, never a panic, never a frame over the limit.
+        #[test]
+        fn fuzz_the_frame_reader(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            runtime.block_on(async {
+                let (mut ws, _) =
+                    fastwebsockets::after_handshake_split(&bytes[..], tokio::io::sink(), Role::Server);
+                ws.set_max_message_size(1024);
+                ws.set_auto_pong(false);
+                let mut obligated = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
+                // Each frame takes at least two bytes: this reads them all.
+                for _ in 0..bytes.len() {
+                    match ws.read_frame(&mut obligated).await {
+                        Ok(frame) => assert!(frame.payload.len() <= 1024),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
     }
 }
