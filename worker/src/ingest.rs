@@ -32,9 +32,14 @@ pub struct Entry {
 /// Entries kept in each dead-letter stream (the table keeps them all).
 const DEAD_LETTER_STREAM_MAXLEN: usize = 10_000;
 
+/// How much longer than a blocking read's wait a reply may take (trims and claims of a
+/// large backlog included) before the connection is taken for dead.
+const REPLY_GRACE: Duration = Duration::from_secs(5);
+
 pub struct Ingest {
     keys: teamchat_shared::keys::Keys,
-    /// Blocking reads get a connection of their own, with no response timeout.
+    /// Blocking reads get a connection of their own, whose replies may take up to
+    /// `BATCH_WAIT_MS` (plus `REPLY_GRACE`).
     blocking: MultiplexedConnection,
     streams: Vec<String>,
     group: String,
@@ -47,9 +52,15 @@ pub struct Ingest {
 impl Ingest {
     pub async fn connect(config: &WorkerConfig) -> anyhow::Result<Self> {
         let client = config.redis.client()?;
+        // A blocking read answers within BATCH_WAIT_MS. A reply much later means the
+        // connection is half open (Redis's host went away without a reset): the read
+        // fails, and the worker connects again instead of waiting for ever.
+        let wait = Duration::from_millis(config.batch_wait_ms);
         let blocking = client
             .get_multiplexed_async_connection_with_config(
-                &redis::AsyncConnectionConfig::new().set_response_timeout(None),
+                &redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(REPLY_GRACE))
+                    .set_response_timeout(Some(wait + REPLY_GRACE)),
             )
             .await
             .context("connecting to Redis")?;
