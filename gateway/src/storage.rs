@@ -3,9 +3,10 @@
 //! team, or one whose Redis state was lost), so no seq or offset is given out twice.
 
 use sqlx::PgPool;
-use teamchat_shared::db::{floor, watermark};
+use teamchat_shared::db::{floor, history, watermark};
 
-use crate::broker::{Append, AppendOutcome, Broker, TeamState};
+use crate::broker::{Append, AppendOutcome, Authored, Broker, TeamState};
+use crate::protocol::ErrorCode;
 
 /// Appends and team state, with the seeding they may need first.
 #[derive(Clone)]
@@ -20,7 +21,7 @@ pub struct Storage {
 pub enum StorageError {
     #[error("Redis unavailable: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("PostgreSQL unavailable while seeding the team's counters: {0}")]
+    #[error("PostgreSQL unavailable (seeding a team's counters or reading a message): {0}")]
     Postgres(#[from] sqlx::Error),
 }
 
@@ -35,15 +36,39 @@ impl Storage {
 
     /// Appends a durable event; the ack may be sent once this returns `Appended`.
     pub async fn append(&self, append: &Append<'_>) -> Result<AppendOutcome, StorageError> {
-        match self.broker.append(append).await? {
+        let outcome = match self.broker.append(append, None).await? {
             AppendOutcome::Unseeded => {
                 self.seed(append.team).await?;
-                match self.broker.append(append).await? {
+                match self.broker.append(append, None).await? {
                     // The counters vanished again (eviction, a flush): nothing was written.
-                    AppendOutcome::Unseeded => Err(still_unseeded()),
-                    outcome => Ok(outcome),
+                    AppendOutcome::Unseeded => return Err(still_unseeded()),
+                    outcome => outcome,
                 }
             }
+            outcome => outcome,
+        };
+        match outcome {
+            AppendOutcome::Lookup => self.append_authored(append).await,
+            outcome => Ok(outcome),
+        }
+    }
+
+    /// An edit or delete of a message older than Redis keeps (its messages hash holds the
+    /// newest `STREAM_MAXLEN`): authorized by the author PostgreSQL stored.
+    async fn append_authored(&self, append: &Append<'_>) -> Result<AppendOutcome, StorageError> {
+        let stored = history::author(&self.db, append.team, append.target)
+            .await
+            .inspect_err(|e| postgres_failed(append.team, e))?;
+        let Some(stored) = stored.filter(|s| !s.deleted) else {
+            return Ok(AppendOutcome::Refused(ErrorCode::NotFound));
+        };
+        let authored = Authored {
+            user: stored.user_id,
+            id: stored.id,
+        };
+        match self.broker.append(append, Some(&authored)).await? {
+            // The team's Redis state went away between the two calls: nothing was written.
+            AppendOutcome::Unseeded | AppendOutcome::Lookup => Err(still_unseeded()),
             outcome => Ok(outcome),
         }
     }
@@ -80,7 +105,7 @@ impl Storage {
 }
 
 fn postgres_failed(team: &str, e: &sqlx::Error) {
-    tracing::warn!(error = %e, team, "seeding a team's counters: PostgreSQL unavailable");
+    tracing::warn!(error = %e, team, "PostgreSQL unavailable");
 }
 
 /// A team's counters still missing right after it was seeded.

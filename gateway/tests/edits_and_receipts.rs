@@ -218,3 +218,77 @@ async fn receipts_are_monotonic_coalesced_listed_and_synced_as_max() {
     .await;
     stop.cancel();
 }
+
+/// Redis keeps the author of the newest `STREAM_MAXLEN` messages only (the hash would grow
+/// with the team's history otherwise); older messages are edited and deleted on the
+/// authority of what PostgreSQL stored, with the same rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_messages_are_edited_and_deleted_on_what_postgres_stored() {
+    use redis::AsyncCommands;
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--stream-maxlen=5"]).await;
+    let mut ann = Client::connect(g.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g.addr(), &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    for n in 1..=12 {
+        ann.send_message("t", &format!("c{n}"), "m").await;
+        ben.expect("message:new").await;
+    }
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let mut held: Vec<u64> = redis.hkeys(keys.team_messages("t")).await.unwrap();
+    held.sort_unstable();
+    assert_eq!(
+        held,
+        vec![8, 9, 10, 11, 12],
+        "the newest five messages only"
+    );
+
+    let stop = common::worker(&env, "w1");
+    let pg = env.pg().await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", 12).await;
+
+    // The author rules hold for messages PostgreSQL authorizes.
+    ben.send(json!({"type":"message:edit","team":"t","seq":1,"body":"mine now"}))
+        .await;
+    assert_eq!(ben.expect("error").await["code"], "forbidden");
+    ben.send(json!({"type":"message:delete","team":"t","seq":2}))
+        .await;
+    assert_eq!(ben.expect("error").await["code"], "forbidden");
+    ann.send(json!({"type":"message:edit","team":"t","seq":1,"body":"one, edited"}))
+        .await;
+    let ack = ann.expect("message:ack").await;
+    assert_eq!(ack["seq"], 1);
+    let edited = ben.expect("message:edited").await;
+    assert_eq!(
+        (edited["seq"].as_u64(), edited["body"].as_str()),
+        (Some(1), Some("one, edited"))
+    );
+    ann.send(json!({"type":"message:delete","team":"t","seq":2}))
+        .await;
+    ann.expect("message:ack").await;
+    assert_eq!(ben.expect("message:deleted").await["seq"], 2);
+
+    // Deleted stays deleted: first by the tombstone (PostgreSQL does not know yet), then by
+    // PostgreSQL once the worker stored the delete.
+    ann.send(json!({"type":"message:edit","team":"t","seq":2,"body":"back"}))
+        .await;
+    assert_eq!(ann.expect("error").await["code"], "not_found");
+    teamchat_testkit::wait_for_watermark(&pg, "t", 14).await;
+    let tombstone = keys.tombstone("t", 2);
+    let ttl: i64 = redis.ttl(&tombstone).await.unwrap();
+    assert!(ttl > 0, "the tombstone expires: {ttl}");
+    let _: () = redis.del(&tombstone).await.unwrap();
+    ann.send(json!({"type":"message:delete","team":"t","seq":2}))
+        .await;
+    assert_eq!(ann.expect("error").await["code"], "not_found");
+    // Seqs never given out are not found, without asking PostgreSQL to authorize them.
+    ann.send(json!({"type":"message:edit","team":"t","seq":13,"body":"x"}))
+        .await;
+    assert_eq!(ann.expect("error").await["code"], "not_found");
+
+    let held: u64 = redis.hlen(keys.team_messages("t")).await.unwrap();
+    assert_eq!(held, 5, "old edits and deletes do not grow the hash again");
+    stop.cancel();
+}

@@ -398,7 +398,8 @@ async fn an_append_with_the_meta_hash_behind_the_stream_follows_the_streams_top(
 }
 
 /// End to end: messages synced, the team's Redis state lost, then a new message. It is
-/// stored beside the old ones with the next seq, not dropped as a second "message 1".
+/// stored beside the old ones with the next seq, not dropped as a second "message 1", and
+/// the old ones can still be edited.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_after_the_teams_redis_state_was_lost_is_stored_beside_the_synced_ones() {
     use redis::AsyncCommands;
@@ -441,5 +442,11 @@ async fn a_message_after_the_teams_redis_state_was_lost_is_stored_beside_the_syn
         .map(|(seq, body)| (*seq, body.to_string()))
         .collect();
     assert_eq!(stored, expected);
+
+    // The messages from before the loss can still be edited: PostgreSQL has their authors.
+    again
+        .send(json!({"type":"message:edit","team":"t","seq":1,"body":"first, edited"}))
+        .await;
+    assert_eq!(again.expect("message:ack").await["seq"], 1);
     worker.cancel();
 }

@@ -1,8 +1,12 @@
 -- Appends one durable event of a team, atomically (docs/architecture.md, Data path).
 --
 -- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
--- KEYS[4] dedupe key of (team, user, client_id) for messages; any key of the team otherwise
--- KEYS[5] messages hash: seq -> "author \t id", "~author \t id" once deleted
+-- KEYS[4] dedupe key of (team, user, client_id) for messages; for edits and deletes the
+-- tombstone of a deleted message the messages hash no longer holds; any key of the team
+-- otherwise
+-- KEYS[5] messages hash: seq -> "author \t id", "~author \t id" once deleted; it holds
+-- the newest ARGV[17] messages only (the stream's retention), older ones are looked up in
+-- PostgreSQL by the caller
 -- KEYS[6] receipts hash: user -> seq read up to
 -- KEYS[7] the shard's credits per user   KEYS[8] the shard's credits per team
 -- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt)   ARGV[3] src session
@@ -12,11 +16,16 @@
 -- receipt)   ARGV[12] user   ARGV[13] '1' if the user may delete anyone's message
 -- ARGV[14] credit cost   ARGV[15] the user's credit limit ('' for none)
 -- ARGV[16] credits the user used on other shards (for the limit)
+-- ARGV[17] how many of the newest messages the messages hash keeps
+-- ARGV[18] for an edit or delete of a message the hash does not hold: "author \t id" as
+-- PostgreSQL has it ('' when not looked up yet)
 --
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
 -- refused one (nothing written); {'ignored'} for a receipt not above the user's last;
--- {'unseeded'} for a team whose counters seed_team.lua must set first (nothing written).
+-- {'unseeded'} for a team whose counters seed_team.lua must set first (nothing written);
+-- {'lookup'} for an edit or delete of a message older than the hash holds: call again
+-- with its author and id from PostgreSQL in ARGV[18] (nothing written).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
@@ -37,7 +46,7 @@ local state = redis.call('HMGET', meta, 'seq', 'offset', 'epoch')
 if not (state[1] and state[2]) then return {'unseeded'} end
 local top_seq = tonumber(state[1])
 local epoch = state[3]
-local seq, entry
+local seq, entry, from_db
 
 if kind == 'message' then
   local first = redis.call('GET', dedupe)
@@ -49,7 +58,16 @@ if kind == 'message' then
 elseif kind == 'edit' or kind == 'delete' then
   seq = ARGV[11]
   entry = redis.call('HGET', messages, seq)
-  if not entry or string.sub(entry, 1, 1) == '~' then return {'err', 'not_found'} end
+  if not entry then
+    -- Older than the hash holds (or the hash was lost): PostgreSQL knows the message.
+    local n = tonumber(seq)
+    if n < 1 or n > top_seq or redis.call('EXISTS', dedupe) == 1 then
+      return {'err', 'not_found'}
+    end
+    if ARGV[18] == '' then return {'lookup'} end
+    entry, from_db = ARGV[18], true
+  end
+  if string.sub(entry, 1, 1) == '~' then return {'err', 'not_found'} end
   local author, message_id = string.match(entry, '^([^\t]*)\t(.*)$')
   if author ~= user and not (kind == 'delete' and ARGV[13] == '1') then
     return {'err', 'forbidden'}
@@ -97,9 +115,18 @@ if kind == 'message' then
   table.insert(meta_fields, 'seq')
   table.insert(meta_fields, seq)
   redis.call('HSET', messages, seq, user .. '\t' .. id)
+  -- The hash keeps the newest messages only: the one falling out of the window goes.
+  local oldest = tonumber(seq) - tonumber(ARGV[17])
+  if oldest > 0 then redis.call('HDEL', messages, int(oldest)) end
   redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. id .. ' ' .. ts, 'EX', ARGV[7])
 elseif kind == 'delete' then
-  redis.call('HSET', messages, seq, '~' .. entry)
+  if not from_db then
+    redis.call('HSET', messages, seq, '~' .. entry)
+  else
+    -- Until the worker stored the delete, PostgreSQL still shows the message: the
+    -- tombstone refuses a second edit or delete meanwhile.
+    redis.call('SET', dedupe, '1', 'EX', ARGV[7])
+  end
 elseif kind == 'receipt' then
   redis.call('HSET', receipts, user, seq)
 end

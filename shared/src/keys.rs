@@ -66,7 +66,8 @@ impl Keys {
         self.team_key(team, "meta")
     }
 
-    /// Author and id of each message by seq (checks edits and deletes); `~` marks deleted.
+    /// Author and id of the newest messages by seq (checks edits and deletes; older ones are
+    /// looked up in PostgreSQL); `~` marks deleted.
     pub fn team_messages(&self, team: &str) -> String {
         self.team_key(team, "messages")
     }
@@ -86,6 +87,12 @@ impl Keys {
         // The client id is free text: hex-encode it so it cannot collide with the separators.
         let client_hex: String = client_id.bytes().map(|b| format!("{b:02x}")).collect();
         self.team_key(team, &format!("dedupe:{user}:{client_hex}"))
+    }
+
+    /// Marks a deleted message older than the messages hash holds, for 24 h (until the
+    /// worker stored the delete and PostgreSQL shows it).
+    pub fn tombstone(&self, team: &str, seq: u64) -> String {
+        self.team_key(team, &format!("deleted:{seq}"))
     }
 
     /// The team's presence: sessions (hash), their expiry (zset), users' session counts (hash).

@@ -56,6 +56,17 @@ pub enum AppendOutcome {
     /// The team's counters are not set (a new team, or its Redis state was lost): nothing
     /// was written; seed the team and append again (`storage`).
     Unseeded,
+    /// An edit or delete of a message older than Redis keeps: nothing was written; append
+    /// again with its author from PostgreSQL (`storage`).
+    Lookup,
+}
+
+/// A message's author and id as PostgreSQL holds them, for an edit or delete of a message
+/// older than the messages hash keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Authored {
+    pub user: String,
+    pub id: String,
 }
 
 /// A durable event to append, with what the script checks before it does.
@@ -115,8 +126,12 @@ impl Broker {
     }
 
     /// Appends a durable event (the acked requests and receipts). The ack may be sent
-    /// once this returns `Appended`.
-    pub async fn append(&self, append: &Append<'_>) -> redis::RedisResult<AppendOutcome> {
+    /// once this returns `Appended`. `authored` answers a `Lookup`.
+    pub async fn append(
+        &self,
+        append: &Append<'_>,
+        authored: Option<&Authored>,
+    ) -> redis::RedisResult<AppendOutcome> {
         let Append {
             team,
             src,
@@ -137,10 +152,16 @@ impl Broker {
             }
             _ => 0,
         };
+        // The fourth key is the dedupe key of a message, the tombstone of an edit's or a
+        // delete's target.
         let (id, dedupe) = match data {
             EventData::Message(m) => (m.id.as_str(), keys.dedupe(team, &m.user, &m.client_id)),
+            EventData::Edit(_) | EventData::Delete(_) => ("", keys.tombstone(team, target)),
             _ => ("", keys.team_meta(team)),
         };
+        let authored = authored
+            .map(|a| format!("{}\t{}", a.user, a.id))
+            .unwrap_or_default();
         let reply: Vec<String> = scripts::APPEND
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
@@ -166,6 +187,9 @@ impl Broker {
             .arg(cost)
             .arg(limit.map(|l| l.to_string()).unwrap_or_default())
             .arg(used_elsewhere)
+            // The hash keeps as many messages as the stream keeps events, at most.
+            .arg(self.stream_maxlen)
+            .arg(authored)
             .invoke_async(&mut self.conn.clone())
             .await?;
         parse_outcome(&reply).ok_or_else(|| {
@@ -336,6 +360,7 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
     match reply {
         _ if is_unseeded(reply) => Some(AppendOutcome::Unseeded),
         [ignored] if ignored == "ignored" => Some(AppendOutcome::Ignored),
+        [lookup] if lookup == "lookup" => Some(AppendOutcome::Lookup),
         [err, code] if err == "err" => Some(AppendOutcome::Refused(match code.as_str() {
             "not_found" => ErrorCode::NotFound,
             "forbidden" => ErrorCode::Forbidden,

@@ -342,8 +342,9 @@ impl Session {
             }
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
-            // Storage seeds the team and appends again, or fails: never seen here.
-            Ok(AppendOutcome::Unseeded) => Err(error(
+            // Storage seeds the team or looks the message up and appends again, or fails:
+            // never seen here.
+            Ok(AppendOutcome::Unseeded | AppendOutcome::Lookup) => Err(error(
                 ErrorCode::Unavailable,
                 "storage unavailable, retry later",
             )),

@@ -72,3 +72,25 @@ pub async fn page(
         }
     }
 }
+
+/// A stored message's author and id, and whether it was deleted: authorizes an edit or a
+/// delete of a message older than Redis keeps. `None` for a seq with no stored message
+/// (never sent, not synced yet, or only an edit's placeholder).
+pub async fn author(db: &PgPool, team: &str, seq: u64) -> sqlx::Result<Option<Author>> {
+    sqlx::query_as(
+        "SELECT user_id, id, deleted FROM messages
+         WHERE team = $1 AND seq = $2 AND id IS NOT NULL AND user_id IS NOT NULL",
+    )
+    .bind(team)
+    .bind(i64::try_from(seq).unwrap_or(i64::MAX))
+    .fetch_optional(db)
+    .await
+}
+
+/// See `author`.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Author {
+    pub user_id: String,
+    pub id: String,
+    pub deleted: bool,
+}
