@@ -55,7 +55,7 @@ pub async fn start_gateways(
     let bin = args.gateway_bin()?;
     // As in a deployment, a worker has put the schema in place: a gateway reads a new
     // team's counters from it (without it, each would be an error reply).
-    teamchat_worker::store::Store::connect(&args.database_url, 1)
+    teamchat_worker::store::Store::connect(&args.database_url, 1, None)
         .await?
         .migrate()
         .await?;

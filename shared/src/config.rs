@@ -217,6 +217,10 @@ pub struct WorkerConfig {
     /// the dead letters instead of being tried again.
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]
     pub max_deliveries: u64,
+    /// Longest a worker's PostgreSQL statement may run before it is cancelled and its
+    /// batch retried (migrations are not bounded).
+    #[arg(long, env = "WORKER_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub statement_timeout_ms: u64,
     /// Entries pending this long on another consumer are claimed by this one.
     #[arg(long, env = "CLAIM_IDLE_MS", default_value_t = 30_000)]
     pub claim_idle_ms: u64,

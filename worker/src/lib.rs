@@ -27,7 +27,12 @@ use crate::store::Store;
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     teamchat_shared::metrics::install();
     teamchat_shared::metrics::touch("teamchat_worker_");
-    let store = Store::connect(&config.database_url, config.write_concurrency).await?;
+    let store = Store::connect(
+        &config.database_url,
+        config.write_concurrency,
+        Some(Duration::from_millis(config.statement_timeout_ms)),
+    )
+    .await?;
     let redis = config.redis.client().context("parsing REDIS_URL")?;
     let migrated = Arc::new(AtomicBool::new(false));
     let readiness = health::Readiness {

@@ -3,6 +3,7 @@
 //! so it is safe while workers run.
 
 use std::io::{IsTerminal, Write};
+use std::time::Duration;
 
 use anyhow::Context;
 use redis::AsyncCommands;
@@ -75,7 +76,12 @@ async fn all_teams(
 
 /// Rewrites the rows of `team` (or of every team) from what the team streams hold.
 pub async fn replay(config: &WorkerConfig, team: Option<&str>) -> anyhow::Result<ReplayStats> {
-    let store = Store::connect(&config.database_url, config.write_concurrency).await?;
+    let store = Store::connect(
+        &config.database_url,
+        config.write_concurrency,
+        Some(Duration::from_millis(config.statement_timeout_ms)),
+    )
+    .await?;
     store.migrate().await?;
     let mut conn = redis(config).await?;
     let teams = match team {

@@ -126,7 +126,7 @@ async fn every_order_of_batches_gives_the_same_rows() {
     ];
     for batches in orders {
         let env = TestEnv::new().await;
-        let store = Store::connect(&env.database_url, 3).await.unwrap();
+        let store = Store::connect(&env.database_url, 3, None).await.unwrap();
         for batch in &batches {
             let entries: Vec<Entry> = {
                 let mut pool = all();
@@ -153,7 +153,7 @@ async fn every_order_of_batches_gives_the_same_rows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_waiting_past_a_replayed_range_follow_on_from_it() {
     let env = TestEnv::new().await;
-    let store = Store::connect(&env.database_url, 3).await.unwrap();
+    let store = Store::connect(&env.database_url, 3, None).await.unwrap();
     store
         .write_batch(&[message(5, 5, "five"), message(6, 6, "six")])
         .await

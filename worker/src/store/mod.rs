@@ -7,7 +7,8 @@ mod columns;
 use std::borrow::Borrow;
 use std::time::Duration;
 
-use sqlx::postgres::PgPoolOptions;
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use teamchat_shared::db::watermark;
 use teamchat_shared::event::StreamEvent;
@@ -17,16 +18,30 @@ use crate::ingest::Entry;
 
 pub struct Store {
     pool: PgPool,
+    /// Where the pool connects, without its statement timeout (for migrations).
+    options: PgConnectOptions,
 }
 
 impl Store {
-    /// A pool of `writers` connections for batch writes plus one for everything else.
-    pub async fn connect(url: &str, writers: u32) -> anyhow::Result<Self> {
+    /// A pool of `writers` connections for batch writes plus one for everything else. With
+    /// a `statement_timeout`, PostgreSQL cancels a statement that runs longer (a lock held
+    /// elsewhere, a stall): the batch is retried instead of waiting forever.
+    pub async fn connect(
+        url: &str,
+        writers: u32,
+        statement_timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
+        let options: PgConnectOptions = url.parse().context("parsing DATABASE_URL")?;
+        let mut pooled = options.clone();
+        if let Some(timeout) = statement_timeout {
+            let ms = timeout.as_millis().max(1).to_string();
+            pooled = pooled.options([("statement_timeout", ms.as_str())]);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(writers + 1)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(url)?;
-        Ok(Self { pool })
+            .connect_lazy_with(pooled);
+        Ok(Self { pool, options })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -38,7 +53,13 @@ impl Store {
         // Retry while PostgreSQL is still starting.
         let mut attempts = 0;
         loop {
-            match sqlx::migrate!("../migrations").run(&self.pool).await {
+            // On a connection of its own: a migration may rightly run longer than a batch.
+            let unbounded = PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(self.options.clone());
+            let migrated = sqlx::migrate!("../migrations").run(&unbounded).await;
+            unbounded.close().await;
+            match migrated {
                 Ok(()) => return Ok(()),
                 Err(e) if attempts < 30 => {
                     attempts += 1;
