@@ -17,10 +17,12 @@ pub mod session;
 pub mod storage;
 
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use teamchat_shared::config::GatewayConfig;
 use tokio::net::TcpListener;
@@ -199,4 +201,17 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
+}
+
+/// `work`, with a panic in it caught (counted, and logged by the panic hook): resolves to
+/// whether it panicked. A session's closes its connection with 1011; a room's closes its
+/// members with 1011 (`Room`'s drop) and the hub opens the team a fresh room. (A
+/// combinator, not an `async fn`: it adds nothing to the connection's future.)
+pub(crate) fn caught(work: impl Future<Output = ()>) -> impl Future<Output = bool> {
+    AssertUnwindSafe(work).catch_unwind().map(|outcome| {
+        if outcome.is_err() {
+            metrics::counter!(teamchat_shared::metrics::PANICS).increment(1);
+        }
+        outcome.is_err()
+    })
 }

@@ -83,8 +83,16 @@ impl Hub {
         let mut rooms = self.rooms.lock().expect("hub lock");
         let entry = rooms.entry(team.to_owned()).or_insert_with(|| {
             metrics::gauge!(teamchat_shared::metrics::ROOMS).increment(1.0);
-            self.open_room(team)
+            RoomEntry {
+                queue: self.open_room(team),
+                members: 0,
+            }
         });
+        if entry.queue.is_closed() {
+            // Its task panicked and closed its members (1011), who leave it as they go: a
+            // fresh room serves the team from now on.
+            entry.queue = self.open_room(team);
+        }
         entry.members += 1;
         let _ = entry.queue.try_send(RoomCmd::Join(Box::new(join)));
     }
@@ -148,7 +156,7 @@ impl Hub {
         self.rooms.lock().expect("hub lock").len()
     }
 
-    fn open_room(&self, team: &str) -> RoomEntry {
+    fn open_room(&self, team: &str) -> queue::Sender<RoomCmd> {
         let (queue, received) = queue::channel(ROOM_EVENT_BUFFER, RoomCmd::is_published);
         let (ready_tx, ready) = oneshot::channel();
         let _ = self
@@ -163,8 +171,9 @@ impl Hub {
             "a room's future grew to {} bytes",
             std::mem::size_of_val(&running)
         );
-        tokio::spawn(running);
-        RoomEntry { queue, members: 0 }
+        // A panic ends the task, not the process (see `Room`'s drop).
+        tokio::spawn(crate::caught(running));
+        queue
     }
 }
 
@@ -250,5 +259,75 @@ async fn refresh_presence(hub: Arc<Hub>) {
                 let _ = queue.try_send(RoomCmd::Refresh);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use teamchat_testkit::{Client, TestEnv, http_get};
+
+    use crate::Gateway;
+    use crate::room::RoomCmd;
+
+    fn panics(metrics: &serde_json::Value) -> f64 {
+        metrics
+            .as_str()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix("teamchat_gateway_panics_total "))
+            })
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// A bug that panics a room's task closes its members with 1011 and is counted; the
+    /// team gets a fresh room, and the members rejoin with `since`, missing nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_room_closes_its_members_and_the_team_goes_on() {
+        let env = TestEnv::new().await;
+        let gateway = Gateway::start(env.gateway_config(&[])).await.unwrap();
+        let addr = gateway.addr();
+        let mut ann = Client::connect(addr, &env.token("ann", &["t"])).await;
+        let mut ben = Client::connect(addr, &env.token("ben", &["t"])).await;
+        let joined = ann.join("t").await;
+        ben.join("t").await;
+        let seen = ann.send_message("t", "c1", "before").await;
+        ben.expect("message:new").await;
+        let before = panics(&http_get(addr, "/metrics", &[]).await.1);
+
+        let room = {
+            let mut rooms = gateway.state.hub.rooms.lock().unwrap();
+            let entry = rooms.get_mut("t").unwrap();
+            // One more member still on its way out (its session slow to finish), so the
+            // team's entry outlives the closed members and the next join finds it dead.
+            entry.members += 1;
+            entry.queue.clone()
+        };
+        room.try_send(RoomCmd::Panic).unwrap();
+        assert_eq!(ann.close_code().await.0, 1011);
+        assert_eq!(ben.close_code().await.0, 1011);
+        let after = panics(&http_get(addr, "/metrics", &[]).await.1);
+        assert!(after > before, "the panic is counted: {before} → {after}");
+
+        // The team goes on in a fresh room: a new member sends, a rejoining one recovers.
+        let mut carol = Client::connect(addr, &env.token("carol", &["t"])).await;
+        carol.join("t").await;
+        let sent = carol.send_message("t", "c2", "after").await;
+        let mut ann = Client::connect(addr, &env.token("ann", &["t"])).await;
+        ann.send(json!({"type":"room:join","team":"t",
+            "since":{"offset":seen["offset"],"epoch":joined["epoch"]}}))
+            .await;
+        let rejoined = ann.expect("room:joined").await;
+        assert_eq!(rejoined["recovered"], true);
+        let missed = ann.expect("message:new").await;
+        assert_eq!(
+            (&missed["offset"], &missed["body"]),
+            (&sent["offset"], &json!("after"))
+        );
+        ann.expect("presence:list").await;
+        ann.expect("receipt:list").await;
+        carol.send_message("t", "c3", "live").await;
+        assert_eq!(ann.expect("message:new").await["body"], "live");
     }
 }

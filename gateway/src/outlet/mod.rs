@@ -204,6 +204,11 @@ impl Outlet {
         self.ask(1012);
     }
 
+    /// What serves the connection failed (a room's task panicked): close 1011.
+    pub fn internal_error(&self) {
+        self.ask(1011);
+    }
+
     fn ask(&self, code: u16) {
         let asked = self
             .0

@@ -28,10 +28,10 @@ impl Shared {
         }
         let code = self.close.load(Ordering::Acquire);
         if code != 0 {
-            let reason = if code == 1012 {
-                "stream reset; rejoin with since"
-            } else {
-                "too slow"
+            let reason = match code {
+                1012 => "stream reset; rejoin with since",
+                1011 => "internal error; rejoin with since",
+                _ => "too slow",
             };
             // What is queued is dropped (the rest of a frame written in part is not).
             state.queue.clear();

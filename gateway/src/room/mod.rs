@@ -87,6 +87,9 @@ pub enum RoomCmd {
     /// third of the TTL, at the room's own step of that period).
     Refresh,
     Shutdown,
+    /// Panics the room's task (tests of what a bug there does to its members).
+    #[cfg(test)]
+    Panic,
 }
 
 impl RoomCmd {
@@ -154,6 +157,8 @@ impl Room {
                 tokio::select! {
                     received = queue.recv_many(&mut batch, 256) => {
                         if received == 0 {
+                            // The hub is gone (the gateway stopped): its sessions end.
+                            self.members.clear();
                             return;
                         }
                         // Joins are answered together, with one state read. Events need
@@ -180,6 +185,8 @@ impl Room {
                                                 let _ = done.send(());
                                             }
                                         }
+                                        #[cfg(test)]
+                                        RoomCmd::Panic => panic!("a bug in a room"),
                                         _ => return,
                                     }
                                 }
@@ -224,6 +231,17 @@ impl Room {
             .into_iter()
             .flatten()
             .min()
+    }
+}
+
+impl Drop for Room {
+    /// The hub shuts a room down once its last member left: a room dropped with members
+    /// ended by a panic. They are closed with 1011 and rejoin with `since`, missing
+    /// nothing, in the room the hub opens the team anew.
+    fn drop(&mut self) {
+        for member in &self.members {
+            member.outlet.internal_error();
+        }
     }
 }
 

@@ -84,6 +84,13 @@ impl<T> Sender<T> {
     }
 }
 
+impl<T> Sender<T> {
+    /// The receiver is gone (its task ended).
+    pub fn is_closed(&self) -> bool {
+        self.0.receiver_gone.load(Ordering::Acquire)
+    }
+}
+
 impl<T> Clone for Sender<T> {
     fn clone(&self) -> Self {
         self.0.senders.fetch_add(1, Ordering::Relaxed);

@@ -14,14 +14,12 @@ mod requests;
 mod teams;
 
 use std::future::poll_fn;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, WebSocketError};
-use futures_util::FutureExt;
 use hyper::upgrade::Upgraded;
 use teamchat_shared::event::Ephemeral;
 use teamchat_shared::metrics as m;
@@ -34,10 +32,10 @@ use tracing::debug;
 use self::auth::{AuthError, Claims};
 use self::open::{let_close, open};
 use self::teams::Teams;
-use crate::AppState;
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, StopReading};
 use crate::protocol::{self, Encoding, Limits};
 use crate::room::Who;
+use crate::{AppState, caught};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -127,18 +125,6 @@ pub async fn run(
         );
         sessions.spawn(serving);
     }
-}
-
-/// `work`, with a panic in it caught (counted, and logged by the panic hook): resolves to
-/// whether it panicked. (A combinator, not an `async fn`: it adds nothing to the
-/// connection's future.)
-fn caught(work: impl Future<Output = ()>) -> impl Future<Output = bool> {
-    AssertUnwindSafe(work).catch_unwind().map(|outcome| {
-        if outcome.is_err() {
-            metrics::counter!(m::PANICS).increment(1);
-        }
-        outcome.is_err()
-    })
 }
 
 impl Drop for Session {
@@ -399,14 +385,7 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use super::caught;
     use fastwebsockets::{Frame, Role};
-
-    #[tokio::test]
-    async fn a_panic_is_caught_and_reported() {
-        assert!(caught(async { panic!("a bug") }).await);
-        assert!(!caught(async {}).await);
-    }
 
     proptest::proptest! {
         /// The (vendored) frame reader as a session sets it up, over arbitrary bytes from
