@@ -69,3 +69,48 @@ async fn a_redis_outage_is_unavailable_and_delivery_resumes_after_it() {
     let ack = ben.send_message("t", "b1", "back to normal").await;
     assert_eq!(ann.expect("message:new").await["offset"], ack["offset"]);
 }
+
+/// A Redis that stalls (`CLIENT PAUSE`: connections open, nothing answered) rather than
+/// goes away: a send gets `unavailable` once the append's response timeout passes instead
+/// of hanging, no member is closed, and afterwards the retry is answered with the first
+/// attempt's ack, delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_is_unavailable_and_nothing_is_doubled_after_it() {
+    let redis = RedisServer::start().await;
+    let mut env = TestEnv::new().await;
+    env.redis_url = redis.url();
+    let g = common::gateway(&env, &[]).await;
+    let mut ann = Client::connect(g.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g.addr(), &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    ann.send_message("t", "m1", "before").await;
+    assert_eq!(ben.expect("message:new").await["body"], "before");
+
+    let mut admin = env.redis().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg(&["PAUSE", "7000", "ALL"])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    ann.send(json!({"type":"message:send","team":"t","client_id":"m2","body":"during","rid":"r"}))
+        .await;
+    let error = ann.expect("error").await;
+    assert_eq!(
+        (error["code"].as_str(), error["rid"].as_str()),
+        (Some("unavailable"), Some("r"))
+    );
+
+    eventually(Duration::from_secs(20), "Redis answering again", || async {
+        (http_get(g.addr(), "/readyz", &[]).await.0 == 200).then_some(())
+    })
+    .await;
+    // The stalled append ran once Redis went on: the retry gets its ack, not a second one.
+    let ack = ann.send_message("t", "m2", "during").await;
+    assert_eq!(ack["seq"], 2);
+    let got = ben.expect("message:new").await;
+    assert_eq!((&got["seq"], &got["body"]), (&json!(2), &json!("during")));
+    let ack = ann.send_message("t", "m3", "after").await;
+    assert_eq!(ack["seq"], 3);
+    assert_eq!(ben.expect("message:new").await["seq"], 3, "m2 came once");
+}
