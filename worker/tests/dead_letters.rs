@@ -143,8 +143,21 @@ async fn an_entry_delivered_too_often_is_dead_lettered() {
         .unwrap();
     assert!(error.contains("delivered 6 times"), "{error}");
     let dead_stream = format!("{}:dead", stream.trim_end_matches(":ingest"));
-    let dead: redis::streams::StreamRangeReply = redis.xrange_all(dead_stream).await.unwrap();
-    assert_eq!(dead.ids.len(), 1, "the dead-letter stream has it too");
+    // Published when the batch is acknowledged, just after the watermark moved.
+    let dead = eventually(
+        Duration::from_secs(10),
+        "the dead letter on its stream",
+        || {
+            let (mut conn, dead_stream) = (redis.clone(), dead_stream.clone());
+            async move {
+                let dead: redis::streams::StreamRangeReply =
+                    conn.xrange_all(dead_stream).await.ok()?;
+                (!dead.ids.is_empty()).then_some(dead)
+            }
+        },
+    )
+    .await;
+    assert_eq!(dead.ids.len(), 1, "the dead-letter stream has it once");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
         .fetch_one(&pg)
         .await
