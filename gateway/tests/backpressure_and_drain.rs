@@ -49,6 +49,98 @@ async fn a_slow_reader_is_closed_1013_and_the_others_keep_receiving() {
     assert_eq!(events, (1..=events.len() as u64).collect::<Vec<_>>());
 }
 
+/// The send queue is bounded in bytes too: a few large frames (here messages of 64 KB,
+/// far fewer than `SEND_QUEUE`) for a reader that does not read close it 1013 once they
+/// pass `SEND_QUEUE_BYTES`, instead of being held for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_closed_1013_once_its_queue_passes_its_bytes() {
+    const MESSAGES: usize = 300;
+    let env = TestEnv::new().await;
+    let g = common::gateway(
+        &env,
+        &[
+            "--send-queue=1024",
+            "--send-queue-bytes=1048576",
+            "--max-body=65536",
+            "--max-frame=200000",
+        ],
+    )
+    .await;
+    let mut slow = client::open_raw(g.addr(), &env.token("slow", &["t"])).await;
+    client::raw_send_text(&mut slow, r#"{"type":"room:join","team":"t"}"#).await;
+    let mut sender = Client::connect(g.addr(), &env.token("sender", &["t"])).await;
+    sender.join("t").await;
+    let body = "x".repeat(64_000);
+    for n in 0..MESSAGES {
+        sender.send_message("t", &format!("m{n}"), &body).await;
+    }
+    let (code, frames) = client::raw_frames_until_close(&mut slow).await;
+    assert_eq!(code, 1013);
+    let events = frames.iter().filter(|f| f["type"] == "message:new").count();
+    assert!(events < MESSAGES, "closed before all of it: {events}");
+}
+
+/// A socket that takes no bytes for `WRITE_TIMEOUT_MS` while some wait is given up, even
+/// with its queue within bounds: what is queued for it is not held indefinitely.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_socket_that_takes_nothing_is_given_up_after_the_write_timeout() {
+    use redis::AsyncCommands;
+    const MESSAGES: usize = 200;
+    let env = TestEnv::new().await;
+    let g = common::gateway(
+        &env,
+        &[
+            "--write-timeout-ms=300",
+            "--max-body=65536",
+            "--max-frame=200000",
+        ],
+    )
+    .await;
+    let mut slow = client::open_raw(g.addr(), &env.token("slow", &["t"])).await;
+    client::raw_send_text(&mut slow, r#"{"type":"room:join","team":"t"}"#).await;
+    let mut sender = Client::connect(g.addr(), &env.token("sender", &["t"])).await;
+    sender.join("t").await;
+    // 12.8 MB: more than the sockets' buffers hold, less than the queue's bounds.
+    let body = "x".repeat(64_000);
+    for n in 0..MESSAGES {
+        sender.send_message("t", &format!("m{n}"), &body).await;
+    }
+    // Given up, the session ends: its connection is no longer counted.
+    let redis = env.redis().await;
+    let connections = env.keys().user_connections("slow");
+    teamchat_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "the stalled connection given up",
+        || {
+            let (mut redis, key) = (redis.clone(), connections.clone());
+            async move {
+                let open: u64 = redis.zcard(key).await.ok()?;
+                (open == 0).then_some(())
+            }
+        },
+    )
+    .await;
+    // What the socket buffers held is there, then the connection ends.
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = vec![0; 1 << 16];
+        while let Ok(n) = slow.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the connection ended");
+    assert!(
+        received.len() < MESSAGES * 64_000,
+        "not everything was written: {} bytes",
+        received.len()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_gateway_closes_1012_and_clients_resume_on_another() {
     const MESSAGES: usize = 400;

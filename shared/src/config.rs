@@ -89,6 +89,13 @@ pub struct GatewayConfig {
     /// Frames queued for one connection before it counts as too slow (close 1013).
     #[arg(long, env = "SEND_QUEUE", default_value_t = 1_024)]
     pub send_queue: usize,
+    /// Bytes queued for one connection before it counts as too slow (close 1013).
+    #[arg(long, env = "SEND_QUEUE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub send_queue_bytes: u32,
+    /// Longest a connection's socket may take no bytes while some wait to be written
+    /// before the connection is given up.
+    #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub write_timeout_ms: u32,
     /// Approximate number of events kept in each team stream (what recovery can replay).
     #[arg(long, env = "STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: u64,

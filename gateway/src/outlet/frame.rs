@@ -74,6 +74,17 @@ impl Outbound {
     }
 
     /// A close frame: the writer sends it, and ends.
+    /// A reply encoded as it will be written (a data frame of the connection's encoding),
+    /// so that it can be weighed; other items as they are.
+    pub(super) fn encoded(self, encoding: Encoding) -> Self {
+        match self {
+            Outbound::Own(frame) => {
+                Outbound::control(data_opcode(encoding), frame.encode(encoding))
+            }
+            item => item,
+        }
+    }
+
     pub(super) fn closes(&self) -> bool {
         match self {
             Outbound::Close(_) => true,
@@ -85,10 +96,7 @@ impl Outbound {
 
 /// Appends an item to the write buffer; returns the close code once a close frame is in it.
 pub(super) fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16> {
-    let opcode = match encoding {
-        Encoding::Json => OpCode::Text,
-        Encoding::MsgPack => OpCode::Binary,
-    };
+    let opcode = data_opcode(encoding);
     match item {
         Outbound::Shared(frame) => push_frame(buffer, opcode, frame.bytes(encoding)),
         Outbound::Batch(frames, skip) => {
@@ -121,6 +129,25 @@ pub(super) fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) ->
         }
     }
     None
+}
+
+/// The opcode of the connection's data frames.
+fn data_opcode(encoding: Encoding) -> OpCode {
+    match encoding {
+        Encoding::Json => OpCode::Text,
+        Encoding::MsgPack => OpCode::Binary,
+    }
+}
+
+/// The bytes a queued item will write, near enough (frame heads aside): what the send
+/// queue's byte bound counts. Replies are queued encoded (`Outbound::encoded`).
+pub(super) fn weight(item: &Outbound, encoding: Encoding) -> usize {
+    match item {
+        Outbound::Shared(frame) => frame.bytes(encoding).len(),
+        Outbound::Batch(frames, _) => frames.iter().map(|f| f.bytes(encoding).len()).sum(),
+        Outbound::Control(control) => control.1.len(),
+        Outbound::Own(_) | Outbound::Ping | Outbound::Close(_) => 0,
+    }
 }
 
 /// Appends one unmasked server frame.

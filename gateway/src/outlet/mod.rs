@@ -27,7 +27,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
-use self::frame::push;
+use self::frame::{push, weight};
 use self::writer::try_write;
 use crate::protocol::Encoding;
 
@@ -73,8 +73,7 @@ pub struct Outlet(Arc<Shared>);
 struct Shared {
     socket: OwnedWriteHalf,
     encoding: Encoding,
-    /// How many items may wait in the queue; one more closes the connection with 1013.
-    capacity: usize,
+    limits: QueueLimits,
     state: Mutex<State>,
     /// The close code asked of the writer; 0 while none. The first asked wins.
     close: AtomicU16,
@@ -84,11 +83,27 @@ struct Shared {
     _slot: Option<OwnedSemaphorePermit>,
 }
 
+/// How much may wait to be written to one connection: past either bound the peer is not
+/// reading (close 1013). Numbers of 32 bits: every connection holds them.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueLimits {
+    /// Items in the queue.
+    pub frames: u32,
+    /// Bytes the queued items and the rest of a frame written in part will take: a few
+    /// large items (a presence list of a big team, a replay) weigh as much as many.
+    pub bytes: u32,
+    /// Longest the socket may take no bytes at all while some wait: the connection is
+    /// then given up, however little is queued.
+    pub stall_ms: u32,
+}
+
 #[derive(Default)]
 struct State {
     /// The rest of frames a sender wrote in part: written first.
     rest: Option<Box<Bytes>>,
     queue: VecDeque<Outbound>,
+    /// What the queued items weigh (`frame::weight`), plus the rest's length.
+    queued_bytes: usize,
     /// The reader finished: nothing more is accepted; the writer ends once drained.
     ending: bool,
     /// The writer task, while one runs: it writes what it took from the queue, and
@@ -121,17 +136,17 @@ thread_local! {
 }
 
 impl Outlet {
-    /// The send side of a connection whose queue holds at most `capacity` items.
+    /// The send side of a connection whose queue holds at most what `limits` allow.
     pub fn new(
         socket: OwnedWriteHalf,
         encoding: Encoding,
-        capacity: usize,
+        limits: QueueLimits,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Outlet(Arc::new(Shared {
             socket,
             encoding,
-            capacity,
+            limits,
             state: Mutex::new(State::default()),
             close: AtomicU16::new(0),
             writer: AtomicWaker::new(),
@@ -159,7 +174,7 @@ impl Outlet {
         if state.ending || state.done {
             return Err(TrySendError::Closed);
         }
-        if state.queue.len() + items.len() > shared.capacity {
+        if state.queue.len() + items.len() > shared.limits.frames as usize {
             drop(state);
             self.too_slow();
             return Err(TrySendError::Full);
@@ -170,12 +185,27 @@ impl Outlet {
             match shared.write_through(&mut items) {
                 (None, None) => return Ok(()),
                 (rest, closing) => {
+                    state.queued_bytes += rest.as_ref().map_or(0, Bytes::len);
                     state.rest = rest.map(Box::new);
                     state.queue.extend(closing);
                 }
             }
         }
-        state.queue.extend(items);
+        // Queued, a reply is encoded now, to be weighed (it is written as encoded).
+        let encoding = shared.encoding;
+        let mut added = 0;
+        state.queue.extend(items.map(|item| {
+            let item = item.encoded(encoding);
+            added += weight(&item, encoding);
+            item
+        }));
+        state.queued_bytes += added;
+        if state.queued_bytes > shared.limits.bytes as usize {
+            // Closing drops what is queued: nothing needs taking back.
+            drop(state);
+            self.too_slow();
+            return Err(TrySendError::Full);
+        }
         // A running writer takes what was queued before it ends: no need to wake it.
         self.start_writer(state);
         Ok(())
@@ -191,7 +221,7 @@ impl Outlet {
     /// Free queue slots.
     pub fn capacity(&self) -> usize {
         let queued = self.0.lock().queue.len();
-        self.0.capacity.saturating_sub(queued)
+        (self.0.limits.frames as usize).saturating_sub(queued)
     }
 
     /// The send queue overflowed: close 1013.
@@ -339,19 +369,40 @@ impl Shared {
         state.writer = None;
         state.rest = None;
         state.queue = VecDeque::new();
+        state.queued_bytes = 0;
         drop(state);
         // The peer learns at once that nothing follows (the socket itself closes only
         // when the connection's last holder lets go of it, which may wait on Redis).
         let _ = socket2::SockRef::from(self.socket.as_ref()).shutdown(std::net::Shutdown::Write);
         self.reader.wake();
-        let code = match end {
-            WriterEnd::Closed(code) => code.to_string(),
-            _ => "none".to_owned(),
-        };
-        metrics::counter!(m::CLOSES, "code" => code).increment(1);
+        metrics::counter!(m::CLOSES, "code" => close_label(&end)).increment(1);
         if end == WriterEnd::Closed(1013) {
             metrics::counter!(m::QUEUE_OVERFLOWS).increment(1);
         }
+    }
+}
+
+/// The `code` label of a close: the codes the gateway sends, and the peer's codes it
+/// echoes as `other` (a label taken from the peer would make a series per code it sends).
+fn close_label(end: &WriterEnd) -> &'static str {
+    match end {
+        WriterEnd::Closed(code) => match *code {
+            1000 => "1000",
+            1001 => "1001",
+            1002 => "1002",
+            1007 => "1007",
+            1008 => "1008",
+            1009 => "1009",
+            1011 => "1011",
+            1012 => "1012",
+            1013 => "1013",
+            4000 => "4000",
+            4001 => "4001",
+            4003 => "4003",
+            4029 => "4029",
+            _ => "other",
+        },
+        _ => "none",
     }
 }
 

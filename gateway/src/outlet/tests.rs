@@ -13,7 +13,12 @@ async fn connected(capacity: usize) -> (Outlet, WebSocket<TcpStream>, OwnedReadH
         .unwrap();
     let (server, _) = listener.accept().await.unwrap();
     let (read, write) = server.into_split();
-    let outlet = Outlet::new(write, Encoding::Json, capacity, None);
+    let limits = QueueLimits {
+        frames: capacity as u32,
+        bytes: u32::MAX,
+        stall_ms: 30_000,
+    };
+    let outlet = Outlet::new(write, Encoding::Json, limits, None);
     (
         outlet,
         WebSocket::after_handshake(client, Role::Client),

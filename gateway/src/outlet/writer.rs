@@ -6,12 +6,13 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use teamchat_shared::metrics as m;
 use tokio::net::tcp::OwnedWriteHalf;
 
-use super::frame::push;
+use super::frame::{push, weight};
 use super::{KEEP_SLOTS, Outbound, Outlet, SLOW_WRITE_GRACE, Shared, Taken, WriterEnd};
 
 impl Shared {
@@ -24,6 +25,7 @@ impl Shared {
         }
         // The rest of frames written in part goes first, whatever follows.
         if let Some(rest) = state.rest.take() {
+            state.queued_bytes -= rest.len();
             buffer.extend_from_slice(&rest);
         }
         let code = self.close.load(Ordering::Acquire);
@@ -35,6 +37,7 @@ impl Shared {
             };
             // What is queued is dropped (the rest of a frame written in part is not).
             state.queue.clear();
+            state.queued_bytes = 0;
             return Taken::Frames(push(buffer, Outbound::close(code, reason), self.encoding));
         }
         if state.queue.is_empty() && buffer.is_empty() {
@@ -50,6 +53,7 @@ impl Shared {
             let Some(item) = state.queue.pop_front() else {
                 break;
             };
+            state.queued_bytes -= weight(&item, self.encoding);
             closed = push(buffer, item, self.encoding);
         }
         if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
@@ -101,7 +105,8 @@ pub(super) async fn run(outlet: Outlet) {
 /// frame can follow), then the connection is given up. Returns false when the write did
 /// not complete.
 async fn write_all_or_give_up(shared: &Shared, buffer: &[u8]) -> bool {
-    let write = write_all(&shared.socket, buffer);
+    let stall = Duration::from_millis(u64::from(shared.limits.stall_ms));
+    let write = write_all(&shared.socket, buffer, stall);
     tokio::pin!(write);
     tokio::select! {
         written = &mut write => written.is_ok(),
@@ -109,13 +114,22 @@ async fn write_all_or_give_up(shared: &Shared, buffer: &[u8]) -> bool {
     }
 }
 
-/// Writes all of `buffer`, waiting for the socket when it is full.
-async fn write_all(socket: &OwnedWriteHalf, mut buffer: &[u8]) -> std::io::Result<()> {
+/// Writes all of `buffer`, waiting for the socket when it is full, but not longer than
+/// `stall` each time: a peer whose socket takes nothing for that long is not reading.
+async fn write_all(
+    socket: &OwnedWriteHalf,
+    mut buffer: &[u8],
+    stall: Duration,
+) -> std::io::Result<()> {
     while !buffer.is_empty() {
         match try_write(socket, buffer) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buffer = &buffer[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => socket.writable().await?,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                tokio::time::timeout(stall, socket.writable())
+                    .await
+                    .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??
+            }
             Err(e) => return Err(e),
         }
     }

@@ -57,14 +57,7 @@ impl Room {
         }
         let joining: Vec<_> = ready
             .iter()
-            .map(|(join, _)| {
-                let member = &join.member;
-                (
-                    &*member.who.session,
-                    &*member.who.user,
-                    member.who.name.as_deref(),
-                )
-            })
+            .map(|(join, _)| join.member.who.presence())
             .collect();
         let ttl = self.presence_ttl_ms();
         let online = match self

@@ -139,7 +139,7 @@ impl Room {
             .members
             .iter()
             .filter(|m| missing.iter().any(|s| **s == *m.who.session))
-            .map(|m| (&*m.who.session, &*m.who.user, m.who.name.as_deref()))
+            .map(|m| m.who.presence())
             .collect();
         if rejoining.is_empty() {
             return;

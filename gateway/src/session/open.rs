@@ -16,7 +16,7 @@ use tracing::warn;
 use super::auth::{AuthError, Claims};
 use super::{CLOSE_GRACE, NEXT_CONN_ID, Reader, Session, Teams};
 use crate::AppState;
-use crate::outlet::{ConnectionSlot, Outbound, Outlet};
+use crate::outlet::{ConnectionSlot, Outbound, Outlet, QueueLimits};
 use crate::protocol::{Encoding, ServerFrame};
 use crate::room::Who;
 
@@ -40,7 +40,12 @@ pub(super) async fn open(
     // they are copied into the frame reader's buffer (a slice would keep hyper's whole
     // read buffer alive for the connection's lifetime).
     let early = parts.read_buf;
-    let outlet = Outlet::new(write, encoding, state.config.send_queue.max(2), slot);
+    let limits = QueueLimits {
+        frames: u32::try_from(state.config.send_queue.max(2)).unwrap_or(u32::MAX),
+        bytes: state.config.send_queue_bytes,
+        stall_ms: state.config.write_timeout_ms.max(1),
+    };
+    let outlet = Outlet::new(write, encoding, limits, slot);
 
     let claims = match auth {
         Ok(claims) => claims,
