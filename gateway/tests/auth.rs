@@ -117,6 +117,25 @@ async fn cookie_tokens_need_an_allowed_origin() {
             other => panic!("expected HTTP 403, got {other:?}"),
         }
     }
+    // The HTTP API holds to the same rule (a cross-site page cannot spend the user's
+    // request budget with the cookie).
+    let cookie = format!("tc_token={token}");
+    for origin in [
+        None,
+        Some("https://evil.example"),
+        Some("https://app.example"),
+    ] {
+        let mut headers = vec![("cookie", cookie.as_str())];
+        headers.extend(origin.map(|o| ("origin", o)));
+        let (status, _) =
+            teamchat_testkit::http_get(g.addr(), "/v1/teams/t/messages", &headers).await;
+        let expected = if origin == Some("https://app.example") {
+            200
+        } else {
+            403
+        };
+        assert_eq!(status, expected, "history from {origin:?}");
+    }
     // A header token is not Origin-checked.
     let (mut ws, _) = client::open(g.addr(), Auth::Header(&token), None)
         .await

@@ -48,6 +48,20 @@ async fn typing_reaches_other_users_on_other_gateways_only() {
     );
 }
 
+/// A flood of starts is relayed once: each would go to every member of the team.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_starts_are_relayed_once() {
+    let env = TestEnv::new().await;
+    let (_g1, _g2, mut typist, mut reader) = pair(&env).await;
+    for _ in 0..10 {
+        typist.send(json!({"type":"typing:start","team":"t"})).await;
+    }
+    assert_eq!(reader.expect("typing:start").await["user"], "tina");
+    // The next frame the reader gets is the typist's message, not another start.
+    let ack = typist.send_message("t", "m1", "hello").await;
+    assert_eq!(reader.expect("message:new").await["offset"], ack["offset"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_typist_gets_a_stop_after_the_timeout() {
     let env = TestEnv::new().await;

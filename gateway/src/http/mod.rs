@@ -137,6 +137,17 @@ pub fn authorized<'a, B>(
         .map_err(Box::new)?;
     let claims = match auth::extract_token(req) {
         None => Err(auth::AuthError::Missing),
+        // A cookie is sent by the browser on any page's behalf (a cross-site page could
+        // spend the user's rate budget): only allowed origins use it, as for the upgrade.
+        Some((_, auth::TokenSource::Cookie))
+            if cors::allowed_origin(&state.config, req).is_none() =>
+        {
+            return Err(Box::new(json_error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "origin not allowed",
+            )));
+        }
         Some((token, _)) => state.verifier.verify(&token),
     };
     let claims = claims.map_err(|e| Box::new(unauthorized(e)))?;

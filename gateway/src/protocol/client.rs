@@ -86,6 +86,9 @@ pub struct ClientFrame {
 /// gateways, the workers, PostgreSQL's jsonb) must decode it, and serde_json stops at 128.
 pub const MAX_META_DEPTH: usize = 32;
 
+/// The deepest frame decoded at all, in either encoding (serde_json's own limit).
+const MAX_FRAME_DEPTH: usize = 128;
+
 /// The highest `seq` a request may name: the append script's numbers are doubles, exact to
 /// 2^53 (JavaScript's `Number.MAX_SAFE_INTEGER`).
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
@@ -109,7 +112,11 @@ pub fn decode_client(
             serde_json::from_slice(payload).map_err(|_| bad("frame is not valid JSON"))?
         }
         Encoding::MsgPack => {
-            rmp_serde::from_slice(payload).map_err(|_| bad("frame is not valid MessagePack"))?
+            // rmp-serde would recurse 1,024 levels deep, on a task's stack: stop where
+            // serde_json does.
+            let mut decoder = rmp_serde::Deserializer::from_read_ref(payload);
+            decoder.set_max_depth(MAX_FRAME_DEPTH);
+            Value::deserialize(&mut decoder).map_err(|_| bad("frame is not valid MessagePack"))?
         }
     };
     let Value::Object(mut object) = value else {
@@ -330,6 +337,21 @@ mod tests {
 
     fn decode_json(v: Value) -> Result<ClientFrame, RequestError> {
         decode_client(&serde_json::to_vec(&v).unwrap(), Encoding::Json, LIMITS)
+    }
+
+    /// A frame nested past what serde_json decodes is refused in MessagePack too, without
+    /// recursing deeper (on a small stack, 1,000 levels of recursion would overflow it).
+    #[test]
+    fn deep_msgpack_frames_are_refused_without_deep_recursion() {
+        let mut frame = vec![0x91; 1_000]; // arrays of one element, nested
+        frame.push(0xc0);
+        let refused = std::thread::Builder::new()
+            .stack_size(512 * 1024)
+            .spawn(move || decode_client(&frame, Encoding::MsgPack, LIMITS).is_err())
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(refused);
     }
 
     #[test]

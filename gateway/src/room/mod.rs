@@ -38,6 +38,13 @@ pub struct Who {
     pub name: Option<String>,
 }
 
+impl Who {
+    /// (session, user, name): what a presence entry records.
+    pub fn presence(&self) -> (&str, &str, Option<&str>) {
+        (&self.session, &self.user, self.name.as_deref())
+    }
+}
+
 /// A connection in a room.
 pub struct Member {
     pub conn_id: u64,
@@ -114,7 +121,7 @@ pub struct Room {
     shared: Arc<RoomShared>,
     /// Users typing in the team (on any gateway), with when their `typing:stop` is due.
     /// A short list: a few typists at a time, and every room holds one.
-    typing: Vec<(String, Instant)>,
+    typing: Vec<typing::Typist>,
     /// Presence changes not yet sent to the members.
     presence_out: PresenceBatch,
     epoch: String,
@@ -226,7 +233,7 @@ impl Room {
     /// When the room's timer is next due: the pending presence batch or the earliest
     /// typing stop; `None` when neither is.
     fn next_due(&self) -> Option<Instant> {
-        let typing = self.typing.iter().map(|(_, due)| *due).min();
+        let typing = self.typing.iter().map(|typist| typist.due).min();
         [self.presence_out.due(), typing]
             .into_iter()
             .flatten()

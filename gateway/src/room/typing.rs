@@ -9,6 +9,16 @@ use super::{Room, count_out, offer};
 use crate::outlet::{OutFrame, Outbound};
 use crate::protocol::ServerFrame;
 
+/// A user typing in the team (on any gateway).
+pub(super) struct Typist {
+    user: String,
+    /// When the room stops them itself unless another start comes.
+    pub(super) due: Instant,
+    /// When their last start was relayed: starts repeated sooner are not relayed again
+    /// (each would go to every member), only keep them typing.
+    relayed: Instant,
+}
+
 impl Room {
     /// Relays typing to other users' connections. Every gateway's room sees the same
     /// starts and stops, so each sends the stop of a silent typist itself: no typist stays
@@ -16,10 +26,22 @@ impl Room {
     pub(super) fn on_typing(&mut self, kind: Ephemeral, user: String) {
         let frame = match kind {
             Ephemeral::TypingStart => {
-                let due = Instant::now() + self.shared.typing_timeout;
-                match self.typing.iter_mut().find(|(typist, _)| *typist == user) {
-                    Some(typist) => typist.1 = due,
-                    None => self.typing.push((user.clone(), due)),
+                let now = Instant::now();
+                let due = now + self.shared.typing_timeout;
+                let relay_every = self.shared.typing_timeout / 2;
+                match self.typing.iter_mut().find(|typist| typist.user == user) {
+                    Some(typist) => {
+                        typist.due = due;
+                        if now < typist.relayed + relay_every {
+                            return;
+                        }
+                        typist.relayed = now;
+                    }
+                    None => self.typing.push(Typist {
+                        user: user.clone(),
+                        due,
+                        relayed: now,
+                    }),
                 }
                 ServerFrame::TypingStart {
                     team: self.team.clone(),
@@ -27,7 +49,7 @@ impl Room {
                 }
             }
             Ephemeral::TypingStop => {
-                let Some(index) = self.typing.iter().position(|(typist, _)| *typist == user) else {
+                let Some(index) = self.typing.iter().position(|typist| typist.user == user) else {
                     return;
                 };
                 self.typing.swap_remove(index);
@@ -45,9 +67,9 @@ impl Room {
         let now = Instant::now();
         let (silent, typing) = std::mem::take(&mut self.typing)
             .into_iter()
-            .partition(|(_, due)| *due <= now);
+            .partition(|typist: &Typist| typist.due <= now);
         self.typing = typing;
-        for (user, _) in silent {
+        for Typist { user, .. } in silent {
             self.send_to_others(ServerFrame::TypingStop {
                 team: self.team.clone(),
                 user,
