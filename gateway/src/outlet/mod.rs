@@ -186,6 +186,8 @@ impl Outlet {
                 (None, None) => return Ok(()),
                 (rest, closing) => {
                     state.queued_bytes += rest.as_ref().map_or(0, Bytes::len);
+                    state.queued_bytes +=
+                        closing.as_ref().map_or(0, |c| weight(c, shared.encoding));
                     state.rest = rest.map(Box::new);
                     state.queue.extend(closing);
                 }
