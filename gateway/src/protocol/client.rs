@@ -86,8 +86,10 @@ pub struct ClientFrame {
 /// gateways, the workers, PostgreSQL's jsonb) must decode it, and serde_json stops at 128.
 pub const MAX_META_DEPTH: usize = 32;
 
-/// The deepest frame decoded at all, in either encoding (serde_json's own limit).
-const MAX_FRAME_DEPTH: usize = 128;
+/// The deepest MessagePack frame decoded at all: far past any frame that could be
+/// accepted (so the `rid` of a `meta` nested too deep is still read, and the error names
+/// it), a quarter of rmp-serde's own 1,024, which recurses on a task's stack.
+const MAX_MSGPACK_DEPTH: usize = 256;
 
 /// The highest `seq` a request may name: the append script's numbers are doubles, exact to
 /// 2^53 (JavaScript's `Number.MAX_SAFE_INTEGER`).
@@ -112,10 +114,8 @@ pub fn decode_client(
             serde_json::from_slice(payload).map_err(|_| bad("frame is not valid JSON"))?
         }
         Encoding::MsgPack => {
-            // rmp-serde would recurse 1,024 levels deep, on a task's stack: stop where
-            // serde_json does.
             let mut decoder = rmp_serde::Deserializer::from_read_ref(payload);
-            decoder.set_max_depth(MAX_FRAME_DEPTH);
+            decoder.set_max_depth(MAX_MSGPACK_DEPTH);
             Value::deserialize(&mut decoder).map_err(|_| bad("frame is not valid MessagePack"))?
         }
     };
