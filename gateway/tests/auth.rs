@@ -117,24 +117,22 @@ async fn cookie_tokens_need_an_allowed_origin() {
             other => panic!("expected HTTP 403, got {other:?}"),
         }
     }
-    // The HTTP API holds to the same rule (a cross-site page cannot spend the user's
-    // request budget with the cookie).
+    // On the HTTP API a request a browser marks as from another site uses the cookie only
+    // from an allowed origin (a cross-site page cannot spend the user's request budget).
     let cookie = format!("tc_token={token}");
-    for origin in [
-        None,
-        Some("https://evil.example"),
-        Some("https://app.example"),
-    ] {
+    let cases: [(&[(&str, &str)], u16); 5] = [
+        (&[("origin", "https://evil.example")], 403),
+        (&[("sec-fetch-site", "cross-site")], 403),
+        (&[("origin", "https://app.example")], 200),
+        (&[("sec-fetch-site", "same-origin")], 200),
+        (&[], 200),
+    ];
+    for (marks, expected) in cases {
         let mut headers = vec![("cookie", cookie.as_str())];
-        headers.extend(origin.map(|o| ("origin", o)));
+        headers.extend_from_slice(marks);
         let (status, _) =
             teamchat_testkit::http_get(g.addr(), "/v1/teams/t/messages", &headers).await;
-        let expected = if origin == Some("https://app.example") {
-            200
-        } else {
-            403
-        };
-        assert_eq!(status, expected, "history from {origin:?}");
+        assert_eq!(status, expected, "history with {marks:?}");
     }
     // A header token is not Origin-checked.
     let (mut ws, _) = client::open(g.addr(), Auth::Header(&token), None)

@@ -42,6 +42,19 @@ pub fn preflight(allowed: bool) -> Response<Body> {
     response
 }
 
+/// Whether a browser says the request comes from a page of another site (an `Origin`, or
+/// `Sec-Fetch-Site` other than `same-origin` or `none`) that is not on `ALLOWED_ORIGINS`.
+/// Requests without either header (same-origin `GET`s of older browsers, other clients)
+/// are not.
+pub fn from_another_site<B>(config: &GatewayConfig, req: &Request<B>) -> bool {
+    let headers = req.headers();
+    let cross_site = headers.contains_key(ORIGIN)
+        || headers
+            .get("sec-fetch-site")
+            .is_some_and(|site| site != "same-origin" && site != "none");
+    cross_site && allowed_origin(config, req).is_none()
+}
+
 /// Lets the allowed origin (if any) read the response.
 pub fn with_cors(mut response: Response<Body>, origin: Option<HeaderValue>) -> Response<Body> {
     if let Some(origin) = origin {

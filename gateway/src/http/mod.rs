@@ -138,10 +138,9 @@ pub fn authorized<'a, B>(
     let claims = match auth::extract_token(req) {
         None => Err(auth::AuthError::Missing),
         // A cookie is sent by the browser on any page's behalf (a cross-site page could
-        // spend the user's rate budget): only allowed origins use it, as for the upgrade.
-        Some((_, auth::TokenSource::Cookie))
-            if cors::allowed_origin(&state.config, req).is_none() =>
-        {
+        // spend the user's rate budget): a request a browser marks as coming from
+        // another site uses it only from an allowed origin.
+        Some((_, auth::TokenSource::Cookie)) if cors::from_another_site(&state.config, req) => {
             return Err(Box::new(json_error(
                 StatusCode::FORBIDDEN,
                 "forbidden",
