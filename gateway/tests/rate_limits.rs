@@ -63,3 +63,48 @@ async fn joins_and_typing_have_budgets_of_their_own() {
     // Messages are not limited by the other budgets.
     c.send_message("a", "m", "still fine").await;
 }
+
+/// A user's receipts share a budget across their connections: past it they wait (and
+/// coalesce) instead of each connection writing one a second to every member; none is
+/// lost, and what waits is written when the connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_over_the_users_budget_wait_and_are_not_lost() {
+    let env = TestEnv::new().await;
+    // 4 a minute, bursts of one: the second waits 15 s.
+    let g = common::gateway(&env, &["--rate-receipt-per-min=4"]).await;
+    let mut writer = Client::connect(g.addr(), &env.token("writer", &["t"])).await;
+    writer.join("t").await;
+    for n in 1..=3 {
+        writer.send_message("t", &format!("m{n}"), "b").await;
+    }
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut reader = Client::connect(g.addr(), &env.token("reader", &["t"])).await;
+        reader.join("t").await;
+        readers.push(reader);
+    }
+    readers[0]
+        .send(json!({"type":"receipt:update","team":"t","seq":1}))
+        .await;
+    assert_eq!(writer.expect("receipt:update").await["seq"], 1);
+    for (n, reader) in readers.iter_mut().enumerate().skip(1) {
+        reader
+            .send(json!({"type":"receipt:update","team":"t","seq":n + 1}))
+            .await;
+    }
+    // The next frame the writer gets is the marker message, not the two receipts over
+    // the budget.
+    let marker = readers[0].send_message("t", "marker", "b").await;
+    assert_eq!(
+        writer.expect("message:new").await["offset"],
+        marker["offset"]
+    );
+    // Closing flushes what waits: the highest receipt is written.
+    drop(readers);
+    loop {
+        let update = writer.expect("receipt:update").await;
+        if update["seq"] == 3 {
+            break;
+        }
+    }
+}

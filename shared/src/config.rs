@@ -119,6 +119,9 @@ pub struct GatewayConfig {
     /// how long an idle HTTP keep-alive connection is kept.
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
+    /// Read receipts written per user per minute (beyond, they wait and coalesce).
+    #[arg(long, env = "RATE_RECEIPT_PER_MIN", default_value_t = 120)]
+    pub rate_receipt_per_min: u32,
     /// HTTP API requests (history, credits) per user per minute (429 beyond).
     #[arg(long, env = "RATE_HTTP_PER_MIN", default_value_t = 120)]
     pub rate_http_per_min: u32,

@@ -169,6 +169,7 @@ impl TestEnv {
             "--rate-send-per-min",
             "--rate-typing-per-min",
             "--rate-join-per-min",
+            "--rate-receipt-per-min",
         ] {
             args.push(format!("{flag}=1000000"));
         }

@@ -16,6 +16,8 @@ pub enum Operation {
     Join,
     /// Requests to the HTTP API (history, credits).
     Http,
+    /// Read receipts written (coalesced: past the budget they wait, never refused).
+    Receipt,
 }
 
 impl Operation {
@@ -26,6 +28,7 @@ impl Operation {
             Operation::Typing => "typing",
             Operation::Join => "join",
             Operation::Http => "http",
+            Operation::Receipt => "receipt",
         }
     }
 }
@@ -35,6 +38,7 @@ pub struct RateLimits {
     typing: DefaultKeyedRateLimiter<String>,
     join: DefaultKeyedRateLimiter<String>,
     http: DefaultKeyedRateLimiter<String>,
+    receipt: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
 
@@ -52,6 +56,7 @@ impl RateLimits {
             typing: RateLimiter::dashmap(quota(config.rate_typing_per_min)),
             join: RateLimiter::dashmap(quota(config.rate_join_per_min)),
             http: RateLimiter::dashmap(quota(config.rate_http_per_min)),
+            receipt: RateLimiter::dashmap(quota(config.rate_receipt_per_min)),
             clock: DefaultClock::default(),
         }
     }
@@ -63,6 +68,7 @@ impl RateLimits {
             Operation::Typing => &self.typing,
             Operation::Join => &self.join,
             Operation::Http => &self.http,
+            Operation::Receipt => &self.receipt,
         };
         limiter
             .check_key(&user.to_owned())
@@ -75,5 +81,6 @@ impl RateLimits {
         self.typing.retain_recent();
         self.join.retain_recent();
         self.http.retain_recent();
+        self.receipt.retain_recent();
     }
 }
