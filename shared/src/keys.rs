@@ -84,9 +84,11 @@ impl Keys {
 
     /// Remembers the ack of a `message:send` for 24 h, keyed by user and `client_id`.
     pub fn dedupe(&self, team: &str, user: &str, client_id: &str) -> String {
-        // The client id is free text: hex-encode it so it cannot collide with the separators.
-        let client_hex: String = client_id.bytes().map(|b| format!("{b:02x}")).collect();
-        self.team_key(team, &format!("dedupe:{user}:{client_hex}"))
+        // Both hex-encoded: ids may hold `:`, and with the user as it is, team `a` and user
+        // `dedupe:b` would share the key of team `a:dedupe` and user `b` (on one shard).
+        // Hex digits spell none of the other suffixes, so no key of one team can be a key
+        // of another.
+        self.team_key(team, &format!("dedupe:{}:{}", hex(user), hex(client_id)))
     }
 
     /// Marks a deleted message older than the messages hash holds, for 24 h (until the
@@ -149,9 +151,89 @@ pub fn slice_of(key: &str, slices: u64) -> u64 {
     hasher.finish() % slices
 }
 
+fn hex(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Every key a team's events and users touch, with what it is the key of.
+    fn keys_of(
+        keys: &Keys,
+        team: &str,
+        user: &str,
+        client_id: &str,
+        seq: u64,
+    ) -> Vec<(String, String)> {
+        let mut all = vec![
+            (keys.team_events(team), format!("events {team}")),
+            (keys.team_meta(team), format!("meta {team}")),
+            (keys.team_messages(team), format!("messages {team}")),
+            (keys.team_receipts(team), format!("receipts {team}")),
+            (keys.team_channel(team), format!("channel {team}")),
+            (
+                keys.dedupe(team, user, client_id),
+                format!("dedupe {team} {user} {client_id}"),
+            ),
+            (keys.tombstone(team, seq), format!("tombstone {team} {seq}")),
+            (keys.user_connections(user), format!("connections {user}")),
+        ];
+        for (n, key) in keys.presence(team).into_iter().enumerate() {
+            all.push((key, format!("presence{n} {team}")));
+        }
+        all
+    }
+
+    /// Ids of the contract's alphabet made of the words keys are made of, joined by `:`:
+    /// where two things sharing a key would be found if they could.
+    fn id() -> impl Strategy<Value = String> {
+        let word = prop::sample::select(vec![
+            "a", "b", "1", "2", "dedupe", "deleted", "presence", "sessions", "meta", "events",
+            "messages", "receipts", "ch", "team", "62", "ab",
+        ]);
+        prop::collection::vec(word, 1..4).prop_map(|words| words.join(":"))
+    }
+
+    proptest! {
+        /// Ids of the contract's alphabet (`:` included) never make two things share a key,
+        /// even with every team on one shard.
+        #[test]
+        fn no_two_things_share_a_key(
+            a in id(), b in id(), user_a in id(), user_b in id(),
+            client_a in id(), client_b in id(), seq_a in 0u64..3, seq_b in 0u64..3,
+            shifted in any::<bool>(),
+        ) {
+            // Half the cases move words from one team's name into the other's user (team
+            // `a` and user `x:u` against team `a:x` and user `u`), where keys would meet.
+            let (b, user_a, client_b) = if shifted {
+                (format!("{a}:{b}"), format!("{b}:{user_b}"), client_a.clone())
+            } else {
+                (b, user_a, client_b)
+            };
+            let keys = Keys::new("tc", 1);
+            let mut seen = std::collections::HashMap::new();
+            for (key, what) in keys_of(&keys, &a, &user_a, &client_a, seq_a)
+                .into_iter()
+                .chain(keys_of(&keys, &b, &user_b, &client_b, seq_b))
+            {
+                if let Some(other) = seen.insert(key.clone(), what.clone()) {
+                    prop_assert_eq!(&other, &what, "{} is the key of both", key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_team_and_a_user_named_with_colons_do_not_share_a_dedupe_key() {
+        let keys = Keys::new("tc", 1);
+        assert_ne!(
+            keys.dedupe("acme", "dedupe:bob", "c"),
+            keys.dedupe("acme:dedupe", "bob", "c")
+        );
+    }
 
     #[test]
     fn keys_of_a_team_share_one_hash_tag() {
