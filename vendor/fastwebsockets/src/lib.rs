@@ -709,6 +709,10 @@ impl ReadHalf {
 
     let opcode = frame::OpCode::try_from(self.buffer[0] & 0b00001111)?;
     let masked = self.buffer[1] & 0b10000000 != 0;
+    // RFC 6455 §5.1: a server must fail the connection on a frame the client did not mask.
+    if self.role == Role::Server && !masked {
+      return Err(WebSocketError::UnmaskedFrame);
+    }
 
     let length_code = self.buffer[1] & 0x7F;
     let extra = match length_code {
@@ -750,8 +754,10 @@ impl ReadHalf {
       return Err(WebSocketError::ControlFrameFragmented);
     }
 
-    if opcode == OpCode::Ping && payload_len > 125 {
-      return Err(WebSocketError::PingFrameTooLarge);
+    // RFC 6455 §5.5: every control frame (close and pong too, not only ping) carries at
+    // most 125 bytes.
+    if frame::is_control(opcode) && payload_len > 125 {
+      return Err(WebSocketError::ControlFrameTooLarge);
     }
 
     if payload_len >= self.max_message_size {
