@@ -110,9 +110,15 @@ pub fn decode_client(
     limits: Limits,
 ) -> Result<ClientFrame, RequestError> {
     let value: Value = match encoding {
-        Encoding::Json => {
-            serde_json::from_slice(payload).map_err(|_| bad("frame is not valid JSON"))?
-        }
+        Encoding::Json => match serde_json::from_slice(payload) {
+            Ok(value) => value,
+            // `JSON.stringify` writes a lone surrogate (half an emoji cut off) as an escape
+            // serde_json refuses: it becomes U+FFFD, as the browser's own UTF-8 encoding of
+            // that string would have made it.
+            Err(_) => replace_lone_surrogates(payload)
+                .and_then(|fixed| serde_json::from_slice(&fixed).ok())
+                .ok_or_else(|| bad("frame is not valid JSON"))?,
+        },
         Encoding::MsgPack => {
             let mut decoder = rmp_serde::Deserializer::from_read_ref(payload);
             decoder.set_max_depth(MAX_MSGPACK_DEPTH);
@@ -319,6 +325,42 @@ fn parse_since(value: Value) -> Option<Since> {
     (!since.epoch.is_empty()).then_some(since)
 }
 
+/// The frame with every `\u` escape of a lone surrogate (one not in a high-low pair)
+/// replaced by `\ufffd`; `None` when it has none.
+fn replace_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
+    let escape_at = |i: usize| -> Option<u16> {
+        let hex = json.get(i..i + 6)?.strip_prefix(b"\\u")?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    };
+    let is_high = |unit: u16| (0xD800..0xDC00).contains(&unit);
+    let is_low = |unit: u16| (0xDC00..0xE000).contains(&unit);
+    let mut fixed = Vec::with_capacity(json.len());
+    let (mut i, mut replaced) = (0, false);
+    while i < json.len() {
+        if json[i] != b'\\' {
+            fixed.push(json[i]);
+            i += 1;
+            continue;
+        }
+        let taken = match escape_at(i) {
+            Some(high) if is_high(high) && escape_at(i + 6).is_some_and(is_low) => 12,
+            Some(unit) if is_high(unit) || is_low(unit) => {
+                fixed.extend_from_slice(b"\\ufffd");
+                replaced = true;
+                i += 6;
+                continue;
+            }
+            Some(_) => 6,
+            // Another escape: the backslash and the character it escapes.
+            None => 2,
+        };
+        let end = (i + taken).min(json.len());
+        fixed.extend_from_slice(&json[i..end]);
+        i = end;
+    }
+    replaced.then_some(fixed)
+}
+
 fn bad(message: &str) -> RequestError {
     RequestError::new(ErrorCode::BadRequest, message)
 }
@@ -352,6 +394,36 @@ mod tests {
             .join()
             .unwrap();
         assert!(refused);
+    }
+
+    /// A lone surrogate escape, as `JSON.stringify` writes half an emoji, is read as U+FFFD
+    /// (the request goes on, with its `rid`); a whole pair stays the emoji it is.
+    #[test]
+    fn lone_surrogate_escapes_become_replacement_characters() {
+        let frame = |body: &str| {
+            format!(
+                r#"{{"type":"message:send","rid":"r","team":"t","client_id":"c","body":"{body}"}}"#
+            )
+        };
+        let limits = Limits {
+            max_body: 64,
+            max_meta: 32,
+        };
+        for (escaped, read) in [
+            (r"a\udc00b", "a\u{fffd}b"),
+            (r"\ud83d", "\u{fffd}"),
+            (r"\ud83d\ude00", "\u{1f600}"),
+            (r"\ud83d\ud83d\ude00", "\u{fffd}\u{1f600}"),
+            (r"\\udc00", r"\udc00"),
+        ] {
+            let decoded = decode_client(frame(escaped).as_bytes(), Encoding::Json, limits)
+                .unwrap_or_else(|e| panic!("{escaped}: {e:?}"));
+            assert_eq!(decoded.rid.as_deref(), Some("r"));
+            let Request::MessageSend { body, .. } = decoded.request else {
+                panic!("{escaped}: not a send");
+            };
+            assert_eq!(body, read, "{escaped}");
+        }
     }
 
     #[test]
