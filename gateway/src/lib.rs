@@ -204,14 +204,14 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// `work`, with a panic in it caught (counted, and logged by the panic hook): resolves to
-/// whether it panicked. A session's closes its connection with 1011; a room's closes its
-/// members with 1011 (`Room`'s drop) and the hub opens the team a fresh room. (A
-/// combinator, not an `async fn`: it adds nothing to the connection's future.)
-pub(crate) fn caught(work: impl Future<Output = ()>) -> impl Future<Output = bool> {
+/// its output, or `None` if it panicked. A session's closes its connection with 1011; a
+/// room's closes its members with 1011 (`Room`'s drop) and the hub opens the team a fresh
+/// room. (A combinator, not an `async fn`: it adds nothing to the connection's future.)
+pub(crate) fn caught<T>(work: impl Future<Output = T>) -> impl Future<Output = Option<T>> {
     AssertUnwindSafe(work).catch_unwind().map(|outcome| {
         if outcome.is_err() {
             metrics::counter!(teamchat_shared::metrics::PANICS).increment(1);
         }
-        outcome.is_err()
+        outcome.ok()
     })
 }

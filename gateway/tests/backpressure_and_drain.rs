@@ -192,7 +192,11 @@ async fn a_draining_gateway_closes_1012_and_clients_resume_on_another() {
             _ => panic!("unexpected {frame}"),
         }
     }
-    assert!(listed);
+    // All of them may have been missed (the drain waits for the client's close, up to
+    // 2 s): the presence list then follows the last.
+    if !listed {
+        reader.expect("presence:list").await;
+    }
     sending.await.unwrap();
     assert_eq!(
         seen,

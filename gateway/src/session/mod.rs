@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod connections;
 pub mod limits;
+mod linger;
 mod open;
 mod receipts;
 mod requests;
@@ -41,6 +42,35 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long a closing connection waits for the peer's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// A fragmented message being collected.
+#[derive(Default)]
+struct Partial {
+    bytes: Vec<u8>,
+    /// A text message, whose UTF-8 is checked as its fragments come (a single-frame text
+    /// message is checked by the frame reader).
+    text: bool,
+    /// How much of `bytes` is known to be valid UTF-8.
+    valid: usize,
+}
+
+impl Partial {
+    /// Whether the text so far can still be UTF-8: invalid as soon as it cannot (RFC 6455
+    /// §8.1 fails fast), while a code point cut at a fragment's end may go on in the next
+    /// one, but not past the last fragment.
+    fn utf8_so_far(&mut self, last: bool) -> bool {
+        match std::str::from_utf8(&self.bytes[self.valid..]) {
+            Ok(_) => {
+                self.valid = self.bytes.len();
+                true
+            }
+            Err(e) => {
+                self.valid += e.valid_up_to();
+                e.error_len().is_none() && !last
+            }
+        }
+    }
+}
 
 /// The per-connection state the reader keeps.
 struct Session {
@@ -146,10 +176,18 @@ impl Session {
         async move {
             // A bug that panics while a frame is worked on closes this connection with
             // 1011, not the process; the connection is then let go of as usual.
-            if caught(self.read_loop(&mut ws)).await {
-                Box::pin(self.close(1011, "internal error")).await;
-            }
+            let server_closed = match caught(self.read_loop(&mut ws)).await {
+                Some(server_closed) => server_closed,
+                None => {
+                    Box::pin(self.close(1011, "internal error")).await;
+                    true
+                }
+            };
             Box::pin(self.finish()).await;
+            // The peer reads the gateway's close before the socket goes (see `linger`).
+            if server_closed {
+                Box::pin(linger::linger(&mut ws)).await;
+            }
         }
     }
 
@@ -181,16 +219,17 @@ impl Session {
         let_close(outlet).await;
     }
 
-    /// Reads frames and carries out requests until the connection is to close. What is
-    /// live across this loop's awaits is in every idle connection: the work on a frame is
-    /// boxed (`on_frame`), and a close is queued at one place.
+    /// Reads frames and carries out requests until the connection is to close; resolves
+    /// to whether the gateway closed it (rather than the peer). What is live across this
+    /// loop's awaits is in every idle connection: the work on a frame is boxed
+    /// (`on_frame`), and a close is queued at one place.
     #[allow(clippy::manual_async_fn)] // not an `async fn`, which holds its arguments twice
-    fn read_loop<'a>(&'a mut self, ws: &'a mut Reader) -> impl Future<Output = ()> + Send + 'a {
+    fn read_loop<'a>(&'a mut self, ws: &'a mut Reader) -> impl Future<Output = bool> + Send + 'a {
         async move {
             // Fragments are collected here, not by fastwebsockets' collector, so that a
             // message's total size is capped while it arrives (1009), not only its frames'.
             // Boxed: fragmented messages are rare.
-            let mut partial: Option<Box<Vec<u8>>> = None;
+            let mut partial: Option<Box<Partial>> = None;
             let control = self.outlet.clone();
             // Pongs and close echoes the reader owes go through the outlet; a peer that does
             // not read them is too slow like any other (1013).
@@ -258,6 +297,8 @@ impl Session {
                 let flow = match frame {
                     Ok(Ok(frame)) => Box::pin(self.on_frame(frame, &mut partial)).await,
                     Ok(Err(WebSocketError::FrameTooLarge)) => Flow::Close(1009, "frame too large"),
+                    // A text frame, or a close reason, that is not UTF-8 (RFC 6455 §8.1).
+                    Ok(Err(WebSocketError::InvalidUTF8)) => Flow::Close(1007, "invalid utf-8"),
                     Ok(Err(e)) => {
                         debug!(error = %e, "connection read ended");
                         Flow::Close(1002, "protocol error")
@@ -272,8 +313,10 @@ impl Session {
                     deadline.as_mut().reset(self.expires_at);
                 }
             };
+            let server_closed = !matches!(flow, Flow::PeerClosed);
             // Boxed: its timer would otherwise widen every idle connection's future.
             Box::pin(self.closing(flow)).await;
+            server_closed
         }
     }
 
@@ -302,8 +345,7 @@ impl Session {
 
     /// Works on one frame: collects fragments, carries out a complete request and queues
     /// its reply, answers a ping.
-    #[allow(clippy::box_collection)] // one word in every idle connection's future, not three
-    async fn on_frame(&mut self, frame: Frame<'_>, partial: &mut Option<Box<Vec<u8>>>) -> Flow {
+    async fn on_frame(&mut self, frame: Frame<'_>, partial: &mut Option<Box<Partial>>) -> Flow {
         let max_frame = self.state.config.max_frame;
         let message = match frame.opcode {
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
@@ -318,13 +360,21 @@ impl Session {
                     }
                     Some(frame.payload.to_vec())
                 } else {
-                    let collected = partial.get_or_insert_with(Box::default);
-                    if collected.len() + frame.payload.len() > max_frame {
+                    let collected = partial.get_or_insert_with(|| {
+                        Box::new(Partial {
+                            text: frame.opcode == OpCode::Text,
+                            ..Partial::default()
+                        })
+                    });
+                    if collected.bytes.len() + frame.payload.len() > max_frame {
                         return Flow::Close(1009, "frame too large");
                     }
-                    collected.extend_from_slice(&frame.payload);
+                    collected.bytes.extend_from_slice(&frame.payload);
+                    if collected.text && !collected.utf8_so_far(frame.fin) {
+                        return Flow::Close(1007, "invalid utf-8");
+                    }
                     if frame.fin {
-                        partial.take().map(|collected| *collected)
+                        partial.take().map(|collected| collected.bytes)
                     } else {
                         None
                     }

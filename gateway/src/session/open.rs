@@ -10,10 +10,12 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use teamchat_shared::metrics as m;
 use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tracing::warn;
 
 use super::auth::{AuthError, Claims};
+use super::linger::linger;
 use super::{CLOSE_GRACE, NEXT_CONN_ID, Reader, Session, Teams};
 use crate::AppState;
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, QueueLimits};
@@ -54,6 +56,7 @@ pub(super) async fn open(
             // The queue is new: there is room.
             let _ = outlet.try_send(Outbound::close(error.close_code(), error.reason()));
             let_close(outlet).await;
+            linger(&mut reader(read, &early, state.config.max_frame)).await;
             return None;
         }
     };
@@ -72,6 +75,7 @@ pub(super) async fn open(
         Ok(false) => {
             let _ = outlet.try_send(Outbound::close(4029, "too many connections"));
             let_close(outlet).await;
+            linger(&mut reader(read, &early, state.config.max_frame)).await;
             return None;
         }
         // The limit protects; it is not worth refusing service while Redis is away.
@@ -114,14 +118,20 @@ pub(super) async fn open(
         receipts: None,
     };
     session.expires_at = session.token_deadline(session.claims.exp);
-    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
-    ws.push_buffered(&early);
+    let ws = reader(read, &early, session.state.config.max_frame);
     drop(early);
-    ws.set_max_message_size(session.state.config.max_frame + 1);
+    Some((session, ws))
+}
+
+/// The frame reader of a connection, starting with the bytes hyper read past the handshake.
+fn reader(read: OwnedReadHalf, early: &[u8], max_frame: usize) -> Reader {
+    let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
+    ws.push_buffered(early);
+    ws.set_max_message_size(max_frame + 1);
     // Pings are answered in `on_frame`, so that read_frame returns them and they count as
     // traffic for the heartbeat.
     ws.set_auto_pong(false);
-    Some((session, ws))
+    ws
 }
 
 /// Gives the close a moment to be written (a peer that never reads cannot hold it).
