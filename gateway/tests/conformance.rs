@@ -315,7 +315,7 @@ async fn closing() {
     let env = TestEnv::new().await;
     let g = gateway(&env).await;
     for code in [
-        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        1000u16, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 3000, 3999, 4000, 4999,
     ] {
         let mut c = Conn::open(g.addr(), &env).await;
         c.send(&masked(true, CLOSE, &close_payload(code, b"bye")))
@@ -344,7 +344,7 @@ async fn closing() {
 
     let mut bad: Vec<(String, Vec<u8>)> = vec![("one byte".into(), masked(true, CLOSE, &[0x03]))];
     for code in [
-        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        0u16, 999, 1004, 1005, 1006, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
     ] {
         bad.push((
             format!("code {code}"),
