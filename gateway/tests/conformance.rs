@@ -527,3 +527,27 @@ async fn a_client_that_never_closes_does_not_hold_the_socket() {
         trickling.abort();
     }
 }
+
+/// The same at the handshake: a client with a bad token that starts writing at once
+/// finishes its write and reads 4001, in every trial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_client_still_writing_reads_4001() {
+    const TRIALS: usize = 20;
+    let env = TestEnv::new().await;
+    let g = gateway(&env).await;
+    let mut delivered = 0;
+    for _ in 0..TRIALS {
+        let stream = client::open_raw(g.addr(), "not-a-token").await;
+        let (mut read, mut write) = stream.into_split();
+        let requests = masked(true, TEXT, &probe("early", 1000)).repeat(4_000);
+        let wrote_all = write.write_all(&requests).await.is_ok();
+        let code = tokio::time::timeout(Duration::from_secs(10), close_code_while(&mut read))
+            .await
+            .expect("a close or the end within 10 s");
+        if wrote_all && code == Some(4001) {
+            delivered += 1;
+        }
+    }
+    println!("4001 delivered to a client still writing: {delivered}/{TRIALS}");
+    assert_eq!(delivered, TRIALS);
+}
