@@ -62,6 +62,7 @@ pub struct AppState {
 /// A running gateway.
 pub struct Gateway {
     addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
     state: Arc<AppState>,
     task: JoinHandle<()>,
 }
@@ -127,12 +128,33 @@ impl Gateway {
                 "DEV_MODE is on: anyone can get a token at POST /dev/token; never use it in production"
             );
         }
-        let task = tokio::spawn(http::serve(state.clone(), listener));
-        Ok(Self { addr, state, task })
+        let api_listener = match state.config.api_listen {
+            Some(addr) => Some(listen(addr).with_context(|| format!("binding API_LISTEN {addr}"))?),
+            None => None,
+        };
+        let api_addr = api_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        if let Some(api_listener) = api_listener {
+            tokio::spawn(http::serve(state.clone(), api_listener, true));
+        }
+        let task = tokio::spawn(http::serve(state.clone(), listener, false));
+        Ok(Self {
+            addr,
+            api_addr,
+            state,
+            task,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the server API is served when `API_LISTEN` is set.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
     }
 
     /// Drains: stops accepting, lets every session finish the request in hand and close
@@ -166,6 +188,10 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// `JWT_SECRET`; in `DEV_MODE` (tokens for anyone), an address other hosts reach unless
 /// `DEV_MODE_PUBLIC` says so.
 fn refuse_unsafe(config: &GatewayConfig) -> anyhow::Result<()> {
+    // Whoever holds a key posts as anyone: a guessable one is refused even in DEV_MODE.
+    if config.api_keys.iter().any(|key| key.len() < MIN_SECRET_LEN) {
+        anyhow::bail!("every API_KEYS key must be at least {MIN_SECRET_LEN} bytes (random)");
+    }
     if config.dev_mode {
         if !config.listen.ip().is_loopback() && !config.dev_mode_public {
             anyhow::bail!(

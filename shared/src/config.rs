@@ -119,6 +119,17 @@ pub struct GatewayConfig {
     /// how long an idle HTTP keep-alive connection is kept.
     #[arg(long, env = "HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
+    /// Keys of the server API (`Authorization: Bearer <key>`), comma-separated, each at
+    /// least 32 bytes; the server API is off without one.
+    #[arg(long, env = "API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<String>,
+    /// Serve the server API on this address alone (not on `LISTEN`), so that it need not
+    /// be reachable from the internet.
+    #[arg(long, env = "API_LISTEN")]
+    pub api_listen: Option<std::net::SocketAddr>,
+    /// Server API requests per key per minute (429 beyond).
+    #[arg(long, env = "RATE_API_PER_MIN", default_value_t = 6_000)]
+    pub rate_api_per_min: u32,
     /// Read receipts written per user per minute (beyond, they wait and coalesce).
     #[arg(long, env = "RATE_RECEIPT_PER_MIN", default_value_t = 120)]
     pub rate_receipt_per_min: u32,

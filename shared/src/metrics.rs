@@ -32,6 +32,7 @@ pub const CONNECTIONS_REFUSED: &str = "teamchat_gateway_connections_refused_tota
 pub const MAX_CONNECTIONS: &str = "teamchat_gateway_max_connections";
 pub const PANICS: &str = "teamchat_gateway_panics_total";
 pub const UNDECODABLE_EVENTS: &str = "teamchat_gateway_undecodable_events_total";
+pub const API_REQUESTS: &str = "teamchat_gateway_api_requests_total";
 pub const BATCHES: &str = "teamchat_worker_batches_total";
 pub const ROWS_SYNCED: &str = "teamchat_worker_rows_synced_total";
 pub const BATCH_SIZE: &str = "teamchat_worker_batch_size";
@@ -143,6 +144,12 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "source",
         "events a room could not decode and passed over (`stream` entries, `pubsub` messages): written by hand, an older version or a bug",
+    ),
+    (
+        API_REQUESTS,
+        Kind::Counter,
+        "endpoint, outcome",
+        "server API requests, by endpoint and outcome (`ok`, `unauthorized`, `bad_request`, `forbidden`, `not_found`, `rate_limited`, `quota_exceeded`, `unavailable`)",
     ),
     (BATCHES, Kind::Counter, "", "batches committed"),
     (

@@ -62,6 +62,11 @@ impl Broker {
         Ok(users.into_values().collect())
     }
 
+    /// Who is online in a team now, one entry per user (a join of no one).
+    pub async fn presence(&self, team: &str) -> redis::RedisResult<Vec<PresenceEntry>> {
+        self.presence_join(team, &[], 0).await
+    }
+
     /// Marks a session offline in a team (`presence:update` offline if it was the last).
     pub async fn presence_leave(&self, team: &str, session: &str) -> redis::RedisResult<()> {
         let mut call = self.presence_call(team, "leave", now_ms(), 0);

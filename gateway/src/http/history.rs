@@ -43,7 +43,12 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     if !claims.may_read(team) {
         return json_error(StatusCode::FORBIDDEN, "forbidden", "team not in token");
     }
-    let (page, limit) = match parse_query(req.uri().query().unwrap_or_default()) {
+    page_of(state, team, req.uri().query()).await
+}
+
+/// The page of `team`'s messages the query asks for (the server API's too).
+pub(super) async fn page_of(state: &AppState, team: &str, query: Option<&str>) -> Response<Body> {
+    let (page, limit) = match parse_query(query.unwrap_or_default()) {
         Ok(parsed) => parsed,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", message),
     };

@@ -7,6 +7,7 @@ mod cors;
 pub mod credits;
 pub mod dev;
 pub mod history;
+mod server_api;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -42,7 +43,7 @@ const MAX_HEAD: usize = 8_192;
 /// 503 and closed at once, before any parsing; a client that takes longer than
 /// `HEADER_TIMEOUT_MS` to send a request head (or idles that long between requests) is
 /// dropped.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
+pub async fn serve(state: Arc<AppState>, listener: TcpListener, api_only: bool) {
     let header_timeout = Duration::from_millis(state.config.header_timeout_ms.max(1));
     loop {
         let (stream, peer) = tokio::select! {
@@ -67,7 +68,7 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
         let state = state.clone();
         tokio::spawn(async move {
             let slot: SlotHolder = Arc::new(Mutex::new(Some(slot)));
-            let service = service_fn(move |req| route(state.clone(), slot.clone(), req));
+            let service = service_fn(move |req| route(state.clone(), slot.clone(), api_only, req));
             if let Err(e) = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
@@ -89,9 +90,20 @@ const FULL: &[u8] =
 async fn route(
     state: Arc<AppState>,
     slot: SlotHolder,
+    api_only: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
+    // The server API: on `API_LISTEN` alone when it is set, else beside the rest.
+    let server_api = path.starts_with("/v1/server/");
+    if api_only || server_api {
+        let served_here = api_only == state.config.api_listen.is_some();
+        return Ok(if server_api && served_here {
+            server_api::handle(&state, req).await
+        } else {
+            json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        });
+    }
     // Pages on an allowed origin may call the HTTP API (history, credits) from the browser.
     let cors_origin = path
         .starts_with("/v1/")

@@ -18,6 +18,8 @@ pub enum Operation {
     Http,
     /// Read receipts written (coalesced: past the budget they wait, never refused).
     Receipt,
+    /// Server API requests, per key.
+    Api,
 }
 
 impl Operation {
@@ -29,6 +31,7 @@ impl Operation {
             Operation::Join => "join",
             Operation::Http => "http",
             Operation::Receipt => "receipt",
+            Operation::Api => "api",
         }
     }
 }
@@ -39,6 +42,7 @@ pub struct RateLimits {
     join: DefaultKeyedRateLimiter<String>,
     http: DefaultKeyedRateLimiter<String>,
     receipt: DefaultKeyedRateLimiter<String>,
+    api: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
 }
 
@@ -57,6 +61,7 @@ impl RateLimits {
             join: RateLimiter::dashmap(quota(config.rate_join_per_min)),
             http: RateLimiter::dashmap(quota(config.rate_http_per_min)),
             receipt: RateLimiter::dashmap(quota(config.rate_receipt_per_min)),
+            api: RateLimiter::dashmap(quota(config.rate_api_per_min)),
             clock: DefaultClock::default(),
         }
     }
@@ -69,6 +74,7 @@ impl RateLimits {
             Operation::Join => &self.join,
             Operation::Http => &self.http,
             Operation::Receipt => &self.receipt,
+            Operation::Api => &self.api,
         };
         limiter
             .check_key(&user.to_owned())
@@ -82,5 +88,6 @@ impl RateLimits {
         self.join.retain_recent();
         self.http.retain_recent();
         self.receipt.retain_recent();
+        self.api.retain_recent();
     }
 }

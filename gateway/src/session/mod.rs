@@ -14,6 +14,8 @@ mod receipts;
 mod requests;
 mod teams;
 
+pub(crate) use requests::credit_cost;
+
 use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

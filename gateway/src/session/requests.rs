@@ -416,7 +416,7 @@ impl Session {
 }
 
 /// What an event costs, by kind (`CREDIT_COST_*`).
-pub(super) fn credit_cost(
+pub(crate) fn credit_cost(
     config: &teamchat_shared::config::GatewayConfig,
     data: &EventData,
 ) -> u64 {

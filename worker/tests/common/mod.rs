@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde_json::json;
 use teamchat_gateway::Gateway;
 use teamchat_testkit::client::{self, Auth};
-use teamchat_testkit::{Client, TestEnv, free_port, wait_for_watermark};
+use teamchat_testkit::{Client, TestEnv, free_port, http_get, wait_for_watermark};
 use tokio_util::sync::CancellationToken;
 
 pub struct Stack {
@@ -21,9 +21,11 @@ pub struct Stack {
 /// A gateway (joins limited to 4 a minute, so one can be refused) and a worker.
 pub async fn stack() -> Stack {
     let env = TestEnv::new().await;
-    let gateway = Gateway::start(env.gateway_config(&["--rate-join-per-min=4"]))
-        .await
-        .unwrap();
+    let gateway = Gateway::start(
+        env.gateway_config(&["--rate-join-per-min=4", &format!("--api-keys={API_KEY}")]),
+    )
+    .await
+    .unwrap();
     let mut config = env.worker_config("w1");
     config.listen = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     config.trim_every_ms = 50;
@@ -38,7 +40,10 @@ pub async fn stack() -> Stack {
     }
 }
 
-/// A refused token, joins (one rate-limited), messages, typing, a receipt, a dead letter
+/// The server API key of the stack's gateway.
+pub const API_KEY: &str = "api-key-of-the-test-stack-0123456789abcdef";
+
+/// A refused token, joins (one rate-limited), messages, a server API call, typing, a receipt, a dead letter
 /// and a disconnect; returns once the worker synced all of it.
 pub async fn touch_every_metric(stack: &Stack) {
     let (env, addr) = (&stack.env, stack.gateway.addr());
@@ -53,6 +58,15 @@ pub async fn touch_every_metric(stack: &Stack) {
     for n in 0..20 {
         ann.send_message("t", &format!("m{n}"), "b").await;
     }
+    // A server API call.
+    let auth = format!("Bearer {API_KEY}");
+    let (status, _) = http_get(
+        addr,
+        "/v1/server/teams/t",
+        &[("authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200);
     ann.send(json!({"type":"typing:start","team":"t"})).await;
     ben.send(json!({"type":"receipt:update","team":"t","seq":5}))
         .await;

@@ -1,0 +1,245 @@
+//! The server API (docs/server-api.md): the backend posts as a user with an API key, and
+//! reads a team's state, presence and history; every input is checked as on the WebSocket
+//! path; the API is off without keys and can be kept off the public address.
+
+mod common;
+
+use serde_json::{Value, json};
+use teamchat_testkit::{Client, TestEnv, http_get, try_http};
+
+const KEY: &str = "server-api-key-for-tests-0123456789abcdef";
+
+fn api_flags() -> Vec<String> {
+    vec![format!(
+        "--api-keys=other-key-of-32-bytes-at-least-xxxxx,{KEY}"
+    )]
+}
+
+async fn post(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> (u16, Value) {
+    let auth = key.map(|key| format!("Bearer {key}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let (status, _, body) = try_http(
+        addr,
+        "POST",
+        path,
+        &headers,
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
+    .expect("the gateway answers");
+    (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let auth = format!("Bearer {KEY}");
+    http_get(addr, path, &[("authorization", auth.as_str())]).await
+}
+
+/// Posted on one gateway, a message reaches a member on another, is in history, and a
+/// retry with the same `client_id` is answered with the first post's ack, not a second
+/// message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_reaches_members_on_every_gateway_once() {
+    let env = TestEnv::new().await;
+    let flags = api_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let (g1, g2) = (
+        common::gateway(&env, &flags).await,
+        common::gateway(&env, &flags).await,
+    );
+    let mut member = Client::connect(g2.addr(), &env.token("ann", &["t"])).await;
+    member.join("t").await;
+
+    let post_body = json!({"user": "bot", "name": "Build bot", "body": "deployed",
+                           "meta": {"kind": "deploy"}, "client_id": "deploy-1"});
+    let (status, ack) = post(
+        g1.addr(),
+        "/v1/server/teams/t/messages",
+        Some(KEY),
+        &post_body,
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(
+        (&ack["team"], &ack["seq"], &ack["offset"]),
+        (&json!("t"), &json!(1), &json!("1"))
+    );
+    let new = member.expect("message:new").await;
+    assert_eq!(
+        (
+            &new["user"],
+            &new["name"],
+            &new["body"],
+            &new["meta"],
+            &new["id"]
+        ),
+        (
+            &json!("bot"),
+            &json!("Build bot"),
+            &json!("deployed"),
+            &json!({"kind": "deploy"}),
+            &ack["id"]
+        )
+    );
+
+    let (status, again) = post(
+        g2.addr(),
+        "/v1/server/teams/t/messages",
+        Some(KEY),
+        &post_body,
+    )
+    .await;
+    assert_eq!(
+        (status, &again["seq"], &again["id"]),
+        (200, &json!(1), &ack["id"])
+    );
+    assert_eq!(again["duplicate"], true);
+    // The member's next frame is the next message, not the retry.
+    let ack2 = member.send_message("t", "c2", "thanks").await;
+    assert_eq!(ack2["seq"], 2);
+
+    let (status, page) = get(g1.addr(), "/v1/server/teams/t/messages").await;
+    assert_eq!(status, 200);
+    let bodies: Vec<&str> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["body"].as_str().unwrap())
+        .collect();
+    assert_eq!(bodies, ["thanks", "deployed"]);
+
+    let (status, team) = get(g2.addr(), "/v1/server/teams/t").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (&team["seq"], &team["offset"], &team["online"]),
+        (&json!(2), &json!("2"), &json!(1))
+    );
+    assert!(team["epoch"].as_str().is_some_and(|e| !e.is_empty()));
+    let (status, presence) = get(g1.addr(), "/v1/server/teams/t/presence").await;
+    assert_eq!(status, 200);
+    assert_eq!(presence["users"][0]["user"], "ann");
+    assert_eq!(presence["users"].as_array().unwrap().len(), 1);
+}
+
+/// No key, a wrong key and bad input are refused with the documented codes; nothing
+/// refused is appended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_input_are_checked() {
+    let env = TestEnv::new().await;
+    let flags = api_flags();
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let g = common::gateway(&env, &flags).await;
+    let path = "/v1/server/teams/t/messages";
+    let good = json!({"user": "bot", "body": "b", "client_id": "c"});
+    for key in [
+        None,
+        Some("wrong-key-wrong-key-wrong-key-wrong-key"),
+        Some(""),
+    ] {
+        let (status, body) = post(g.addr(), path, key, &good).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{key:?}"
+        );
+    }
+    let (status, _) = http_get(g.addr(), "/v1/server/teams/t", &[]).await;
+    assert_eq!(status, 401);
+
+    let mut deep = json!(1);
+    for _ in 0..40 {
+        deep = json!([deep]);
+    }
+    let cases = [
+        (json!({"body": "b", "client_id": "c"}), 400, "bad_request"),
+        (
+            json!({"user": "no spaces", "body": "b", "client_id": "c"}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"user": "bot", "body": "nul \u{0}", "client_id": "c"}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"user": "bot", "body": "b", "client_id": "c", "meta": {"deep": deep}}),
+            400,
+            "bad_request",
+        ),
+        (
+            json!({"user": "bot", "body": "x".repeat(20_000), "client_id": "c"}),
+            413,
+            "too_large",
+        ),
+        (json!({"user": "bot", "body": "b"}), 400, "bad_request"),
+        (
+            json!({"user": "bot", "name": 5, "body": "b", "client_id": "c"}),
+            400,
+            "bad_request",
+        ),
+        (json!(["not", "an", "object"]), 400, "bad_request"),
+    ];
+    for (body, status, code) in cases {
+        let (got, answer) = post(g.addr(), path, Some(KEY), &body).await;
+        assert_eq!(
+            (got, answer["code"].as_str()),
+            (status, Some(code)),
+            "{body}"
+        );
+    }
+    let (status, _) = post(
+        g.addr(),
+        "/v1/server/teams/bad%20team/messages",
+        Some(KEY),
+        &good,
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = get(g.addr(), "/v1/server/nothing-here").await;
+    assert_eq!(status, 404);
+    let (_, team) = get(g.addr(), "/v1/server/teams/t").await;
+    assert_eq!(team["seq"], 0, "nothing refused was appended");
+}
+
+/// Without keys the API is off (404); with `API_LISTEN` it is served there and not on the
+/// public address; keys shorter than 32 bytes are refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_is_off_without_keys_and_can_have_its_own_address() {
+    let env = TestEnv::new().await;
+    let off = common::gateway(&env, &[]).await;
+    let (status, _) = get(off.addr(), "/v1/server/teams/t").await;
+    assert_eq!(status, 404);
+
+    let flags = [
+        format!("--api-keys={KEY}"),
+        "--api-listen=127.0.0.1:0".to_owned(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let g = common::gateway(&env, &flags).await;
+    let api = g.api_addr().expect("an API address");
+    assert_eq!(get(api, "/v1/server/teams/t").await.0, 200);
+    assert_eq!(get(g.addr(), "/v1/server/teams/t").await.0, 404);
+    // The API address serves the API alone.
+    assert_eq!(http_get(api, "/healthz", &[]).await.0, 404);
+
+    // Each key has a budget (here 4 a minute, bursts of one).
+    let flags = [
+        format!("--api-keys={KEY}"),
+        "--rate-api-per-min=4".to_owned(),
+    ];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let limited = common::gateway(&env, &flags).await;
+    assert_eq!(get(limited.addr(), "/v1/server/teams/t").await.0, 200);
+    let (status, body) = get(limited.addr(), "/v1/server/teams/t").await;
+    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
+    assert!(body["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+
+    let short = teamchat_gateway::Gateway::start(env.gateway_config(&["--api-keys=short"])).await;
+    assert!(short.is_err(), "a short key is refused");
+}
