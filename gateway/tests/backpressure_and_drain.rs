@@ -49,6 +49,27 @@ async fn a_slow_reader_is_closed_1013_and_the_others_keep_receiving() {
     assert_eq!(events, (1..=events.len() as u64).collect::<Vec<_>>());
 }
 
+/// A gateway with `flags`, a raw member of team `t` that reads nothing, and `messages`
+/// of 64 KB sent to the team (each acked) by another member.
+async fn flood_a_reader_that_does_not_read(
+    env: &TestEnv,
+    flags: &[&str],
+    messages: usize,
+) -> (teamchat_gateway::Gateway, tokio::net::TcpStream) {
+    let mut flags = flags.to_vec();
+    flags.extend(["--max-body=65536", "--max-frame=200000"]);
+    let g = common::gateway(env, &flags).await;
+    let mut slow = client::open_raw(g.addr(), &env.token("slow", &["t"])).await;
+    client::raw_send_text(&mut slow, r#"{"type":"room:join","team":"t"}"#).await;
+    let mut sender = Client::connect(g.addr(), &env.token("sender", &["t"])).await;
+    sender.join("t").await;
+    let body = "x".repeat(64_000);
+    for n in 0..messages {
+        sender.send_message("t", &format!("m{n}"), &body).await;
+    }
+    (g, slow)
+}
+
 /// The send queue is bounded in bytes too: a few large frames (here messages of 64 KB,
 /// far fewer than `SEND_QUEUE`) for a reader that does not read close it 1013 once they
 /// pass `SEND_QUEUE_BYTES`, instead of being held for it.
@@ -56,24 +77,8 @@ async fn a_slow_reader_is_closed_1013_and_the_others_keep_receiving() {
 async fn a_slow_reader_is_closed_1013_once_its_queue_passes_its_bytes() {
     const MESSAGES: usize = 300;
     let env = TestEnv::new().await;
-    let g = common::gateway(
-        &env,
-        &[
-            "--send-queue=1024",
-            "--send-queue-bytes=1048576",
-            "--max-body=65536",
-            "--max-frame=200000",
-        ],
-    )
-    .await;
-    let mut slow = client::open_raw(g.addr(), &env.token("slow", &["t"])).await;
-    client::raw_send_text(&mut slow, r#"{"type":"room:join","team":"t"}"#).await;
-    let mut sender = Client::connect(g.addr(), &env.token("sender", &["t"])).await;
-    sender.join("t").await;
-    let body = "x".repeat(64_000);
-    for n in 0..MESSAGES {
-        sender.send_message("t", &format!("m{n}"), &body).await;
-    }
+    let flags = ["--send-queue=1024", "--send-queue-bytes=1048576"];
+    let (_g, mut slow) = flood_a_reader_that_does_not_read(&env, &flags, MESSAGES).await;
     let (code, frames) = client::raw_frames_until_close(&mut slow).await;
     assert_eq!(code, 1013);
     let events = frames.iter().filter(|f| f["type"] == "message:new").count();
@@ -87,24 +92,9 @@ async fn a_socket_that_takes_nothing_is_given_up_after_the_write_timeout() {
     use redis::AsyncCommands;
     const MESSAGES: usize = 200;
     let env = TestEnv::new().await;
-    let g = common::gateway(
-        &env,
-        &[
-            "--write-timeout-ms=300",
-            "--max-body=65536",
-            "--max-frame=200000",
-        ],
-    )
-    .await;
-    let mut slow = client::open_raw(g.addr(), &env.token("slow", &["t"])).await;
-    client::raw_send_text(&mut slow, r#"{"type":"room:join","team":"t"}"#).await;
-    let mut sender = Client::connect(g.addr(), &env.token("sender", &["t"])).await;
-    sender.join("t").await;
     // 12.8 MB: more than the sockets' buffers hold, less than the queue's bounds.
-    let body = "x".repeat(64_000);
-    for n in 0..MESSAGES {
-        sender.send_message("t", &format!("m{n}"), &body).await;
-    }
+    let flags = ["--write-timeout-ms=300"];
+    let (_g, mut slow) = flood_a_reader_that_does_not_read(&env, &flags, MESSAGES).await;
     // Given up, the session ends: its connection is no longer counted.
     let redis = env.redis().await;
     let connections = env.keys().user_connections("slow");
