@@ -9,10 +9,10 @@ use teamchat_testkit::{Client, TestEnv, http_get, try_http};
 
 const KEY: &str = "server-api-key-for-tests-0123456789abcdef";
 
-fn api_flags() -> Vec<String> {
-    vec![format!(
-        "--api-keys=other-key-of-32-bytes-at-least-xxxxx,{KEY}"
-    )]
+/// A gateway whose API takes `KEY` (and another key).
+async fn api_gateway(env: &TestEnv) -> teamchat_gateway::Gateway {
+    let keys = format!("--api-keys=other-key-of-32-bytes-at-least-xxxxx,{KEY}");
+    common::gateway(env, &[&keys]).await
 }
 
 async fn post(
@@ -46,12 +46,7 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_reaches_members_on_every_gateway_once() {
     let env = TestEnv::new().await;
-    let flags = api_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let (g1, g2) = (
-        common::gateway(&env, &flags).await,
-        common::gateway(&env, &flags).await,
-    );
+    let (g1, g2) = (api_gateway(&env).await, api_gateway(&env).await);
     let mut member = Client::connect(g2.addr(), &env.token("ann", &["t"])).await;
     member.join("t").await;
 
@@ -126,14 +121,62 @@ async fn a_post_reaches_members_on_every_gateway_once() {
     assert_eq!(presence["users"].as_array().unwrap().len(), 1);
 }
 
+/// A broadcast posts to each team on its own, idempotent per team, with each team's
+/// result in order; a bad team list is refused as a whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_posts_to_each_team_once() {
+    let env = TestEnv::new().await;
+    let g = api_gateway(&env).await;
+    let mut member = Client::connect(g.addr(), &env.token("ann", &["a", "b"])).await;
+    member.join("a").await;
+    member.join("b").await;
+    member.send_message("b", "first", "b's first").await;
+    let body =
+        json!({"teams": ["a", "b"], "user": "status", "body": "maintenance", "client_id": "m1"});
+    let (status, answer) = post(g.addr(), "/v1/server/broadcast", Some(KEY), &body).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().unwrap();
+    let fields: Vec<(&Value, &Value)> = results.iter().map(|r| (&r["team"], &r["seq"])).collect();
+    assert_eq!(fields, [(&json!("a"), &json!(1)), (&json!("b"), &json!(2))]);
+    for team in ["a", "b"] {
+        let new = member.expect("message:new").await;
+        assert_eq!(
+            (new["team"].as_str(), new["body"].as_str()),
+            (Some(team), Some("maintenance"))
+        );
+    }
+    let (_, again) = post(g.addr(), "/v1/server/broadcast", Some(KEY), &body).await;
+    assert!(
+        again["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["duplicate"] == true),
+        "{again}"
+    );
+
+    for teams in [
+        json!([]),
+        json!(["ok", "not ok"]),
+        json!("a"),
+        json!(vec!["t"; 101]),
+    ] {
+        let body = json!({"teams": teams, "user": "status", "body": "b", "client_id": "m2"});
+        let (status, answer) = post(g.addr(), "/v1/server/broadcast", Some(KEY), &body).await;
+        assert_eq!(
+            (status, answer["code"].as_str()),
+            (400, Some("bad_request")),
+            "{teams}"
+        );
+    }
+}
+
 /// No key, a wrong key and bad input are refused with the documented codes; nothing
 /// refused is appended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_input_are_checked() {
     let env = TestEnv::new().await;
-    let flags = api_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
-    let g = common::gateway(&env, &flags).await;
+    let g = api_gateway(&env).await;
     let path = "/v1/server/teams/t/messages";
     let good = json!({"user": "bot", "body": "b", "client_id": "c"});
     for key in [

@@ -1,5 +1,6 @@
 //! The server API (docs/server-api.md): the application's backend posts messages as any
-//! user and reads a team's state, presence and history with an API key (`API_KEYS`),
+//! user (to one team or many) and reads a team's state, presence and history with an API
+//! key (`API_KEYS`),
 //! not a user's token. Served under `/v1/server/` on `LISTEN`, or on `API_LISTEN` alone.
 //! Every input is checked as the WebSocket path checks it, and what is posted takes the
 //! same append path: idempotent per user and `client_id`, in history, delivered live.
@@ -8,7 +9,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::AUTHORIZATION;
 use hyper::{Method, Request, Response, StatusCode};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use subtle::ConstantTimeEq;
 use teamchat_shared::event::{EventData, MessageData};
 use teamchat_shared::ids::is_valid_id;
@@ -35,6 +36,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
     let segments: Vec<&str> = rest.split('/').collect();
     let endpoint = match (req.method(), segments.as_slice()) {
         (&Method::POST, ["teams", _, "messages"]) => "publish",
+        (&Method::POST, ["broadcast"]) => "broadcast",
         (&Method::GET, ["teams", _, "messages"]) => "history",
         (&Method::GET, ["teams", _, "presence"]) => "presence",
         (&Method::GET, ["teams", _]) => "team",
@@ -43,10 +45,11 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
     let (response, outcome) = match authorize(state, &req) {
         Err(refused) => *refused,
         Ok(()) if endpoint == "unknown" => not_found("no such endpoint"),
+        Ok(()) if endpoint == "broadcast" => broadcast(state, req).await,
         Ok(()) => {
             let team = segments[1];
             if !is_valid_id(team) {
-                bad_request("team is not a valid id")
+                bad_request("team is not a valid id").answer()
             } else {
                 match endpoint {
                     "publish" => publish(state, team, req).await,
@@ -99,92 +102,176 @@ fn authorize<B>(state: &AppState, req: &Request<B>) -> Result<(), Box<Answer>> {
 /// `POST /v1/server/teams/{team}/messages`: a message from `user`, as if sent on a
 /// connection of theirs.
 async fn publish(state: &AppState, team: &str, req: Request<Incoming>) -> Answer {
-    let limit = state.config.max_frame;
-    let body = match Limited::new(req.into_body(), limit).collect().await {
+    let post = match read_body(state, req).await.and_then(Post::read) {
+        Ok(post) => post,
+        Err(refusal) => return refusal.answer(),
+    };
+    match post.append(state, team).await {
+        Ok(ack) => (json(StatusCode::OK, &ack), "ok"),
+        Err(refusal) => refusal.answer(),
+    }
+}
+
+/// The most teams one broadcast posts to.
+const MAX_BROADCAST: usize = 100;
+
+/// `POST /v1/server/broadcast`: the same message in each of `teams`, each post on its
+/// own (idempotent per team), each team's result in order.
+async fn broadcast(state: &AppState, req: Request<Incoming>) -> Answer {
+    let mut fields = match read_body(state, req).await {
+        Ok(fields) => fields,
+        Err(refusal) => return refusal.answer(),
+    };
+    let teams: Vec<String> = match fields.remove("teams") {
+        Some(Value::Array(teams)) if (1..=MAX_BROADCAST).contains(&teams.len()) => {
+            match teams
+                .into_iter()
+                .map(|t| match t {
+                    Value::String(team) if is_valid_id(&team) => Some(team),
+                    _ => None,
+                })
+                .collect()
+            {
+                Some(teams) => teams,
+                None => return bad_request("teams must be valid ids").answer(),
+            }
+        }
+        _ => return bad_request("teams must be a list of 1 to 100 team ids").answer(),
+    };
+    let post = match Post::read(fields) {
+        Ok(post) => post,
+        Err(refusal) => return refusal.answer(),
+    };
+    let mut results = Vec::with_capacity(teams.len());
+    for team in &teams {
+        results.push(match post.append(state, team).await {
+            Ok(ack) => ack,
+            Err(refusal) => json!({"team": team, "code": refusal.code, "message": refusal.message}),
+        });
+    }
+    (json(StatusCode::OK, &json!({ "results": results })), "ok")
+}
+
+/// A request body: one JSON object of at most `MAX_FRAME` bytes.
+async fn read_body(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Map<String, Value>, Refusal> {
+    let body = match Limited::new(req.into_body(), state.config.max_frame)
+        .collect()
+        .await
+    {
         Ok(body) => body.to_bytes(),
         Err(_) => {
-            let message = "body over max_frame";
-            return (
-                json_error(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message),
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "body over max_frame",
                 "bad_request",
-            );
+            ));
         }
     };
-    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&body) else {
-        return bad_request("the body must be one JSON object");
-    };
-    let user = match fields.remove("user") {
-        Some(Value::String(user)) if is_valid_id(&user) => user,
-        _ => return bad_request("user must be a valid id"),
-    };
-    let name = match fields.remove("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(name)) if name.len() <= MAX_NAME && !name.contains('\0') => Some(name),
-        Some(_) => return bad_request("name must be a string of at most 256 bytes, no NUL"),
-    };
-    let charge = match fields.remove("charge") {
-        None => true,
-        Some(Value::Bool(charge)) => charge,
-        Some(_) => return bad_request("charge must be a boolean"),
-    };
-    // The rest is checked by the very decoder of a client's `message:send`.
-    fields.insert("type".into(), "message:send".into());
-    fields.insert("team".into(), team.into());
-    let frame = serde_json::to_vec(&fields).expect("JSON values encode");
-    let limits = Limits {
-        max_body: state.config.max_body,
-        max_meta: state.config.max_meta,
-    };
-    let (client_id, body, meta) = match protocol::decode_client(&frame, Encoding::Json, limits) {
-        Ok(frame) => match frame.request {
-            ClientRequest::MessageSend {
-                client_id,
-                body,
-                meta,
-                ..
-            } => (client_id, body, meta),
-            _ => unreachable!("decoded as the message:send it was made"),
-        },
-        Err(error) => return refused(error.code, &error.message),
-    };
-    let data = EventData::Message(MessageData {
-        id: uuid::Uuid::now_v7().simple().to_string(),
-        client_id,
-        user,
-        name,
-        body,
-        meta,
-        ts: now_ms(),
-    });
-    let cost = if charge {
-        crate::session::credit_cost(&state.config, &data)
-    } else {
-        0
-    };
-    let append = Append {
-        team,
-        src: SOURCE,
-        data: &data,
-        target: 0,
-        staff: false,
-        cost,
-        limit: None,
-    };
-    match state.storage.append(&append).await {
-        Ok(AppendOutcome::Appended(appended)) => ok(json(
-            StatusCode::OK,
-            &json!({
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(fields)) => Ok(fields),
+        _ => Err(bad_request("the body must be one JSON object")),
+    }
+}
+
+/// A message to post: its author and whether to charge them checked here, the rest by
+/// the decoder of a client's `message:send` once its team is known.
+struct Post {
+    user: String,
+    name: Option<String>,
+    charge: bool,
+    fields: Map<String, Value>,
+}
+
+impl Post {
+    fn read(mut fields: Map<String, Value>) -> Result<Self, Refusal> {
+        let user = match fields.remove("user") {
+            Some(Value::String(user)) if is_valid_id(&user) => user,
+            _ => return Err(bad_request("user must be a valid id")),
+        };
+        let name = match fields.remove("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) if name.len() <= MAX_NAME && !name.contains('\0') => {
+                Some(name)
+            }
+            Some(_) => {
+                return Err(bad_request(
+                    "name must be a string of at most 256 bytes, no NUL",
+                ));
+            }
+        };
+        let charge = match fields.remove("charge") {
+            None => true,
+            Some(Value::Bool(charge)) => charge,
+            Some(_) => return Err(bad_request("charge must be a boolean")),
+        };
+        fields.insert("type".into(), "message:send".into());
+        Ok(Post {
+            user,
+            name,
+            charge,
+            fields,
+        })
+    }
+
+    /// Appends the post to `team`: the ack's fields, or why not.
+    async fn append(&self, state: &AppState, team: &str) -> Result<Value, Refusal> {
+        let mut fields = self.fields.clone();
+        fields.insert("team".into(), team.into());
+        let frame = serde_json::to_vec(&fields).expect("JSON values encode");
+        let limits = Limits {
+            max_body: state.config.max_body,
+            max_meta: state.config.max_meta,
+        };
+        let decoded = protocol::decode_client(&frame, Encoding::Json, limits)
+            .map_err(|error| refused(error.code, &error.message))?;
+        let ClientRequest::MessageSend {
+            client_id,
+            body,
+            meta,
+            ..
+        } = decoded.request
+        else {
+            unreachable!("decoded as the message:send it was made");
+        };
+        let data = EventData::Message(MessageData {
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            client_id,
+            user: self.user.clone(),
+            name: self.name.clone(),
+            body,
+            meta,
+            ts: now_ms(),
+        });
+        let cost = match self.charge {
+            true => crate::session::credit_cost(&state.config, &data),
+            false => 0,
+        };
+        let append = Append {
+            team,
+            src: SOURCE,
+            data: &data,
+            target: 0,
+            staff: false,
+            cost,
+            limit: None,
+        };
+        match state.storage.append(&append).await {
+            Ok(AppendOutcome::Appended(appended)) => Ok(json!({
                 "team": team,
                 "seq": appended.seq,
                 "id": appended.id,
                 "offset": appended.offset.to_string(),
                 "ts": appended.ts,
                 "duplicate": !appended.is_new,
-            }),
-        )),
-        Ok(AppendOutcome::Refused(code)) => refused(code, "refused"),
-        Ok(_) => unavailable(&"the team's state is missing"),
-        Err(e) => unavailable(&e),
+            })),
+            Ok(AppendOutcome::Refused(code)) => Err(refused(code, "refused")),
+            Ok(_) => Err(unavailable(&"the team's state is missing")),
+            Err(e) => Err(unavailable(&e)),
+        }
     }
 }
 
@@ -192,11 +279,11 @@ async fn publish(state: &AppState, team: &str, req: Request<Incoming>) -> Answer
 async fn team_state(state: &AppState, team: &str) -> Answer {
     let stream = match state.storage.team_state(team).await {
         Ok(stream) => stream,
-        Err(e) => return unavailable(&e),
+        Err(e) => return unavailable(&e).answer(),
     };
     let online = match state.broker.presence(team).await {
         Ok(online) => online.len(),
-        Err(e) => return unavailable(&StorageError::from(e)),
+        Err(e) => return unavailable(&StorageError::from(e)).answer(),
     };
     ok(json(
         StatusCode::OK,
@@ -209,7 +296,7 @@ async fn team_state(state: &AppState, team: &str) -> Answer {
 async fn presence(state: &AppState, team: &str) -> Answer {
     match state.broker.presence(team).await {
         Ok(users) => ok(json(StatusCode::OK, &json!({ "users": users }))),
-        Err(e) => unavailable(&StorageError::from(e)),
+        Err(e) => unavailable(&StorageError::from(e)).answer(),
     }
 }
 
@@ -222,22 +309,47 @@ fn ok(response: Response<Body>) -> Answer {
     (response, outcome)
 }
 
-fn bad_request(message: &str) -> Answer {
-    (
-        json_error(StatusCode::BAD_REQUEST, "bad_request", message),
+/// A refused request: its status, `code`, message, and the outcome its metric counts.
+struct Refusal {
+    status: StatusCode,
+    code: String,
+    message: String,
+    outcome: &'static str,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &str, message: &str, outcome: &'static str) -> Self {
+        Refusal {
+            status,
+            code: code.to_owned(),
+            message: message.to_owned(),
+            outcome,
+        }
+    }
+
+    fn answer(self) -> Answer {
+        (
+            json_error(self.status, &self.code, &self.message),
+            self.outcome,
+        )
+    }
+}
+
+fn bad_request(message: &str) -> Refusal {
+    Refusal::new(
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        message,
         "bad_request",
     )
 }
 
 fn not_found(message: &str) -> Answer {
-    (
-        json_error(StatusCode::NOT_FOUND, "not_found", message),
-        "not_found",
-    )
+    Refusal::new(StatusCode::NOT_FOUND, "not_found", message, "not_found").answer()
 }
 
-/// A request the append path refused, with the WebSocket path's code.
-fn refused(code: ErrorCode, message: &str) -> Answer {
+/// A request the decoder or the append path refused, with the WebSocket path's code.
+fn refused(code: ErrorCode, message: &str) -> Refusal {
     let (status, outcome) = match code {
         ErrorCode::Forbidden => (StatusCode::FORBIDDEN, "forbidden"),
         ErrorCode::QuotaExceeded => (StatusCode::PAYMENT_REQUIRED, "quota_exceeded"),
@@ -245,12 +357,21 @@ fn refused(code: ErrorCode, message: &str) -> Answer {
         _ => (StatusCode::BAD_REQUEST, "bad_request"),
     };
     let code = serde_json::to_value(code).unwrap_or_default();
-    (
-        json_error(status, code.as_str().unwrap_or("bad_request"), message),
+    Refusal::new(
+        status,
+        code.as_str().unwrap_or("bad_request"),
+        message,
         outcome,
     )
 }
 
-fn unavailable(error: &dyn std::fmt::Display) -> Answer {
-    (super::unavailable("server API", error), "unavailable")
+/// Storage did not answer (logged).
+fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
+    tracing::warn!(error = %error, "server API: storage unavailable");
+    Refusal::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "storage unavailable, retry later",
+        "unavailable",
+    )
 }
