@@ -52,7 +52,7 @@ pub struct AppState {
     pub sessions: TaskTracker,
     pub rate_limits: RateLimits,
     /// This gateway's connections, counted per user across gateways in Redis.
-    pub connections: Connections,
+    pub connections: Arc<Connections>,
     /// Places for `MAX_CONNECTIONS` open TCP connections.
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Renders `/metrics`.
@@ -91,7 +91,14 @@ impl Gateway {
             .connect_lazy_with(pg);
         let broker = Broker::connect(&config).await?;
         let storage = Storage::new(broker.clone(), db.clone());
-        let hub = Hub::start(&config, storage.clone(), shutdown.clone()).await?;
+        let connections = Arc::new(Connections::default());
+        let hub = Hub::start(
+            &config,
+            storage.clone(),
+            connections.clone(),
+            shutdown.clone(),
+        )
+        .await?;
         let rate_limits = RateLimits::new(&config);
         let config_max_connections = config.max_connections;
         metrics::gauge!(teamchat_shared::metrics::MAX_CONNECTIONS)
@@ -106,7 +113,7 @@ impl Gateway {
             shutdown,
             sessions: TaskTracker::new(),
             rate_limits,
-            connections: Connections::default(),
+            connections,
             connection_slots: Arc::new(tokio::sync::Semaphore::new(
                 config_max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),

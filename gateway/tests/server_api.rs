@@ -286,3 +286,69 @@ async fn the_api_is_off_without_keys_and_can_have_its_own_address() {
     let short = teamchat_gateway::Gateway::start(env.gateway_config(&["--api-keys=short"])).await;
     assert!(short.is_err(), "a short key is refused");
 }
+
+/// Disconnect and notify reach every connection of the user, on every gateway, and no
+/// one else's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disconnect_and_notify_reach_every_connection_of_the_user() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = (api_gateway(&env).await, api_gateway(&env).await);
+    let mut ann_here = Client::connect(g1.addr(), &env.token("ann", &["t"])).await;
+    let mut ann_there = Client::connect(g2.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g2.addr(), &env.token("ben", &["t"])).await;
+
+    let data = json!({"unread": 3, "team": "t"});
+    let (status, _) = post(
+        g1.addr(),
+        "/v1/server/users/ann/notify",
+        Some(KEY),
+        &json!({"data": data}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for ann in [&mut ann_here, &mut ann_there] {
+        assert_eq!(
+            ann.expect("notify").await,
+            json!({"type": "notify", "data": data})
+        );
+    }
+    // ann's connection on ben's gateway got it: so would ben's have by now, had it been his.
+    ben.send(json!({"type": "ping", "rid": "p"})).await;
+    assert_eq!(ben.expect("pong").await["rid"], "p");
+
+    let (status, _) = post(
+        g1.addr(),
+        "/v1/server/users/ann/disconnect",
+        Some(KEY),
+        &json!({"code": 4001}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    for ann in [&mut ann_here, &mut ann_there] {
+        assert_eq!(ann.close_code().await.0, 4001);
+    }
+    ben.send(json!({"type": "ping", "rid": "q"})).await;
+    assert_eq!(ben.expect("pong").await["rid"], "q");
+
+    let cases = [
+        (
+            "/v1/server/users/ann/disconnect",
+            json!({"code": 1011}),
+            400,
+        ),
+        ("/v1/server/users/ann/notify", json!({"data": "text"}), 400),
+        (
+            "/v1/server/users/ann/notify",
+            json!({"data": {"x": "y".repeat(5_000)}}),
+            413,
+        ),
+        ("/v1/server/users/no%20one/notify", json!({"data": {}}), 400),
+    ];
+    for (path, body, status) in cases {
+        assert_eq!(
+            post(g1.addr(), path, Some(KEY), &body).await.0,
+            status,
+            "{path} {body}"
+        );
+    }
+}

@@ -97,6 +97,12 @@ impl Keys {
         self.team_key(team, &format!("deleted:{seq}"))
     }
 
+    /// The channel every gateway listens on for what the server API asks of connections
+    /// (disconnect a user, notify a user). Hash-tagged like the rest, for a cluster.
+    pub fn control(&self) -> String {
+        format!("{}:{{ctl}}:control", self.prefix)
+    }
+
     /// The team's presence: sessions (hash), their expiry (zset), users' session counts (hash).
     pub fn presence(&self, team: &str) -> [String; 3] {
         [

@@ -347,6 +347,15 @@ impl Broker {
             .await
     }
 
+    /// Publishes what the server API asks of a user's connections (JSON) on the control
+    /// channel, to every gateway.
+    pub async fn publish_control(&self, control: &str) -> redis::RedisResult<()> {
+        self.conn
+            .clone()
+            .publish(self.keys.control(), control)
+            .await
+    }
+
     /// Redis answers PING.
     pub async fn ping(&self) -> redis::RedisResult<()> {
         redis::cmd("PING")

@@ -1,7 +1,8 @@
 //! The server API (docs/server-api.md): the application's backend posts messages as any
-//! user (to one team or many) and reads a team's state, presence and history with an API
-//! key (`API_KEYS`),
-//! not a user's token. Served under `/v1/server/` on `LISTEN`, or on `API_LISTEN` alone.
+//! user (to one team or many), disconnects or notifies a user on every gateway (the
+//! control channel), and reads a team's state, presence and history with an API key
+//! (`API_KEYS`), not a user's token. Served under `/v1/server/` on `LISTEN`, or on
+//! `API_LISTEN` alone.
 //! Every input is checked as the WebSocket path checks it, and what is posted takes the
 //! same append path: idempotent per user and `client_id`, in history, delivered live.
 
@@ -21,6 +22,7 @@ use crate::AppState;
 use crate::broker::{Append, AppendOutcome};
 use crate::protocol::{self, Encoding, ErrorCode, Limits, Request as ClientRequest};
 use crate::session::auth::MAX_NAME;
+use crate::session::connections::Control;
 use crate::session::limits::Operation;
 use crate::storage::StorageError;
 
@@ -40,12 +42,22 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
         (&Method::GET, ["teams", _, "messages"]) => "history",
         (&Method::GET, ["teams", _, "presence"]) => "presence",
         (&Method::GET, ["teams", _]) => "team",
+        (&Method::POST, ["users", _, "disconnect"]) => "disconnect",
+        (&Method::POST, ["users", _, "notify"]) => "notify",
         _ => "unknown",
     };
     let (response, outcome) = match authorize(state, &req) {
         Err(refused) => *refused,
         Ok(()) if endpoint == "unknown" => not_found("no such endpoint"),
         Ok(()) if endpoint == "broadcast" => broadcast(state, req).await,
+        Ok(()) if matches!(endpoint, "disconnect" | "notify") => {
+            let user = segments[1];
+            if !is_valid_id(user) {
+                bad_request("user is not a valid id").answer()
+            } else {
+                control(state, user, endpoint, req).await
+            }
+        }
         Ok(()) => {
             let team = segments[1];
             if !is_valid_id(team) {
@@ -150,6 +162,61 @@ async fn broadcast(state: &AppState, req: Request<Incoming>) -> Answer {
         });
     }
     (json(StatusCode::OK, &json!({ "results": results })), "ok")
+}
+
+/// The largest `data` of a notification, in bytes of its JSON.
+const MAX_NOTIFY: usize = 4_096;
+
+/// `POST /v1/server/users/{user}/disconnect` and `…/notify`: published on the control
+/// channel, carried out by every gateway on the user's connections there.
+async fn control(state: &AppState, user: &str, endpoint: &str, req: Request<Incoming>) -> Answer {
+    let empty = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .is_some_and(|length| length == "0");
+    let mut fields = match empty {
+        true => Map::new(),
+        false => match read_body(state, req).await {
+            Ok(fields) => fields,
+            Err(refusal) => return refusal.answer(),
+        },
+    };
+    let user = user.to_owned();
+    let control = if endpoint == "disconnect" {
+        let code = match fields.remove("code") {
+            None => 1000,
+            Some(code) => match code.as_u64() {
+                Some(code @ (1000 | 4001 | 4003)) => code as u16,
+                _ => return bad_request("code must be 1000, 4001 or 4003").answer(),
+            },
+        };
+        Control::Disconnect { user, code }
+    } else {
+        let data = match fields.remove("data") {
+            Some(data @ Value::Object(_)) => data,
+            _ => return bad_request("data must be a JSON object").answer(),
+        };
+        let size = serde_json::to_vec(&data).map_or(usize::MAX, |json| json.len());
+        if size > MAX_NOTIFY {
+            let message = "data is over 4096 bytes";
+            return Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                message,
+                "bad_request",
+            )
+            .answer();
+        }
+        if protocol::client::deeper_than(&data, protocol::client::MAX_META_DEPTH) {
+            return bad_request("data is nested deeper than 32 levels").answer();
+        }
+        Control::Notify { user, data }
+    };
+    let published = serde_json::to_string(&control).expect("controls encode");
+    match state.broker.publish_control(&published).await {
+        Ok(()) => (json(StatusCode::OK, &json!({ "published": true })), "ok"),
+        Err(e) => unavailable(&e).answer(),
+    }
 }
 
 /// A request body: one JSON object of at most `MAX_FRAME` bytes.

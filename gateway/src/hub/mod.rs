@@ -20,6 +20,7 @@ use teamchat_shared::keys::slice_of;
 use self::tail::SubCmd;
 use crate::room::queue;
 use crate::room::{Join, Leave, Left, Room, RoomCmd, RoomShared};
+use crate::session::connections::{Connections, Control};
 use crate::storage::Storage;
 
 /// Published events a room's queue may hold; more are dropped (counted), and the room
@@ -28,6 +29,8 @@ const ROOM_EVENT_BUFFER: usize = 4_096;
 
 pub struct Hub {
     rooms: Mutex<HashMap<String, RoomEntry>>,
+    /// This gateway's connections, for the control channel.
+    connections: Arc<Connections>,
     subs: mpsc::UnboundedSender<SubCmd>,
     /// Shared by the rooms: one pointer each rather than a copy of the connection handle,
     /// key prefix and timeouts.
@@ -46,12 +49,14 @@ impl Hub {
     pub async fn start(
         config: &GatewayConfig,
         storage: Storage,
+        connections: Arc<Connections>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
         let client = config.redis.client().context("parsing REDIS_URL")?;
         let (subs, sub_cmds) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
+            connections,
             subs,
             shared: Arc::new(RoomShared {
                 broker: storage.broker().clone(),
@@ -178,13 +183,23 @@ impl Hub {
 }
 
 impl tail::Rooms for Hub {
-    /// The channels of every team with a room here (to subscribe again after a reconnect).
+    /// The channels of every team with a room here (to subscribe again after a reconnect),
+    /// and the control channel.
     fn channels(&self) -> Vec<String> {
         let rooms = self.rooms.lock().expect("hub lock");
         rooms
             .keys()
             .map(|team| self.keys().team_channel(team))
+            .chain(std::iter::once(self.keys().control()))
             .collect()
+    }
+
+    /// Hands what the server API asked of a user's connections to this gateway's.
+    fn control(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Control>(payload) {
+            Ok(control) => self.connections.apply(control),
+            Err(e) => tracing::error!(error = %e, "undecodable control message passed over"),
+        }
     }
 
     /// Asks every room to read what its stream has beyond what it delivered.

@@ -24,6 +24,8 @@ pub trait Rooms: Send + Sync + 'static {
     fn catch_up_all(&self);
     /// Hands a published event to its team's room.
     fn dispatch(&self, team: &str, published: Published);
+    /// Carries out a message of the control channel (`Keys::control`).
+    fn control(&self, payload: &[u8]);
 }
 
 /// A change of the gateway's subscriptions.
@@ -41,6 +43,7 @@ pub async fn run(
     rooms: Arc<impl Rooms>,
     mut cmds: mpsc::UnboundedReceiver<SubCmd>,
 ) {
+    let control = keys.control();
     let mut backoff = Duration::from_millis(50);
     loop {
         let pubsub = match client.get_async_pubsub().await {
@@ -68,7 +71,8 @@ pub async fn run(
         backoff = Duration::from_millis(50);
         let (mut sink, mut stream) = pubsub.split();
         // Every team with a room here, whether subscribed before (a reconnect) or opened
-        // while no connection could be had; the rooms then catch up from their streams.
+        // while no connection could be had, and the control channel; the rooms then catch
+        // up from their streams.
         let channels = rooms.channels();
         if !channels.is_empty() {
             if let Err(e) = sink.subscribe(&channels).await {
@@ -92,6 +96,10 @@ pub async fn run(
                 message = stream.next() => match message {
                     Some(msg) => {
                         let channel = msg.get_channel_name();
+                        if channel == control {
+                            rooms.control(msg.get_payload_bytes());
+                            continue;
+                        }
                         let Some(team) = keys.team_of_channel(channel) else { continue };
                         match Published::parse(team, msg.get_payload_bytes()) {
                             Ok(published) => rooms.dispatch(team, published),

@@ -241,6 +241,11 @@ impl Outlet {
         self.ask(1011);
     }
 
+    /// The application's backend closes the connection (server API): 1000, 4001 or 4003.
+    pub fn disconnect(&self, code: u16) {
+        self.ask(code);
+    }
+
     fn ask(&self, code: u16) {
         let asked = self
             .0

@@ -33,6 +33,7 @@ impl Shared {
             let reason = match code {
                 1012 => "stream reset; rejoin with since",
                 1011 => "internal error; rejoin with since",
+                1000 | 4001 | 4003 => "disconnected by the server",
                 _ => "too slow",
             };
             // What is queued is dropped (the rest of a frame written in part is not).

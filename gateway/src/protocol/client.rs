@@ -298,7 +298,7 @@ fn team_and_seq(object: &Map<String, Value>) -> Result<(String, u64), RequestErr
 
 /// Whether a value nests arrays and objects more than `levels` deep (the value itself is
 /// level 1). Stops looking once past the limit.
-fn deeper_than(value: &Value, levels: usize) -> bool {
+pub(crate) fn deeper_than(value: &Value, levels: usize) -> bool {
     let children: Box<dyn Iterator<Item = &Value>> = match value {
         Value::Array(items) => Box::new(items.iter()),
         Value::Object(map) => Box::new(map.values()),

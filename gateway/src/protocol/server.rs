@@ -162,6 +162,10 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<String>,
     },
+    /// What the application's backend tells a user (server API), on every connection of
+    /// theirs; not stored.
+    #[serde(rename = "notify")]
+    Notify { data: serde_json::Value },
 }
 
 impl ServerFrame {
@@ -185,6 +189,7 @@ impl ServerFrame {
             ServerFrame::Error(_) => "error",
             ServerFrame::RoomError(_) => "room:error",
             ServerFrame::Pong { .. } => "pong",
+            ServerFrame::Notify { .. } => "notify",
         }
     }
 

@@ -1,6 +1,7 @@
-//! This gateway's open connections, for the per-user limit across gateways (close 4029).
-//! Each is an entry in Redis that expires unless refreshed, so a dead gateway's
-//! connections stop counting after `PRESENCE_TTL_MS`.
+//! This gateway's open connections, for the per-user limit across gateways (close 4029),
+//! and for what the server API asks of a user's connections (the control channel). Each
+//! is an entry in Redis that expires unless refreshed, so a dead gateway's connections
+//! stop counting after `PRESENCE_TTL_MS`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,22 @@ use tracing::warn;
 use teamchat_shared::keys::slice_of;
 
 use crate::AppState;
-use crate::outlet::Outlet;
+use crate::outlet::{OutFrame, Outbound, Outlet};
+use crate::protocol::ServerFrame;
+
+/// What the server API asks of a user's connections on every gateway, published on the
+/// control channel (`Keys::control`).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Control {
+    /// Close every connection of the user with `code` (1000, 4001 or 4003).
+    Disconnect { user: String, code: u16 },
+    /// Send the user's every connection `{"type":"notify","data":…}`.
+    Notify {
+        user: String,
+        data: serde_json::Value,
+    },
+}
 
 /// Every connection open here, by session id.
 #[derive(Default)]
@@ -36,6 +52,29 @@ impl Connections {
     pub fn shut_down_all(&self) {
         for open in self.open.lock().expect("connections lock").values() {
             open.outlet.shut_down();
+        }
+    }
+
+    /// Carries out what the server API asked of a user's connections here.
+    pub fn apply(&self, control: Control) {
+        let open = self.open.lock().expect("connections lock");
+        let user = match &control {
+            Control::Disconnect { user, .. } | Control::Notify { user, .. } => user.as_str(),
+        };
+        let of_user: Vec<&Open> = open.values().filter(|o| &*o.user == user).collect();
+        match control {
+            Control::Disconnect { code, .. } => {
+                for open in of_user {
+                    open.outlet.disconnect(code);
+                }
+            }
+            Control::Notify { data, .. } => {
+                let frame = OutFrame::new(ServerFrame::Notify { data });
+                for open in of_user {
+                    // A full queue closes the connection (1013), as for any event.
+                    let _ = open.outlet.try_send(Outbound::Shared(frame.clone()));
+                }
+            }
         }
     }
 
