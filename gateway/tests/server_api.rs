@@ -138,13 +138,20 @@ async fn a_broadcast_posts_to_each_team_once() {
     let results = answer["results"].as_array().unwrap();
     let fields: Vec<(&Value, &Value)> = results.iter().map(|r| (&r["team"], &r["seq"])).collect();
     assert_eq!(fields, [(&json!("a"), &json!(1)), (&json!("b"), &json!(2))]);
-    for team in ["a", "b"] {
+    // Each team's rooms deliver on their own: the two may come in either order.
+    let mut delivered = Vec::new();
+    for _ in ["a", "b"] {
         let new = member.expect("message:new").await;
-        assert_eq!(
-            (new["team"].as_str(), new["body"].as_str()),
-            (Some(team), Some("maintenance"))
-        );
+        delivered.push((new["team"].clone(), new["body"].clone()));
     }
+    delivered.sort_by_key(|(team, _)| team.to_string());
+    assert_eq!(
+        delivered,
+        [
+            (json!("a"), json!("maintenance")),
+            (json!("b"), json!("maintenance"))
+        ]
+    );
     let (_, again) = post(g.addr(), "/v1/server/broadcast", Some(KEY), &body).await;
     assert!(
         again["results"]
@@ -351,4 +358,212 @@ async fn disconnect_and_notify_reach_every_connection_of_the_user() {
             "{path} {body}"
         );
     }
+}
+
+/// A token for `user` issued now, with the fraction of the second kept (as the Node helper
+/// signs them), so a token issued after a revocation in the same second is told apart.
+fn token_issued_now(user: &str, teams: &[&str]) -> String {
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    teamchat_testkit::sign(&json!({"sub": user, "teams": teams, "iat": iat,
+                                   "exp": teamchat_testkit::now() + 3600}))
+}
+
+/// Connects and expects to be refused: the close code and reason.
+async fn refused(addr: std::net::SocketAddr, token: &str) -> (u16, String) {
+    let auth = teamchat_testkit::client::Auth::Query(token);
+    let (mut ws, _) = teamchat_testkit::client::open(addr, auth, Some("teamchat.v1.json"))
+        .await
+        .expect("upgrade");
+    let (code, reason, _) = teamchat_testkit::client::close_frame(&mut ws).await;
+    (code, reason)
+}
+
+/// A revocation closes the user's connections on every gateway (4001 "revoked"), keeps
+/// their old tokens out at connect, join, refresh and history, lets a token issued after
+/// it in, and touches no one else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_closes_and_refuses_tokens_issued_before_it() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = (api_gateway(&env).await, api_gateway(&env).await);
+    let old = token_issued_now("ann", &["t"]);
+    let mut ann_here = Client::connect(g1.addr(), &old).await;
+    let mut ann_there = Client::connect(g2.addr(), &old).await;
+    ann_there.join("t").await;
+    let mut ben = Client::connect(g2.addr(), &token_issued_now("ben", &["t"])).await;
+
+    let (status, body) = post(
+        g1.addr(),
+        "/v1/server/users/ann/revoke",
+        Some(KEY),
+        &json!({}),
+    )
+    .await;
+    assert_eq!((status, body), (200, json!({"published": true})));
+    for ann in [&mut ann_here, &mut ann_there] {
+        let (code, reason, _) = teamchat_testkit::client::close_frame(&mut ann.ws).await;
+        assert_eq!((code, reason.as_str()), (4001, "revoked"));
+    }
+    ben.send(json!({"type": "ping", "rid": "p"})).await;
+    assert_eq!(ben.expect("pong").await["rid"], "p");
+
+    // The old token: refused at connect on both gateways, and by history.
+    for gateway in [&g1, &g2] {
+        assert_eq!(
+            refused(gateway.addr(), &old).await,
+            (4001, "revoked".to_owned())
+        );
+    }
+    let bearer = format!("Bearer {old}");
+    let (status, body) = http_get(
+        g2.addr(),
+        "/v1/teams/t/messages",
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (401, json!("unauthorized")));
+
+    // A token issued after the revocation connects, joins and reads history; refreshing
+    // to the old token closes the connection.
+    let fresh = token_issued_now("ann", &["t"]);
+    let mut ann = Client::connect(g2.addr(), &fresh).await;
+    ann.join("t").await;
+    let bearer = format!("Bearer {fresh}");
+    let (status, _) = http_get(
+        g2.addr(),
+        "/v1/teams/t/messages",
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200);
+    ann.send(json!({"type": "token:refresh", "token": old, "rid": "r"}))
+        .await;
+    let (code, reason, _) = teamchat_testkit::client::close_frame(&mut ann.ws).await;
+    assert_eq!((code, reason.as_str()), (4001, "revoked"));
+
+    // A token without `iat` counts as issued at 0 once a revocation exists.
+    let undated = env.token("ann", &["t"]);
+    assert_eq!(refused(g1.addr(), &undated).await.0, 4001);
+    // ben has no revocation: his undated token still works.
+    Client::connect(g1.addr(), &env.token("ben", &["t"])).await;
+
+    let cases = [
+        json!({"issued_before": "yesterday"}),
+        json!({"issued_before": -1}),
+        // Milliseconds given for seconds: far in the future, refused.
+        json!({"issued_before": teamchat_testkit::now() * 1000}),
+    ];
+    for body in cases {
+        let (status, _) = post(g1.addr(), "/v1/server/users/ann/revoke", Some(KEY), &body).await;
+        assert_eq!(status, 400, "{body}");
+    }
+}
+
+/// A removal takes the user's connections out of the team at once (`room:left`, reason
+/// "removed", nothing of the team after it) on every gateway, keeps their old token out of
+/// the team's joins and history, leaves their other teams alone, and a token issued after
+/// it that lists the team is honoured again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_takes_a_member_out_of_the_team_until_a_new_token() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = (api_gateway(&env).await, api_gateway(&env).await);
+    let old = token_issued_now("ann", &["t", "u"]);
+    let mut ann = Client::connect(g2.addr(), &old).await;
+    ann.join("t").await;
+    ann.join("u").await;
+    let mut ben = Client::connect(g1.addr(), &token_issued_now("ben", &["t"])).await;
+    ben.join("t").await;
+
+    let (status, _, body) = try_http(
+        g1.addr(),
+        "DELETE",
+        "/v1/server/teams/t/members/ann",
+        &[("authorization", format!("Bearer {KEY}").as_str())],
+        Vec::new(),
+    )
+    .await
+    .expect("the gateway answers");
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let left = ann.expect("room:left").await;
+    assert_eq!(
+        left,
+        json!({"type": "room:left", "team": "t", "reason": "removed"})
+    );
+
+    // Nothing of t reaches ann after `room:left` (ben's message is not the next frame),
+    // while u still does; and ann may no longer write to t.
+    ben.send_message("t", "c1", "after the removal").await;
+    let (status, _) = post(
+        g1.addr(),
+        "/v1/server/teams/u/messages",
+        Some(KEY),
+        &json!({"user": "bot", "body": "in u", "client_id": "c2"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let next = ann.expect("message:new").await;
+    assert_eq!(
+        (next["team"].clone(), next["body"].clone()),
+        (json!("u"), json!("in u"))
+    );
+    ann.send(
+        json!({"type": "message:send", "team": "t", "client_id": "x", "body": "hi", "rid": "s"}),
+    )
+    .await;
+    assert_eq!(ann.expect("error").await["code"], "not_joined");
+
+    // The old token can no longer join t or read its history, on either gateway.
+    ann.send(json!({"type": "room:join", "team": "t", "rid": "j"}))
+        .await;
+    let error = ann.expect("room:error").await;
+    assert_eq!(
+        (error["code"].clone(), error["rid"].clone()),
+        (json!("forbidden"), json!("j"))
+    );
+    let mut elsewhere = Client::connect(g1.addr(), &old).await;
+    elsewhere
+        .send(json!({"type": "room:join", "team": "t"}))
+        .await;
+    assert_eq!(elsewhere.expect("room:error").await["code"], "forbidden");
+    let bearer = format!("Bearer {old}");
+    let (status, body) = http_get(
+        g1.addr(),
+        "/v1/teams/t/messages",
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!((status, body["code"].clone()), (403, json!("forbidden")));
+    let (status, _) = http_get(
+        g1.addr(),
+        "/v1/teams/u/messages",
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Re-adding is issuing a new token that lists the team.
+    let mut back = Client::connect(g1.addr(), &token_issued_now("ann", &["t"])).await;
+    back.join("t").await;
+    let bad = try_http(
+        g1.addr(),
+        "DELETE",
+        "/v1/server/teams/t/members/no%20one",
+        &[("authorization", format!("Bearer {KEY}").as_str())],
+        Vec::new(),
+    )
+    .await
+    .expect("the gateway answers");
+    assert_eq!(bad.0, 400);
+    let unkeyed = try_http(
+        g1.addr(),
+        "DELETE",
+        "/v1/server/teams/t/members/ann",
+        &[],
+        Vec::new(),
+    )
+    .await
+    .expect("the gateway answers");
+    assert_eq!(unkeyed.0, 401);
 }

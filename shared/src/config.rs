@@ -172,6 +172,10 @@ pub struct GatewayConfig {
     /// Clock-skew allowance for token expiry, in seconds (at most 30).
     #[arg(long, env = "TOKEN_LEEWAY_S", default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=30))]
     pub token_leeway_s: u64,
+    /// The longest lifetime of a token the application issues, in seconds: revocations
+    /// and removals are kept this long, then forgotten (a longer-lived token outlives them).
+    #[arg(long, env = "MAX_TOKEN_TTL_S", default_value_t = 2_592_000)]
+    pub max_token_ttl_s: u64,
     /// `bad_request`/`unknown_type` errors within a minute that close a connection (1008).
     #[arg(long, env = "MAX_VIOLATIONS", default_value_t = 10)]
     pub max_violations: usize,

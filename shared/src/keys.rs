@@ -103,6 +103,12 @@ impl Keys {
         format!("{}:{{ctl}}:control", self.prefix)
     }
 
+    /// When `user` was last removed from the team by the server API (ms): their tokens
+    /// issued before it no longer let them join or read the team.
+    pub fn team_removed(&self, team: &str, user: &str) -> String {
+        self.team_key(team, &format!("removed:{}", hex(user)))
+    }
+
     /// The team's presence: sessions (hash), their expiry (zset), users' session counts (hash).
     pub fn presence(&self, team: &str) -> [String; 3] {
         [
@@ -115,6 +121,12 @@ impl Keys {
     /// A user's open connections across gateways (zset of sessions by expiry).
     pub fn user_connections(&self, user: &str) -> String {
         format!("{}:{{u:{}}}:conns", self.prefix, user)
+    }
+
+    /// Before when (ms) the user's tokens were revoked by the server API (in the user's
+    /// slot, so the connection-limit script reads it with the connections zset).
+    pub fn user_revoked(&self, user: &str) -> String {
+        format!("{}:{{u:{}}}:revoked", self.prefix, user)
     }
 
     /// Credits used per user on this shard (a user's total is the sum over shards).
@@ -186,6 +198,11 @@ mod tests {
             ),
             (keys.tombstone(team, seq), format!("tombstone {team} {seq}")),
             (keys.user_connections(user), format!("connections {user}")),
+            (keys.user_revoked(user), format!("revoked {user}")),
+            (
+                keys.team_removed(team, user),
+                format!("removed {team} {user}"),
+            ),
         ];
         for (n, key) in keys.presence(team).into_iter().enumerate() {
             all.push((key, format!("presence{n} {team}")));
@@ -198,7 +215,7 @@ mod tests {
     fn id() -> impl Strategy<Value = String> {
         let word = prop::sample::select(vec![
             "a", "b", "1", "2", "dedupe", "deleted", "presence", "sessions", "meta", "events",
-            "messages", "receipts", "ch", "team", "62", "ab",
+            "messages", "receipts", "ch", "team", "62", "ab", "removed", "revoked", "conns",
         ]);
         prop::collection::vec(word, 1..4).prop_map(|words| words.join(":"))
     }

@@ -64,7 +64,7 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         AUTH_FAILURES,
         Kind::Counter,
         "reason",
-        "refused tokens (`missing`, `invalid`, `expired`), WebSocket and HTTP",
+        "refused tokens (`missing`, `invalid`, `expired`, `revoked`), WebSocket and HTTP",
     ),
     (
         ROOMS,

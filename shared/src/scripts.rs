@@ -25,6 +25,10 @@ pub static PRESENCE: LazyLock<Script> =
 pub static CONNECTION_LIMIT: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/connection_limit.lua")));
 
+/// Records a revocation or a removal, never moving its time back.
+pub static ACCESS_RECORD: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/access_record.lua")));
+
 /// A new random epoch, used when a team (or its lost stream) starts afresh.
 pub fn new_epoch() -> String {
     let nanos = std::time::SystemTime::now()

@@ -181,14 +181,22 @@ impl Client {
 
 /// Reads a raw socket until the server closes; returns the code and the data frames before.
 pub async fn close_code(ws: &mut Ws) -> (u16, Vec<Value>) {
+    let (code, _, frames) = close_frame(ws).await;
+    (code, frames)
+}
+
+/// The close code and reason the server ends the connection with, and the frames before.
+pub async fn close_frame(ws: &mut Ws) -> (u16, String, Vec<Value>) {
     let mut frames = Vec::new();
     loop {
         let next = tokio::time::timeout(RECV_TIMEOUT, ws.next())
             .await
             .expect("timed out waiting for a close");
         match next {
-            Some(Ok(Message::Close(Some(frame)))) => return (u16::from(frame.code), frames),
-            Some(Ok(Message::Close(None))) => return (1005, frames),
+            Some(Ok(Message::Close(Some(frame)))) => {
+                return (u16::from(frame.code), frame.reason.to_string(), frames);
+            }
+            Some(Ok(Message::Close(None))) => return (1005, String::new(), frames),
             Some(Ok(Message::Text(text))) => {
                 frames.push(serde_json::from_str(&text).unwrap_or(Value::Null))
             }

@@ -2,9 +2,14 @@
 //! (`hub::tail`): append a durable event, read a team's state and a range of its stream,
 //! presence, the per-user connection count. Nothing here reads PostgreSQL: a team whose
 //! counters are not set is reported as unseeded, and `storage` seeds it. Presence and the
-//! per-user connection count, entries that expire unless refreshed, are in `presence`.
+//! per-user connection count, entries that expire unless refreshed, are in `presence`;
+//! revocations and removals by the server API in `access`.
 
+mod access;
 mod presence;
+
+pub use access::AccessRecords;
+pub use presence::ConnectionOpen;
 
 use anyhow::Context;
 use redis::AsyncCommands;

@@ -10,6 +10,16 @@ use teamchat_shared::scripts;
 use super::Broker;
 use crate::protocol::PresenceEntry;
 
+/// Whether a connection was counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectionOpen {
+    Opened,
+    /// The user holds `MAX_CONNECTIONS_PER_USER` connections already (4029).
+    OverLimit,
+    /// The token was issued before the user's tokens were revoked (4001).
+    Revoked,
+}
+
 impl Broker {
     fn presence_call(
         &self,
@@ -100,22 +110,31 @@ impl Broker {
     ) -> redis::ScriptInvocation<'static> {
         let now = now_ms();
         let mut call = scripts::CONNECTION_LIMIT.prepare_invoke();
-        call.key(self.keys.user_connections(user));
+        call.key(self.keys.user_connections(user))
+            .key(self.keys.user_revoked(user));
         call.arg(op).arg(session).arg(now).arg(now + ttl_ms as i64);
         call
     }
 
-    /// Counts a new connection of the user across gateways; false if over `limit`.
+    /// Counts a new connection of the user across gateways, unless it would pass `limit`
+    /// or its token (issued at `issued_ms`) was revoked.
     pub async fn connection_open(
         &self,
         user: &str,
         session: &str,
         limit: u32,
         ttl_ms: u64,
-    ) -> redis::RedisResult<bool> {
+        issued_ms: u64,
+    ) -> redis::RedisResult<ConnectionOpen> {
         let mut call = self.connection_call(user, "open", session, ttl_ms);
-        call.arg(limit);
-        Ok(call.invoke_async::<i64>(&mut self.conn.clone()).await? == 1)
+        call.arg(limit).arg(issued_ms);
+        Ok(
+            match call.invoke_async::<i64>(&mut self.conn.clone()).await? {
+                1 => ConnectionOpen::Opened,
+                -1 => ConnectionOpen::Revoked,
+                _ => ConnectionOpen::OverLimit,
+            },
+        )
     }
 
     pub async fn connection_close(&self, user: &str, session: &str) -> redis::RedisResult<()> {

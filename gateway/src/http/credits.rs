@@ -15,6 +15,9 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     if claims.sub != user && !claims.is_staff() {
         return json_error(StatusCode::FORBIDDEN, "forbidden", "only the user or staff");
     }
+    if let Err(refused) = super::check_access(state, &claims, None).await {
+        return *refused;
+    }
     let used = match state.broker.credits_used(user).await {
         Ok(per_shard) => per_shard.iter().sum::<u64>(),
         Err(e) => return unavailable("credits", &e),

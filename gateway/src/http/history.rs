@@ -11,7 +11,7 @@ use teamchat_shared::db::history::{MessageRow, Page};
 use teamchat_shared::db::{self};
 use teamchat_shared::event::EventData;
 
-use super::{Body, authorized, json, json_error, unavailable};
+use super::{Body, authorized, check_access, json, json_error, unavailable};
 use crate::AppState;
 use crate::protocol::MessageView;
 
@@ -42,6 +42,9 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     };
     if !claims.may_read(team) {
         return json_error(StatusCode::FORBIDDEN, "forbidden", "team not in token");
+    }
+    if let Err(refused) = check_access(state, &claims, Some(team)).await {
+        return *refused;
     }
     page_of(state, team, req.uri().query()).await
 }

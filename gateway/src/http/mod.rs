@@ -197,6 +197,28 @@ fn rate_limited(wait: Duration) -> Response<Body> {
 }
 
 /// The 401 of a refused HTTP token.
+/// What the server API recorded against a token: revoked (401), or removed from `team`
+/// (403). Storage down: 503.
+pub async fn check_access(
+    state: &AppState,
+    claims: &Claims,
+    team: Option<&str>,
+) -> Result<(), Box<Response<Body>>> {
+    let issued = claims.issued_ms();
+    match state.broker.access_records(&claims.sub, team).await {
+        Ok(records) if records.revoked(issued) => {
+            Err(Box::new(unauthorized(auth::AuthError::Revoked)))
+        }
+        Ok(records) if records.removed(issued) => Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "removed from the team",
+        ))),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Box::new(unavailable("access check", &e))),
+    }
+}
+
 fn unauthorized(error: auth::AuthError) -> Response<Body> {
     metrics::counter!(teamchat_shared::metrics::AUTH_FAILURES, "reason" => error.label())
         .increment(1);

@@ -1,6 +1,6 @@
 //! The server API (docs/server-api.md): the application's backend posts messages as any
-//! user (to one team or many), disconnects or notifies a user on every gateway (the
-//! control channel), and reads a team's state, presence and history with an API key
+//! user (to one team or many), disconnects, notifies, revokes the tokens of, or removes
+//! from a team a user on every gateway (the control channel), and reads a team's state, presence and history with an API key
 //! (`API_KEYS`), not a user's token. Served under `/v1/server/` on `LISTEN`, or on
 //! `API_LISTEN` alone.
 //! Every input is checked as the WebSocket path checks it, and what is posted takes the
@@ -44,13 +44,23 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
         (&Method::GET, ["teams", _]) => "team",
         (&Method::POST, ["users", _, "disconnect"]) => "disconnect",
         (&Method::POST, ["users", _, "notify"]) => "notify",
+        (&Method::POST, ["users", _, "revoke"]) => "revoke",
+        (&Method::DELETE, ["teams", _, "members", _]) => "remove",
         _ => "unknown",
     };
     let (response, outcome) = match authorize(state, &req) {
         Err(refused) => *refused,
         Ok(()) if endpoint == "unknown" => not_found("no such endpoint"),
         Ok(()) if endpoint == "broadcast" => broadcast(state, req).await,
-        Ok(()) if matches!(endpoint, "disconnect" | "notify") => {
+        Ok(()) if endpoint == "remove" => {
+            let (team, user) = (segments[1], segments[3]);
+            if !is_valid_id(team) || !is_valid_id(user) {
+                bad_request("team and user must be valid ids").answer()
+            } else {
+                remove(state, team, user).await
+            }
+        }
+        Ok(()) if matches!(endpoint, "disconnect" | "notify" | "revoke") => {
             let user = segments[1];
             if !is_valid_id(user) {
                 bad_request("user is not a valid id").answer()
@@ -167,8 +177,9 @@ async fn broadcast(state: &AppState, req: Request<Incoming>) -> Answer {
 /// The largest `data` of a notification, in bytes of its JSON.
 const MAX_NOTIFY: usize = 4_096;
 
-/// `POST /v1/server/users/{user}/disconnect` and `…/notify`: published on the control
-/// channel, carried out by every gateway on the user's connections there.
+/// `POST /v1/server/users/{user}/disconnect`, `…/notify` and `…/revoke`: published on
+/// the control channel, carried out by every gateway on the user's connections there (a
+/// revocation is recorded first, for connections yet to come and gateways cut off).
 async fn control(state: &AppState, user: &str, endpoint: &str, req: Request<Incoming>) -> Answer {
     let empty = req
         .headers()
@@ -182,7 +193,33 @@ async fn control(state: &AppState, user: &str, endpoint: &str, req: Request<Inco
         },
     };
     let user = user.to_owned();
-    let control = if endpoint == "disconnect" {
+    let control = if endpoint == "revoke" {
+        let now = now_ms() as u64;
+        let before_ms = match fields.remove("issued_before") {
+            None => now,
+            Some(at) => match at.as_f64() {
+                // Seconds; a time further ahead than a clock's skew is a mistake (ms given
+                // for s would lock the user out for MAX_TOKEN_TTL_S).
+                Some(at) if at >= 0.0 && at * 1000.0 <= (now + FUTURE_SLACK_MS) as f64 => {
+                    (at * 1000.0) as u64
+                }
+                _ => {
+                    return bad_request("issued_before must be unix seconds, not in the future")
+                        .answer();
+                }
+            },
+        };
+        let keep_ms = state.config.max_token_ttl_s.saturating_mul(1000);
+        let before_ms = match state
+            .broker
+            .record_revocation(&user, before_ms, keep_ms)
+            .await
+        {
+            Ok(kept) => kept,
+            Err(e) => return unavailable(&e).answer(),
+        };
+        Control::Revoke { user, before_ms }
+    } else if endpoint == "disconnect" {
         let code = match fields.remove("code") {
             None => 1000,
             Some(code) => match code.as_u64() {
@@ -212,7 +249,36 @@ async fn control(state: &AppState, user: &str, endpoint: &str, req: Request<Inco
         }
         Control::Notify { user, data }
     };
-    let published = serde_json::to_string(&control).expect("controls encode");
+    publish_control(state, &control).await
+}
+
+/// How far ahead of this gateway's clock `issued_before` may be.
+const FUTURE_SLACK_MS: u64 = 60_000;
+
+/// `DELETE /v1/server/teams/{team}/members/{user}`: the user's tokens issued until now no
+/// longer grant the team (recorded, so every later join and history request refuses
+/// them); their connections in it get `room:left` with reason "removed".
+async fn remove(state: &AppState, team: &str, user: &str) -> Answer {
+    let keep_ms = state.config.max_token_ttl_s.saturating_mul(1000);
+    let before_ms = match state
+        .broker
+        .record_removal(team, user, now_ms() as u64, keep_ms)
+        .await
+    {
+        Ok(kept) => kept,
+        Err(e) => return unavailable(&e).answer(),
+    };
+    let control = Control::Remove {
+        team: team.to_owned(),
+        user: user.to_owned(),
+        before_ms,
+    };
+    publish_control(state, &control).await
+}
+
+/// Publishes a control message to every gateway.
+async fn publish_control(state: &AppState, control: &Control) -> Answer {
+    let published = serde_json::to_string(control).expect("controls encode");
     match state.broker.publish_control(&published).await {
         Ok(()) => (json(StatusCode::OK, &json!({ "published": true })), "ok"),
         Err(e) => unavailable(&e).answer(),

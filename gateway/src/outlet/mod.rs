@@ -113,6 +113,8 @@ struct State {
     done: bool,
     /// The gateway is shutting down.
     shutting_down: bool,
+    /// The server API left orders for the reader (`Connections::take_orders`).
+    orders: bool,
 }
 
 /// A drained queue whose buffer grew past this many slots gives it back.
@@ -293,11 +295,25 @@ impl Outlet {
         self.0.reader.wake();
     }
 
-    /// Resolves when sending ended or the gateway shuts down (only the reader waits).
+    /// The server API left orders for this connection (revoke, remove from a team): the
+    /// reader carries them out between requests.
+    pub fn order(&self) {
+        self.0.lock().orders = true;
+        self.0.reader.wake();
+    }
+
+    /// Whether orders were left since the last call (only the reader asks).
+    pub fn take_orders(&self) -> bool {
+        std::mem::take(&mut self.0.lock().orders)
+    }
+
+    /// Resolves when sending ended, the gateway shuts down or orders were left (only the
+    /// reader waits).
     pub fn stop_reading(&self) -> impl Future<Output = StopReading> + '_ {
         self.reader_wait(|state| match (state.done, state.shutting_down) {
             (true, _) => Some(StopReading::Ended),
             (false, true) => Some(StopReading::ShutDown),
+            (false, false) if state.orders => Some(StopReading::Orders),
             (false, false) => None,
         })
     }
@@ -328,6 +344,8 @@ pub enum StopReading {
     Ended,
     /// The gateway is shutting down.
     ShutDown,
+    /// The server API left orders (`Outlet::order`).
+    Orders,
 }
 
 impl Shared {

@@ -18,6 +18,10 @@ pub struct Claims {
     /// Credits the user may use in all (overrides the configured default).
     #[serde(default)]
     pub credit_limit: Option<u64>,
+    /// When the token was issued (seconds, fractions kept): revocations and removals
+    /// refuse tokens issued before them.
+    #[serde(default)]
+    pub iat: Option<f64>,
 }
 
 impl Claims {
@@ -34,20 +38,29 @@ impl Claims {
     pub fn may_read(&self, team: &str) -> bool {
         self.is_member(team) || self.is_staff()
     }
+
+    /// When the token was issued, in ms; a token without `iat` counts as issued at 0.
+    pub fn issued_ms(&self) -> u64 {
+        // `as` saturates: a negative `iat` is 0, a huge one u64::MAX.
+        self.iat.map_or(0, |iat| (iat * 1000.0) as u64)
+    }
 }
 
-/// Why a token was refused: missing or invalid closes 4001 (HTTP 401), expired 4003.
+/// Why a token was refused: missing, invalid or revoked closes 4001 (HTTP 401), expired
+/// 4003.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthError {
     Missing,
     Invalid,
     Expired,
+    /// Issued before the server API revoked the user's tokens.
+    Revoked,
 }
 
 impl AuthError {
     pub fn close_code(self) -> u16 {
         match self {
-            AuthError::Missing | AuthError::Invalid => 4001,
+            AuthError::Missing | AuthError::Invalid | AuthError::Revoked => 4001,
             AuthError::Expired => 4003,
         }
     }
@@ -58,6 +71,7 @@ impl AuthError {
             AuthError::Missing => "missing",
             AuthError::Invalid => "invalid",
             AuthError::Expired => "expired",
+            AuthError::Revoked => "revoked",
         }
     }
 
@@ -66,6 +80,7 @@ impl AuthError {
             AuthError::Missing => "missing token",
             AuthError::Invalid => "invalid token",
             AuthError::Expired => "token expired",
+            AuthError::Revoked => "revoked",
         }
     }
 }

@@ -27,12 +27,33 @@ pub enum Control {
         user: String,
         data: serde_json::Value,
     },
+    /// Close (4001 "revoked") the user's connections whose token was issued before
+    /// `before_ms`.
+    Revoke { user: String, before_ms: u64 },
+    /// Take the user's connections whose token was issued before `before_ms` out of the
+    /// team (`room:left`, reason "removed").
+    Remove {
+        team: String,
+        user: String,
+        before_ms: u64,
+    },
+}
+
+/// What a connection's reader is to carry out (`Session::carry_out_orders`): only it may
+/// change what the connection joined.
+#[derive(Debug)]
+pub enum Order {
+    Revoke { before_ms: u64 },
+    Remove { team: String, before_ms: u64 },
 }
 
 /// Every connection open here, by session id.
 #[derive(Default)]
 pub struct Connections {
     open: Mutex<HashMap<Arc<str>, Open>>,
+    /// Orders left for connections' readers, by session id (kept apart: most connections
+    /// never get one).
+    orders: Mutex<HashMap<Arc<str>, Vec<Order>>>,
 }
 
 struct Open {
@@ -59,27 +80,64 @@ impl Connections {
     pub fn apply(&self, control: Control) {
         let open = self.open.lock().expect("connections lock");
         let user = match &control {
-            Control::Disconnect { user, .. } | Control::Notify { user, .. } => user.as_str(),
+            Control::Disconnect { user, .. }
+            | Control::Notify { user, .. }
+            | Control::Revoke { user, .. }
+            | Control::Remove { user, .. } => user.clone(),
         };
-        let of_user: Vec<&Open> = open.values().filter(|o| &*o.user == user).collect();
+        let of_user = open.iter().filter(|(_, o)| *o.user == *user);
         match control {
             Control::Disconnect { code, .. } => {
-                for open in of_user {
+                for (_, open) in of_user {
                     open.outlet.disconnect(code);
                 }
             }
             Control::Notify { data, .. } => {
                 let frame = OutFrame::new(ServerFrame::Notify { data });
-                for open in of_user {
+                for (_, open) in of_user {
                     // A full queue closes the connection (1013), as for any event.
                     let _ = open.outlet.try_send(Outbound::Shared(frame.clone()));
                 }
             }
+            Control::Revoke { before_ms, .. } => {
+                self.order(of_user, || Order::Revoke { before_ms });
+            }
+            Control::Remove {
+                team, before_ms, ..
+            } => {
+                self.order(of_user, || Order::Remove {
+                    team: team.clone(),
+                    before_ms,
+                });
+            }
         }
+    }
+
+    /// Leaves an order for each connection and wakes its reader.
+    fn order<'a>(
+        &self,
+        connections: impl Iterator<Item = (&'a Arc<str>, &'a Open)>,
+        order: impl Fn() -> Order,
+    ) {
+        let mut orders = self.orders.lock().expect("orders lock");
+        for (session, open) in connections {
+            orders.entry(session.clone()).or_default().push(order());
+            open.outlet.order();
+        }
+    }
+
+    /// The orders left for a connection.
+    pub fn take_orders(&self, session: &str) -> Vec<Order> {
+        self.orders
+            .lock()
+            .expect("orders lock")
+            .remove(session)
+            .unwrap_or_default()
     }
 
     pub fn forget(&self, session: &str) {
         self.open.lock().expect("connections lock").remove(session);
+        self.orders.lock().expect("orders lock").remove(session);
     }
 
     /// The connections of one slice out of `slices` (a stable split by session id).

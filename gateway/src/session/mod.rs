@@ -33,11 +33,12 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use self::auth::{AuthError, Claims};
+use self::connections::Order;
 use self::open::{let_close, open};
 use self::teams::Teams;
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, StopReading};
 use crate::protocol::{self, Encoding, Limits};
-use crate::room::Who;
+use crate::room::{Left, Who};
 use crate::{AppState, caught};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -286,12 +287,16 @@ impl Session {
                                 let due = self.expires_at.min(heard + self.silence()).min(next_ping);
                                 deadline.as_mut().reset(due);
                             }
-                            stop = self.outlet.stop_reading() => break Err(match stop {
+                            stop = self.outlet.stop_reading() => match stop {
                                 // Drain: between requests, so what was accepted is answered first.
-                                StopReading::ShutDown => Flow::Close(1012, "gateway restarting"),
+                                StopReading::ShutDown => break Err(Flow::Close(1012, "gateway restarting")),
                                 // A close was written (too slow, stream reset), or the socket failed.
-                                StopReading::Ended => Flow::Stop,
-                            }),
+                                StopReading::Ended => break Err(Flow::Stop),
+                                // Between requests too; a frame half read is kept.
+                                StopReading::Orders => if let Some(flow) = self.carry_out_orders() {
+                                    break Err(flow);
+                                },
+                            },
                         }
                     }
                 };
@@ -417,6 +422,49 @@ impl Session {
             OpCode::Close => Flow::PeerClosed,
             _ => Flow::Continue,
         }
+    }
+
+    /// Carries out what the server API ordered: a revoked token closes the connection
+    /// (4001), a removal takes it out of the team (`room:left`, reason "removed"). Only
+    /// tokens issued before the order are affected: a newer one was granted afresh.
+    fn carry_out_orders(&mut self) -> Option<Flow> {
+        if !self.outlet.take_orders() {
+            return None;
+        }
+        let issued = self.claims.issued_ms();
+        for order in self.state.connections.take_orders(&self.who.session) {
+            match order {
+                Order::Revoke { before_ms } if issued < before_ms => {
+                    return Some(Flow::Close(4001, AuthError::Revoked.reason()));
+                }
+                Order::Remove { team, before_ms } if issued < before_ms => {
+                    if self.joined.remove(&team) {
+                        let left = Left {
+                            rid: None,
+                            reason: Some("removed"),
+                        };
+                        let session = self.who.session.clone();
+                        self.state
+                            .hub
+                            .leave(&team, self.conn_id, session, Some(left), None);
+                    }
+                    if self.typing.remove(&team) {
+                        // Not awaited here (between frames): the others stop seeing them type.
+                        let state = self.state.clone();
+                        let (session, user) = (self.who.session.clone(), self.who.user.clone());
+                        tokio::spawn(async move {
+                            let stop = Ephemeral::TypingStop;
+                            let _ = state
+                                .broker
+                                .publish_ephemeral(&team, stop, &session, &user)
+                                .await;
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// Sends a close frame and waits (briefly) for it to be written.

@@ -18,6 +18,7 @@ use super::auth::{AuthError, Claims};
 use super::linger::linger;
 use super::{CLOSE_GRACE, NEXT_CONN_ID, Reader, Session, Teams};
 use crate::AppState;
+use crate::broker::ConnectionOpen;
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, QueueLimits};
 use crate::protocol::{Encoding, ServerFrame};
 use crate::room::Who;
@@ -66,20 +67,30 @@ pub(super) async fn open(
     let user: Arc<str> = claims.sub.as_str().into();
     let ttl = state.config.presence_ttl_ms;
     let limit = state.config.max_connections_per_user;
-    match state
+    let refused = match state
         .broker
-        .connection_open(&user, &session_id, limit, ttl)
+        .connection_open(&user, &session_id, limit, ttl, claims.issued_ms())
         .await
     {
-        Ok(true) => {}
-        Ok(false) => {
-            let _ = outlet.try_send(Outbound::close(4029, "too many connections"));
-            let_close(outlet).await;
-            linger(&mut reader(read, &early, state.config.max_frame)).await;
-            return None;
+        Ok(ConnectionOpen::Opened) => None,
+        Ok(ConnectionOpen::OverLimit) => Some((4029, "too many connections")),
+        Ok(ConnectionOpen::Revoked) => {
+            metrics::counter!(m::AUTH_FAILURES, "reason" => AuthError::Revoked.label())
+                .increment(1);
+            Some((4001, AuthError::Revoked.reason()))
         }
-        // The limit protects; it is not worth refusing service while Redis is away.
-        Err(e) => warn!(error = %e, "connection limit not checked: Redis unavailable"),
+        // The limit protects; it is not worth refusing service while Redis is away (a
+        // revoked token is refused at its first join, which needs Redis).
+        Err(e) => {
+            warn!(error = %e, "connection limit not checked: Redis unavailable");
+            None
+        }
+    };
+    if let Some((code, reason)) = refused {
+        let _ = outlet.try_send(Outbound::close(code, reason));
+        let_close(outlet).await;
+        linger(&mut reader(read, &early, state.config.max_frame)).await;
+        return None;
     }
     state
         .connections

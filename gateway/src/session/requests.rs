@@ -11,6 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::auth::AuthError;
 use super::limits::Operation;
 use super::receipts;
 use super::{CloseAsked, Session};
@@ -93,6 +94,13 @@ impl Session {
     async fn refresh_token(&mut self, token: &str, rid: Option<String>) -> Option<ServerFrame> {
         match self.state.verifier.verify(token) {
             Ok(claims) if claims.sub == self.claims.sub => {
+                // A revoked token does not extend the session; with Redis away it is not
+                // checked (the next join is).
+                let records = self.state.broker.access_records(&claims.sub, None).await;
+                if records.is_ok_and(|records| records.revoked(claims.issued_ms())) {
+                    self.close_with = Some(CloseAsked::BadToken(AuthError::Revoked));
+                    return None;
+                }
                 self.expires_at = self.token_deadline(claims.exp);
                 let exp = claims.exp;
                 *self.claims = claims;
@@ -211,6 +219,28 @@ impl Session {
                 ErrorCode::TooManyRooms,
                 "too many rooms on this connection",
             ));
+        }
+        // Checked at every join, not only told by the control channel: a gateway cut off
+        // from Redis when the server API revoked or removed still refuses the token.
+        let issued = self.claims.issued_ms();
+        match self
+            .state
+            .broker
+            .access_records(&self.claims.sub, Some(&team))
+            .await
+        {
+            Ok(records) if records.revoked(issued) => {
+                self.close_with = Some(CloseAsked::BadToken(AuthError::Revoked));
+                return Err(room_error(ErrorCode::Forbidden, "token revoked"));
+            }
+            Ok(records) if records.removed(issued) => {
+                return Err(room_error(ErrorCode::Forbidden, "removed from the team"));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                debug!(error = %e, "access records unavailable");
+                return Err(room_error(ErrorCode::Unavailable, "storage unavailable"));
+            }
         }
         let (done, answered) = oneshot::channel();
         let member = Member {
