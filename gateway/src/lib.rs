@@ -99,12 +99,13 @@ impl Gateway {
             shutdown.clone(),
         )
         .await?;
+        let verifier = Verifier::with_keys(session::signing_keys::from_config(&config)?);
         let rate_limits = RateLimits::new(&config);
         let config_max_connections = config.max_connections;
         metrics::gauge!(teamchat_shared::metrics::MAX_CONNECTIONS)
             .set(config_max_connections as f64);
         let state = Arc::new(AppState {
-            verifier: Verifier::new(&config.jwt_secret, config.token_leeway_s),
+            verifier,
             config,
             broker,
             storage,
@@ -120,6 +121,17 @@ impl Gateway {
             metrics: teamchat_shared::metrics::install(),
         });
         tokio::spawn(connections::refresh(state.clone()));
+        if let Some(path) = state.config.jwks_file.clone() {
+            let checks = session::signing_keys::Checks::from_config(&state.config);
+            let keys_of = state.clone();
+            let install = move |keys| keys_of.verifier.install(keys);
+            tokio::spawn(session::signing_keys::watch_jwks(
+                path,
+                checks,
+                install,
+                state.shutdown.clone(),
+            ));
+        }
         let forget = state.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(60));
@@ -198,6 +210,19 @@ fn refuse_unsafe(config: &GatewayConfig) -> anyhow::Result<()> {
     // Whoever holds a key posts as anyone: a guessable one is refused even in DEV_MODE.
     if config.api_keys.iter().any(|key| key.len() < MIN_SECRET_LEN) {
         anyhow::bail!("every API_KEYS key must be at least {MIN_SECRET_LEN} bytes (random)");
+    }
+    let public_keys = config.jwt_public_key.is_some() || config.jwks_file.is_some();
+    if config.dev_mode && public_keys {
+        anyhow::bail!(
+            "DEV_MODE mints HS256 tokens with JWT_SECRET: it cannot be used with JWT_PUBLIC_KEY or JWKS_FILE"
+        );
+    }
+    if public_keys {
+        // HS256 is not accepted then: the secret is not used.
+        return Ok(());
+    }
+    if config.jwt_secret.is_empty() {
+        anyhow::bail!("set JWT_SECRET (HS256), JWT_PUBLIC_KEY or JWKS_FILE: tokens need a key");
     }
     if config.dev_mode {
         if !config.listen.ip().is_loopback() && !config.dev_mode_public {

@@ -69,3 +69,29 @@ async fn dev_mode_listens_on_loopback_unless_told_otherwise() {
     .unwrap();
     starts(&env, &["--listen=0.0.0.0:0"]).await.unwrap();
 }
+
+/// Tokens need a key: no secret and no public key is refused, in development too; a
+/// public key needs no secret, but cannot be combined with `DEV_MODE` (which mints HS256
+/// tokens); a public key that is not one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_for_tokens_is_required() {
+    let env = TestEnv::new().await;
+    for args in [&["--jwt-secret="][..], &["--jwt-secret=", "--dev-mode"]] {
+        let err = starts(&env, args).await.unwrap_err();
+        assert!(err.contains("JWT_SECRET"), "{err}");
+    }
+    let public = format!(
+        "--jwt-public-key={}/tests/keys/ed-public.pem",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    starts(&env, &["--jwt-secret=", &public]).await.unwrap();
+    let err = starts(&env, &[&public, "--dev-mode"]).await.unwrap_err();
+    assert!(err.contains("DEV_MODE"), "{err}");
+    let err = starts(
+        &env,
+        &["--jwt-public-key=-----BEGIN PUBLIC KEY-----\nnot a key"],
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("JWT_PUBLIC_KEY"), "{err}");
+}

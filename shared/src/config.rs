@@ -65,8 +65,22 @@ pub struct GatewayConfig {
     pub database_url: String,
     /// HS256 secret that client tokens are signed with: at least 32 bytes, and none of the
     /// development defaults shipped with teamchat (both enforced outside `DEV_MODE`).
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, default_value = "")]
     pub jwt_secret: String,
+    /// Verify tokens with this public key instead of `JWT_SECRET` (RS256, ES256 or EdDSA,
+    /// by the key's type): the PEM itself, or the path of a PEM file.
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<String>,
+    /// Verify tokens with the keys of this JWKS document (its `kid` picks the key); read
+    /// again when it changes or on SIGHUP.
+    #[arg(long, env = "JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+    /// Tokens must carry this `iss`.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Tokens must carry this `aud` (or list it).
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
     /// Origins allowed to upgrade with a `tc_token` cookie and to call the HTTP API from a
     /// browser (CORS), comma-separated.
     #[arg(long, env = "ALLOWED_ORIGINS", value_delimiter = ',')]

@@ -2,8 +2,12 @@
 
 use hyper::Request;
 use hyper::header::{AUTHORIZATION, COOKIE};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use std::sync::{Arc, PoisonError};
+
+use jsonwebtoken::errors::ErrorKind;
 use serde::Deserialize;
+
+use super::signing_keys::{Checks, KeyRing, SigningKey};
 
 /// The claims teamchat reads from a token (docs/protocol.md, Transport and connecting).
 #[derive(Clone, Debug, Deserialize)]
@@ -126,29 +130,55 @@ pub const MAX_EXP: u64 = 253_402_300_799;
 /// The longest display name a token may carry, in bytes.
 pub const MAX_NAME: usize = 256;
 
-/// Verifies HS256 tokens with the shared secret.
+/// Verifies tokens with the configured keys (`signing_keys`).
 pub struct Verifier {
-    key: DecodingKey,
-    validation: Validation,
+    keys: KeyRing,
 }
 
 impl Verifier {
+    /// An HS256 verifier with a shared secret.
     pub fn new(secret: &str, leeway_s: u64) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = leeway_s;
-        validation.validate_aud = false;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        let checks = Checks {
+            leeway_s,
+            ..Checks::default()
+        };
+        Self::with_keys(vec![checks.secret(secret)])
+    }
+
+    pub fn with_keys(keys: Vec<SigningKey>) -> Self {
         Self {
-            key: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+            keys: KeyRing::new(Arc::new(keys)),
         }
+    }
+
+    /// Puts new keys in use (a reloaded JWKS).
+    pub fn install(&self, keys: Vec<SigningKey>) {
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    /// The key a token names by `kid`; the only key when there is one and the token names
+    /// none (or one the key does not have).
+    fn key_for(keys: &[SigningKey], token: &str) -> Option<usize> {
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+        if let Some(kid) = kid
+            && let Some(index) = keys.iter().position(|k| k.kid.as_deref() == Some(&kid))
+        {
+            return Some(index);
+        }
+        (keys.len() == 1).then_some(0)
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+        let keys = self
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let key = &keys[Self::key_for(&keys, token).ok_or(AuthError::Invalid)?];
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation).map_err(
             |e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid,

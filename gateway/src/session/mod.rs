@@ -1,5 +1,5 @@
-//! One client connection after the upgrade: the opening (`open`: authentication by `auth`,
-//! the per-user connection limit, the welcome; `connections` is this gateway's registry
+//! One client connection after the upgrade: the opening (`open`: authentication by `auth`
+//! with the keys of `signing_keys`, the per-user connection limit, the welcome; `connections` is this gateway's registry
 //! of them), then the read loop, which decodes frames
 //! and carries out requests in order (`requests`, one function each, rate-limited by
 //! `limits`; receipts coalesced by `receipts`), and the close. Replies and room events go
@@ -12,6 +12,7 @@ mod linger;
 mod open;
 mod receipts;
 mod requests;
+pub mod signing_keys;
 mod teams;
 
 pub(crate) use requests::credit_cost;
