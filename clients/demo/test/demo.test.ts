@@ -16,6 +16,18 @@ const CHROMIUM_ARGS = [
 const WAIT = { timeout: 60_000 };
 const SEEDED = 120;
 
+const API_KEY = "an-api-key-for-the-demo-test-0123456789abcdef";
+
+/** A call to the server API of a gateway, as the application's backend makes it. */
+async function serverApi(httpUrl: string, method: string, path: string, body?: object) {
+  const res = await fetch(`${httpUrl}/v1/server/${path}`, {
+    method,
+    headers: { authorization: `Bearer ${API_KEY}`, "content-type": "application/json" },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
+  expect(res.status).toBe(200);
+}
+
 const CLIENTS = join(dirname(fileURLToPath(import.meta.url)), "../..");
 
 let stack: Awaited<ReturnType<typeof startStack>>;
@@ -31,7 +43,7 @@ beforeAll(async () => {
     if (!existsSync(file)) throw new Error(`${file} is missing: ${hint}`);
   }
   mkdirSync(SHOTS, { recursive: true });
-  stack = await startStack({ gateways: 2, dev: true });
+  stack = await startStack({ gateways: 2, dev: true, env: { API_KEYS: API_KEY } });
   TEAM = `demo-${stack.prefix}`;
   // Playwright gives the browser a fresh temporary --user-data-dir of its own.
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
@@ -181,5 +193,20 @@ test("two pages on two gateways chat through typing, history, receipts and a gat
     expect((await bodies(a)).filter((t) => t === body)).toHaveLength(1);
   }
   expect((await seqs(a)).slice(-5)).toEqual(all.slice(-5));
+  expect(pageErrors).toEqual([]);
+});
+
+test("a page shows what the backend notifies, and a removal from the team", async () => {
+  const [g1, g2] = stack.gateways;
+  const page = await openPage(g2.httpUrl, "C");
+  await enterRoom(page, "Carol");
+  await serverApi(g1.httpUrl, "POST", "users/carol/notify", { data: { unread: 3, team: "elsewhere" } });
+  const notified = async () => (await page.getByTestId("notification").allTextContents()).map((text) => JSON.parse(text));
+  await expect.poll(notified, WAIT).toEqual([{ unread: 3, team: "elsewhere" }]);
+
+  await serverApi(g1.httpUrl, "DELETE", `teams/${TEAM}/members/carol`);
+  await page.getByTestId("removed").filter({ hasText: "no longer in" }).waitFor(WAIT);
+  expect(await page.getByTestId("composer").isDisabled()).toBe(true);
+  await shot(page, "09-removed-C");
   expect(pageErrors).toEqual([]);
 });

@@ -78,6 +78,9 @@ async function enter({ user, name, team, getToken }) {
   $("room-title").textContent = `#${team} · ${name}`;
   list.replaceChildren();
   pendingList.replaceChildren();
+  $("notices").replaceChildren();
+  $("notices").hidden = $("removed").hidden = true;
+  composer.body.disabled = composer.querySelector("button").disabled = false;
 
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   client = new TeamchatClient({ url: `${scheme}://${location.host}/ws`, httpUrl: location.origin, getToken });
@@ -105,6 +108,19 @@ async function enter({ user, name, team, getToken }) {
     view = { seqs: [], bySeq: new Map(), hasMore: true, loading: false };
     list.replaceChildren();
     loadPage();
+  });
+  on("left", ({ reason }) => {
+    // The backend took us out of the team: no more of its events, no rejoin, no sending.
+    $("removed").hidden = false;
+    $("removed").textContent = `You are no longer in #${room.team} (${reason}).`;
+    composer.body.disabled = composer.querySelector("button").disabled = true;
+    online.replaceChildren();
+  });
+  on("notify", ({ data }) => {
+    // Shown as text: the data comes from the backend, but is never markup.
+    const item = h("li", { textContent: JSON.stringify(data) }, { testid: "notification" });
+    $("notices").prepend(item);
+    $("notices").hidden = false;
   });
   on("error", (err) => note(`error: ${err.code ?? ""} ${err.message ?? err}`));
   on("close", ({ code, reason }) => code !== 1000 && note(`disconnected (${code}${reason ? `: ${reason}` : ""})`));

@@ -258,7 +258,8 @@ export class TeamchatClient {
     const action = closeAction(code);
     if (action === "fatal" || (action === "new-token" && !this.options.getToken)) {
       const expired = code === 4003;
-      this.fail(new TeamchatError(expired ? "token_expired" : "unauthorized", reason || (expired ? "token expired" : "invalid token")), code);
+      const kind = expired ? "token_expired" : reason === "revoked" ? "revoked" : "unauthorized";
+      this.fail(new TeamchatError(kind, reason || (expired ? "token expired" : "invalid token")), code);
       return;
     }
     this.urlIndex++;
@@ -332,6 +333,15 @@ export class TeamchatClient {
     this.presenceBook.forget(team);
   }
 
+  /** The server took the connection out of a team: forgotten, not rejoined (a new token
+   * that lists the team is needed, and the app decides whether to join again). */
+  private onRemoved(team: string, reason: string): void {
+    const room = this.rooms.get(team);
+    if (!room) return;
+    this.forgetRoom(team, room, new TeamchatError(reason === "removed" ? "removed" : "forbidden", `left the team: ${reason}`, { team }));
+    this.events.emit("left", { team, reason });
+  }
+
   private onJoined(frame: RoomJoined): void {
     const room = this.rooms.get(frame.team);
     if (!room || room.joinRid !== frame.rid) return;
@@ -375,7 +385,11 @@ export class TeamchatClient {
       case "room:joined":
         return this.onJoined(frame);
       case "room:left":
-        return this.settleLeave(frame.rid);
+        if (frame.rid !== undefined || frame.reason === undefined) return this.settleLeave(frame.rid);
+        return this.onRemoved(frame.team, frame.reason);
+      case "notify":
+        this.events.emit("notify", frame);
+        return;
       case "message:ack": {
         const sent = this.outbox.ack(frame);
         const stream = sent && this.rooms.get(sent.team)?.stream;

@@ -4,8 +4,9 @@ import type { ErrorFrame } from "./types.js";
  * Why a request failed. `code` is a protocol error code (`forbidden`, `too_large`, …) or one
  * of the client's own: `closed` (client.close()), `not_joined` (the team was never joined or
  * was left), `disconnected` (an edit or delete was in flight when the connection dropped:
- * its outcome is unknown), `unauthorized` / `token_expired` (fatal close), `http` (history
- * answered without an error body).
+ * its outcome is unknown), `unauthorized` / `revoked` / `token_expired` (fatal close),
+ * `removed` (the server took the user out of the team), `http` (history answered without an
+ * error body).
  */
 export class TeamchatError extends Error {
   readonly code: string;

@@ -26,6 +26,15 @@ export interface RoomLeft {
   type: "room:left";
   team: string;
   rid?: string;
+  /** Set when the server ended the membership (no `rid`): `forbidden` (a refreshed token no
+   * longer lists the team) or `removed` (the application's backend removed the user). */
+  reason?: "forbidden" | "removed" | (string & {});
+}
+
+/** What the application's backend sent this user (server API); not stored. */
+export interface Notify {
+  type: "notify";
+  data: Record<string, unknown>;
 }
 
 export interface MessageAck {
@@ -158,7 +167,8 @@ export type ServerFrame =
   | PresenceUpdate
   | ErrorFrame
   | Pong
-  | TokenRefreshed;
+  | TokenRefreshed
+  | Notify;
 
 /** A frame the client sends. */
 export interface ClientFrame {
@@ -213,6 +223,9 @@ export interface ClientEvents {
   receipts: ReceiptList;
   presence: { team: string; users: Map<string, PresenceInfo> };
   reset: { team: string; reason: ResetReason };
+  /** The server ended the membership of a team; the client does not rejoin it. */
+  left: { team: string; reason: string };
+  notify: Notify;
   error: ErrorFrame;
   close: { code: number; reason: string };
 }
