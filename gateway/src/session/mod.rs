@@ -39,7 +39,7 @@ use self::open::{let_close, open};
 use self::teams::Teams;
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, StopReading};
 use crate::protocol::{self, Encoding, Limits};
-use crate::room::{Left, Who};
+use crate::room::Who;
 use crate::{AppState, caught};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
@@ -439,17 +439,8 @@ impl Session {
                     return Some(Flow::Close(4001, AuthError::Revoked.reason()));
                 }
                 Order::Remove { team, before_ms } if issued < before_ms => {
-                    if self.joined.remove(&team) {
-                        let left = Left {
-                            rid: None,
-                            reason: Some("removed"),
-                        };
-                        let session = self.who.session.clone();
-                        self.state
-                            .hub
-                            .leave(&team, self.conn_id, session, Some(left), None);
-                    }
-                    if self.typing.remove(&team) {
+                    let was_typing = self.end_membership(&team, "removed");
+                    if was_typing {
                         // Not awaited here (between frames): the others stop seeing them type.
                         let state = self.state.clone();
                         let (session, user) = (self.who.session.clone(), self.who.user.clone());

@@ -129,19 +129,27 @@ impl Session {
             .cloned()
             .collect();
         for team in forbidden {
-            self.joined.remove(&team);
+            if self.end_membership(&team, "forbidden") {
+                self.publish_typing(&team, Ephemeral::TypingStop).await;
+            }
+        }
+    }
+
+    /// The server ends the connection's membership of a team it joined: the room sends
+    /// `room:left` with `reason` and nothing of the team after it. Returns whether the
+    /// connection was typing there (the caller sends `typing:stop`).
+    pub(super) fn end_membership(&mut self, team: &str, reason: &'static str) -> bool {
+        if self.joined.remove(team) {
             let left = Left {
                 rid: None,
-                reason: Some("forbidden"),
+                reason: Some(reason),
             };
             let session = self.who.session.clone();
             self.state
                 .hub
-                .leave(&team, self.conn_id, session, Some(left), None);
-            if self.typing.remove(&team) {
-                self.publish_typing(&team, Ephemeral::TypingStop).await;
-            }
+                .leave(team, self.conn_id, session, Some(left), None);
         }
+        self.typing.remove(team)
     }
 
     /// Counts protocol violations; too many within a minute closes the connection (1008).
