@@ -198,8 +198,27 @@ async fn keys_and_input_are_checked() {
             "{key:?}"
         );
     }
-    let (status, _) = http_get(g.addr(), "/v1/server/teams/t", &[]).await;
-    assert_eq!(status, 401);
+    // Every endpoint, without a key and with a wrong one.
+    let endpoints = [
+        ("POST", "/v1/server/teams/t/messages"),
+        ("POST", "/v1/server/broadcast"),
+        ("POST", "/v1/server/users/u/disconnect"),
+        ("POST", "/v1/server/users/u/notify"),
+        ("POST", "/v1/server/users/u/revoke"),
+        ("DELETE", "/v1/server/teams/t/members/u"),
+        ("GET", "/v1/server/teams/t"),
+        ("GET", "/v1/server/teams/t/presence"),
+        ("GET", "/v1/server/teams/t/messages"),
+    ];
+    let wrong = "Bearer wrong-key-wrong-key-wrong-key-wrong-key";
+    for (method, path) in endpoints {
+        for headers in [&[][..], &[("authorization", wrong)][..]] {
+            let (status, _, _) = try_http(g.addr(), method, path, headers, b"{}".to_vec())
+                .await
+                .expect("the gateway answers");
+            assert_eq!(status, 401, "{method} {path} {headers:?}");
+        }
+    }
 
     let mut deep = json!(1);
     for _ in 0..40 {
