@@ -57,6 +57,10 @@ pub struct AppState {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// Where this gateway listens: HTTP sessions open their WebSocket session here.
+    pub addr: SocketAddr,
+    /// The open HTTP sessions (SSE, long-polling).
+    pub http_sessions: http::fallback::Sessions,
 }
 
 /// A running gateway.
@@ -119,6 +123,8 @@ impl Gateway {
                 config_max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             metrics: teamchat_shared::metrics::install(),
+            addr,
+            http_sessions: http::fallback::Sessions::default(),
         });
         tokio::spawn(connections::refresh(state.clone()));
         if let Some(path) = state.config.jwks_file.clone() {

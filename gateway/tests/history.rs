@@ -201,7 +201,7 @@ async fn pages_on_allowed_origins_may_read_history_from_the_browser() {
     );
     assert_eq!(
         header(&headers, "access-control-allow-headers").as_deref(),
-        Some("authorization")
+        Some("authorization, content-type, last-event-id")
     );
     let (status, headers, body) = try_http(
         g.addr(),

@@ -2,8 +2,8 @@
 //! credits) from the browser and connect with a `tc_token` cookie.
 
 use hyper::header::{
-    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, HeaderValue, ORIGIN, VARY,
+    ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE, HeaderValue, ORIGIN, VARY,
 };
 use hyper::{Request, Response, StatusCode};
 use teamchat_shared::config::GatewayConfig;
@@ -20,7 +20,7 @@ pub fn allowed_origin<B>(config: &GatewayConfig, req: &Request<B>) -> Option<Hea
 }
 
 /// The answer to a CORS preflight: the API is read with GET and a bearer token.
-pub fn preflight(allowed: bool) -> Response<Body> {
+pub fn preflight(allowed: bool, credentials: bool) -> Response<Body> {
     let mut response = Response::new(Body::default());
     *response.status_mut() = if allowed {
         StatusCode::NO_CONTENT
@@ -31,13 +31,20 @@ pub fn preflight(allowed: bool) -> Response<Body> {
         let headers = response.headers_mut();
         headers.insert(
             ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static("GET"),
+            HeaderValue::from_static("GET, POST"),
         );
+        // POST of JSON (the HTTP fallback's send and poll) is preflighted for its type.
         headers.insert(
             ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization"),
+            HeaderValue::from_static("authorization, content-type, last-event-id"),
         );
         headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        if credentials {
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     response
 }
@@ -56,11 +63,22 @@ pub fn from_another_site<B>(config: &GatewayConfig, req: &Request<B>) -> bool {
 }
 
 /// Lets the allowed origin (if any) read the response.
-pub fn with_cors(mut response: Response<Body>, origin: Option<HeaderValue>) -> Response<Body> {
+/// With `credentials` (the HTTP fallback), the page may send its cookie too.
+pub fn with_cors<B>(
+    mut response: Response<B>,
+    origin: Option<HeaderValue>,
+    credentials: bool,
+) -> Response<B> {
     if let Some(origin) = origin {
         let headers = response.headers_mut();
         headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
         headers.insert(VARY, HeaderValue::from_static("origin"));
+        if credentials {
+            headers.insert(
+                ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
     }
     response
 }

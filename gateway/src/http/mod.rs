@@ -6,6 +6,7 @@
 mod cors;
 pub mod credits;
 pub mod dev;
+pub mod fallback;
 pub mod history;
 mod server_api;
 mod upgrade;
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::server::conn::http1;
@@ -32,6 +33,9 @@ use crate::session::auth::{self, Claims};
 use crate::session::limits::Operation;
 
 pub type Body = Full<Bytes>;
+
+/// A response's body: whole, or an SSE stream.
+type AnyBody = Either<Body, fallback::sse::SseBody>;
 
 /// The slot of an HTTP connection, until an upgrade takes it over.
 type SlotHolder = Arc<Mutex<Option<ConnectionSlot>>>;
@@ -92,7 +96,7 @@ async fn route(
     slot: SlotHolder,
     api_only: bool,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<AnyBody>, Infallible> {
     let path = req.uri().path().to_owned();
     // The server API: on `API_LISTEN` alone when it is set, else beside the rest.
     let server_api = path.starts_with("/v1/server/");
@@ -102,15 +106,31 @@ async fn route(
             server_api::handle(&state, req).await
         } else {
             json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        });
+        }
+        .map(Either::Left));
     }
     // Pages on an allowed origin may call the HTTP API (history, credits) from the browser.
     let cors_origin = path
         .starts_with("/v1/")
         .then(|| cors::allowed_origin(&state.config, &req))
         .flatten();
+    // The HTTP fallback lets an allowed origin's page send its cookie (EventSource can
+    // set no header).
+    let credentials = fallback::PATHS.contains(&path.as_str());
+    if req.method() == Method::GET && path == "/v1/events" {
+        return Ok(match fallback::sse::handle(&state, &req).await {
+            Ok(stream) => cors::with_cors(stream, cors_origin, true).map(Either::Right),
+            Err(refused) => cors::with_cors(*refused, cors_origin, true).map(Either::Left),
+        });
+    }
     let response = match (req.method(), path.as_str()) {
-        (&Method::OPTIONS, p) if p.starts_with("/v1/") => cors::preflight(cors_origin.is_some()),
+        (&Method::OPTIONS, p) if p.starts_with("/v1/") => {
+            cors::preflight(cors_origin.is_some(), credentials)
+        }
+        (&Method::POST, "/v1/send") => fallback::send(&state, req).await,
+        (&Method::POST, "/v1/poll/open") => fallback::poll::open_session(&state, &req).await,
+        (&Method::GET, "/v1/poll") => fallback::poll::poll(&state, &req).await,
+        (&Method::POST, "/v1/poll/close") => fallback::poll::close(&state, &req).await,
         (&Method::GET, "/ws") => upgrade::upgrade(state, req, &slot),
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok"),
         (&Method::GET, "/metrics") => {
@@ -128,7 +148,7 @@ async fn route(
         (&Method::GET, p) if state.config.dev_mode => dev::static_file(&state, p).await,
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
-    Ok(cors::with_cors(response, cors_origin))
+    Ok(cors::with_cors(response, cors_origin, credentials).map(Either::Left))
 }
 
 /// The preamble of an endpoint `{prefix}{id}{suffix}` that a user's token opens: the id
