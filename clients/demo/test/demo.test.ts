@@ -210,3 +210,55 @@ test("a page shows what the backend notifies, and a removal from the team", asyn
   await shot(page, "09-removed-C");
   expect(pageErrors).toEqual([]);
 });
+
+test("with WebSocket blocked a page chats over SSE, then over long-polling, losing nothing", async () => {
+  const [g1, g2] = stack.gateways;
+  const team = `${TEAM}-fallback`;
+  const enter = async (page: Page, name: string) => {
+    await page.getByTestId("name-input").fill(name);
+    await page.getByTestId("team-input").fill(team);
+    await page.getByTestId("join-button").click();
+    await state(page, "open");
+  };
+  const transport = (page: Page) => page.getByTestId("transport").getAttribute("data-transport");
+  const other = await openPage(g1.httpUrl, "E");
+  await enter(other, "Erin");
+
+  // A proxy that breaks every WebSocket upgrade of this page.
+  const blocked = await openPage(g2.httpUrl, "D");
+  await blocked.routeWebSocket(/\/ws/, (ws) => ws.close({ code: 1002, reason: "blocked by a proxy" }));
+  await enter(blocked, "Dan");
+  expect(await transport(blocked)).toBe("sse");
+  await send(blocked, "over sse");
+  await other.locator("[data-testid=message] .body", { hasText: "over sse" }).waitFor(WAIT);
+  await send(other, "to sse");
+  await blocked.locator("[data-testid=message] .body", { hasText: "to sse" }).waitFor(WAIT);
+  await shot(blocked, "10-sse-D");
+
+  // The gateway restarts under the stream: the page reconnects and misses nothing.
+  await g2.kill("SIGKILL");
+  await send(other, "while restarting");
+  await g2.start();
+  await blocked.locator("[data-testid=message] .body", { hasText: "while restarting" }).waitFor(WAIT);
+
+  // Streaming is broken too: long-polling.
+  const polling = await openPage(g2.httpUrl, "F");
+  await polling.routeWebSocket(/\/ws/, (ws) => ws.close({ code: 1002, reason: "blocked by a proxy" }));
+  await polling.route("**/v1/events*", (route) => route.abort());
+  await enter(polling, "Fay");
+  expect(await transport(polling)).toBe("polling");
+  await send(polling, "over polling");
+  await other.locator("[data-testid=message] .body", { hasText: "over polling" }).waitFor(WAIT);
+  await blocked.locator("[data-testid=message] .body", { hasText: "over polling" }).waitFor(WAIT);
+  await send(other, "to polling");
+  await polling.locator("[data-testid=message] .body", { hasText: "to polling" }).waitFor(WAIT);
+  await shot(polling, "11-polling-F");
+
+  for (const page of [blocked, polling, other]) {
+    for (const body of ["over sse", "to sse", "while restarting", "over polling", "to polling"]) {
+      if (page === polling && ["over sse", "to sse", "while restarting"].includes(body)) continue;
+      expect((await bodies(page)).filter((t) => t === body), body).toHaveLength(1);
+    }
+  }
+  expect(pageErrors).toEqual([]);
+});

@@ -86,6 +86,8 @@ async function enter({ user, name, team, getToken }) {
   client = new TeamchatClient({ url: `${scheme}://${location.host}/ws`, httpUrl: location.origin, getToken });
   const on = (event, handler) => client.on(event, (f) => (f?.team === undefined || f.team === room?.team) && handler(f));
   on("state", showState);
+  on("transport", showTransport);
+  showTransport(client.transport);
   on("message", onMessage);
   on("edit", (f) => change(f.seq, { body: f.body }));
   on("delete", (f) => change(f.seq, { deleted: true }));
@@ -144,7 +146,12 @@ $("switch").addEventListener("click", () => {
   login.hidden = false;
   $("room-title").textContent = "";
   showState("idle");
+  showTransport("");
 });
+
+function showTransport(transport) {
+  $("transport").textContent = $("transport").dataset.transport = transport;
+}
 
 function showState(state) {
   badge.textContent = badge.dataset.state = state;

@@ -6,7 +6,8 @@ import { fetchHistory, httpBaseOf } from "./history.js";
 import { Outbox } from "./outbox.js";
 import { PresenceBook } from "./presence.js";
 import { ReceiptCoalescer } from "./receipts.js";
-import { Connection } from "./socket.js";
+import { HttpLink } from "./http-link.js";
+import { Connection, type Link } from "./socket.js";
 import { TeamStream } from "./stream.js";
 import { isExpired, refreshDelayMs } from "./token.js";
 import { TypingNotifier } from "./typing.js";
@@ -24,7 +25,9 @@ import type {
   RoomJoined,
   ServerFrame,
   Since,
+  Transport,
   WebSocketConstructor,
+  WebSocketLike,
 } from "./types.js";
 
 /** A connection open this long counts as stable: the backoff starts over. */
@@ -33,6 +36,13 @@ const STABLE_AFTER_MS = 5_000;
 const TOKEN_RETRY_MS = 10_000;
 /** Retry of a join refused with `unavailable`. */
 const JOIN_RETRY_MS = 1_000;
+/** Connections in a row that end before their welcome before the next transport is tried. */
+const FAILURES_BEFORE_FALLBACK = 2;
+/** Closes before the welcome that a middlebox breaking the transport gives: dropped (1006),
+ *  mangled (1002), never answered (4000, the client's connect timeout). */
+const BLOCKED_LIKE = [1006, 1002, 4000];
+/** While on a fallback, how often WebSocket is tried again in the background. */
+const UPGRADE_PROBE_MS = 60_000;
 
 interface Room {
   stream: TeamStream;
@@ -63,7 +73,12 @@ export class TeamchatClient {
   private readonly presenceBook = new PresenceBook();
 
   private currentState: ClientState = "idle";
-  private connection: Connection | undefined;
+  private connection: Link | undefined;
+  private readonly transports: Transport[];
+  private transportIndex = 0;
+  /** Connections in a row on the current transport that ended before their welcome. */
+  private unwelcomed = 0;
+  private welcomed = false;
   /** Bumped by every connect attempt and close(): async steps of an older one stop. */
   private generation = 0;
   private urlIndex = 0;
@@ -71,7 +86,12 @@ export class TeamchatClient {
   private token: string | undefined;
   private tokenAt = 0;
   private refreshRid: string | undefined;
-  private timers: { reconnect?: ReturnType<typeof setTimeout>; stable?: ReturnType<typeof setTimeout>; refresh?: ReturnType<typeof setTimeout> } = {};
+  private timers: {
+    reconnect?: ReturnType<typeof setTimeout>;
+    stable?: ReturnType<typeof setTimeout>;
+    refresh?: ReturnType<typeof setTimeout>;
+    upgrade?: ReturnType<typeof setTimeout>;
+  } = {};
 
   /** The user id from the last `session:welcome`. */
   user: string | undefined;
@@ -83,6 +103,7 @@ export class TeamchatClient {
     this.httpBase = options.httpUrl ?? httpBaseOf(this.urls[0]!);
     this.WebSocketImpl = (options.WebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket) as WebSocketConstructor | undefined;
     this.backoff = new Backoff(options.reconnect?.baseMs ?? 500, options.reconnect?.maxMs ?? 30_000);
+    this.transports = options.transports?.length ? [...options.transports] : ["websocket", "sse", "polling"];
     this.outbox = new Outbox({
       ready: (team) => this.rooms.get(team)?.status === "ready",
       transmit: (frame) => this.transmit(frame),
@@ -97,6 +118,11 @@ export class TeamchatClient {
 
   get state(): ClientState {
     return this.currentState;
+  }
+
+  /** The transport of the current (or next) connection. */
+  get transport(): Transport {
+    return this.transports[this.transportIndex % this.transports.length]!;
   }
 
   on<K extends keyof ClientEvents>(event: K, handler: (value: ClientEvents[K]) => void): () => void {
@@ -192,15 +218,18 @@ export class TeamchatClient {
 
   private async open(): Promise<void> {
     const generation = ++this.generation;
+    const transport = this.transport;
     const WebSocketImpl = this.WebSocketImpl;
-    let codec: Codec;
+    let codec: Codec | undefined;
     let token: string;
-    try {
-      if (!WebSocketImpl) throw new TeamchatError("no_websocket", "no WebSocket: pass one (in Node, the `ws` package) as options.WebSocket");
-      codec = await loadCodec(this.options.codec ?? "json");
-    } catch (error) {
-      if (generation === this.generation) this.fail(toError(error, "codec_unavailable"));
-      return;
+    if (transport === "websocket") {
+      try {
+        if (!WebSocketImpl) throw new TeamchatError("no_websocket", "no WebSocket: pass one (in Node, the `ws` package) as options.WebSocket");
+        codec = await loadCodec(this.options.codec ?? "json");
+      } catch (error) {
+        if (generation === this.generation) this.fail(toError(error, "codec_unavailable"));
+        return;
+      }
     }
     try {
       token = await this.obtainToken();
@@ -211,17 +240,30 @@ export class TeamchatClient {
       return;
     }
     if (generation !== this.generation) return;
+    this.welcomed = false;
     const base = this.urls[this.urlIndex % this.urls.length]!;
-    const url = `${base}${base.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
-    const connection: Connection = new Connection(WebSocketImpl, url, codec, {
-      frame: (frame) => {
-        if (this.connection === connection) this.onFrame(frame);
+    const handlers = {
+      frame: (frame: ServerFrame) => {
+        if (this.connection === link) this.onFrame(frame);
       },
-      closed: (code, reason) => {
-        if (this.connection === connection) this.onClose(code, reason);
+      closed: (code: number, reason: string) => {
+        if (this.connection === link) this.onClose(code, reason);
       },
-    });
-    this.connection = connection;
+    };
+    let link: Link;
+    if (transport === "websocket") {
+      const url = `${base}${base.includes("?") ? "&" : "?"}token=${encodeURIComponent(token)}`;
+      link = new Connection(WebSocketImpl!, url, codec!, handlers);
+    } else {
+      // The HTTP fallback speaks JSON; each gateway's HTTP base is its WebSocket URL's.
+      const httpBase = this.options.httpUrl ?? httpBaseOf(base);
+      link = new HttpLink(transport, httpBase, token, this.fetchImpl(), handlers);
+    }
+    this.connection = link;
+  }
+
+  private fetchImpl(): typeof fetch {
+    return this.options.fetch ?? globalThis.fetch.bind(globalThis);
   }
 
   private async obtainToken(): Promise<string> {
@@ -233,6 +275,9 @@ export class TeamchatClient {
 
   private onWelcome(heartbeatMs: number, user: string): void {
     this.user = user;
+    this.welcomed = true;
+    this.unwelcomed = 0;
+    if (this.transportIndex % this.transports.length !== 0) this.scheduleUpgrade();
     this.connection!.heartbeat(heartbeatMs);
     this.setState("open");
     this.timers.stable = setTimeout(() => this.backoff.reset(), STABLE_AFTER_MS);
@@ -243,6 +288,10 @@ export class TeamchatClient {
   private onClose(code: number, reason: string): void {
     this.connection = undefined;
     clearTimeout(this.timers.stable);
+    clearTimeout(this.timers.upgrade);
+    // A connection that died before its welcome (no close of the gateway's own) while the
+    // gateway answers plain HTTP: this transport is blocked on this network.
+    if (!this.welcomed && BLOCKED_LIKE.includes(code) && this.transports.length > 1) void this.checkBlocked(this.transportIndex);
     clearTimeout(this.timers.refresh);
     this.refreshRid = undefined;
     this.events.emit("close", { code, reason });
@@ -264,6 +313,57 @@ export class TeamchatClient {
     }
     this.urlIndex++;
     this.scheduleReconnect(action === "long");
+  }
+
+  /** Counts a failed connection against its transport if the gateway is up (its
+   *  `/healthz` answers); after two in a row the next transport is used. */
+  private async checkBlocked(index: number): Promise<void> {
+    const base = this.urls[this.urlIndex % this.urls.length]!;
+    try {
+      const res = await this.fetchImpl()(`${this.options.httpUrl ?? httpBaseOf(base)}/healthz`);
+      if (!res.ok) return;
+    } catch {
+      return; // The gateway is down, not the transport blocked.
+    }
+    if (index !== this.transportIndex || this.welcomed) return;
+    if (++this.unwelcomed < FAILURES_BEFORE_FALLBACK) return;
+    this.transportIndex++;
+    this.unwelcomed = 0;
+    this.events.emit("transport", this.transport);
+  }
+
+  /** On a fallback, tries WebSocket again now and then: when a probe is welcomed, the
+   *  link is closed and the next connection is a WebSocket (rooms resume with `since`). */
+  private scheduleUpgrade(): void {
+    clearTimeout(this.timers.upgrade);
+    const WebSocketImpl = this.WebSocketImpl;
+    if (!WebSocketImpl || this.transports[0] !== "websocket") return;
+    const generation = this.generation;
+    this.timers.upgrade = setTimeout(() => {
+      if (generation !== this.generation || this.currentState !== "open") return;
+      const base = this.urls[this.urlIndex % this.urls.length]!;
+      const url = `${base}${base.includes("?") ? "&" : "?"}token=${encodeURIComponent(this.token ?? "")}`;
+      let socket: WebSocketLike;
+      try {
+        socket = new WebSocketImpl(url, ["teamchat.v1.json"]);
+      } catch {
+        return this.scheduleUpgrade();
+      }
+      socket.onerror = () => {};
+      socket.onclose = () => {
+        if (generation === this.generation && this.transportIndex % this.transports.length !== 0) this.scheduleUpgrade();
+      };
+      socket.onmessage = () => {
+        // Welcomed: WebSocket works here again.
+        socket.onclose = null;
+        socket.close(1000, "probe");
+        if (generation !== this.generation || this.currentState !== "open") return;
+        this.transportIndex = 0;
+        this.unwelcomed = 0;
+        this.events.emit("transport", this.transport);
+        this.connection?.close(1000, "upgrading to WebSocket");
+      };
+    }, UPGRADE_PROBE_MS);
   }
 
   private scheduleReconnect(long: boolean): void {

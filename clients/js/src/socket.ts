@@ -8,6 +8,16 @@ export const HEARTBEAT_CLOSE = 4000;
 
 const OPEN = 1;
 
+/** What the client talks through: a WebSocket (`Connection`) or an HTTP fallback (`HttpLink`). */
+export interface Link {
+  /** Sends a frame; false when the link cannot take it now. */
+  send(frame: ClientFrame): boolean;
+  /** Starts watching the heartbeat the server announced. */
+  heartbeat(ms: number): void;
+  /** Closes from this side; the handlers hear of it at once. */
+  close(code: number, reason: string): void;
+}
+
 export interface ConnectionHandlers {
   frame(frame: ServerFrame): void;
   /** Called once, for a close by either side. */
@@ -20,7 +30,7 @@ export interface ConnectionHandlers {
  * client sends a `ping` of its own; after twice that it gives the connection up (close
  * 4000), without waiting for a close handshake a dead network would never finish.
  */
-export class Connection {
+export class Connection implements Link {
   private readonly ws: WebSocketLike | undefined;
   private lastFrameAt = Date.now();
   private heartbeatMs: number | undefined;

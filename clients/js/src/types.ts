@@ -209,6 +209,9 @@ export interface Since {
 
 export type ClientState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
 
+/** How the client reaches a gateway: WebSocket, or an HTTP fallback (docs/protocol.md §8.5). */
+export type Transport = "websocket" | "sse" | "polling";
+
 /** Why a team's events could not be continued: the app reloads it over HTTP history. */
 export type ResetReason = "stream_lost" | "not_recovered";
 
@@ -226,6 +229,8 @@ export interface ClientEvents {
   /** The server ended the membership of a team; the client does not rejoin it. */
   left: { team: string; reason: string };
   notify: Notify;
+  /** The client moved to another transport (a fallback, or back to WebSocket). */
+  transport: Transport;
   error: ErrorFrame;
   close: { code: number; reason: string };
 }
@@ -258,4 +263,10 @@ export interface ClientOptions {
   /** WebSocket constructor; default globalThis.WebSocket (in Node pass `ws`). */
   WebSocket?: unknown;
   reconnect?: { baseMs?: number; maxMs?: number };
+  /** Transports in order of preference (default `["websocket", "sse", "polling"]`): after
+   *  two connections in a row that end before their welcome, the next one is used; on a
+   *  fallback, WebSocket is tried again every minute and used once it works. */
+  transports?: Transport[];
+  /** fetch for the HTTP transports (default globalThis.fetch). */
+  fetch?: typeof fetch;
 }
