@@ -41,8 +41,27 @@ pub struct FanoutArgs {
     /// Stop at the first rate that misses p99 < 100 ms with ≥ 99.9 % delivered.
     #[arg(long)]
     pub step: bool,
+    /// How the receivers connect: WebSocket, or one of the HTTP fallbacks (the senders
+    /// stay on WebSocket).
+    #[arg(long, value_enum, default_value = "websocket")]
+    pub receivers: Receivers,
     #[command(flatten)]
     pub stack: StackArgs,
+}
+
+/// The receivers' transport.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Receivers {
+    Websocket,
+    Sse,
+    Polling,
+}
+
+/// A joined receiver or sender, by transport.
+enum Joined {
+    Ws(Ws),
+    Sse(teamchat_testkit::http_session::Sse),
+    Poll(teamchat_testkit::http_session::Poll),
 }
 
 /// What one offered rate (a window) saw.
@@ -92,26 +111,71 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         .map(|n| {
             let (room, member) = (n / args.members, n % args.members);
             let gateway = addrs[member % 2];
+            let receivers = args.receivers;
             async move {
                 let team = format!("room{room}");
                 let token = client::token(&format!("u{room}m{member}"), &[&team]);
-                let mut ws = client::connect(gateway, client::source_ip(n), &token).await?;
-                client::join(&mut ws, &team, None).await?;
-                anyhow::Ok((room, member, ws))
+                let joined = match receivers {
+                    _ if member == 0 => None,
+                    Receivers::Websocket => None,
+                    Receivers::Sse => {
+                        let query = format!("teams={team}");
+                        let mut sse =
+                            teamchat_testkit::http_session::sse(gateway, &token, &query, &[])
+                                .await
+                                .map_err(|(status, body)| {
+                                    anyhow::anyhow!("SSE refused: {status} {body}")
+                                })?;
+                        sse.expect("room:joined").await;
+                        sse.expect("receipt:list").await;
+                        Some(Joined::Sse(sse))
+                    }
+                    Receivers::Polling => {
+                        let teams = [team.as_str()];
+                        let mut poll =
+                            teamchat_testkit::http_session::poll_open(gateway, &token, &teams, &[])
+                                .await
+                                .map_err(|(status, body)| {
+                                    anyhow::anyhow!("poll refused: {status} {body}")
+                                })?;
+                        poll.expect("room:joined").await;
+                        poll.expect("receipt:list").await;
+                        Some(Joined::Poll(poll))
+                    }
+                };
+                let joined = match joined {
+                    Some(joined) => joined,
+                    None => {
+                        let mut ws = client::connect(gateway, client::source_ip(n), &token).await?;
+                        client::join(&mut ws, &team, None).await?;
+                        Joined::Ws(ws)
+                    }
+                };
+                anyhow::Ok((room, member, joined))
             }
         })
         .buffer_unordered(256);
     while let Some(result) = joined.next().await {
-        let (room, member, ws) = result?;
-        let (sink, reader) = ws.split();
+        let (room, member, joined) = result?;
         let windows = windows.clone();
         let frames = frames.clone();
         let closed = closed.clone();
-        if member == 0 {
-            senders[room] = Some(sink);
-            tokio::spawn(read_acks(reader, windows));
-        } else {
-            tokio::spawn(read_deliveries(reader, windows, frames, closed));
+        match joined {
+            Joined::Ws(ws) => {
+                let (sink, reader) = ws.split();
+                if member == 0 {
+                    senders[room] = Some(sink);
+                    tokio::spawn(read_acks(reader, windows));
+                } else {
+                    tokio::spawn(read_deliveries(reader, windows, frames, closed));
+                }
+            }
+            Joined::Sse(sse) => {
+                tokio::spawn(read_sse_deliveries(sse, windows, frames, closed));
+            }
+            Joined::Poll(poll) => {
+                tokio::spawn(read_polled_deliveries(poll, windows, frames, closed));
+            }
         }
     }
     // Joins cause presence updates to every member (quadratic in a large room): measure
@@ -216,7 +280,9 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let ratio = delivered as f64 / expected.max(1) as f64;
         let p99_ms = ms(0.99);
         let gateway_cpu: f64 = cpu.iter().take(2).map(|(_, secs, _)| secs).sum();
+        let receivers = format!("{:?}", args.receivers).to_lowercase();
         let mut row = Row::new()
+            .with("receivers", receivers)
             .with("rooms", args.rooms)
             .with("members", args.members)
             .with("offered msg/s", rate)
@@ -316,6 +382,65 @@ async fn read_deliveries(
         window.delivered.fetch_add(1, Ordering::Relaxed);
         let latency = now_us().saturating_sub(sent).max(1);
         let _ = window.latency_us.lock().unwrap().record(latency);
+    }
+}
+
+/// A frame delivered over HTTP: counted, and timed if it is a measured `message:new`.
+fn delivered(frame: &serde_json::Value, windows: &[Window], frames: &AtomicU64) {
+    frames.fetch_add(1, Ordering::Relaxed);
+    if frame["type"] != "message:new" {
+        return;
+    }
+    let (Some(sent), Some(w)) = (
+        frame["meta"]["sent_us"].as_u64(),
+        frame["meta"]["w"].as_u64(),
+    ) else {
+        return;
+    };
+    let Some(window) = windows.get(w as usize) else {
+        return;
+    };
+    window.delivered.fetch_add(1, Ordering::Relaxed);
+    let latency = now_us().saturating_sub(sent).max(1);
+    let _ = window.latency_us.lock().unwrap().record(latency);
+}
+
+async fn read_sse_deliveries(
+    mut sse: teamchat_testkit::http_session::Sse,
+    windows: Arc<Vec<Window>>,
+    frames: Arc<AtomicU64>,
+    closed: Arc<Closed>,
+) {
+    while let Some(event) = sse.next_event().await {
+        if event.event == "session:closed" {
+            return closed.record(format!("session closed {}", event.data["code"]));
+        }
+        delivered(&event.data, &windows, &frames);
+    }
+    closed.record("end of stream".to_owned());
+}
+
+async fn read_polled_deliveries(
+    mut poll: teamchat_testkit::http_session::Poll,
+    windows: Arc<Vec<Window>>,
+    frames: Arc<AtomicU64>,
+    closed: Arc<Closed>,
+) {
+    loop {
+        let (status, answer) = poll.poll_raw(poll.next).await;
+        if status != 200 {
+            return closed.record(format!("poll answered {status}"));
+        }
+        let Some(list) = answer["frames"].as_array() else {
+            return closed.record("a poll answer without frames".to_owned());
+        };
+        poll.next += list.len() as u64;
+        for frame in list {
+            if frame["type"] == "session:closed" {
+                return closed.record(format!("session closed {}", frame["code"]));
+            }
+            delivered(frame, &windows, &frames);
+        }
     }
 }
 

@@ -35,7 +35,7 @@ async fn sse_and_polling_get_and_send_what_a_socket_does() {
     poll.expect("receipt:list").await;
 
     // Three senders on the other gateway, at once, each sending without waiting for acks.
-    const EACH: usize = 50;
+    const EACH: usize = 200;
     let mut senders = Vec::new();
     for user in ["s1", "s2", "s3"] {
         let mut sender = Client::connect(g1.addr(), &env.token(user, &["t"])).await;
@@ -303,7 +303,7 @@ async fn refusals_match_the_socket() {
 }
 
 /// A poll session nobody polls any more lapses after two heartbeats, as a silent socket
-/// closes: its user goes offline for the others. A closed one is gone.
+/// closes: its user stops typing and goes offline for the others. A closed one is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lapsed_http_session_ends_presence() {
     let env = TestEnv::new().await;
@@ -320,7 +320,13 @@ async fn a_lapsed_http_session_ends_presence() {
         (online["user"].clone(), online["status"].clone()),
         (json!("ann"), json!("online"))
     );
-    // No more polls: the session lapses and ann goes offline.
+    let (status, _) = poll
+        .send(json!({"type": "typing:start", "team": "t"}))
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(watcher.expect("typing:start").await["user"], "ann");
+    // No more polls: the session lapses; ann stops typing and goes offline.
+    assert_eq!(watcher.expect("typing:stop").await["user"], "ann");
     let offline = watcher.expect("presence:update").await;
     assert_eq!(
         (offline["user"].clone(), offline["status"].clone()),

@@ -92,6 +92,14 @@ pub async fn sse(
 impl Sse {
     /// The next event (comments are noted, not returned).
     pub async fn next(&mut self) -> Event {
+        tokio::time::timeout(RECV_TIMEOUT, self.next_event())
+            .await
+            .expect("timed out waiting for an event")
+            .expect("the stream ended")
+    }
+
+    /// The next event, however long it takes; `None` when the stream ends or fails.
+    pub async fn next_event(&mut self) -> Option<Event> {
         loop {
             if let Some(end) = self.buffer.find("\n\n") {
                 let block: String = self.buffer.drain(..end + 2).collect();
@@ -117,16 +125,14 @@ impl Sse {
                 match data {
                     Some(data) => {
                         event.data = data;
-                        return event;
+                        return Some(event);
                     }
                     None => continue,
                 }
             }
-            let frame = tokio::time::timeout(RECV_TIMEOUT, self.body.frame())
-                .await
-                .expect("timed out waiting for an event")
-                .expect("the stream ended")
-                .expect("the stream failed");
+            let Some(Ok(frame)) = self.body.frame().await else {
+                return None;
+            };
             if let Ok(data) = frame.into_data() {
                 self.buffer
                     .push_str(std::str::from_utf8(&data).expect("UTF-8"));
@@ -183,6 +189,8 @@ pub struct Poll {
     pending: std::collections::VecDeque<Value>,
     /// The session's `session:closed`, once a poll brought it.
     pub end: Option<Value>,
+    /// A kept-alive connection for the polls, as a browser keeps one.
+    conn: tokio::sync::Mutex<Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>>>,
 }
 
 /// `POST /v1/poll/open` with the token in the header: the session, or the refusal.
@@ -212,6 +220,7 @@ pub async fn poll_open(
         next: 0,
         pending: Default::default(),
         end: None,
+        conn: Default::default(),
     };
     poll.take(&body);
     let welcome = poll
@@ -238,20 +247,46 @@ impl Poll {
         self.pending.extend(frames.iter().cloned());
     }
 
-    /// One poll with `ack`: the status and the answer as it came (not taken).
+    /// One poll with `ack`: the status and the answer as it came (not taken). Polls go
+    /// over one kept-alive connection (opened again if it was closed).
     pub async fn poll_raw(&self, ack: u64) -> (u16, Value) {
         let path = format!("/v1/poll?session={}&ack={ack}", self.session);
-        let auth = format!("Bearer {}", self.token);
-        let (status, _, body) = try_http(
-            self.addr,
-            "GET",
-            &path,
-            &[("authorization", &auth)],
-            Vec::new(),
-        )
-        .await
-        .expect("the gateway answers");
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        let mut conn = self.conn.lock().await;
+        for _ in 0..2 {
+            let sender = match conn.as_mut() {
+                Some(sender) if !sender.is_closed() => sender,
+                _ => {
+                    let stream = tokio::net::TcpStream::connect(self.addr)
+                        .await
+                        .expect("connect");
+                    let (sender, connection) =
+                        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                            .await
+                            .expect("HTTP handshake");
+                    tokio::spawn(connection);
+                    conn.insert(sender)
+                }
+            };
+            let req = hyper::Request::builder()
+                .uri(&path)
+                .header("host", self.addr.to_string())
+                .header("authorization", format!("Bearer {}", self.token))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let Ok(response) = sender.send_request(req).await else {
+                *conn = None;
+                continue;
+            };
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .expect("a body")
+                .to_bytes();
+            return (status, serde_json::from_slice(&body).unwrap_or(Value::Null));
+        }
+        panic!("the gateway does not answer polls");
     }
 
     /// Polls once with the current `ack` and takes the answer.
