@@ -221,6 +221,41 @@ async fn a_lost_poll_answer_is_sent_again() {
         (status, refused["code"].clone()),
         (400, json!("bad_request"))
     );
+
+    // One poll at a time: a second one makes the first answer at once (nothing new), so
+    // a client cannot pile up held requests on a session. Nothing is sent until one of the
+    // two answered: only being overtaken answers a poll so early.
+    let next = after["next"].as_u64().unwrap();
+    let path = format!("/v1/poll?session={}&ack={next}", poll.session);
+    let auth = format!("Bearer {}", poll.token);
+    let held = |path: String, auth: String| {
+        let addr = g.addr();
+        tokio::spawn(async move {
+            let (status, _, body) = teamchat_testkit::try_http(
+                addr,
+                "GET",
+                &path,
+                &[("authorization", &auth)],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        })
+    };
+    let polls = [held(path.clone(), auth.clone()), held(path, auth)];
+    let [a, b] = polls;
+    let (overtaken, other) = match futures_util::future::select(a, b).await {
+        futures_util::future::Either::Left((answer, other)) => (answer.unwrap(), other),
+        futures_util::future::Either::Right((answer, other)) => (answer.unwrap(), other),
+    };
+    assert_eq!(
+        (overtaken.0, overtaken.1["frames"].clone()),
+        (200, json!([]))
+    );
+    sender.send_message("t", "c4", "four").await;
+    let (status, answer) = other.await.unwrap();
+    assert_eq!((status, bodies(&answer)), (200, vec![json!("four")]));
 }
 
 /// Refusals are the WebSocket's, as HTTP: a bad token 401, over the per-user connection

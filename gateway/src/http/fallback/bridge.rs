@@ -56,7 +56,9 @@ struct Buffer {
     first: u64,
     bytes: usize,
     ended: Option<Ended>,
-    /// When a stream or poll last let go of the session (`None` while one holds it).
+    /// Streams and polls holding the session now.
+    holders: usize,
+    /// When the last of them let go of the session (`None` while one holds it).
     detached_at: Option<Instant>,
 }
 
@@ -76,6 +78,8 @@ pub struct Bridge {
     changed: Notify,
     waiting: Mutex<HashMap<u64, Waiting>>,
     next_rid: AtomicU64,
+    /// The newest poll's ticket: an older poll still waiting answers at once.
+    polls: AtomicU64,
     /// Team → epoch, from `room:joined`: durable events' SSE ids name it.
     epochs: Mutex<HashMap<String, String>>,
     limits: (usize, usize),
@@ -115,10 +119,15 @@ impl Bridge {
             id: session_id().into(),
             user,
             writes,
-            kept: Mutex::default(),
+            // Held by nothing yet: the lapse counts from the opening.
+            kept: Mutex::new(Buffer {
+                detached_at: Some(Instant::now()),
+                ..Buffer::default()
+            }),
             changed: Notify::new(),
             waiting: Mutex::default(),
             next_rid: AtomicU64::new(1),
+            polls: AtomicU64::new(0),
             epochs: Mutex::default(),
             limits,
         });
@@ -235,6 +244,27 @@ impl Bridge {
         changed.await;
     }
 
+    /// A poll begins: the poll waiting before it (if any) answers now, so a session holds
+    /// one poll at a time however many a client sends.
+    pub fn new_poll(&self) -> u64 {
+        let ticket = self.polls.fetch_add(1, Ordering::AcqRel) + 1;
+        self.changed.notify_waiters();
+        ticket
+    }
+
+    /// Resolves when there is a frame past `index`, or a newer poll began.
+    pub async fn poll_wait(&self, index: u64, ticket: u64) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.next_index() > index || self.polls.load(Ordering::Acquire) != ticket {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     /// Whether the client has had everything, the session's end included.
     pub fn finished(&self, next: u64) -> bool {
         self.ended().is_some() && self.next_index() <= next
@@ -242,7 +272,16 @@ impl Bridge {
 
     /// A stream or poll holds the session (`true`), or let go of it.
     pub fn attach(&self, attached: bool) {
-        self.kept().detached_at = (!attached).then(Instant::now);
+        let mut kept = self.kept();
+        if attached {
+            kept.holders += 1;
+            kept.detached_at = None;
+        } else {
+            kept.holders = kept.holders.saturating_sub(1);
+            if kept.holders == 0 {
+                kept.detached_at = Some(Instant::now());
+            }
+        }
     }
 
     /// Since when no stream or poll has held the session.

@@ -39,8 +39,6 @@ pub async fn open_session<B>(state: &Arc<AppState>, req: &Request<B>) -> Respons
         Ok(bridge) => bridge,
         Err(refused) => return *refused,
     };
-    // Held by nothing until the first poll comes: the lapse counts from here.
-    bridge.attach(false);
     answer(&bridge, 0, Some(&bridge.id)).0
 }
 
@@ -63,7 +61,8 @@ pub async fn poll<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body> 
         );
     }
     bridge.attach(true);
-    let _ = tokio::time::timeout(POLL_WAIT, bridge.changed_since(ack)).await;
+    let ticket = bridge.new_poll();
+    let _ = tokio::time::timeout(POLL_WAIT, bridge.poll_wait(ack, ticket)).await;
     bridge.attach(false);
     let (answer, told_end) = answer(&bridge, ack, None);
     // The end was told (every frame was taken): the session is gone from now on.
