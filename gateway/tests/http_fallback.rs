@@ -449,3 +449,40 @@ async fn the_server_api_reaches_http_sessions() {
         (json!(4001), json!("revoked"))
     );
 }
+
+/// A session nothing holds stops counting towards the user's connection limit (its client
+/// may be opening a new one); a poll that comes back to it then counts it again, or, with
+/// the limit reached meanwhile, ends it 4029.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_in_its_grace_period_does_not_count() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--max-connections-per-user=1"]).await;
+    let token = env.token("ann", &["t"]);
+    let mut poll = poll_open(g.addr(), &token, &["t"], &[]).await.unwrap();
+    poll.expect("room:joined").await;
+    poll.expect("receipt:list").await;
+    // Nothing polls it now: a socket of the same user gets in once it stopped counting.
+    let socket = teamchat_testkit::eventually(
+        std::time::Duration::from_secs(10),
+        "the idle session to stop counting",
+        || async {
+            let auth = teamchat_testkit::client::Auth::Query(&token);
+            let (mut ws, _) =
+                teamchat_testkit::client::open(g.addr(), auth, Some("teamchat.v1.json"))
+                    .await
+                    .ok()?;
+            let first = futures_util::StreamExt::next(&mut ws).await?.ok()?;
+            first
+                .to_text()
+                .ok()?
+                .contains("session:welcome")
+                .then_some(ws)
+        },
+    )
+    .await;
+    // The poll comes back: the user is at the limit, so the session ends as a socket over
+    // the limit would.
+    let closed = poll.expect("session:closed").await;
+    assert_eq!(closed["code"], 4029);
+    drop(socket);
+}

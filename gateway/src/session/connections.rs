@@ -3,7 +3,7 @@
 //! is an entry in Redis that expires unless refreshed, so a dead gateway's connections
 //! stop counting after `PRESENCE_TTL_MS`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -54,6 +54,9 @@ pub struct Connections {
     /// Orders left for connections' readers, by session id (kept apart: most connections
     /// never get one).
     orders: Mutex<HashMap<Arc<str>, Vec<Order>>>,
+    /// Connections that do not count towards their user's limit for now (an HTTP session
+    /// no stream or poll holds): not refreshed, so not counted.
+    uncounted: Mutex<HashSet<Arc<str>>>,
 }
 
 struct Open {
@@ -138,13 +141,28 @@ impl Connections {
     pub fn forget(&self, session: &str) {
         self.open.lock().expect("connections lock").remove(session);
         self.orders.lock().expect("orders lock").remove(session);
+        self.uncounted
+            .lock()
+            .expect("uncounted lock")
+            .remove(session);
     }
 
-    /// The connections of one slice out of `slices` (a stable split by session id).
+    /// Whether a connection counts towards its user's limit (and is refreshed).
+    pub fn set_counted(&self, session: &str, counted: bool) {
+        let mut uncounted = self.uncounted.lock().expect("uncounted lock");
+        match counted {
+            true => uncounted.remove(session),
+            false => uncounted.insert(session.into()),
+        };
+    }
+
+    /// The counted connections of one slice out of `slices` (a stable split by session id).
     fn slice(&self, slice: u64, slices: u64) -> Vec<(Arc<str>, Arc<str>)> {
         let open = self.open.lock().expect("connections lock");
+        let uncounted = self.uncounted.lock().expect("uncounted lock");
         open.iter()
             .filter(|(session, _)| slice_of(session, slices) == slice)
+            .filter(|(session, _)| !uncounted.contains(*session))
             .map(|(session, open)| (open.user.clone(), session.clone()))
             .collect()
     }

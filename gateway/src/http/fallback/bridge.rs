@@ -80,6 +80,10 @@ pub struct Bridge {
     next_rid: AtomicU64,
     /// The newest poll's ticket: an older poll still waiting answers at once.
     polls: AtomicU64,
+    /// The loopback connection's own session id (from its welcome).
+    pub inner_session: std::sync::OnceLock<Arc<str>>,
+    /// Whether the loopback connection counts towards the user's limit now.
+    pub counted: std::sync::atomic::AtomicBool,
     /// Team → epoch, from `room:joined`: durable events' SSE ids name it.
     epochs: Mutex<HashMap<String, String>>,
     limits: (usize, usize),
@@ -128,6 +132,8 @@ impl Bridge {
             waiting: Mutex::default(),
             next_rid: AtomicU64::new(1),
             polls: AtomicU64::new(0),
+            inner_session: std::sync::OnceLock::new(),
+            counted: std::sync::atomic::AtomicBool::new(true),
             epochs: Mutex::default(),
             limits,
         });
@@ -327,7 +333,10 @@ impl Bridge {
             .to_owned();
         // The client names its HTTP session, not the loopback connection's.
         if kind == "session:welcome" {
-            frame.insert("session".into(), Value::String(self.id.to_string()));
+            let inner = frame.insert("session".into(), Value::String(self.id.to_string()));
+            if let Some(Value::String(inner)) = inner {
+                let _ = self.inner_session.set(inner.into());
+            }
         }
         let team = frame.get("team").and_then(Value::as_str);
         let mut epochs = self.epochs.lock().unwrap_or_else(PoisonError::into_inner);
@@ -366,7 +375,7 @@ impl Bridge {
 
     /// The session ends: its last frame for the client is `session:closed` with the close
     /// code (kept past the limits: it is the last).
-    fn end(&self, code: u16, reason: &str) {
+    pub(super) fn end(&self, code: u16, reason: &str) {
         let mut kept = self.kept();
         if kept.ended.is_none() {
             kept.ended = Some(Ended {

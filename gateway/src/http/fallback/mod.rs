@@ -11,6 +11,7 @@ pub mod sse;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use serde_json::{Map, Value, json};
 use self::bridge::{Bridge, OpenError};
 use super::{Body, cors, json, json_error};
 use crate::AppState;
+use crate::broker::ConnectionOpen;
 use crate::session::auth::{self, AuthError};
 
 /// A refused request's answer (boxed: it is large beside what succeeds).
@@ -119,8 +121,12 @@ impl Joins {
 }
 
 /// The session a poll or send names, for the request's token (the open's, or the one a
-/// `token:refresh` gave): the same user's, valid.
-fn session_of<B>(state: &AppState, req: &Request<B>, id: &str) -> Result<Arc<Bridge>, Refused> {
+/// `token:refresh` gave): the same user's, valid. With the token's issue time (ms).
+fn session_of<B>(
+    state: &AppState,
+    req: &Request<B>,
+    id: &str,
+) -> Result<(Arc<Bridge>, u64), Refused> {
     let claims = token_of(state, req)?.1;
     let bridge = state
         .http_sessions
@@ -129,7 +135,7 @@ fn session_of<B>(state: &AppState, req: &Request<B>, id: &str) -> Result<Arc<Bri
     if bridge.user != claims.sub {
         return Err(Box::new(super::unauthorized(AuthError::Invalid)));
     }
-    Ok(bridge)
+    Ok((bridge, claims.issued_ms()))
 }
 
 /// The request's token, taken as for history (query, header, or cookie under the Origin
@@ -238,12 +244,18 @@ fn loopback(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// A session nothing held this long stops counting towards the user's connection limit
+/// (its client may be opening a new one); polls come back well within it.
+const UNCOUNT_AFTER: Duration = Duration::from_secs(1);
+
 /// Ends a session no stream or poll came back to within two heartbeats (as a silent
-/// socket is), and forgets it once it ended and nothing holds it.
+/// socket is), and forgets it once it ended and nothing holds it. Meanwhile it does not
+/// count towards the user's connection limit.
 async fn watch(state: Arc<AppState>, bridge: Arc<Bridge>) {
     let grace = Duration::from_millis(state.config.heartbeat_ms.max(100) * 2);
+    let tick = (grace / 4).min(UNCOUNT_AFTER / 2);
     loop {
-        tokio::time::sleep(grace / 4).await;
+        tokio::time::sleep(tick).await;
         let detached = bridge.detached_since();
         if bridge.ended().is_some() {
             if detached.is_some() {
@@ -252,8 +264,64 @@ async fn watch(state: Arc<AppState>, bridge: Arc<Bridge>) {
             }
             continue;
         }
-        if detached.is_some_and(|since| since.elapsed() >= grace) {
+        let Some(since) = detached else { continue };
+        if since.elapsed() >= grace {
             bridge.close();
+        } else if since.elapsed() >= UNCOUNT_AFTER {
+            uncount(&state, &bridge);
+        }
+    }
+}
+
+/// The session stops counting towards its user's connection limit.
+pub(super) fn uncount(state: &Arc<AppState>, bridge: &Arc<Bridge>) {
+    let Some(inner) = bridge.inner_session.get().cloned() else {
+        return;
+    };
+    if !bridge.counted.swap(false, Ordering::AcqRel) {
+        return;
+    }
+    state.connections.set_counted(&inner, false);
+    let state = state.clone();
+    let user = bridge.user.clone();
+    tokio::spawn(async move {
+        if let Err(e) = state.broker.connection_close(&user, &inner).await {
+            tracing::debug!(error = %e, "HTTP session: left to expire from the count");
+        }
+    });
+}
+
+/// A poll came back to a session that stopped counting: it counts again, unless the user
+/// opened their limit's worth meanwhile (the session ends 4029) or the token was revoked
+/// (4001).
+async fn recount(state: &AppState, bridge: &Bridge, issued_ms: u64) {
+    let Some(inner) = bridge.inner_session.get() else {
+        return;
+    };
+    if bridge.counted.load(Ordering::Acquire) {
+        return;
+    }
+    let (limit, ttl) = (
+        state.config.max_connections_per_user,
+        state.config.presence_ttl_ms,
+    );
+    let opened = state
+        .broker
+        .connection_open(&bridge.user, inner, limit, ttl, issued_ms)
+        .await;
+    match opened {
+        Ok(ConnectionOpen::OverLimit) => {
+            bridge.end(4029, "too many connections");
+            bridge.close();
+        }
+        Ok(ConnectionOpen::Revoked) => {
+            bridge.end(4001, "revoked");
+            bridge.close();
+        }
+        // Counted again (or Redis is away: the limit is not worth refusing service for).
+        Ok(ConnectionOpen::Opened) | Err(_) => {
+            bridge.counted.store(true, Ordering::Release);
+            state.connections.set_counted(inner, true);
         }
     }
 }
@@ -274,7 +342,7 @@ pub async fn send(state: &Arc<AppState>, req: Request<hyper::body::Incoming>) ->
         .map(|(_, id)| id.into_owned())
         .unwrap_or_default();
     let bridge = match session_of(state, &req, &id) {
-        Ok(bridge) => bridge,
+        Ok((bridge, _)) => bridge,
         Err(refused) => return *refused,
     };
     let limit = state.config.max_frame;

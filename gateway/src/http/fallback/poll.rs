@@ -12,7 +12,7 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::bridge::Bridge;
-use super::{Joins, Refused, open, session_of};
+use super::{Joins, Refused, open, recount, session_of};
 use crate::AppState;
 use crate::http::{Body, json_error};
 
@@ -48,8 +48,8 @@ pub async fn poll<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body> 
         Ok(found) => found,
         Err(refused) => return *refused,
     };
-    let bridge = match session_of(state, req, &id) {
-        Ok(bridge) => bridge,
+    let (bridge, issued_ms) = match session_of(state, req, &id) {
+        Ok(found) => found,
         Err(refused) => return *refused,
     };
     let ack = ack.unwrap_or(0);
@@ -61,6 +61,7 @@ pub async fn poll<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body> 
         );
     }
     bridge.attach(true);
+    recount(state, &bridge, issued_ms).await;
     let ticket = bridge.new_poll();
     let _ = tokio::time::timeout(POLL_WAIT, bridge.poll_wait(ack, ticket)).await;
     bridge.attach(false);
@@ -79,7 +80,7 @@ pub async fn close<B>(state: &Arc<AppState>, req: &Request<B>) -> Response<Body>
         Err(refused) => return *refused,
     };
     let bridge = match session_of(state, req, &id) {
-        Ok(bridge) => bridge,
+        Ok((bridge, _)) => bridge,
         Err(refused) => return *refused,
     };
     bridge.close();

@@ -62,7 +62,7 @@ pub async fn handle<B>(
     bridge.attach(true);
     let stream = futures_util::stream::unfold(
         Streaming {
-            bridge: Held(bridge),
+            bridge: Held(bridge, state.clone()),
             next: 0,
             done: false,
             keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
@@ -78,12 +78,16 @@ pub async fn handle<B>(
     Ok(response)
 }
 
-/// A session held by a stream: let go of (for the lapse) when the stream is dropped.
-struct Held(Arc<Bridge>);
+/// A session held by a stream: let go of when the stream is dropped (the client went
+/// away: it stops counting towards the user's limit at once, and lapses).
+struct Held(Arc<Bridge>, Arc<AppState>);
 
 impl Drop for Held {
     fn drop(&mut self) {
         self.0.attach(false);
+        if self.0.detached_since().is_some() {
+            super::uncount(&self.1, &self.0);
+        }
     }
 }
 
