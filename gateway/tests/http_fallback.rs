@@ -486,3 +486,113 @@ async fn a_session_in_its_grace_period_does_not_count() {
     assert_eq!(closed["code"], 4029);
     drop(socket);
 }
+
+/// A session whose client takes nothing is too slow like a socket that does not read: past
+/// `SEND_QUEUE` frames kept it ends with `session:closed` 1013 (what was kept still comes
+/// first), and a new session with `since` gets the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_takes_nothing_ends_too_slow() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--send-queue=8"]).await;
+    let mut sender = Client::connect(g.addr(), &env.token("s", &["t"])).await;
+    sender.join("t").await;
+    let token = env.token("ann", &["t"]);
+    let mut poll = poll_open(g.addr(), &token, &["t"], &[]).await.unwrap();
+    let joined = poll.expect("room:joined").await;
+    // At least three frames are kept unacknowledged (the join's answer): six messages
+    // pass the eight.
+    for n in 0..6 {
+        sender
+            .send_message("t", &format!("c{n}"), &format!("m{n}"))
+            .await;
+    }
+    // Polls that acknowledge nothing (ack 0) take no frame off the session: it ends.
+    let answer = loop {
+        let (status, answer) = poll.poll_raw(0).await;
+        assert_eq!(status, 200, "{answer}");
+        let frames = answer["frames"].as_array().unwrap();
+        if frames.iter().any(|f| f["type"] == "session:closed") {
+            break answer;
+        }
+    };
+    let frames = answer["frames"].as_array().unwrap();
+    let closed = frames.last().unwrap().clone();
+    let last = frames
+        .iter()
+        .filter(|f| f["type"] == "message:new")
+        .map(|f| f["offset"].as_str().unwrap().to_owned())
+        .next_back();
+    assert_eq!(closed["code"], 1013);
+    let last = last.expect("some messages came before the end");
+    let epoch = joined["epoch"].as_str().unwrap();
+    let since = vec![format!("t:{epoch}:{last}")];
+    let mut again = poll_open(g.addr(), &token, &["t"], &since).await.unwrap();
+    let rejoined = again.expect("room:joined").await;
+    assert_eq!(rejoined["recovered"], true, "{rejoined} since {since:?}");
+    let mut bodies = Vec::new();
+    loop {
+        let frame = again.expect_any().await;
+        match frame["type"].as_str() {
+            Some("message:new") => bodies.push(frame["body"].as_str().unwrap().to_owned()),
+            Some("receipt:list") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(bodies.last().map(String::as_str), Some("m5"), "{bodies:?}");
+    let first: usize = bodies[0][1..].parse().unwrap();
+    assert_eq!(bodies.len(), 6 - first, "the rest, once each: {bodies:?}");
+}
+
+/// Pages of an allowed origin may use the fallback with their cookie: CORS with
+/// credentials, preflights included; other origins get no grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_grants_credentials_to_allowed_origins() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--allowed-origins=https://chat.example"]).await;
+    let preflight = [
+        ("origin", "https://chat.example"),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "content-type"),
+    ];
+    let (status, headers, _) = teamchat_testkit::try_http(
+        g.addr(),
+        "OPTIONS",
+        "/v1/send?session=x",
+        &preflight,
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 204);
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://chat.example"
+    );
+    let cookie = format!("tc_token={}", env.token("ann", &["t"]));
+    let stream = sse(
+        g.addr(),
+        "",
+        "teams=t",
+        &[
+            ("cookie", cookie.as_str()),
+            ("origin", "https://chat.example"),
+        ],
+    )
+    .await
+    .expect("an allowed origin's cookie opens a stream");
+    assert_eq!(stream.headers["access-control-allow-credentials"], "true");
+    let (status, _, _) = teamchat_testkit::try_http(
+        g.addr(),
+        "OPTIONS",
+        "/v1/send?session=x",
+        &[
+            ("origin", "https://evil.example"),
+            ("access-control-request-method", "POST"),
+        ],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+}

@@ -327,6 +327,22 @@ impl Poll {
         send(self.addr, &self.session, &self.token, frame).await
     }
 
+    /// The next frame, whatever its type, polling as needed.
+    pub async fn expect_any(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return frame;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for a frame"
+            );
+            let status = self.poll().await;
+            assert_eq!(status, 200, "poll answered {status}");
+        }
+    }
+
     /// `POST /v1/poll/close`.
     pub async fn close(&self) -> u16 {
         let path = format!("/v1/poll/close?session={}", self.session);
