@@ -194,3 +194,49 @@ async fn a_draining_gateway_closes_1012_and_clients_resume_on_another() {
         "no loss, no duplicate"
     );
 }
+
+/// A draining gateway answers `/readyz` 503 at once, even over a connection a balancer
+/// kept alive from before (new connections are not accepted any more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_gateway_is_not_ready() {
+    use http_body_util::{BodyExt, Full};
+    let env = TestEnv::new().await;
+    let gateway = common::gateway(&env, &["--drain-grace-ms=5000"]).await;
+    let addr = gateway.addr();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut balancer, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut ready = move || {
+        let req = hyper::Request::builder()
+            .uri("/readyz")
+            .header("host", addr.to_string())
+            .body(Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let sent = balancer.send_request(req);
+        async move {
+            let response = sent.await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, serde_json::from_slice::<Value>(&body).unwrap())
+        }
+    };
+    assert_eq!(ready().await.0, 200);
+    // A client that does not answer the close keeps the drain going for a while.
+    let _stuck = client::open_raw(addr, &env.token("u", &["t"])).await;
+    let stopping = tokio::spawn(gateway.stop());
+    let draining = loop {
+        let (status, body) = ready().await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            !stopping.is_finished(),
+            "the drain ended before /readyz said so"
+        );
+    };
+    assert_eq!(draining, json!({"draining": true}));
+    stopping.await.unwrap();
+}

@@ -235,3 +235,85 @@ async fn pages_on_allowed_origins_may_read_history_from_the_browser() {
         .unwrap();
     assert_eq!(status, 403);
 }
+
+/// A page the client accepts gzip for comes back gzipped, and decodes to the same JSON as
+/// the plain page; a small answer, or a client that refuses gzip, gets it plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_gzipped_for_clients_that_accept_it() {
+    use std::io::Read;
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let token = env.token("alice", &["t"]);
+    let mut c = Client::connect(g.addr(), &token).await;
+    c.join("t").await;
+    for n in 1..=20 {
+        c.send_message(
+            "t",
+            &format!("c{n}"),
+            &format!("message number {n} with some words"),
+        )
+        .await;
+    }
+    let auth = format!("Bearer {token}");
+    let page = |encoding: &'static str| {
+        let (addr, auth) = (g.addr(), auth.clone());
+        async move {
+            try_http(
+                addr,
+                "GET",
+                "/v1/teams/t/messages",
+                &[
+                    ("authorization", auth.as_str()),
+                    ("accept-encoding", encoding),
+                ],
+                Vec::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (status, headers, plain) = page("identity").await;
+    assert_eq!(status, 200);
+    assert!(headers.get("content-encoding").is_none());
+    assert!(
+        plain.len() > 1_024,
+        "a page worth compressing: {} bytes",
+        plain.len()
+    );
+
+    let (status, headers, gzipped) = page("br;q=1.0, gzip;q=0.8").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["content-encoding"], "gzip");
+    assert!(
+        gzipped.len() < plain.len() / 2,
+        "{} of {}",
+        gzipped.len(),
+        plain.len()
+    );
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&gzipped[..])
+        .read_to_end(&mut decoded)
+        .unwrap();
+    let decoded: Value = serde_json::from_slice(&decoded).unwrap();
+    assert_eq!(decoded, serde_json::from_slice::<Value>(&plain).unwrap());
+
+    let (_, headers, _) = page("gzip;q=0").await;
+    assert!(
+        headers.get("content-encoding").is_none(),
+        "q=0 refuses gzip"
+    );
+    let (status, headers, _) = try_http(
+        g.addr(),
+        "GET",
+        "/healthz",
+        &[("accept-encoding", "gzip")],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        headers.get("content-encoding").is_none(),
+        "small answers stay plain"
+    );
+}

@@ -3,6 +3,7 @@
 //! development mode) to their handlers, and holds what every handler shares: the JSON
 //! answers, the error shape, and the preamble of a token-authorized endpoint.
 
+pub(crate) mod compress;
 mod cors;
 pub mod credits;
 pub mod dev;
@@ -98,16 +99,17 @@ async fn route(
     req: Request<Incoming>,
 ) -> Result<Response<AnyBody>, Infallible> {
     let path = req.uri().path().to_owned();
+    let gzip = compress::accepts_gzip(&req);
     // The server API: on `API_LISTEN` alone when it is set, else beside the rest.
     let server_api = path.starts_with("/v1/server/");
     if api_only || server_api {
         let served_here = api_only == state.config.api_listen.is_some();
-        return Ok(if server_api && served_here {
+        let response = if server_api && served_here {
             server_api::handle(&state, req).await
         } else {
             json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-        }
-        .map(Either::Left));
+        };
+        return Ok(compress::whole(response, gzip).map(Either::Left));
     }
     // Pages on an allowed origin may call the HTTP API (history, credits) from the browser.
     let cors_origin = path
@@ -118,7 +120,7 @@ async fn route(
     // set no header).
     let credentials = fallback::PATHS.contains(&path.as_str());
     if req.method() == Method::GET && path == "/v1/events" {
-        return Ok(match fallback::sse::handle(&state, &req).await {
+        return Ok(match fallback::sse::handle(&state, &req, gzip).await {
             Ok(stream) => cors::with_cors(stream, cors_origin, true).map(Either::Right),
             Err(refused) => cors::with_cors(*refused, cors_origin, true).map(Either::Left),
         });
@@ -148,6 +150,7 @@ async fn route(
         (&Method::GET, p) if state.config.dev_mode => dev::static_file(&state, p).await,
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
     };
+    let response = compress::whole(response, gzip);
     Ok(cors::with_cors(response, cors_origin, credentials).map(Either::Left))
 }
 
@@ -256,6 +259,14 @@ pub fn unavailable(what: &str, error: &dyn std::fmt::Display) -> Response<Body> 
 }
 
 async fn ready(state: &AppState) -> Response<Body> {
+    // Draining: a balancer checking over a kept-alive connection stops sending new
+    // clients at once (the listener is closed to new connections already).
+    if state.shutdown.is_cancelled() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"draining": true}),
+        );
+    }
     let limit = std::time::Duration::from_secs(1);
     let redis = matches!(
         tokio::time::timeout(limit, state.broker.ping()).await,

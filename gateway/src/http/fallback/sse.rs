@@ -14,12 +14,13 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
-use hyper::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderValue};
+use hyper::header::{CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use hyper::{Request, Response, StatusCode};
 
 use super::bridge::{Bridge, Kept};
 use super::{Joins, Refused, open};
 use crate::AppState;
+use crate::http::compress::StreamGzip;
 use crate::http::json_error;
 
 /// The body of an SSE response.
@@ -31,9 +32,11 @@ const KEEPALIVE: Duration = Duration::from_secs(15);
 /// What a browser waits before reconnecting after the gateway drained (1012).
 const RETRY_AFTER_DRAIN_MS: u64 = 1_000;
 
+/// With `gzip`, the stream is compressed, each chunk flushed.
 pub async fn handle<B>(
     state: &Arc<AppState>,
     req: &Request<B>,
+    gzip: bool,
 ) -> Result<Response<SseBody>, Refused> {
     let query = req.uri().query().unwrap_or_default();
     let mut teams = String::new();
@@ -65,6 +68,7 @@ pub async fn handle<B>(
             bridge: Held(bridge, state.clone()),
             next: 0,
             done: false,
+            gzip: gzip.then(StreamGzip::default),
             keepalive: tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE),
         },
         next_chunk,
@@ -75,6 +79,10 @@ pub async fn handle<B>(
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     // nginx buffers responses unless told not to.
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if gzip {
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        headers.insert(VARY, HeaderValue::from_static("accept-encoding"));
+    }
     Ok(response)
 }
 
@@ -95,6 +103,7 @@ struct Streaming {
     bridge: Held,
     next: u64,
     done: bool,
+    gzip: Option<StreamGzip>,
     keepalive: tokio::time::Interval,
 }
 
@@ -120,13 +129,26 @@ async fn next_chunk(mut s: Streaming) -> Option<(Result<Frame<Bytes>, Infallible
                     text.push_str(&format!("retry: {RETRY_AFTER_DRAIN_MS}\n\n"));
                 }
             }
-            return Some((Ok(Frame::data(Bytes::from(text))), s));
+            let chunk = s.out(text.as_bytes());
+            return Some((Ok(Frame::data(chunk)), s));
         }
         tokio::select! {
             _ = bridge.changed_since(s.next) => {}
             _ = s.keepalive.tick() => {
-                return Some((Ok(Frame::data(Bytes::from_static(b": keep-alive\n\n"))), s));
+                let chunk = s.out(b": keep-alive\n\n");
+                return Some((Ok(Frame::data(chunk)), s));
             }
+        }
+    }
+}
+
+impl Streaming {
+    /// A chunk as it goes on the wire.
+    fn out(&mut self, text: &[u8]) -> Bytes {
+        match &mut self.gzip {
+            Some(gzip) if self.done => gzip.last(text),
+            Some(gzip) => gzip.chunk(text),
+            None => Bytes::copy_from_slice(text),
         }
     }
 }
