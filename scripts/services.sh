@@ -34,6 +34,8 @@ services_install() {
   command -v psql >/dev/null || need+=(postgresql-client)
   # Prometheus evaluates the Grafana dashboard's queries in the tests.
   command -v prometheus >/dev/null || need+=(prometheus)
+  # The balancer in front of the gateways (deploy/haproxy), run by the tests.
+  command -v haproxy >/dev/null || need+=(haproxy)
   apt_install "${need[@]}"
 }
 

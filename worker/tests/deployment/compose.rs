@@ -63,6 +63,7 @@ fn compose_file_agrees_with_the_binaries() {
         "postgres",
         "gateway1",
         "gateway2",
+        "balancer",
         "worker",
         "prometheus",
         "grafana",
@@ -106,21 +107,55 @@ fn compose_file_agrees_with_the_binaries() {
             .find(|(k, _)| k == "LISTEN")
             .map(|(_, v)| v.clone())
             .expect("LISTEN");
-        let ports: Vec<&str> = service["ports"]
+        // Gateways are reached through the balancer only.
+        assert!(
+            service.get("ports").is_none(),
+            "{name} is published past the balancer"
+        );
+        let exposed: Vec<&str> = service["expose"]
             .as_sequence()
             .unwrap()
             .iter()
             .map(|p| p.as_str().unwrap())
             .collect();
-        assert!(!ports.is_empty(), "{name} publishes no port");
-        for published in ports {
-            assert_eq!(
-                port_of(published),
-                port_of(&listen),
-                "{name}: {published} vs LISTEN={listen}"
-            );
-        }
+        assert_eq!(
+            exposed,
+            [port_of(&listen)],
+            "{name}: expose vs LISTEN={listen}"
+        );
         prometheus_targets.insert(format!("{name}:{}", port_of(&listen)));
+    }
+    // The balancer runs the repository's config, in front of exactly those gateways, on
+    // the one published port.
+    let balancer = &services["balancer"];
+    let env = environment(balancer);
+    let value = |key: &str| {
+        env.iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("balancer: {key}"))
+    };
+    for (key, gateway) in [("GATEWAY1", "gateway1"), ("GATEWAY2", "gateway2")] {
+        assert_eq!(value(key), format!("{gateway}:8080"), "{key}");
+    }
+    let published: Vec<&str> = balancer["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(published.len(), 1);
+    assert_eq!(port_of(published[0]), port_of(&value("HAPROXY_BIND")));
+    let mounted = balancer["volumes"][0].as_str().unwrap();
+    let config = mounted.split(':').next().unwrap().trim_start_matches("./");
+    let haproxy_cfg = repo(config);
+    for needed in [
+        "${GATEWAY1}",
+        "${GATEWAY2}",
+        "${HAPROXY_BIND}",
+        "GET /readyz",
+    ] {
+        assert!(haproxy_cfg.contains(needed), "{config} lacks {needed}");
     }
     let worker_env = environment(&services["worker"]);
     for (key, _) in &worker_env {
