@@ -8,13 +8,13 @@ use clap::CommandFactory;
 use serde_norway::Value;
 use teamchat_shared::config::{GatewayConfig, WorkerConfig};
 
-fn repo(path: &str) -> String {
+pub(crate) fn repo(path: &str) -> String {
     std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR")))
         .unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 /// The environment variables a binary reads (from its CLI definition), plus RUST_LOG.
-fn variables(command: clap::Command) -> BTreeSet<String> {
+pub(crate) fn variables(command: clap::Command) -> BTreeSet<String> {
     let mut names: BTreeSet<String> = command
         .get_arguments()
         .filter_map(|arg| arg.get_env())
