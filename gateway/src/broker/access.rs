@@ -56,6 +56,16 @@ impl Broker {
         call.invoke_async(&mut self.conn.clone()).await
     }
 
+    /// The revocation records of many users (0: none), in one round trip.
+    pub async fn revocations(&self, users: &[std::sync::Arc<str>]) -> redis::RedisResult<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.get(self.keys.user_revoked(user));
+        }
+        let found: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(found.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
     /// The user's revocation record, and their removal record in `team` if one is given.
     pub async fn access_records(
         &self,

@@ -202,6 +202,28 @@ impl tail::Rooms for Hub {
         }
     }
 
+    fn recheck_access(&self) {
+        let connections = self.connections.clone();
+        let broker = self.shared.broker.clone();
+        tokio::spawn(async move {
+            let users = connections.users();
+            if users.is_empty() {
+                return;
+            }
+            match broker.revocations(&users).await {
+                Ok(records) => {
+                    for (user, before_ms) in users.iter().zip(records) {
+                        if before_ms > 0 {
+                            let user = user.to_string();
+                            connections.apply(Control::Revoke { user, before_ms });
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "revocations not rechecked"),
+            }
+        });
+    }
+
     /// Asks every room to read what its stream has beyond what it delivered.
     fn catch_up_all(&self) {
         let rooms = self.rooms.lock().expect("hub lock");

@@ -26,6 +26,9 @@ pub trait Rooms: Send + Sync + 'static {
     fn dispatch(&self, team: &str, published: Published);
     /// Carries out a message of the control channel (`Keys::control`).
     fn control(&self, payload: &[u8]);
+    /// After a reconnect: what the control channel said meanwhile was missed, so the
+    /// revocation records of this gateway's users are read and carried out.
+    fn recheck_access(&self);
 }
 
 /// A change of the gateway's subscriptions.
@@ -81,6 +84,7 @@ pub async fn run(
             }
             info!(teams = channels.len(), "pub/sub (re)subscribed");
             rooms.catch_up_all();
+            rooms.recheck_access();
         }
         let mut pending = Vec::new();
         loop {

@@ -147,6 +147,13 @@ impl Connections {
             .remove(session);
     }
 
+    /// The users with a connection here, each once.
+    pub fn users(&self) -> Vec<Arc<str>> {
+        let open = self.open.lock().expect("connections lock");
+        let users: HashSet<Arc<str>> = open.values().map(|o| o.user.clone()).collect();
+        users.into_iter().collect()
+    }
+
     /// Whether a connection counts towards its user's limit (and is refreshed).
     pub fn set_counted(&self, session: &str, counted: bool) {
         let mut uncounted = self.uncounted.lock().expect("uncounted lock");
