@@ -36,6 +36,8 @@ services_install() {
   command -v prometheus >/dev/null || need+=(prometheus)
   # The balancer in front of the gateways (deploy/haproxy), run by the tests.
   command -v haproxy >/dev/null || need+=(haproxy)
+  # The TLS tests make a throwaway CA with it.
+  command -v openssl >/dev/null || need+=(openssl)
   apt_install "${need[@]}"
 }
 

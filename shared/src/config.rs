@@ -18,6 +18,24 @@ pub struct RedisArgs {
     /// Number of shards teams are hashed over; each shard has one ingest stream.
     #[arg(long, env = "SHARDS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub shards: u32,
+    /// CA certificate (PEM) a `rediss://` server's certificate must chain to (the system's
+    /// roots when unset).
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for a Redis that asks for one (with `REDIS_CLIENT_KEY_FILE`).
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_CERT_FILE",
+        requires = "redis_client_key_file"
+    )]
+    pub redis_client_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        env = "REDIS_CLIENT_KEY_FILE",
+        requires = "redis_client_cert_file"
+    )]
+    pub redis_client_key_file: Option<std::path::PathBuf>,
 }
 
 impl RedisArgs {
@@ -25,9 +43,30 @@ impl RedisArgs {
         Keys::new(self.redis_prefix.clone(), self.shards)
     }
 
-    /// A client of the configured Redis; see [`redis_client`].
+    /// A client of the configured Redis (see [`redis_client`]), with the CA and client
+    /// certificate for a `rediss://` URL.
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
-        redis_client(&self.redis_url)
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).map_err(|e| {
+                redis::RedisError::from(std::io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", path.display()),
+                ))
+            })
+        };
+        let root_cert = self.redis_ca_file.as_deref().map(read).transpose()?;
+        let client_tls = match (&self.redis_client_cert_file, &self.redis_client_key_file) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            _ => None,
+        };
+        let tls = (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        });
+        redis_client_with(&self.redis_url, tls)
     }
 }
 
@@ -36,10 +75,22 @@ impl RedisArgs {
 /// segment is acknowledged by TCP; with delayed ACKs that is often only when a reply
 /// comes, so requests on a multiplexed connection waited for replies to others.
 pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
+    redis_client_with(url, None)
+}
+
+/// [`redis_client`] with the certificates of a `rediss://` URL (none: the system's roots).
+pub fn redis_client_with(
+    url: &str,
+    tls: Option<redis::TlsCertificates>,
+) -> redis::RedisResult<redis::Client> {
     use redis::IntoConnectionInfo;
     let info = url.into_connection_info()?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
-    redis::Client::open(info.set_tcp_settings(tcp))
+    let info = info.set_tcp_settings(tcp);
+    match tls {
+        Some(certs) => redis::Client::build_with_tls(info, certs),
+        None => redis::Client::open(info),
+    }
 }
 
 /// The gateway: WebSocket and HTTP server.

@@ -6,6 +6,7 @@ pub mod client;
 pub mod http_session;
 pub mod pg_server;
 pub mod redis_server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -9,6 +9,8 @@ pub struct PgServer {
     pub port: u16,
     dir: PathBuf,
     bin: PathBuf,
+    /// Requiring TLS, with a server certificate of this CA (its certificate's path).
+    tls_ca: Option<PathBuf>,
 }
 
 fn pg_bin() -> PathBuf {
@@ -50,6 +52,15 @@ fn run(bin: &Path, tool: &str, args: &[&str]) {
 impl PgServer {
     /// A fresh cluster on a free port, with trust authentication and a `teamchat` database.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// The same, accepting TLS connections only, with a server certificate of `ca`.
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> Self {
+        Self::start_with(Some(ca)).await
+    }
+
+    async fn start_with(ca: Option<&crate::tls::TestCa>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -81,7 +92,40 @@ impl PgServer {
                 "--no-sync",
             ],
         );
-        let server = Self { port, dir, bin };
+        if let Some(ca) = ca {
+            // The key must be the server's own and private; and no plain connection is let in.
+            for (from, to) in [
+                (ca.server_cert(), "server.crt"),
+                (ca.server_key(), "server.key"),
+            ] {
+                std::fs::copy(from, dir.join(to)).unwrap();
+            }
+            Command::new("chmod")
+                .args(["600"])
+                .arg(dir.join("server.key"))
+                .status()
+                .unwrap();
+            if is_root() {
+                Command::new("chown")
+                    .args(["postgres:postgres"])
+                    .arg(dir.join("server.crt"))
+                    .arg(dir.join("server.key"))
+                    .status()
+                    .unwrap();
+            }
+            std::fs::write(
+                dir.join("pg_hba.conf"),
+                "hostssl all all 127.0.0.1/32 trust\nhostnossl all all 0.0.0.0/0 reject\n",
+            )
+            .unwrap();
+        }
+        let tls_ca = ca.map(|ca| ca.ca());
+        let server = Self {
+            port,
+            dir,
+            bin,
+            tls_ca,
+        };
         server.restart();
         let admin = format!("postgres://postgres@127.0.0.1:{port}/postgres");
         let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin)
@@ -94,18 +138,26 @@ impl PgServer {
         server
     }
 
+    /// Its `teamchat` database; with TLS, verified against the CA (`verify-full`).
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/teamchat", self.port)
+        let url = format!("postgres://postgres@127.0.0.1:{}/teamchat", self.port);
+        match &self.tls_ca {
+            Some(ca) => format!("{url}?sslmode=verify-full&sslrootcert={}", ca.display()),
+            None => url,
+        }
     }
 
     /// Starts the server (again) and waits until it accepts connections.
     pub fn restart(&self) {
         let data = self.dir.to_str().unwrap();
         let log = self.dir.join("server.log");
-        let options = format!(
+        let mut options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off",
             self.port
         );
+        if self.tls_ca.is_some() {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         run(
             &self.bin,
             "pg_ctl",

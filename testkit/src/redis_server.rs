@@ -12,10 +12,21 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Serving TLS only (no plain port), with this CA's server certificate.
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// A server that speaks TLS only, with a certificate of `ca`.
+    pub async fn start_tls(ca: &crate::tls::TestCa) -> Self {
+        Self::start_with(Some((ca.server_cert(), ca.server_key(), ca.ca()))).await
+    }
+
+    async fn start_with(tls: Option<(PathBuf, PathBuf, PathBuf)>) -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -28,26 +39,43 @@ impl RedisServer {
             port,
             dir,
             child: None,
+            tls,
         };
         server.restart().await;
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://127.0.0.1:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Starts it again on the same port and folder (after `kill`).
     pub async fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some((cert, key, ca)) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)

@@ -61,6 +61,13 @@ impl Store {
             unbounded.close().await;
             match migrated {
                 Ok(()) => return Ok(()),
+                // A certificate that does not verify will not on the next try either
+                // (rustls reports it as invalid data on the socket).
+                Err(sqlx::migrate::MigrateError::Execute(e)) if is_tls_failure(&e) => {
+                    anyhow::bail!(
+                        "PostgreSQL's TLS handshake failed (see sslmode and sslrootcert in DATABASE_URL): {e}"
+                    );
+                }
                 Err(e) if attempts < 30 => {
                     attempts += 1;
                     tracing::warn!(error = %e, "migrations not applied yet; retrying");
@@ -371,4 +378,13 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
         .await?;
     }
     Ok(())
+}
+
+/// Whether a connection failed in its TLS handshake (a certificate that does not verify).
+fn is_tls_failure(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Tls(_) => true,
+        sqlx::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
 }
