@@ -241,13 +241,7 @@ impl Bridge {
 
     /// Resolves when there is a frame past `index` (the session's end is one).
     pub async fn changed_since(&self, index: u64) {
-        let changed = self.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if self.next_index() > index {
-            return;
-        }
-        changed.await;
+        self.wait_until(|| self.next_index() > index).await;
     }
 
     /// A poll begins: the poll waiting before it (if any) answers now, so a session holds
@@ -260,11 +254,20 @@ impl Bridge {
 
     /// Resolves when there is a frame past `index`, or a newer poll began.
     pub async fn poll_wait(&self, index: u64, ticket: u64) {
+        self.wait_until(|| {
+            self.next_index() > index || self.polls.load(Ordering::Acquire) != ticket
+        })
+        .await;
+    }
+
+    /// Waits for `ready`, looked at again whenever the session changes (registered before
+    /// each look, so no change is missed between the look and the wait).
+    async fn wait_until(&self, ready: impl Fn() -> bool) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            if self.next_index() > index || self.polls.load(Ordering::Acquire) != ticket {
+            if ready() {
                 return;
             }
             changed.await;
@@ -297,13 +300,17 @@ impl Bridge {
 
     /// Keeps a frame from the session for the client: what `POST /v1/send` waits for is
     /// handed to it instead. Past the limits the client is too slow: the session ends.
-    fn keep(&self, mut frame: serde_json::Map<String, Value>) {
+    /// `text` is the frame as it came: kept as it is unless the frame was changed (most
+    /// frames, room events, are not: no second encoding per delivery).
+    fn keep(&self, mut frame: serde_json::Map<String, Value>, text: &str) {
         if self.ended().is_some() {
             return;
         }
+        let mut changed = false;
         if let Some(Value::String(rid)) = frame.get("rid")
             && let Some(n) = rid.strip_prefix('~').and_then(|n| n.parse::<u64>().ok())
         {
+            changed = true;
             let waiting = self
                 .waiting
                 .lock()
@@ -333,6 +340,7 @@ impl Bridge {
             .to_owned();
         // The client names its HTTP session, not the loopback connection's.
         if kind == "session:welcome" {
+            changed = true;
             let inner = frame.insert("session".into(), Value::String(self.id.to_string()));
             if let Some(Value::String(inner)) = inner {
                 let _ = self.inner_session.set(inner.into());
@@ -352,9 +360,12 @@ impl Bridge {
             _ => None,
         };
         drop(epochs);
-        let json: Arc<str> = serde_json::to_string(&frame)
-            .expect("JSON values encode")
-            .into();
+        let json: Arc<str> = match changed {
+            true => serde_json::to_string(&frame)
+                .expect("JSON values encode")
+                .into(),
+            false => text.into(),
+        };
         let mut kept = self.kept();
         let (max_frames, max_bytes) = self.limits;
         if kept.frames.len() >= max_frames || kept.bytes + json.len() > max_bytes {
@@ -484,7 +495,11 @@ async fn read_loop(mut reader: WebSocketRead<OwnedReadHalf>, bridge: Arc<Bridge>
         };
         match frame.opcode {
             OpCode::Text => match serde_json::from_slice::<Value>(&frame.payload) {
-                Ok(Value::Object(fields)) => bridge.keep(fields),
+                // A text frame is UTF-8 (checked by the frame reader).
+                Ok(Value::Object(fields)) => bridge.keep(
+                    fields,
+                    std::str::from_utf8(&frame.payload).unwrap_or_default(),
+                ),
                 _ => debug!("HTTP session: a frame that is not a JSON object"),
             },
             OpCode::Ping => {

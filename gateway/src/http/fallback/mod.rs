@@ -54,14 +54,6 @@ impl Sessions {
     fn forget(&self, id: &str) {
         self.lock().remove(id);
     }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The answer to a request for a session this gateway does not have (ended, or opened on
