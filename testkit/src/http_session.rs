@@ -300,26 +300,18 @@ impl Poll {
 
     /// The next frame of a type, polling as needed (presence frames before it are skipped).
     pub async fn expect(&mut self, kind: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + RECV_TIMEOUT;
         loop {
-            while let Some(frame) = self.pending.pop_front() {
-                if frame["type"] == kind {
-                    return frame;
-                }
-                assert!(
-                    matches!(
-                        frame["type"].as_str(),
-                        Some("presence:update" | "presence:list")
-                    ),
-                    "unexpected frame {frame} while waiting for {kind}"
-                );
+            let frame = self.expect_any().await;
+            if frame["type"] == kind {
+                return frame;
             }
             assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {kind}"
+                matches!(
+                    frame["type"].as_str(),
+                    Some("presence:update" | "presence:list")
+                ),
+                "unexpected frame {frame} while waiting for {kind}"
             );
-            let status = self.poll().await;
-            assert_eq!(status, 200, "poll answered {status}");
         }
     }
 
