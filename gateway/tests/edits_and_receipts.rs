@@ -161,12 +161,16 @@ async fn receipts_are_monotonic_coalesced_listed_and_synced_as_max() {
         ben.expect("message:new").await;
     }
 
-    // A burst: the first goes out at once, the rest as one update with the highest seq.
-    for seq in [1, 2, 3] {
+    // The first goes out at once; a burst within the next second as one update with the
+    // highest seq. (The first is awaited before the burst: sent together, the three may
+    // reach the coalescer before its task first looks, and go out as one.)
+    ben.send(json!({"type":"receipt:update","team":"t","seq":1}))
+        .await;
+    let mut first = ann.expect("receipt:update").await;
+    for seq in [2, 3] {
         ben.send(json!({"type":"receipt:update","team":"t","seq":seq}))
             .await;
     }
-    let mut first = ann.expect("receipt:update").await;
     let offset: u64 = first["offset"]
         .as_str()
         .expect("a durable event's offset")
