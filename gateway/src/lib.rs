@@ -8,6 +8,7 @@
 //! client contract's frames. docs/architecture.md walks the same path.
 
 pub mod broker;
+pub mod deflate;
 pub mod http;
 pub mod hub;
 pub mod outlet;
@@ -15,6 +16,7 @@ pub mod protocol;
 pub mod room;
 pub mod session;
 pub mod storage;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -57,7 +59,8 @@ pub struct AppState {
     pub connection_slots: Arc<tokio::sync::Semaphore>,
     /// Renders `/metrics`.
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
-    /// Where this gateway listens: HTTP sessions open their WebSocket session here.
+    /// Where HTTP sessions open their WebSocket session: the listening address, or with
+    /// TLS a plain listener on loopback (the bridge does not encrypt to itself).
     pub addr: SocketAddr,
     /// The open HTTP sessions (SSE, long-polling).
     pub http_sessions: http::fallback::Sessions,
@@ -77,9 +80,18 @@ impl Gateway {
         refuse_unsafe(&config)?;
         teamchat_shared::metrics::install();
         teamchat_shared::metrics::touch("teamchat_gateway_");
+        let tls = transport::certificates::from_config(&config)?;
         let listener =
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
+        let bridge_listener = match tls {
+            Some(_) => Some(listen(bridge_addr(addr)).context("binding the loopback listener")?),
+            None => None,
+        };
+        let bridge_to = match &bridge_listener {
+            Some(listener) => listener.local_addr()?,
+            None => addr,
+        };
         let shutdown = CancellationToken::new();
         // Every statement is bounded: a stalled PostgreSQL answers `unavailable` instead of
         // holding requests and joins.
@@ -123,7 +135,7 @@ impl Gateway {
                 config_max_connections.clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
             )),
             metrics: teamchat_shared::metrics::install(),
-            addr,
+            addr: bridge_to,
             http_sessions: http::fallback::Sessions::default(),
         });
         tokio::spawn(connections::refresh(state.clone()));
@@ -161,10 +173,23 @@ impl Gateway {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
-        if let Some(api_listener) = api_listener {
-            tokio::spawn(http::serve(state.clone(), api_listener, true));
+        let acceptor = tls.as_ref().map(|(acceptor, _)| acceptor.clone());
+        if let Some((_, certificates)) = tls {
+            let stop = state.shutdown.clone();
+            tokio::spawn(transport::certificates::watch(certificates, stop));
         }
-        let task = tokio::spawn(http::serve(state.clone(), listener, false));
+        if let Some(api_listener) = api_listener {
+            tokio::spawn(http::serve(
+                state.clone(),
+                api_listener,
+                true,
+                acceptor.clone(),
+            ));
+        }
+        if let Some(bridge_listener) = bridge_listener {
+            tokio::spawn(http::serve(state.clone(), bridge_listener, false, None));
+        }
+        let task = tokio::spawn(http::serve(state.clone(), listener, false, acceptor));
         Ok(Self {
             addr,
             api_addr,
@@ -255,6 +280,15 @@ fn refuse_unsafe(config: &GatewayConfig) -> anyhow::Result<()> {
 /// after a second, and the storm's tail waits seconds (measured with `teamchat-bench
 /// connect`). The kernel caps it at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 8_192;
+
+/// The loopback listener HTTP sessions reach the gateway on when it serves TLS: any free
+/// port, on the loopback of the listening address's family.
+fn bridge_addr(listening: SocketAddr) -> SocketAddr {
+    match listening {
+        SocketAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+        SocketAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+    }
+}
 
 fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {

@@ -126,6 +126,17 @@ pub struct GatewayConfig {
     /// again when it changes or on SIGHUP.
     #[arg(long, env = "JWKS_FILE")]
     pub jwks_file: Option<std::path::PathBuf>,
+    /// Certificate chain (PEM) served on `LISTEN` for https:// and wss:// (with
+    /// `TLS_KEY_FILE`); read again when either file changes or on SIGHUP. Unset: plain.
+    #[arg(long, env = "TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of `TLS_CERT_FILE`.
+    #[arg(long, env = "TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// Accept WebSocket permessage-deflate (RFC 7692) offers: messages of 1 KiB and more
+    /// go out compressed (once per fan-out frame), without context takeover.
+    #[arg(long, env = "WS_DEFLATE")]
+    pub ws_deflate: bool,
     /// Tokens must carry this `iss`.
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,

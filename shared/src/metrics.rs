@@ -33,6 +33,8 @@ pub const MAX_CONNECTIONS: &str = "teamchat_gateway_max_connections";
 pub const PANICS: &str = "teamchat_gateway_panics_total";
 pub const UNDECODABLE_EVENTS: &str = "teamchat_gateway_undecodable_events_total";
 pub const API_REQUESTS: &str = "teamchat_gateway_api_requests_total";
+pub const TLS_HANDSHAKE_FAILURES: &str = "teamchat_gateway_tls_handshake_failures_total";
+pub const TLS_RELOADS: &str = "teamchat_gateway_tls_reloads_total";
 pub const BATCHES: &str = "teamchat_worker_batches_total";
 pub const ROWS_SYNCED: &str = "teamchat_worker_rows_synced_total";
 pub const BATCH_SIZE: &str = "teamchat_worker_batch_size";
@@ -150,6 +152,18 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "endpoint, outcome",
         "server API requests, by endpoint and outcome (`ok`, `unauthorized`, `bad_request`, `forbidden`, `not_found`, `rate_limited`, `quota_exceeded`, `unavailable`)",
+    ),
+    (
+        TLS_HANDSHAKE_FAILURES,
+        Kind::Counter,
+        "reason",
+        "TLS handshakes that did not complete (`plain_http`: answered 400; `timeout`: past `HEADER_TIMEOUT_MS`; `refused`)",
+    ),
+    (
+        TLS_RELOADS,
+        Kind::Counter,
+        "result",
+        "TLS certificate files read again after a change or SIGHUP (`loaded`, or `refused`: the certificate in use kept)",
     ),
     (BATCHES, Kind::Counter, "", "batches committed"),
     (

@@ -2,6 +2,7 @@
 //! gateway's) that speaks docs/protocol.md in JSON or MessagePack.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Response};
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for a frame it expects before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,9 +34,29 @@ pub async fn open(
     auth: Auth<'_>,
     protocol: Option<&str>,
 ) -> Result<(Ws, Response<Option<Vec<u8>>>), tungstenite::Error> {
+    open_with(addr, None, auth, protocol).await
+}
+
+/// Opens a wss:// WebSocket, trusting what `tls` trusts.
+pub async fn open_tls(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+    auth: Auth<'_>,
+    protocol: Option<&str>,
+) -> Result<(Ws, Response<Option<Vec<u8>>>), tungstenite::Error> {
+    open_with(addr, Some(tls), auth, protocol).await
+}
+
+async fn open_with(
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    auth: Auth<'_>,
+    protocol: Option<&str>,
+) -> Result<(Ws, Response<Option<Vec<u8>>>), tungstenite::Error> {
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
     let url = match auth {
-        Auth::Query(token) => format!("ws://{addr}/ws?token={token}"),
-        _ => format!("ws://{addr}/ws"),
+        Auth::Query(token) => format!("{scheme}://{addr}/ws?token={token}"),
+        _ => format!("{scheme}://{addr}/ws"),
     };
     let mut request = url.into_client_request()?;
     let headers = request.headers_mut();
@@ -63,7 +84,8 @@ pub async fn open(
             HeaderValue::from_str(protocol).unwrap(),
         );
     }
-    tokio_tungstenite::connect_async(request).await
+    let connector = tls.map(Connector::Rustls);
+    tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector).await
 }
 
 /// A connected, welcomed client.
@@ -84,12 +106,30 @@ impl Client {
     }
 
     pub async fn connect_as(addr: SocketAddr, auth: Auth<'_>, msgpack: bool) -> Client {
+        Self::connect_with(addr, None, auth, msgpack).await
+    }
+
+    /// Connects over wss:// (JSON, the token in the query), trusting what `tls` trusts.
+    pub async fn connect_tls(
+        addr: SocketAddr,
+        tls: Arc<rustls::ClientConfig>,
+        token: &str,
+    ) -> Client {
+        Self::connect_with(addr, Some(tls), Auth::Query(token), false).await
+    }
+
+    async fn connect_with(
+        addr: SocketAddr,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        auth: Auth<'_>,
+        msgpack: bool,
+    ) -> Client {
         let protocol = if msgpack {
             "teamchat.v1.msgpack"
         } else {
             "teamchat.v1.json"
         };
-        let (ws, response) = open(addr, auth, Some(protocol))
+        let (ws, response) = open_with(addr, tls, auth, Some(protocol))
             .await
             .expect("WebSocket upgrade");
         assert_eq!(
@@ -219,11 +259,22 @@ pub async fn open_raw(addr: SocketAddr, token: &str) -> TcpStream {
 /// As `open_raw`, with `early` (frames, say) sent in the same write as the upgrade
 /// request, before the server's answer.
 pub async fn open_raw_with(addr: SocketAddr, token: &str, early: &[u8]) -> TcpStream {
+    open_raw_headers(addr, token, "", early).await.0
+}
+
+/// As `open_raw_with`, with more request header lines (`"Name: value\r\n"` each);
+/// returns the 101 response's head too.
+pub async fn open_raw_headers(
+    addr: SocketAddr,
+    token: &str,
+    headers: &str,
+    early: &[u8],
+) -> (TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.expect("connecting");
     let mut request = format!(
         "GET /ws?token={token} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
     )
     .into_bytes();
     request.extend_from_slice(early);
@@ -237,12 +288,9 @@ pub async fn open_raw_with(addr: SocketAddr, token: &str, early: &[u8]) -> TcpSt
             .expect("reading the upgrade response");
         head.push(byte[0]);
     }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    stream
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    (stream, head)
 }
 
 /// Reads raw server frames until a close frame; returns its code. Never answers anything.
@@ -303,6 +351,12 @@ pub async fn raw_frames_until_close(stream: &mut TcpStream) -> (u16, Vec<Value>)
 
 /// The next raw server frame: its opcode and payload.
 pub async fn raw_next_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let (first, payload) = raw_next_frame_whole(stream).await;
+    (first & 0x0f, payload)
+}
+
+/// The next raw server frame: its first byte (FIN, RSV bits, opcode) and payload.
+pub async fn raw_next_frame_whole(stream: &mut TcpStream) -> (u8, Vec<u8>) {
     use tokio::io::AsyncReadExt;
     let mut head = [0u8; 2];
     tokio::time::timeout(RECV_TIMEOUT, stream.read_exact(&mut head))
@@ -319,5 +373,5 @@ pub async fn raw_next_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
         .read_exact(&mut payload)
         .await
         .expect("reading a frame");
-    (head[0] & 0x0f, payload)
+    (head[0], payload)
 }

@@ -26,12 +26,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use teamchat_shared::ids::is_valid_id;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use crate::AppState;
 use crate::outlet::ConnectionSlot;
 use crate::session::auth::{self, Claims};
 use crate::session::limits::Operation;
+use crate::transport::{self, Handshake};
 
 pub type Body = Full<Bytes>;
 
@@ -44,11 +46,16 @@ type SlotHolder = Arc<Mutex<Option<ConnectionSlot>>>;
 /// The largest request head read, in bytes (hyper's least): more is answered 431.
 const MAX_HEAD: usize = 8_192;
 
-/// Accepts connections until shutdown. Past `MAX_CONNECTIONS` a connection is answered
-/// 503 and closed at once, before any parsing; a client that takes longer than
-/// `HEADER_TIMEOUT_MS` to send a request head (or idles that long between requests) is
-/// dropped.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener, api_only: bool) {
+/// Accepts connections until shutdown, with TLS when `tls` is given. Past
+/// `MAX_CONNECTIONS` a connection is answered 503 and closed at once, before any parsing
+/// (or handshake); a client that takes longer than `HEADER_TIMEOUT_MS` to finish the TLS
+/// handshake or to send a request head (or idles that long between requests) is dropped.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: TcpListener,
+    api_only: bool,
+    tls: Option<TlsAcceptor>,
+) {
     let header_timeout = Duration::from_millis(state.config.header_timeout_ms.max(1));
     loop {
         let (stream, peer) = tokio::select! {
@@ -65,27 +72,51 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, api_only: bool) 
         };
         let Ok(slot) = state.connection_slots.clone().try_acquire_owned() else {
             metrics::counter!(teamchat_shared::metrics::CONNECTIONS_REFUSED).increment(1);
-            // Best effort, without waiting: the socket's buffer takes it.
+            // Best effort, without waiting: the socket's buffer takes it (in clear, also
+            // on the TLS port: a handshake is not worth its CPU when full).
             let _ = stream.try_write(FULL);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let slot: SlotHolder = Arc::new(Mutex::new(Some(slot)));
-            let service = service_fn(move |req| route(state.clone(), slot.clone(), api_only, req));
-            if let Err(e) = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .max_buf_size(MAX_HEAD)
-                .serve_connection(TokioIo::new(stream), service)
-                .with_upgrades()
-                .await
-            {
+            let served = match tls {
+                None => serve_connection(state, slot, api_only, stream, header_timeout).await,
+                Some(tls) => match transport::handshake(&tls, stream, header_timeout).await {
+                    Handshake::Done(stream) => {
+                        serve_connection(state, slot, api_only, *stream, header_timeout).await
+                    }
+                    Handshake::Failed => return,
+                },
+            };
+            if let Err(e) = served {
                 debug!(error = %e, %peer, "HTTP connection ended");
             }
         });
     }
+}
+
+/// Serves HTTP/1.1 requests and upgrades on one connection until it ends.
+async fn serve_connection<S>(
+    state: Arc<AppState>,
+    slot: SlotHolder,
+    api_only: bool,
+    stream: S,
+    header_timeout: Duration,
+) -> hyper::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let service = service_fn(move |req| route(state.clone(), slot.clone(), api_only, req));
+    http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await
 }
 
 /// The answer to a connection past `MAX_CONNECTIONS`.

@@ -6,15 +6,15 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, SEC_WEBSOCKET_PROTOCOL};
+use hyper::header::{HeaderValue, SEC_WEBSOCKET_EXTENSIONS, SEC_WEBSOCKET_PROTOCOL};
 use hyper::{Request, Response, StatusCode};
 use tracing::debug;
 
 use super::{Body, cors, json_error};
-use crate::AppState;
 use crate::outlet::ConnectionSlot;
 use crate::protocol::Encoding;
 use crate::session::{self, auth};
+use crate::{AppState, deflate};
 
 /// Upgrades to WebSocket; the connection's slot goes with it to the session.
 pub fn upgrade(
@@ -41,6 +41,15 @@ pub fn upgrade(
         None => Err(auth::AuthError::Missing),
     };
     let (encoding, echo) = choose_subprotocol(&req);
+    let deflate = match state.config.ws_deflate {
+        true => deflate::negotiate(
+            req.headers()
+                .get_all(SEC_WEBSOCKET_EXTENSIONS)
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        ),
+        false => None,
+    };
     let (response, upgrade) = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok(pair) => pair,
         Err(e) => return json_error(StatusCode::BAD_REQUEST, "bad_request", &e.to_string()),
@@ -54,7 +63,8 @@ pub fn upgrade(
         match tokio::time::timeout(handshake, upgrade).await {
             Ok(Ok(ws)) => {
                 let upgraded = ws.into_inner().into_inner();
-                session::run(state, upgraded, auth, encoding, slot).await;
+                let deflate = deflate.is_some();
+                session::run(state, upgraded, auth, encoding, deflate, slot).await;
             }
             Ok(Err(e)) => debug!(error = %e, "upgrade failed"),
             Err(_) => debug!("upgrade timed out"),
@@ -66,6 +76,11 @@ pub fn upgrade(
             SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(encoding.subprotocol()),
         );
+    }
+    if let Some(answer) = deflate {
+        parts
+            .headers
+            .insert(SEC_WEBSOCKET_EXTENSIONS, HeaderValue::from_static(answer));
     }
     Response::from_parts(parts, Body::default())
 }

@@ -6,13 +6,17 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 
+use crate::deflate;
 use crate::protocol::{Encoding, ServerFrame};
 
-/// A server frame shared by every local recipient, encoded at most once per encoding.
+/// A server frame shared by every local recipient, encoded at most once per encoding, and
+/// compressed at most once per encoding, at its first recipient that takes it compressed.
 pub struct OutFrame {
     frame: ServerFrame,
     json: OnceLock<Bytes>,
     msgpack: OnceLock<Bytes>,
+    json_deflated: OnceLock<Option<Bytes>>,
+    msgpack_deflated: OnceLock<Option<Bytes>>,
 }
 
 impl OutFrame {
@@ -21,7 +25,20 @@ impl OutFrame {
             frame,
             json: OnceLock::new(),
             msgpack: OnceLock::new(),
+            json_deflated: OnceLock::new(),
+            msgpack_deflated: OnceLock::new(),
         })
+    }
+
+    /// The encoded frame compressed (permessage-deflate); `None` when it goes as it is
+    /// (under 1 KiB, or not smaller).
+    pub fn deflated(&self, encoding: Encoding) -> Option<&Bytes> {
+        let cell = match encoding {
+            Encoding::Json => &self.json_deflated,
+            Encoding::MsgPack => &self.msgpack_deflated,
+        };
+        cell.get_or_init(|| deflate::deflate(self.bytes(encoding)))
+            .as_ref()
     }
 
     /// The frame's `type`, for metrics.
@@ -94,23 +111,41 @@ impl Outbound {
     }
 }
 
-/// Appends an item to the write buffer; returns the close code once a close frame is in it.
-pub(super) fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) -> Option<u16> {
+/// Appends an item to the write buffer, data frames compressed when the connection
+/// negotiated permessage-deflate; returns the close code once a close frame is in it.
+pub(super) fn push(
+    buffer: &mut BytesMut,
+    item: Outbound,
+    encoding: Encoding,
+    deflate: bool,
+) -> Option<u16> {
     let opcode = data_opcode(encoding);
+    let shared = |buffer: &mut BytesMut, frame: &OutFrame| match deflate
+        .then(|| frame.deflated(encoding))
+        .flatten()
+    {
+        Some(compressed) => push_frame(buffer, opcode, true, compressed),
+        None => push_frame(buffer, opcode, false, frame.bytes(encoding)),
+    };
     match item {
-        Outbound::Shared(frame) => push_frame(buffer, opcode, frame.bytes(encoding)),
+        Outbound::Shared(frame) => shared(buffer, &frame),
         Outbound::Batch(frames, skip) => {
             for (i, frame) in frames.iter().enumerate() {
                 if i != skip as usize {
-                    push_frame(buffer, opcode, frame.bytes(encoding));
+                    shared(buffer, frame);
                 }
             }
         }
-        Outbound::Own(frame) => push_frame(buffer, opcode, &frame.encode(encoding)),
-        Outbound::Ping => push_frame(buffer, OpCode::Ping, b""),
+        Outbound::Own(frame) => push_data(buffer, opcode, &frame.encode(encoding), deflate),
+        Outbound::Ping => push_frame(buffer, OpCode::Ping, false, b""),
         Outbound::Control(control) => {
             let (op, payload) = *control;
-            push_frame(buffer, op, &payload);
+            if matches!(op, OpCode::Text | OpCode::Binary) {
+                // A reply, queued encoded.
+                push_data(buffer, op, &payload, deflate);
+                return None;
+            }
+            push_frame(buffer, op, false, &payload);
             if op == OpCode::Close {
                 return Some(
                     payload
@@ -124,11 +159,19 @@ pub(super) fn push(buffer: &mut BytesMut, item: Outbound, encoding: Encoding) ->
             let mut payload = Vec::with_capacity(2 + reason.len());
             payload.extend_from_slice(&code.to_be_bytes());
             payload.extend_from_slice(reason.as_bytes());
-            push_frame(buffer, OpCode::Close, &payload);
+            push_frame(buffer, OpCode::Close, false, &payload);
             return Some(code);
         }
     }
     None
+}
+
+/// Appends a data frame for this connection alone, compressed if it negotiated it.
+fn push_data(buffer: &mut BytesMut, opcode: OpCode, payload: &[u8], deflate: bool) {
+    match deflate.then(|| deflate::deflate(payload)).flatten() {
+        Some(compressed) => push_frame(buffer, opcode, true, &compressed),
+        None => push_frame(buffer, opcode, false, payload),
+    }
 }
 
 /// The opcode of the connection's data frames.
@@ -150,10 +193,12 @@ pub(super) fn weight(item: &Outbound, encoding: Encoding) -> usize {
     }
 }
 
-/// Appends one unmasked server frame.
-fn push_frame(buffer: &mut BytesMut, opcode: OpCode, payload: &[u8]) {
+/// Appends one unmasked server frame; `compressed` sets RSV1 (RFC 7692).
+fn push_frame(buffer: &mut BytesMut, opcode: OpCode, compressed: bool, payload: &[u8]) {
     let mut head = [0u8; 10];
-    let len = Frame::new(true, opcode, None, Payload::Borrowed(payload)).fmt_head(&mut head);
+    let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
+    frame.rsv1 = compressed;
+    let len = frame.fmt_head(&mut head);
     buffer.extend_from_slice(&head[..len]);
     buffer.extend_from_slice(payload);
 }

@@ -21,15 +21,13 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use teamchat_shared::metrics as m;
-#[cfg(test)]
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 
 use self::frame::{push, weight};
 use self::writer::try_write;
 use crate::protocol::Encoding;
+use crate::transport::WriteHalf;
 
 /// A place among the gateway's `MAX_CONNECTIONS`, held as long as its TCP connection is
 /// open: by the HTTP connection, then by the outlet after an upgrade.
@@ -71,8 +69,10 @@ enum WriterEnd {
 pub struct Outlet(Arc<Shared>);
 
 struct Shared {
-    socket: OwnedWriteHalf,
+    socket: WriteHalf,
     encoding: Encoding,
+    /// permessage-deflate was negotiated: data frames of 1 KiB and more go compressed.
+    deflate: bool,
     limits: QueueLimits,
     state: Mutex<State>,
     /// The close code asked of the writer; 0 while none. The first asked wins.
@@ -140,14 +140,16 @@ thread_local! {
 impl Outlet {
     /// The send side of a connection whose queue holds at most what `limits` allow.
     pub fn new(
-        socket: OwnedWriteHalf,
+        socket: WriteHalf,
         encoding: Encoding,
+        deflate: bool,
         limits: QueueLimits,
         slot: Option<OwnedSemaphorePermit>,
     ) -> Self {
         Outlet(Arc::new(Shared {
             socket,
             encoding,
+            deflate,
             limits,
             state: Mutex::new(State::default()),
             close: AtomicU16::new(0),
@@ -368,7 +370,7 @@ impl Shared {
                 if item.closes() {
                     return Some(item);
                 }
-                push(buffer, item, self.encoding);
+                push(buffer, item, self.encoding, self.deflate);
                 None
             });
             // A refusal (full socket buffer) or an error leaves it to the writer, which
@@ -377,7 +379,10 @@ impl Shared {
                 true => 0,
                 false => try_write(&self.socket, buffer).unwrap_or(0),
             };
-            let rest = (written < buffer.len()).then(|| Bytes::copy_from_slice(&buffer[written..]));
+            // Bytes taken but not yet written (TLS ciphertext) leave a rest too, if empty:
+            // the writer writes them.
+            let rest = (written < buffer.len() || self.socket.pending())
+                .then(|| Bytes::copy_from_slice(&buffer[written..]));
             if buffer.capacity() > 64 * 1024 {
                 *buffer = BytesMut::new();
             }
@@ -398,7 +403,7 @@ impl Shared {
         drop(state);
         // The peer learns at once that nothing follows (the socket itself closes only
         // when the connection's last holder lets go of it, which may wait on Redis).
-        let _ = socket2::SockRef::from(self.socket.as_ref()).shutdown(std::net::Shutdown::Write);
+        self.socket.shutdown();
         self.reader.wake();
         metrics::counter!(m::CLOSES, "code" => close_label(&end)).increment(1);
         if end == WriterEnd::Closed(1013) {

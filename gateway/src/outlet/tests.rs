@@ -3,6 +3,7 @@
 use super::*;
 use fastwebsockets::OpCode;
 use fastwebsockets::{Role, WebSocket};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 
 /// An outlet on one end of a loopback connection, a client reading frames on the other.
@@ -18,7 +19,7 @@ async fn connected(capacity: usize) -> (Outlet, WebSocket<TcpStream>, OwnedReadH
         bytes: u32::MAX,
         stall_ms: 30_000,
     };
-    let outlet = Outlet::new(write, Encoding::Json, limits, None);
+    let outlet = Outlet::new(WriteHalf::Plain(write), Encoding::Json, false, limits, None);
     (
         outlet,
         WebSocket::after_handshake(client, Role::Client),

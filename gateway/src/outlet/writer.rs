@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use teamchat_shared::metrics as m;
-use tokio::net::tcp::OwnedWriteHalf;
 
 use super::frame::{push, weight};
+use crate::transport::WriteHalf;
+
 use super::{KEEP_SLOTS, Outbound, Outlet, SLOW_WRITE_GRACE, Shared, Taken, WriterEnd};
 
 impl Shared {
@@ -39,9 +40,14 @@ impl Shared {
             // What is queued is dropped (the rest of a frame written in part is not).
             state.queue.clear();
             state.queued_bytes = 0;
-            return Taken::Frames(push(buffer, Outbound::close(code, reason), self.encoding));
+            return Taken::Frames(push(
+                buffer,
+                Outbound::close(code, reason),
+                self.encoding,
+                self.deflate,
+            ));
         }
-        if state.queue.is_empty() && buffer.is_empty() {
+        if state.queue.is_empty() && buffer.is_empty() && !self.socket.pending() {
             if state.ending {
                 return Taken::ReaderDone;
             }
@@ -55,7 +61,7 @@ impl Shared {
                 break;
             };
             state.queued_bytes = unweigh(state.queued_bytes, weight(&item, self.encoding));
-            closed = push(buffer, item, self.encoding);
+            closed = push(buffer, item, self.encoding, self.deflate);
         }
         if state.queue.is_empty() && state.queue.capacity() > KEEP_SLOTS {
             state.queue = VecDeque::new();
@@ -124,14 +130,11 @@ async fn write_all_or_give_up(shared: &Shared, buffer: &[u8]) -> bool {
 
 /// Writes all of `buffer`, waiting for the socket when it is full, but not longer than
 /// `stall` each time: a peer whose socket takes nothing for that long is not reading.
-async fn write_all(
-    socket: &OwnedWriteHalf,
-    mut buffer: &[u8],
-    stall: Duration,
-) -> std::io::Result<()> {
-    while !buffer.is_empty() {
+/// Bytes taken but not yet written (TLS ciphertext) are written too.
+async fn write_all(socket: &WriteHalf, mut buffer: &[u8], stall: Duration) -> std::io::Result<()> {
+    while !buffer.is_empty() || socket.pending() {
         match try_write(socket, buffer) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(0) if !buffer.is_empty() => return Err(std::io::ErrorKind::WriteZero.into()),
             Ok(n) => buffer = &buffer[n..],
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 tokio::time::timeout(stall, socket.writable())
@@ -146,7 +149,7 @@ async fn write_all(
 
 /// One write call to the socket, counted: frames out over writes shows how well frames
 /// are coalesced.
-pub(super) fn try_write(socket: &OwnedWriteHalf, buffer: &[u8]) -> std::io::Result<usize> {
+pub(super) fn try_write(socket: &WriteHalf, buffer: &[u8]) -> std::io::Result<usize> {
     metrics::counter!(m::SOCKET_WRITES).increment(1);
     socket.try_write(buffer)
 }

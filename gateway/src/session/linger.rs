@@ -9,7 +9,7 @@
 use std::io::ErrorKind;
 
 use fastwebsockets::{Frame, OpCode};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
 
 use super::{CLOSE_GRACE, Reader};
 
@@ -42,11 +42,12 @@ async fn drain(ws: &mut Reader) {
             Err(_) => break,
         }
     }
-    discard(ws.get_ref(), read).await;
+    // (Raw bytes, also under TLS: nothing in them is read any more.)
+    discard(ws.get_ref().tcp(), read).await;
 }
 
 /// Reads and throws away bytes until the end of the stream or `LINGER_BYTES` in all.
-async fn discard(socket: &OwnedReadHalf, mut read: usize) {
+async fn discard(socket: &TcpStream, mut read: usize) {
     let mut buffer = [0u8; 4096];
     while read <= LINGER_BYTES {
         if socket.readable().await.is_err() {

@@ -28,8 +28,6 @@ use hyper::upgrade::Upgraded;
 use teamchat_shared::event::Ephemeral;
 use teamchat_shared::metrics as m;
 use teamchat_shared::runtime::now_ms;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -37,6 +35,7 @@ use self::auth::{AuthError, Claims};
 use self::connections::Order;
 use self::open::{let_close, open};
 use self::teams::Teams;
+use crate::deflate::{self, InflateError};
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, StopReading};
 use crate::protocol::{self, Encoding, Limits};
 use crate::room::Who;
@@ -56,6 +55,8 @@ struct Partial {
     text: bool,
     /// How much of `bytes` is known to be valid UTF-8.
     valid: usize,
+    /// Compressed (permessage-deflate): collected as it came, inflated and checked whole.
+    compressed: bool,
 }
 
 impl Partial {
@@ -74,6 +75,20 @@ impl Partial {
             }
         }
     }
+}
+
+/// A compressed message inflated, at most `max_frame` bytes (1009 past it: a zip bomb is
+/// stopped there) and, as text, UTF-8 (1007).
+fn inflated(compressed: &[u8], text: bool, max_frame: usize) -> Result<Vec<u8>, Flow> {
+    let message = match deflate::inflate(compressed, max_frame) {
+        Ok(message) => message,
+        Err(InflateError::TooLarge) => return Err(Flow::Close(1009, "message too large")),
+        Err(InflateError::Corrupt) => return Err(Flow::Close(1007, "invalid compressed data")),
+    };
+    if text && std::str::from_utf8(&message).is_err() {
+        return Err(Flow::Close(1007, "invalid utf-8"));
+    }
+    Ok(message)
 }
 
 /// The per-connection state the reader keeps.
@@ -134,7 +149,7 @@ enum Flow {
 
 /// What a connection reads frames from: its socket (bytes hyper read past the handshake
 /// are put in the reader's buffer first).
-type Reader = fastwebsockets::WebSocketRead<OwnedReadHalf>;
+type Reader = fastwebsockets::WebSocketRead<crate::transport::ReadHalf>;
 
 /// Opens a connection after the upgrade (authentication, the per-user limit, welcome),
 /// then hands it to a task of its own that reads it until it closes: the task that lives
@@ -144,9 +159,10 @@ pub async fn run(
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
+    deflate: bool,
     slot: Option<ConnectionSlot>,
 ) {
-    if let Some((session, ws)) = open(state, upgraded, auth, encoding, slot).await {
+    if let Some((session, ws)) = open(state, upgraded, auth, encoding, deflate, slot).await {
         let sessions = session.state.sessions.clone();
         let serving = session.serve(ws);
         // Every idle connection is this future in a task of 128-byte steps: at 648 bytes
@@ -260,7 +276,7 @@ impl Session {
                         // holds no buffer.
                         // (Polled for readiness, not `readable()`, whose future is 168 bytes.)
                         if !ws.has_buffered() {
-                            let socket: &TcpStream = ws.get_ref().as_ref();
+                            let socket = ws.get_ref();
                             poll_fn(|cx| socket.poll_read_ready(cx))
                                 .await
                                 .map_err(WebSocketError::IoError)?;
@@ -366,11 +382,20 @@ impl Session {
                     if frame.payload.len() > max_frame {
                         return Flow::Close(1009, "frame too large");
                     }
-                    Some(frame.payload.to_vec())
+                    if frame.rsv1 {
+                        let text = frame.opcode == OpCode::Text;
+                        match inflated(&frame.payload, text, max_frame) {
+                            Ok(message) => Some(message),
+                            Err(flow) => return flow,
+                        }
+                    } else {
+                        Some(frame.payload.to_vec())
+                    }
                 } else {
                     let collected = partial.get_or_insert_with(|| {
                         Box::new(Partial {
                             text: frame.opcode == OpCode::Text,
+                            compressed: frame.rsv1,
                             ..Partial::default()
                         })
                     });
@@ -378,13 +403,18 @@ impl Session {
                         return Flow::Close(1009, "frame too large");
                     }
                     collected.bytes.extend_from_slice(&frame.payload);
-                    if collected.text && !collected.utf8_so_far(frame.fin) {
+                    if collected.text && !collected.compressed && !collected.utf8_so_far(frame.fin)
+                    {
                         return Flow::Close(1007, "invalid utf-8");
                     }
-                    if frame.fin {
-                        partial.take().map(|collected| collected.bytes)
-                    } else {
-                        None
+                    match (frame.fin, partial.take_if(|_| frame.fin)) {
+                        (true, Some(collected)) if collected.compressed => {
+                            match inflated(&collected.bytes, collected.text, max_frame) {
+                                Ok(message) => Some(message),
+                                Err(flow) => return flow,
+                            }
+                        }
+                        (_, collected) => collected.map(|collected| collected.bytes),
                     }
                 }
             }

@@ -7,10 +7,7 @@ use std::sync::atomic::Ordering;
 
 use fastwebsockets::Role;
 use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use teamchat_shared::metrics as m;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -22,6 +19,7 @@ use crate::broker::ConnectionOpen;
 use crate::outlet::{ConnectionSlot, Outbound, Outlet, QueueLimits};
 use crate::protocol::{Encoding, ServerFrame};
 use crate::room::Who;
+use crate::transport::{self, ReadHalf};
 
 /// The opening: `None` when the connection was refused (and closed).
 pub(super) async fn open(
@@ -29,26 +27,22 @@ pub(super) async fn open(
     upgraded: Upgraded,
     auth: Result<Claims, AuthError>,
     encoding: Encoding,
+    deflate: bool,
     slot: Option<ConnectionSlot>,
 ) -> Option<(Session, Reader)> {
-    let parts = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => parts,
-        Err(_) => {
-            warn!("upgraded connection is not a TCP stream");
-            return None;
-        }
+    let Some((read, write, early)) = transport::split(upgraded) else {
+        warn!("upgraded connection is neither a TCP nor a TLS stream");
+        return None;
     };
-    let (read, write) = parts.io.into_inner().into_split();
     // Bytes the client sent right after its handshake may already sit in hyper's buffer:
     // they are copied into the frame reader's buffer (a slice would keep hyper's whole
     // read buffer alive for the connection's lifetime).
-    let early = parts.read_buf;
     let limits = QueueLimits {
         frames: u32::try_from(state.config.send_queue.max(2)).unwrap_or(u32::MAX),
         bytes: state.config.send_queue_bytes,
         stall_ms: state.config.write_timeout_ms.max(1),
     };
-    let outlet = Outlet::new(write, encoding, limits, slot);
+    let outlet = Outlet::new(write, encoding, deflate, limits, slot);
 
     let claims = match auth {
         Ok(claims) => claims,
@@ -57,7 +51,7 @@ pub(super) async fn open(
             // The queue is new: there is room.
             let _ = outlet.try_send(Outbound::close(error.close_code(), error.reason()));
             let_close(outlet).await;
-            linger(&mut reader(read, &early, state.config.max_frame)).await;
+            linger(&mut reader(read, &early, state.config.max_frame, deflate)).await;
             return None;
         }
     };
@@ -89,7 +83,7 @@ pub(super) async fn open(
     if let Some((code, reason)) = refused {
         let _ = outlet.try_send(Outbound::close(code, reason));
         let_close(outlet).await;
-        linger(&mut reader(read, &early, state.config.max_frame)).await;
+        linger(&mut reader(read, &early, state.config.max_frame, deflate)).await;
         return None;
     }
     state
@@ -129,16 +123,19 @@ pub(super) async fn open(
         receipts: None,
     };
     session.expires_at = session.token_deadline(session.claims.exp);
-    let ws = reader(read, &early, session.state.config.max_frame);
+    let ws = reader(read, &early, session.state.config.max_frame, deflate);
     drop(early);
     Some((session, ws))
 }
 
 /// The frame reader of a connection, starting with the bytes hyper read past the handshake.
-fn reader(read: OwnedReadHalf, early: &[u8], max_frame: usize) -> Reader {
+fn reader(read: ReadHalf, early: &[u8], max_frame: usize, deflate: bool) -> Reader {
     let (mut ws, _) = fastwebsockets::after_handshake_split(read, tokio::io::sink(), Role::Server);
     ws.push_buffered(early);
+    // (A compressed message's frames are bounded as they come; inflated, the message is
+    // bounded again in `on_frame`.)
     ws.set_max_message_size(max_frame + 1);
+    ws.set_deflate(deflate);
     // Pings are answered in `on_frame`, so that read_frame returns them and they count as
     // traffic for the heartbeat.
     ws.set_auto_pong(false);

@@ -136,6 +136,9 @@ pub struct Frame<'f> {
   mask: Option<[u8; 4]>,
   /// The payload of the frame.
   pub payload: Payload<'f>,
+  /// RSV1: the message is compressed (RFC 7692 permessage-deflate; teamchat patch). Set
+  /// by the reader only after `WebSocketRead::set_deflate`; written by `fmt_head`.
+  pub rsv1: bool,
 }
 
 const MAX_HEAD_SIZE: usize = 16;
@@ -149,6 +152,7 @@ impl<'f> Frame<'f> {
     payload: Payload<'f>,
   ) -> Self {
     Self {
+      rsv1: false,
       fin,
       opcode,
       mask,
@@ -163,6 +167,7 @@ impl<'f> Frame<'f> {
   /// This method does not check if the payload is valid UTF-8.
   pub fn text(payload: Payload<'f>) -> Self {
     Self {
+      rsv1: false,
       fin: true,
       opcode: OpCode::Text,
       mask: None,
@@ -175,6 +180,7 @@ impl<'f> Frame<'f> {
   /// This is a convenience method for `Frame::new(true, OpCode::Binary, None, payload)`.
   pub fn binary(payload: Payload<'f>) -> Self {
     Self {
+      rsv1: false,
       fin: true,
       opcode: OpCode::Binary,
       mask: None,
@@ -193,6 +199,7 @@ impl<'f> Frame<'f> {
     payload.extend_from_slice(reason);
 
     Self {
+      rsv1: false,
       fin: true,
       opcode: OpCode::Close,
       mask: None,
@@ -207,6 +214,7 @@ impl<'f> Frame<'f> {
   /// This method does not check if `payload` is valid Close frame payload.
   pub fn close_raw(payload: Payload<'f>) -> Self {
     Self {
+      rsv1: false,
       fin: true,
       opcode: OpCode::Close,
       mask: None,
@@ -219,6 +227,7 @@ impl<'f> Frame<'f> {
   /// This is a convenience method for `Frame::new(true, OpCode::Pong, None, payload)`.
   pub fn pong(payload: Payload<'f>) -> Self {
     Self {
+      rsv1: false,
       fin: true,
       opcode: OpCode::Pong,
       mask: None,
@@ -260,7 +269,7 @@ impl<'f> Frame<'f> {
   ///
   /// This method panics if the head buffer is not at least n-bytes long, where n is the size of the length field (0, 2, 4, or 10)
   pub fn fmt_head(&mut self, head: &mut [u8]) -> usize {
-    head[0] = (self.fin as u8) << 7 | (self.opcode as u8);
+    head[0] = (self.fin as u8) << 7 | (self.rsv1 as u8) << 6 | (self.opcode as u8);
 
     let len = self.payload.len();
     let size = if len < 126 {

@@ -202,11 +202,12 @@ pub(crate) struct WriteHalf {
 
 pub(crate) struct ReadHalf {
   role: Role,
-  auto_apply_mask: bool,
-  auto_close: bool,
-  auto_pong: bool,
-  writev_threshold: usize,
-  max_message_size: usize,
+  // teamchat patch: the three switches and permessage-deflate in one byte (the read half
+  // is part of every idle connection).
+  flags: u8,
+  // teamchat patch: no `writev_threshold` (the read half writes nothing) and a 32-bit
+  // limit: 16 bytes less in every connection's future.
+  max_message_size: u32,
   buffer: BytesMut,
 }
 
@@ -253,15 +254,18 @@ impl<'f, S> WebSocketRead<S> {
     (self.stream, self.read_half)
   }
 
-  pub fn set_writev_threshold(&mut self, threshold: usize) {
-    self.read_half.writev_threshold = threshold;
+  /// permessage-deflate (RFC 7692) was negotiated (teamchat patch): RSV1 is allowed on
+  /// the first frame of a data message and reported in `Frame::rsv1`; such a message's
+  /// payload is compressed, and not checked as UTF-8 here. The caller inflates it.
+  pub fn set_deflate(&mut self, on: bool) {
+    self.read_half.set(DEFLATE, on);
   }
 
   /// Sets whether to automatically close the connection when a close frame is received. When set to `false`, the application will have to manually send close frames.
   ///
   /// Default: `true`
   pub fn set_auto_close(&mut self, auto_close: bool) {
-    self.read_half.auto_close = auto_close;
+    self.read_half.set(AUTO_CLOSE, auto_close);
   }
 
   /// Whether bytes of a next frame are buffered already (teamchat patch: a caller that
@@ -287,21 +291,22 @@ impl<'f, S> WebSocketRead<S> {
   ///
   /// Default: `true`
   pub fn set_auto_pong(&mut self, auto_pong: bool) {
-    self.read_half.auto_pong = auto_pong;
+    self.read_half.set(AUTO_PONG, auto_pong);
   }
 
   /// Sets the maximum message size in bytes. If a message is received that is larger than this, the connection will be closed.
   ///
   /// Default: 64 MiB
   pub fn set_max_message_size(&mut self, max_message_size: usize) {
-    self.read_half.max_message_size = max_message_size;
+    self.read_half.max_message_size =
+      u32::try_from(max_message_size).unwrap_or(u32::MAX);
   }
 
   /// Sets whether to automatically apply the mask to the frame payload.
   ///
   /// Default: `true`
   pub fn set_auto_apply_mask(&mut self, auto_apply_mask: bool) {
-    self.read_half.auto_apply_mask = auto_apply_mask;
+    self.read_half.set(AUTO_APPLY_MASK, auto_apply_mask);
   }
 
   /// Reads a frame from the stream.
@@ -464,36 +469,42 @@ impl<'f, S> WebSocket<S> {
   }
 
   pub fn set_writev_threshold(&mut self, threshold: usize) {
-    self.read_half.writev_threshold = threshold;
     self.write_half.writev_threshold = threshold;
+  }
+
+  /// permessage-deflate (RFC 7692) was negotiated (teamchat patch): see
+  /// `WebSocketRead::set_deflate`.
+  pub fn set_deflate(&mut self, on: bool) {
+    self.read_half.set(DEFLATE, on);
   }
 
   /// Sets whether to automatically close the connection when a close frame is received. When set to `false`, the application will have to manually send close frames.
   ///
   /// Default: `true`
   pub fn set_auto_close(&mut self, auto_close: bool) {
-    self.read_half.auto_close = auto_close;
+    self.read_half.set(AUTO_CLOSE, auto_close);
   }
 
   /// Sets whether to automatically send a pong frame when a ping frame is received.
   ///
   /// Default: `true`
   pub fn set_auto_pong(&mut self, auto_pong: bool) {
-    self.read_half.auto_pong = auto_pong;
+    self.read_half.set(AUTO_PONG, auto_pong);
   }
 
   /// Sets the maximum message size in bytes. If a message is received that is larger than this, the connection will be closed.
   ///
   /// Default: 64 MiB
   pub fn set_max_message_size(&mut self, max_message_size: usize) {
-    self.read_half.max_message_size = max_message_size;
+    self.read_half.max_message_size =
+      u32::try_from(max_message_size).unwrap_or(u32::MAX);
   }
 
   /// Sets whether to automatically apply the mask to the frame payload.
   ///
   /// Default: `true`
   pub fn set_auto_apply_mask(&mut self, auto_apply_mask: bool) {
-    self.read_half.auto_apply_mask = auto_apply_mask;
+    self.read_half.set(AUTO_APPLY_MASK, auto_apply_mask);
     self.write_half.auto_apply_mask = auto_apply_mask;
   }
 
@@ -592,16 +603,36 @@ impl<'f, S> WebSocket<S> {
 
 const MAX_HEADER_SIZE: usize = 14;
 
+// `ReadHalf::flags` (teamchat patch).
+const AUTO_APPLY_MASK: u8 = 1;
+const AUTO_CLOSE: u8 = 2;
+const AUTO_PONG: u8 = 4;
+/// permessage-deflate negotiated: RSV1 allowed on a data message's first frame.
+const DEFLATE: u8 = 8;
+
+// Every connection's reader holds one: keep it at 40 bytes.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<ReadHalf>() == 40);
+
 impl ReadHalf {
+  fn has(&self, flag: u8) -> bool {
+    self.flags & flag != 0
+  }
+
+  fn set(&mut self, flag: u8, on: bool) {
+    if on {
+      self.flags |= flag;
+    } else {
+      self.flags &= !flag;
+    }
+  }
+
   pub fn after_handshake(role: Role) -> Self {
     let buffer = BytesMut::new();
 
     Self {
       role,
-      auto_apply_mask: true,
-      auto_close: true,
-      auto_pong: true,
-      writev_threshold: 1024,
+      flags: AUTO_APPLY_MASK | AUTO_CLOSE | AUTO_PONG,
       max_message_size: 64 << 20,
       buffer,
     }
@@ -625,12 +656,12 @@ impl ReadHalf {
       Err(e) => return (Err(e), None),
     };
 
-    if self.role == Role::Server && self.auto_apply_mask {
+    if self.role == Role::Server && self.has(AUTO_APPLY_MASK) {
       frame.unmask()
     };
 
     match frame.opcode {
-      OpCode::Close if self.auto_close => {
+      OpCode::Close if self.has(AUTO_CLOSE) => {
         match frame.payload.len() {
           0 => {}
           1 => return (Err(WebSocketError::InvalidCloseFrame), None),
@@ -661,11 +692,12 @@ impl ReadHalf {
         let obligated_send = Frame::close_raw(frame.payload.to_owned().into());
         (Ok(Some(frame)), Some(obligated_send))
       }
-      OpCode::Ping if self.auto_pong => {
+      OpCode::Ping if self.has(AUTO_PONG) => {
         (Ok(None), Some(Frame::pong(frame.payload)))
       }
+      // A compressed message is checked once inflated, by the caller.
       OpCode::Text => {
-        if frame.fin && !frame.is_utf8() {
+        if frame.fin && !frame.rsv1 && !frame.is_utf8() {
           (Err(WebSocketError::InvalidUTF8), None)
         } else {
           (Ok(Some(frame)), None)
@@ -703,11 +735,19 @@ impl ReadHalf {
     let rsv2 = self.buffer[0] & 0b00100000 != 0;
     let rsv3 = self.buffer[0] & 0b00010000 != 0;
 
-    if rsv1 || rsv2 || rsv3 {
+    if rsv2 || rsv3 {
       return Err(WebSocketError::ReservedBitsNotZero);
     }
 
     let opcode = frame::OpCode::try_from(self.buffer[0] & 0b00001111)?;
+    // RFC 7692 §6 (teamchat patch): RSV1 marks a compressed message once permessage-deflate
+    // was negotiated, on the first frame of a data message only; never on a control frame
+    // or a continuation. Anywhere else it fails the connection (RFC 6455 §5.2).
+    if rsv1
+      && !(self.has(DEFLATE) && matches!(opcode, OpCode::Text | OpCode::Binary))
+    {
+      return Err(WebSocketError::ReservedBitsNotZero);
+    }
     let masked = self.buffer[1] & 0b10000000 != 0;
     // RFC 6455 §5.1: a server must fail the connection on a frame the client did not mask.
     if self.role == Role::Server && !masked {
@@ -760,7 +800,7 @@ impl ReadHalf {
       return Err(WebSocketError::ControlFrameTooLarge);
     }
 
-    if payload_len >= self.max_message_size {
+    if payload_len >= self.max_message_size as usize {
       return Err(WebSocketError::FrameTooLarge);
     }
 
@@ -777,7 +817,8 @@ impl ReadHalf {
       // allocates a small one), instead of keeping this frame's allocation alive.
       self.buffer = BytesMut::new();
     }
-    let frame = Frame::new(fin, opcode, mask, Payload::Bytes(payload));
+    let mut frame = Frame::new(fin, opcode, mask, Payload::Bytes(payload));
+    frame.rsv1 = rsv1;
     Ok(frame)
   }
 }

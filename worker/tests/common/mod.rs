@@ -93,4 +93,13 @@ pub async fn touch_every_metric(stack: &Stack) {
     )
     .await;
     drop(ben);
+    // A gateway serving TLS (in this process: the same metrics recorder) shows the TLS
+    // metrics, at zero.
+    let ca = teamchat_testkit::tls::TestCa::new();
+    let cert = format!("--tls-cert-file={}", ca.server_cert().display());
+    let key = format!("--tls-key-file={}", ca.server_key().display());
+    let tls = teamchat_gateway::Gateway::start(env.gateway_config(&[&cert, &key]))
+        .await
+        .expect("a TLS gateway starts");
+    tls.stop().await;
 }
