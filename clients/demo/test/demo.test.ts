@@ -43,7 +43,9 @@ beforeAll(async () => {
     if (!existsSync(file)) throw new Error(`${file} is missing: ${hint}`);
   }
   mkdirSync(SHOTS, { recursive: true });
-  stack = await startStack({ gateways: 2, dev: true, env: { API_KEYS: API_KEY } });
+  // With permessage-deflate on, as a deployment that enables it: every page below chats
+  // over it, and the last test checks Chromium negotiated it.
+  stack = await startStack({ gateways: 2, dev: true, env: { API_KEYS: API_KEY, WS_DEFLATE: "true" } });
   TEAM = `demo-${stack.prefix}`;
   // Playwright gives the browser a fresh temporary --user-data-dir of its own.
   browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
@@ -260,5 +262,48 @@ test("with WebSocket blocked a page chats over SSE, then over long-polling, losi
       expect((await bodies(page)).filter((t) => t === body), body).toHaveLength(1);
     }
   }
+  expect(pageErrors).toEqual([]);
+});
+
+test("Chromium negotiates permessage-deflate and large messages arrive intact", async () => {
+  const page = await openPage(stack.gateways[0].httpUrl, "Z");
+  const result = await page.evaluate(async ({ team }) => {
+    const open = async (user: string) => {
+      const res = await fetch("/dev/token", { method: "POST", body: JSON.stringify({ user, teams: [team] }) });
+      const { token } = await res.json();
+      const ws = new WebSocket(`ws://${location.host}/ws?token=${encodeURIComponent(token)}`);
+      const frames: any[] = [];
+      let arrived = () => {};
+      ws.onmessage = (e) => {
+        frames.push(JSON.parse(e.data));
+        arrived();
+      };
+      await new Promise((resolve, reject) => ((ws.onopen = resolve), (ws.onerror = reject)));
+      const next = (match: (f: any) => boolean) =>
+        new Promise<any>((resolve) => {
+          const look = () => {
+            const found = frames.find(match);
+            if (found) resolve(found);
+          };
+          arrived = look;
+          look();
+        });
+      ws.send(JSON.stringify({ type: "room:join", team }));
+      await next((f) => f.type === "room:joined");
+      return { ws, next };
+    };
+    const sender = await open("deflate-sender");
+    const receiver = await open("deflate-receiver");
+    // 12 KiB of text, as a long pasted message.
+    const words = ["release", "review", "deploy", "rollback", "incident", "schedule", "owner", "notes"];
+    const body = Array.from({ length: 1_500 }, (_, i) => words[(i * 7) % words.length]).join(" ");
+    sender.ws.send(JSON.stringify({ type: "message:send", team, client_id: "deflate-big", body }));
+    const received = await receiver.next((f) => f.type === "message:new" && f.client_id === "deflate-big");
+    return { extensions: [sender.ws.extensions, receiver.ws.extensions], intact: received.body === body, length: body.length };
+  }, { team: TEAM });
+  const answer = "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+  expect(result.extensions).toEqual([answer, answer]);
+  expect(result.length).toBeGreaterThan(10_000);
+  expect(result.intact).toBe(true);
   expect(pageErrors).toEqual([]);
 });
