@@ -507,9 +507,75 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use fastwebsockets::{Frame, Role};
+    use fastwebsockets::{Frame, OpCode, Role};
+
+    /// Reads a client's frames as a session does (permessage-deflate negotiated or not):
+    /// the frames until the first error.
+    async fn read_all(bytes: &[u8], deflate: bool) -> Vec<(OpCode, bool)> {
+        let (mut ws, _) =
+            fastwebsockets::after_handshake_split(bytes, tokio::io::sink(), Role::Server);
+        ws.set_max_message_size(1024);
+        ws.set_auto_pong(false);
+        ws.set_deflate(deflate);
+        let mut obligated = |_: Frame<'_>| std::future::ready(Ok::<(), std::io::Error>(()));
+        let mut frames = Vec::new();
+        while let Ok(frame) = ws.read_frame(&mut obligated).await {
+            assert!(frame.payload.len() <= 1024);
+            frames.push((frame.opcode, frame.rsv1));
+        }
+        frames
+    }
+
+    /// A masked client frame with RSV1 set as given (payload all zero).
+    fn client_frame(first: u8, len: u8) -> Vec<u8> {
+        let mut frame = vec![first, 0x80 | len, 0, 0, 0, 0];
+        frame.resize(6 + len as usize, 0);
+        frame
+    }
+
+    #[tokio::test]
+    async fn rsv1_is_read_only_on_a_data_message_s_first_frame_once_negotiated() {
+        // 0xC1: final text, RSV1 (its zeros are not UTF-8-checked: it is compressed);
+        // 0x42 then 0x80: a binary message in two fragments, RSV1 on the first.
+        let compressed = [
+            client_frame(0xC1, 3),
+            client_frame(0x42, 2),
+            client_frame(0x80, 1),
+        ]
+        .concat();
+        let read = read_all(&compressed, true).await;
+        assert_eq!(
+            read,
+            [
+                (OpCode::Text, true),
+                (OpCode::Binary, true),
+                (OpCode::Continuation, false)
+            ]
+        );
+        // Not negotiated: refused at the first frame.
+        assert_eq!(read_all(&compressed, false).await, []);
+        // RSV1 on a continuation or a control frame: refused even when negotiated.
+        let continuation = [client_frame(0x42, 2), client_frame(0xC0, 1)].concat();
+        assert_eq!(
+            read_all(&continuation, true).await,
+            [(OpCode::Binary, true)]
+        );
+        assert_eq!(read_all(&client_frame(0xC9, 0), true).await, []);
+    }
 
     proptest::proptest! {
+        /// The (vendored) frame reader as a session sets it up, over arbitrary bytes from
+        /// a client: frames or an error, never a panic, never a frame over the limit; and
+        /// with permessage-deflate, RSV1 only on text or binary frames.
+        #[test]
+        fn fuzz_the_frame_reader_with_deflate(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048)) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let frames = runtime.block_on(read_all(&bytes, true));
+            for (opcode, rsv1) in frames {
+                assert!(!rsv1 || matches!(opcode, OpCode::Text | OpCode::Binary));
+            }
+        }
+
         /// The (vendored) frame reader as a session sets it up, over arbitrary bytes from
         /// a client: frames or an error, never a panic, never a frame over the limit.
         #[test]
