@@ -2,19 +2,37 @@
 //! (one address has ~28k ephemeral ports; 100k connections need several), JSON frames.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use crate::stack::SECRET;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The TLS client configuration of a `--tls` run: connections are then wss://.
+static TLS: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+
+/// Connects over wss:// from now on, trusting what `config` trusts.
+pub fn use_tls(config: Arc<rustls::ClientConfig>) {
+    let _ = TLS.set(config);
+}
+
+/// Whether connections offer permessage-deflate (`idle --deflate`).
+static OFFER_DEFLATE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Connections offer permessage-deflate from now on.
+pub fn offer_deflate() {
+    OFFER_DEFLATE.store(true, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Source addresses 127.0.0.2 … 127.0.0.51, spread over connection numbers.
 pub fn source_ip(n: usize) -> IpAddr {
@@ -34,14 +52,24 @@ pub async fn connect(gateway: SocketAddr, source: IpAddr, token: &str) -> anyhow
     socket.bind(SocketAddr::new(source, 0))?;
     let stream = socket.connect(gateway).await?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{gateway}/ws?token={token}");
+    let scheme = if TLS.get().is_some() { "wss" } else { "ws" };
+    let url = format!("{scheme}://{gateway}/ws?token={token}");
     // A small read buffer: tungstenite zeroes its whole read buffer (128 KiB by default)
     // on every read, which made that memset most of the generator's CPU.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
         .write_buffer_size(0);
+    let mut request = url.into_client_request()?;
+    if OFFER_DEFLATE.load(std::sync::atomic::Ordering::Relaxed) {
+        request.headers_mut().insert(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits".parse()?,
+        );
+    }
+    let connector = TLS.get().cloned().map(Connector::Rustls);
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        tokio_tungstenite::client_async_tls_with_config(request, stream, Some(config), connector)
+            .await?;
     next_of(&mut ws, "session:welcome").await?;
     Ok(ws)
 }
@@ -96,6 +124,11 @@ pub fn number_after(text: &str, key: &str) -> Option<u64> {
 
 /// A gateway's `/metrics` text; None when it does not answer.
 pub async fn metrics_text(gateway: SocketAddr) -> Option<String> {
+    if let Some(tls) = TLS.get() {
+        let request = "GET /metrics HTTP/1.1";
+        let (_, _, body) = teamchat_testkit::tls::https(gateway, tls.clone(), request).await;
+        return Some(body);
+    }
     let (_, _, body) =
         teamchat_testkit::try_http(gateway, "GET", "/metrics", &[], Vec::new()).await?;
     String::from_utf8(body.to_vec()).ok()

@@ -45,6 +45,10 @@ pub struct FanoutArgs {
     /// stay on WebSocket).
     #[arg(long, value_enum, default_value = "websocket")]
     pub receivers: Receivers,
+    /// The size of each message's body, in bytes of text (0: a short greeting). At 1 KiB
+    /// and more, `websocket-deflate` receivers get it compressed.
+    #[arg(long, default_value_t = 0)]
+    pub body_bytes: usize,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -53,13 +57,17 @@ pub struct FanoutArgs {
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Receivers {
     Websocket,
+    /// WebSocket with permessage-deflate negotiated (the gateways run with `WS_DEFLATE`).
+    WebsocketDeflate,
     Sse,
     Polling,
 }
 
 /// A joined receiver or sender, by transport.
 enum Joined {
-    Ws(Ws),
+    // Boxed: a wss:// stream holds its TLS session.
+    Ws(Box<Ws>),
+    Deflate(Box<crate::deflate_client::DeflateWs>),
     Sse(teamchat_testkit::http_session::Sse),
     Poll(teamchat_testkit::http_session::Poll),
 }
@@ -89,7 +97,12 @@ fn histogram() -> Histogram<u64> {
 }
 
 pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
-    let (gateways, prefix) = stack::start_gateways(&args.stack, 2).await?;
+    if args.stack.tls && !matches!(args.receivers, Receivers::Websocket) {
+        anyhow::bail!("--tls measures WebSocket receivers only");
+    }
+    let mut stack_args = args.stack.clone();
+    stack_args.deflate |= args.receivers == Receivers::WebsocketDeflate;
+    let (gateways, prefix) = stack::start_gateways(&stack_args, 2).await?;
     let mut processes = vec![
         ("gateway 1".to_owned(), gateways[0].pid),
         ("gateway 2".to_owned(), gateways[1].pid),
@@ -118,6 +131,16 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                 let joined = match receivers {
                     _ if member == 0 => None,
                     Receivers::Websocket => None,
+                    Receivers::WebsocketDeflate => {
+                        let ws = crate::deflate_client::connect(
+                            gateway,
+                            client::source_ip(n),
+                            &token,
+                            &team,
+                        )
+                        .await?;
+                        Some(Joined::Deflate(Box::new(ws)))
+                    }
                     Receivers::Sse => {
                         let query = format!("teams={team}");
                         let mut sse =
@@ -148,7 +171,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                     None => {
                         let mut ws = client::connect(gateway, client::source_ip(n), &token).await?;
                         client::join(&mut ws, &team, None).await?;
-                        Joined::Ws(ws)
+                        Joined::Ws(Box::new(ws))
                     }
                 };
                 anyhow::Ok((room, member, joined))
@@ -162,13 +185,16 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let closed = closed.clone();
         match joined {
             Joined::Ws(ws) => {
-                let (sink, reader) = ws.split();
+                let (sink, reader) = (*ws).split();
                 if member == 0 {
                     senders[room] = Some(sink);
                     tokio::spawn(read_acks(reader, windows));
                 } else {
                     tokio::spawn(read_deliveries(reader, windows, frames, closed));
                 }
+            }
+            Joined::Deflate(ws) => {
+                tokio::spawn(read_deflated_deliveries(*ws, windows, frames, closed));
             }
             Joined::Sse(sse) => {
                 tokio::spawn(read_sse_deliveries(sse, windows, frames, closed));
@@ -213,8 +239,10 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let per_room = rate as f64 / args.rooms as f64;
         let total_per_room = (per_room * args.seconds as f64).round() as u64;
         let mut tasks = Vec::new();
+        let body: Arc<str> = message_body(args.body_bytes).into();
         for (room, slot) in senders.iter_mut().enumerate() {
             let mut sink = slot.take().expect("sender returned");
+            let body = body.clone();
             let team = format!("room{room}");
             let period = Duration::from_secs_f64(1.0 / per_room.max(1e-9));
             let phase = period.mul_f64(room as f64 / args.rooms as f64);
@@ -227,7 +255,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                     // The send time in the client id too: the ack echoes it.
                     let sent_us = now_us();
                     let frame = json!({"type": "message:send", "team": team,
-                        "client_id": format!("w{w}n{n}t{sent_us}"), "body": "hello, room",
+                        "client_id": format!("w{w}n{n}t{sent_us}"), "body": &*body,
                         "meta": {"sent_us": sent_us, "w": w}});
                     if sink.send(Message::text(frame.to_string())).await.is_err() {
                         break;
@@ -280,11 +308,17 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let ratio = delivered as f64 / expected.max(1) as f64;
         let p99_ms = ms(0.99);
         let gateway_cpu: f64 = cpu.iter().take(2).map(|(_, secs, _)| secs).sum();
-        let receivers = format!("{:?}", args.receivers).to_lowercase();
+        let receivers = match args.receivers {
+            Receivers::Websocket => "websocket",
+            Receivers::WebsocketDeflate => "websocket-deflate",
+            Receivers::Sse => "sse",
+            Receivers::Polling => "polling",
+        };
         let mut row = Row::new()
             .with("receivers", receivers)
             .with("rooms", args.rooms)
             .with("members", args.members)
+            .with("body bytes", args.body_bytes)
             .with("offered msg/s", rate)
             .with(
                 "sent msg/s",
@@ -365,24 +399,69 @@ async fn read_deliveries(
             }
             continue;
         };
-        // Data frames only: heartbeat pings never stop, the join storm's chatter does.
-        frames.fetch_add(1, Ordering::Relaxed);
-        if !text.starts_with(r#"{"type":"message:new""#) {
-            continue;
-        }
-        let (Some(sent), Some(w)) = (
-            client::number_after(&text, r#""sent_us""#),
-            client::number_after(&text, r#""w""#),
-        ) else {
-            continue;
-        };
-        let Some(window) = windows.get(w as usize) else {
-            continue;
-        };
-        window.delivered.fetch_add(1, Ordering::Relaxed);
-        let latency = now_us().saturating_sub(sent).max(1);
-        let _ = window.latency_us.lock().unwrap().record(latency);
+        counted(&text, &windows, &frames);
     }
+}
+
+/// A data frame a WebSocket receiver got: counted, and timed if it is a measured
+/// `message:new`. (Data frames only: heartbeat pings never stop, the join storm's chatter
+/// does.)
+fn counted(text: &str, windows: &[Window], frames: &AtomicU64) {
+    frames.fetch_add(1, Ordering::Relaxed);
+    if !text.starts_with(r#"{"type":"message:new""#) {
+        return;
+    }
+    let (Some(sent), Some(w)) = (
+        client::number_after(text, r#""sent_us""#),
+        client::number_after(text, r#""w""#),
+    ) else {
+        return;
+    };
+    let Some(window) = windows.get(w as usize) else {
+        return;
+    };
+    window.delivered.fetch_add(1, Ordering::Relaxed);
+    let latency = now_us().saturating_sub(sent).max(1);
+    let _ = window.latency_us.lock().unwrap().record(latency);
+}
+
+/// Reads a permessage-deflate receiver: compressed messages inflated, then as above.
+async fn read_deflated_deliveries(
+    mut ws: crate::deflate_client::DeflateWs,
+    windows: Arc<Vec<Window>>,
+    frames: Arc<AtomicU64>,
+    closed: Arc<Closed>,
+) {
+    loop {
+        match crate::deflate_client::next_text(&mut ws).await {
+            Ok(text) => counted(&text, &windows, &frames),
+            Err(end) => return closed.record(end),
+        }
+    }
+}
+
+/// A message body of `bytes` bytes of text (words of a work chat, not one repeated
+/// sentence), or a short greeting.
+fn message_body(bytes: usize) -> String {
+    if bytes == 0 {
+        return "hello, room".to_owned();
+    }
+    const WORDS: [&str; 16] = [
+        "release", "review", "deploy", "rollback", "incident", "schedule", "owner", "notes",
+        "thursday", "on-call", "customer", "latency", "ticket", "merge", "staging", "alert",
+    ];
+    let mut body = String::with_capacity(bytes + 16);
+    let mut n = 0u64;
+    while body.len() < bytes {
+        // A pseudo-random walk over the words (a fixed seed: every run sends the same).
+        n = n
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        body.push_str(WORDS[(n >> 60) as usize]);
+        body.push(' ');
+    }
+    body.truncate(bytes);
+    body
 }
 
 /// A frame delivered over HTTP: counted, and timed if it is a measured `message:new`.

@@ -44,6 +44,13 @@ pub struct HoldArgs {
     pub count: usize,
     #[arg(long, default_value_t = 10)]
     pub team_size: usize,
+    /// Connect over wss://, trusting this CA certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Offer permessage-deflate (idle connections get no message large enough to be
+    /// compressed, which tungstenite could not read).
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 pub async fn run(args: &IdleArgs) -> anyhow::Result<Vec<Row>> {
@@ -75,6 +82,8 @@ async fn measure(args: &IdleArgs, n: usize) -> anyhow::Result<Row> {
             .arg(format!("--first={first}"))
             .arg(format!("--count={count}"))
             .arg(format!("--team-size={}", args.team_size))
+            .args(stack::tls_ca().map(|ca| format!("--tls-ca={}", ca.display())))
+            .args(args.stack.deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -130,6 +139,12 @@ async fn measure(args: &IdleArgs, n: usize) -> anyhow::Result<Row> {
 /// Holds `count` connections (connection i on gateway i mod G, team i / team_size) until
 /// stdin closes; prints `ready <failed>` when all are joined.
 pub async fn hold(args: &HoldArgs) -> anyhow::Result<()> {
+    if let Some(ca) = &args.tls_ca {
+        client::use_tls(teamchat_testkit::tls::client_config(ca));
+    }
+    if args.deflate {
+        client::offer_deflate();
+    }
     let gateways = &args.gateways;
     let mut failed = 0;
     let mut first_error = None;

@@ -8,6 +8,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 mod client;
 mod connect;
+mod deflate_client;
 mod fanout;
 mod idle;
 mod report;

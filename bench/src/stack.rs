@@ -24,7 +24,18 @@ pub struct StackArgs {
     /// The gateway binary; by default the one beside this binary (same cargo profile).
     #[arg(long)]
     pub gateway_bin: Option<PathBuf>,
+    /// Gateways serve TLS (a throwaway certificate made with `openssl`) and the load
+    /// generator connects over wss://: what TLS costs in memory and CPU.
+    #[arg(long)]
+    pub tls: bool,
+    /// Gateways run with `WS_DEFLATE` (permessage-deflate for the connections that offer
+    /// it; `idle` then offers it).
+    #[arg(long)]
+    pub deflate: bool,
 }
+
+/// The certificate authority of a `--tls` run, kept for the run's length.
+static TEST_CA: std::sync::OnceLock<teamchat_testkit::tls::TestCa> = std::sync::OnceLock::new();
 
 impl StackArgs {
     fn gateway_bin(&self) -> anyhow::Result<PathBuf> {
@@ -60,6 +71,17 @@ pub async fn start_gateways(
         .migrate()
         .await?;
     let prefix = format!("bench{}x{}", std::process::id(), teamchat_testkit::now());
+    // (Values as paths: most are file names.)
+    let mut tls_env = Vec::new();
+    if args.tls {
+        let ca = TEST_CA.get_or_init(teamchat_testkit::tls::TestCa::new);
+        tls_env.push(("TLS_CERT_FILE", ca.server_cert()));
+        tls_env.push(("TLS_KEY_FILE", ca.server_key()));
+        crate::client::use_tls(ca.client_config());
+    }
+    if args.deflate {
+        tls_env.push(("WS_DEFLATE", PathBuf::from("true")));
+    }
     let mut gateways = Vec::new();
     for _ in 0..count {
         let port = teamchat_testkit::free_port();
@@ -75,6 +97,7 @@ pub async fn start_gateways(
             .env("RATE_TYPING_PER_MIN", "1000000000")
             .env("MAX_CONNECTIONS_PER_USER", "1000000")
             .env("RUST_LOG", "warn")
+            .envs(tls_env.iter().cloned())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
@@ -91,9 +114,24 @@ pub async fn start_gateways(
     Ok((gateways, prefix))
 }
 
+/// The CA certificate of a `--tls` run, for generator processes to trust.
+pub fn tls_ca() -> Option<PathBuf> {
+    TEST_CA.get().map(teamchat_testkit::tls::TestCa::ca)
+}
+
 async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
     for _ in 0..1_000 {
-        if let Some((200, _)) = teamchat_testkit::try_http_get(addr, "/readyz", &[]).await {
+        let ready = match TEST_CA.get() {
+            // Serving once it completes a handshake (it connects to Redis before).
+            Some(ca) => teamchat_testkit::tls::connect(addr, ca.client_config())
+                .await
+                .is_ok(),
+            None => matches!(
+                teamchat_testkit::try_http_get(addr, "/readyz", &[]).await,
+                Some((200, _))
+            ),
+        };
+        if ready {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
