@@ -155,7 +155,12 @@ pub enum InflateError {
 pub fn inflate(compressed: &[u8], limit: usize) -> Result<Vec<u8>, InflateError> {
     INFLATER.with_borrow_mut(|inflater| {
         inflater.reset(false);
-        let start = compressed.len().saturating_mul(4).clamp(256, limit + 1);
+        // (Not `clamp`: with a limit under 255 its bounds would cross.)
+        let start = compressed
+            .len()
+            .saturating_mul(4)
+            .max(256)
+            .min(limit.saturating_add(1));
         let mut out = Vec::with_capacity(start);
         for mut input in [compressed, &TAIL[..]] {
             loop {

@@ -85,7 +85,12 @@ impl Gateway {
             listen(config.listen).with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let bridge_listener = match tls {
-            Some(_) => Some(listen(bridge_addr(addr)).context("binding the loopback listener")?),
+            // IPv6 may be off on loopback even when the gateway listens on `[::]`.
+            Some(_) => Some(
+                listen(bridge_addr(addr))
+                    .or_else(|_| listen(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0))))
+                    .context("binding the loopback listener")?,
+            ),
             None => None,
         };
         let bridge_to = match &bridge_listener {

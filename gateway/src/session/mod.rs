@@ -77,10 +77,10 @@ impl Partial {
     }
 }
 
-/// A compressed message inflated, at most `max_frame` bytes (1009 past it: a zip bomb is
+/// A compressed message inflated, at most `limit` bytes (1009 past it: a zip bomb is
 /// stopped there) and, as text, UTF-8 (1007).
-fn inflated(compressed: &[u8], text: bool, max_frame: usize) -> Result<Vec<u8>, Flow> {
-    let message = match deflate::inflate(compressed, max_frame) {
+fn inflated(compressed: &[u8], text: bool, limit: usize) -> Result<Vec<u8>, Flow> {
+    let message = match deflate::inflate(compressed, limit) {
         Ok(message) => message,
         Err(InflateError::TooLarge) => return Err(Flow::Close(1009, "message too large")),
         Err(InflateError::Corrupt) => return Err(Flow::Close(1007, "invalid compressed data")),
@@ -344,6 +344,16 @@ impl Session {
         }
     }
 
+    /// The most a compressed message may inflate to: `max_frame`, and no more than the
+    /// largest request can take (a body whose every character is escaped, the largest
+    /// `meta`, and room for the rest). Deflate reaches ≈ 1,000:1, so without this bound a
+    /// frame of 1 KiB could make the gateway inflate and parse a whole `max_frame`.
+    fn inflate_limit(&self) -> usize {
+        let config = &self.state.config;
+        let largest_request = 6 * config.max_body + config.max_meta + 16 * 1024;
+        config.max_frame.min(largest_request)
+    }
+
     /// How often the gateway pings (computed, not kept: see `read_loop`).
     fn heartbeat(&self) -> Duration {
         Duration::from_millis(self.state.config.heartbeat_ms.max(100))
@@ -384,7 +394,7 @@ impl Session {
                     }
                     if frame.rsv1 {
                         let text = frame.opcode == OpCode::Text;
-                        match inflated(&frame.payload, text, max_frame) {
+                        match inflated(&frame.payload, text, self.inflate_limit()) {
                             Ok(message) => Some(message),
                             Err(flow) => return flow,
                         }
@@ -409,7 +419,7 @@ impl Session {
                     }
                     match (frame.fin, partial.take_if(|_| frame.fin)) {
                         (true, Some(collected)) if collected.compressed => {
-                            match inflated(&collected.bytes, collected.text, max_frame) {
+                            match inflated(&collected.bytes, collected.text, self.inflate_limit()) {
                                 Ok(message) => Some(message),
                                 Err(flow) => return flow,
                             }
@@ -526,16 +536,17 @@ mod tests {
         frames
     }
 
-    /// A masked client frame with RSV1 set as given (payload all zero).
+    /// A masked client frame (mask 0) with this first byte; its payload, 0xff bytes, is
+    /// not UTF-8.
     fn client_frame(first: u8, len: u8) -> Vec<u8> {
         let mut frame = vec![first, 0x80 | len, 0, 0, 0, 0];
-        frame.resize(6 + len as usize, 0);
+        frame.resize(6 + len as usize, 0xff);
         frame
     }
 
     #[tokio::test]
     async fn rsv1_is_read_only_on_a_data_message_s_first_frame_once_negotiated() {
-        // 0xC1: final text, RSV1 (its zeros are not UTF-8-checked: it is compressed);
+        // 0xC1: final text, RSV1 (not UTF-8-checked here: it is compressed);
         // 0x42 then 0x80: a binary message in two fragments, RSV1 on the first.
         let compressed = [
             client_frame(0xC1, 3),

@@ -28,6 +28,8 @@ pub struct Certificates {
     cert_file: PathBuf,
     key_file: PathBuf,
     provider: Arc<CryptoProvider>,
+    /// The files' contents when first loaded, taken by `watch`.
+    loaded: std::sync::Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for Certificates {
@@ -59,11 +61,14 @@ pub fn from_config(
         return Ok(None);
     };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // What the files held before the load: a change after it is seen by `watch`.
+    let loaded = read_both(cert_file, key_file);
     let certificates = Arc::new(Certificates {
         current: RwLock::new(Arc::new(load(cert_file, key_file, &provider)?)),
         cert_file: cert_file.clone(),
         key_file: key_file.clone(),
         provider: provider.clone(),
+        loaded: std::sync::Mutex::new(loaded),
     });
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -127,11 +132,15 @@ impl Certificates {
     /// The files' contents, to notice a change (a renamed-over file or a Kubernetes
     /// secret's swapped link keep no useful modification time).
     fn contents(&self) -> Option<(Vec<u8>, Vec<u8>)> {
-        Some((
-            std::fs::read(&self.cert_file).ok()?,
-            std::fs::read(&self.key_file).ok()?,
-        ))
+        read_both(&self.cert_file, &self.key_file)
     }
+}
+
+fn read_both(cert_file: &Path, key_file: &Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    Some((
+        std::fs::read(cert_file).ok()?,
+        std::fs::read(key_file).ok()?,
+    ))
 }
 
 /// Reloads the certificate when either file changes, or on SIGHUP, until `stop`.
@@ -141,7 +150,11 @@ pub async fn watch(certificates: Arc<Certificates>, stop: tokio_util::sync::Canc
             |e| warn!(error = %e, "SIGHUP not watched: the TLS certificate reloads on change only"),
         )
         .ok();
-    let mut last = certificates.contents();
+    let mut last = certificates
+        .loaded
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
     let mut every = tokio::time::interval(POLL);
     loop {
         let forced = tokio::select! {

@@ -108,6 +108,11 @@ impl Write for Nonblocking<'_> {
         self.0.try_write(buf)
     }
 
+    /// Several records in one call (rustls writes what waits as a vector of records).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
