@@ -268,6 +268,8 @@ async fn append_message(
         body: "hello".into(),
         meta: None,
         ts: 1,
+        mentions: Vec::new(),
+        attachments: Vec::new(),
     });
     let append = teamchat_gateway::broker::Append {
         team: "t",

@@ -51,6 +51,28 @@ pub struct MessageData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
     pub ts: i64,
+    /// Users the message mentions (each told with `mention`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    /// Files the message links to (uploaded by the application, not through teamchat).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file a message links to: its place and what a client needs to show it before
+/// fetching it. Validated by the gateway (`https://` URLs, sizes, a MIME type).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub url: String,
+    pub name: String,
+    pub mime: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb_url: Option<String>,
 }
 
 /// The data of an edit (`seq` is the edited message).
@@ -301,6 +323,8 @@ mod tests {
             body: "hi\nthere".into(),
             meta: Some(serde_json::json!({"k": 1})),
             ts: 1_763_900_000_123,
+            mentions: vec!["ben".into()],
+            attachments: Vec::new(),
         }
     }
 

@@ -34,6 +34,8 @@ fn message(offset: u64, seq: u64, body: &str) -> Entry {
         body: body.into(),
         meta: None,
         ts: 1_000 + offset as i64,
+        mentions: Vec::new(),
+        attachments: Vec::new(),
     };
     entry(offset, seq, EventData::Message(data))
 }

@@ -23,6 +23,7 @@ import type {
   Meta,
   PresenceInfo,
   RoomJoined,
+  SendOptions,
   ServerFrame,
   Since,
   Transport,
@@ -168,12 +169,14 @@ export class TeamchatClient {
     await new Promise<void>((resolve) => this.leaves.set(rid, resolve));
   }
 
-  send(team: string, body: string, meta?: Meta): Promise<MessageAck> {
+  send(team: string, body: string, meta?: Meta, options: SendOptions = {}): Promise<MessageAck> {
     const refused = this.refuse(team);
     if (refused) return refused;
     this.stopTyping(team);
     const frame: ClientFrame = { type: "message:send", team, client_id: newClientId(), body };
     if (meta !== undefined) frame.meta = meta;
+    if (options.mentions?.length) frame.mentions = options.mentions;
+    if (options.attachments?.length) frame.attachments = options.attachments;
     return this.outbox.push(team, frame, true);
   }
 
@@ -489,6 +492,9 @@ export class TeamchatClient {
         return this.onRemoved(frame.team, frame.reason);
       case "notify":
         this.events.emit("notify", frame);
+        return;
+      case "mention":
+        this.events.emit("mention", frame);
         return;
       case "message:ack": {
         const sent = this.outbox.ack(frame);

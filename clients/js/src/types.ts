@@ -51,6 +51,26 @@ export interface MessageAck {
 
 export type Meta = Record<string, unknown>;
 
+/** A file a message links to: uploaded by the application to its own store (teamchat
+ * carries the link, checked: an `https://` URL, a name, a MIME type, a size). */
+export interface Attachment {
+  url: string;
+  name: string;
+  mime: string;
+  size: number;
+  width?: number;
+  height?: number;
+  thumb_url?: string;
+}
+
+/** What a message may carry beside its body (`send`'s fourth argument). */
+export interface SendOptions {
+  /** User ids the message mentions (up to 50): each is told with a `mention` event. */
+  mentions?: string[];
+  /** Up to 10 files. */
+  attachments?: Attachment[];
+}
+
 export interface MessageNew {
   type: "message:new";
   team: string;
@@ -63,6 +83,20 @@ export interface MessageNew {
   meta: Meta | null;
   ts: number;
   offset: string;
+  /** Present when the message mentions users. */
+  mentions?: string[];
+  /** Present when the message links to files. */
+  attachments?: Attachment[];
+}
+
+/** A message of `team` mentioned this user (`user` wrote it); sent whether or not the team
+ * is joined, so an app can badge a team it does not show. Not stored. */
+export interface Mention {
+  type: "mention";
+  team: string;
+  seq: number;
+  user: string;
+  ts: number;
 }
 
 export interface MessageEdited {
@@ -168,7 +202,8 @@ export type ServerFrame =
   | ErrorFrame
   | Pong
   | TokenRefreshed
-  | Notify;
+  | Notify
+  | Mention;
 
 /** A frame the client sends. */
 export interface ClientFrame {
@@ -229,6 +264,7 @@ export interface ClientEvents {
   /** The server ended the membership of a team; the client does not rejoin it. */
   left: { team: string; reason: string };
   notify: Notify;
+  mention: Mention;
   /** The client moved to another transport (a fallback, or back to WebSocket). */
   transport: Transport;
   error: ErrorFrame;

@@ -158,6 +158,8 @@ async fn load(
                 if let Some(row) = merged.get_mut(&event.seq) {
                     row.deleted = true;
                     row.message.body.clear();
+                    row.message.mentions.clear();
+                    row.message.attachments.clear();
                     row.version = row.version.max(event.offset);
                 }
             }
@@ -187,6 +189,12 @@ fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
             meta: row.meta,
             ts: row.ts,
             offset: row.offset.to_string(),
+            // (A deleted message's are blanked by the worker.)
+            mentions: row.mentions.unwrap_or_default(),
+            attachments: row
+                .attachments
+                .and_then(|a| serde_json::from_value(a).ok())
+                .unwrap_or_default(),
         },
         edited_at: row.edited_at,
         deleted: row.deleted,

@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::broker::{Append, AppendOutcome};
 use crate::protocol::{self, Encoding, ErrorCode, Limits, Request as ClientRequest};
 use crate::session::auth::MAX_NAME;
-use crate::session::connections::Control;
+use crate::session::connections::{self, Control};
 use crate::session::limits::Operation;
 use crate::storage::StorageError;
 
@@ -365,6 +365,8 @@ impl Post {
             client_id,
             body,
             meta,
+            mentions,
+            attachments,
             ..
         } = decoded.request
         else {
@@ -378,6 +380,8 @@ impl Post {
             body,
             meta,
             ts: now_ms(),
+            mentions,
+            attachments,
         });
         let cost = match self.charge {
             true => crate::session::credit_cost(&state.config, &data),
@@ -393,14 +397,19 @@ impl Post {
             limit: None,
         };
         match state.storage.append(&append).await {
-            Ok(AppendOutcome::Appended(appended)) => Ok(json!({
+            Ok(AppendOutcome::Appended(appended)) => {
+                if appended.is_new {
+                    connections::mention(&state.broker, team, appended.seq, &data);
+                }
+                Ok(json!({
                 "team": team,
                 "seq": appended.seq,
                 "id": appended.id,
                 "offset": appended.offset.to_string(),
                 "ts": appended.ts,
                 "duplicate": !appended.is_new,
-            })),
+                }))
+            }
             Ok(AppendOutcome::Refused(code)) => Err(refused(code, "refused")),
             Ok(_) => Err(unavailable(&"the team's state is missing")),
             Err(e) => Err(unavailable(&e)),

@@ -4,10 +4,11 @@
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use teamchat_shared::event::Attachment;
 use teamchat_shared::ids::is_valid_id;
 
-use super::Encoding;
 use super::error::{ErrorCode, RequestError};
+use super::{Encoding, chat};
 
 /// `since` of a `room:join`.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -31,6 +32,8 @@ pub enum Request {
         client_id: String,
         body: String,
         meta: Option<Value>,
+        mentions: Vec<String>,
+        attachments: Vec<Attachment>,
     },
     MessageEdit {
         team: String,
@@ -202,6 +205,10 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
         body: String,
         #[serde(default)]
         meta: Option<Value>,
+        #[serde(default)]
+        mentions: Option<Value>,
+        #[serde(default)]
+        attachments: Option<Value>,
     }
     let fields: Fields = serde_json::from_value(Value::Object(object))
         .map_err(|e| bad(&format!("malformed message:send: {e}")))?;
@@ -247,11 +254,15 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
         }
         Some(_) => return Err(in_team(bad("meta must be an object"))),
     };
+    let mentions = chat::mentions(fields.mentions).map_err(|e| in_team(bad(&e)))?;
+    let attachments = chat::attachments(fields.attachments).map_err(|e| in_team(bad(&e)))?;
     Ok(Request::MessageSend {
         team: fields.team,
         client_id: fields.client_id,
         body: fields.body,
         meta,
+        mentions,
+        attachments,
     })
 }
 
@@ -382,13 +393,14 @@ mod tests {
     }
 
     /// A frame nested past what serde_json decodes is refused in MessagePack too, without
-    /// recursing deeper (on a small stack, 1,000 levels of recursion would overflow it).
+    /// recursing deeper: on half a runtime thread's stack, where the 256 levels allowed fit
+    /// (≈ 2 KiB each in a debug build) and 1,000 would overflow it.
     #[test]
     fn deep_msgpack_frames_are_refused_without_deep_recursion() {
         let mut frame = vec![0x91; 1_000]; // arrays of one element, nested
         frame.push(0xc0);
         let refused = std::thread::Builder::new()
-            .stack_size(512 * 1024)
+            .stack_size(1024 * 1024)
             .spawn(move || decode_client(&frame, Encoding::MsgPack, LIMITS).is_err())
             .unwrap()
             .join()
@@ -437,7 +449,9 @@ mod tests {
                 team: "t".into(),
                 client_id: "c".into(),
                 body: "hi".into(),
-                meta: None
+                meta: None,
+                mentions: Vec::new(),
+                attachments: Vec::new(),
             }
         );
     }
@@ -581,8 +595,13 @@ mod tests {
             "rid",
             "token",
             "extra",
+            "mentions",
+            "attachments",
         ]);
         let plausible = prop_oneof![
+            Just(json!(["ann", "ben"])),
+            Just(json!([{"url": "https://e.com/a", "name": "a\u{0}", "mime": "a/b", "size": 1}])),
+            Just(json!([{"url": "https://e.com/a", "name": "a", "mime": "a/b", "size": 1}])),
             Just(json!("t")),
             Just(json!("c1")),
             Just(json!("a\u{0}b")),
@@ -612,6 +631,8 @@ mod tests {
                         client_id,
                         body,
                         meta,
+                        mentions,
+                        attachments,
                         ..
                     },
                 ..
@@ -630,6 +651,8 @@ mod tests {
                     body,
                     meta,
                     ts: 1,
+                    mentions,
+                    attachments,
                 });
                 let encoded = data.encode();
                 assert!(!encoded.contains("\\u0000"), "{encoded}");

@@ -2,6 +2,7 @@
 //! the server sends (`server`), request errors (`error`), and the two encodings, JSON text
 //! and MessagePack maps, chosen per connection by subprotocol.
 
+pub mod chat;
 pub mod client;
 pub mod error;
 pub mod server;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use teamchat_shared::event::{EventData, MessageData, StreamEvent};
+use teamchat_shared::event::{Attachment, EventData, MessageData, StreamEvent};
 
 use super::Encoding;
 use super::error::ErrorBody;
@@ -21,6 +21,10 @@ pub struct MessageView {
     pub meta: Option<Value>,
     pub ts: i64,
     pub offset: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
 }
 
 impl MessageView {
@@ -37,6 +41,8 @@ impl MessageView {
             meta: d.meta.clone(),
             ts: d.ts,
             offset: offset.to_string(),
+            mentions: d.mentions.clone(),
+            attachments: d.attachments.clone(),
         }
     }
 }
@@ -166,6 +172,14 @@ pub enum ServerFrame {
     /// theirs; not stored.
     #[serde(rename = "notify")]
     Notify { data: serde_json::Value },
+    /// A message mentioned the connection's user (`user` is its author); ephemeral.
+    #[serde(rename = "mention")]
+    Mention {
+        team: String,
+        seq: u64,
+        user: String,
+        ts: i64,
+    },
 }
 
 impl ServerFrame {
@@ -190,6 +204,7 @@ impl ServerFrame {
             ServerFrame::RoomError(_) => "room:error",
             ServerFrame::Pong { .. } => "pong",
             ServerFrame::Notify { .. } => "notify",
+            ServerFrame::Mention { .. } => "mention",
         }
     }
 

@@ -12,8 +12,10 @@ use tracing::warn;
 use teamchat_shared::keys::slice_of;
 
 use crate::AppState;
+use crate::broker::Broker;
 use crate::outlet::{OutFrame, Outbound, Outlet};
 use crate::protocol::ServerFrame;
+use teamchat_shared::event::EventData;
 
 /// What the server API asks of a user's connections on every gateway, published on the
 /// control channel (`Keys::control`).
@@ -37,14 +39,32 @@ pub enum Control {
         user: String,
         before_ms: u64,
     },
+    /// A message mentioned these users: each of their connections whose token holds the
+    /// team gets `mention` (not the author's own).
+    Mention {
+        team: String,
+        seq: u64,
+        author: String,
+        ts: i64,
+        users: Vec<String>,
+    },
 }
 
 /// What a connection's reader is to carry out (`Session::carry_out_orders`): only it may
-/// change what the connection joined.
-#[derive(Debug)]
+/// change what the connection joined, and only it knows what its token holds now.
 pub enum Order {
-    Revoke { before_ms: u64 },
-    Remove { team: String, before_ms: u64 },
+    Revoke {
+        before_ms: u64,
+    },
+    Remove {
+        team: String,
+        before_ms: u64,
+    },
+    /// Send the frame if the token holds the team (a `mention`).
+    Tell {
+        team: Arc<str>,
+        frame: Arc<OutFrame>,
+    },
 }
 
 /// Every connection open here, by session id.
@@ -87,6 +107,31 @@ impl Connections {
             | Control::Notify { user, .. }
             | Control::Revoke { user, .. }
             | Control::Remove { user, .. } => user.clone(),
+            Control::Mention {
+                team,
+                seq,
+                author,
+                ts,
+                users,
+            } => {
+                let frame = OutFrame::new(ServerFrame::Mention {
+                    team: team.clone(),
+                    seq: *seq,
+                    user: author.clone(),
+                    ts: *ts,
+                });
+                let team: Arc<str> = team.as_str().into();
+                let mentioned = open.iter().filter(|(_, o)| {
+                    *o.user != **author && users.iter().any(|user| *user == *o.user)
+                });
+                // Whether the token holds the team only the reader knows (it follows
+                // refreshes): it sends the frame or not.
+                self.order(mentioned, || Order::Tell {
+                    team: team.clone(),
+                    frame: frame.clone(),
+                });
+                return;
+            }
         };
         let of_user = open.iter().filter(|(_, o)| *o.user == *user);
         match control {
@@ -113,6 +158,7 @@ impl Connections {
                     before_ms,
                 });
             }
+            Control::Mention { .. } => unreachable!("told above"),
         }
     }
 
@@ -203,4 +249,31 @@ pub async fn refresh(state: Arc<AppState>) {
             warn!(error = %e, "connection refresh: Redis unavailable");
         }
     }
+}
+
+/// Tells the users a new message mentions, on every gateway (the control channel): each
+/// of their connections whose token holds the team gets `mention`, joined or not. Not
+/// awaited: the ack does not wait for it; a mention lost with Redis is not retried (it is
+/// ephemeral; the message keeps its `mentions`).
+pub fn mention(broker: &Broker, team: &str, seq: u64, data: &EventData) {
+    let EventData::Message(message) = data else {
+        return;
+    };
+    if message.mentions.is_empty() {
+        return;
+    }
+    let control = Control::Mention {
+        team: team.to_owned(),
+        seq,
+        author: message.user.clone(),
+        ts: message.ts,
+        users: message.mentions.clone(),
+    };
+    let published = serde_json::to_string(&control).expect("controls encode");
+    let broker = broker.clone();
+    tokio::spawn(async move {
+        if let Err(e) = broker.publish_control(&published).await {
+            tracing::warn!(error = %e, "mention not published");
+        }
+    });
 }

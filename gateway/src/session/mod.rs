@@ -493,6 +493,12 @@ impl Session {
                         });
                     }
                 }
+                Order::Tell { team, frame } if self.claims.may_read(&team) => {
+                    metrics::counter!(m::EVENTS_OUT, "type" => frame.kind()).increment(1);
+                    if self.outlet.try_send(Outbound::Shared(frame)).is_err() {
+                        return Some(Flow::Stop);
+                    }
+                }
                 _ => {}
             }
         }

@@ -73,8 +73,16 @@ impl Session {
                 client_id,
                 body,
                 meta,
+                mentions,
+                attachments,
             } => {
-                self.send_message(team, client_id, body, meta, rid.clone())
+                let content = Content {
+                    body,
+                    meta,
+                    mentions,
+                    attachments,
+                };
+                self.send_message(team, client_id, content, rid.clone())
                     .await
             }
         };
@@ -356,18 +364,23 @@ impl Session {
             .await;
         metrics::histogram!(m::APPEND_SECONDS).record(started.elapsed().as_secs_f64());
         match appended {
-            Ok(AppendOutcome::Appended(appended)) => Ok(Some(ServerFrame::MessageAck {
-                client_id: match data {
-                    EventData::Message(m) => Some(m.client_id),
-                    _ => None,
-                },
-                team,
-                seq: appended.seq,
-                id: appended.id,
-                offset: appended.offset.to_string(),
-                ts: appended.ts,
-                rid,
-            })),
+            Ok(AppendOutcome::Appended(appended)) => {
+                if appended.is_new {
+                    super::connections::mention(&self.state.broker, &team, appended.seq, &data);
+                }
+                Ok(Some(ServerFrame::MessageAck {
+                    client_id: match data {
+                        EventData::Message(m) => Some(m.client_id),
+                        _ => None,
+                    },
+                    team,
+                    seq: appended.seq,
+                    id: appended.id,
+                    offset: appended.offset.to_string(),
+                    ts: appended.ts,
+                    rid,
+                }))
+            }
             Ok(AppendOutcome::Refused(ErrorCode::NotFound)) => {
                 Err(error(ErrorCode::NotFound, "no such message"))
             }
@@ -401,8 +414,7 @@ impl Session {
         &mut self,
         team: String,
         client_id: String,
-        body: String,
-        meta: Option<serde_json::Value>,
+        content: Content,
         rid: Option<String>,
     ) -> Result<Option<ServerFrame>, RequestError> {
         self.check_write(&team, false)?;
@@ -411,9 +423,11 @@ impl Session {
             client_id,
             user: self.claims.sub.clone(),
             name: self.claims.name.clone(),
-            body,
-            meta,
+            body: content.body,
+            meta: content.meta,
             ts: now_ms(),
+            mentions: content.mentions,
+            attachments: content.attachments,
         });
         self.append_acked(team, data, 0, rid).await
     }
@@ -464,4 +478,12 @@ pub(crate) fn credit_cost(
         EventData::Delete(_) => config.credit_cost_delete,
         EventData::Receipt(_) => config.credit_cost_receipt,
     }
+}
+
+/// What a `message:send` says, beside where and under which client id.
+struct Content {
+    body: String,
+    meta: Option<serde_json::Value>,
+    mentions: Vec<String>,
+    attachments: Vec<teamchat_shared::event::Attachment>,
 }

@@ -36,6 +36,8 @@ pub struct MessageRow {
     pub deleted: bool,
     /// Offset of the newest event applied (edits apply only over older versions).
     pub version: i64,
+    pub mentions: Option<Vec<String>>,
+    pub attachments: Option<serde_json::Value>,
 }
 
 /// Up to `limit` messages of the page, in the page's order (newest first for `Before`).
@@ -48,7 +50,8 @@ pub async fn page(
     match page {
         Page::Before(before) => {
             sqlx::query_as(
-                r#"SELECT seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version
+                r#"SELECT seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version,
+                          mentions, attachments
                    FROM messages WHERE team = $1 AND id IS NOT NULL AND ($2::int8 IS NULL OR seq < $2)
                    ORDER BY seq DESC LIMIT $3"#,
             )
@@ -60,7 +63,8 @@ pub async fn page(
         }
         Page::After(after) => {
             sqlx::query_as(
-                r#"SELECT seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version
+                r#"SELECT seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version,
+                          mentions, attachments
                    FROM messages WHERE team = $1 AND id IS NOT NULL AND seq > $2
                    ORDER BY seq ASC LIMIT $3"#,
             )

@@ -18,6 +18,9 @@ pub(super) struct MessageColumns<'a> {
     pub(super) meta: Vec<Option<String>>,
     pub(super) ts: Vec<i64>,
     pub(super) offset: Vec<i64>,
+    /// As JSON arrays (PostgreSQL's UNNEST would flatten an array of arrays).
+    pub(super) mentions: Vec<Option<String>>,
+    pub(super) attachments: Vec<Option<String>>,
 }
 
 impl<'a> MessageColumns<'a> {
@@ -34,6 +37,13 @@ impl<'a> MessageColumns<'a> {
             columns.meta.push(d.meta.as_ref().map(|m| m.to_string()));
             columns.ts.push(d.ts);
             columns.offset.push(*offset as i64);
+            let json = |value: serde_json::Value| value.to_string();
+            columns
+                .mentions
+                .push((!d.mentions.is_empty()).then(|| json(serde_json::json!(d.mentions))));
+            columns
+                .attachments
+                .push((!d.attachments.is_empty()).then(|| json(serde_json::json!(d.attachments))));
         }
         columns
     }

@@ -182,16 +182,21 @@ async fn store(
                    WHERE y.t = EXCLUDED.team)
                RETURNING w.team, w.synced_offset, w.waiting),
            stored AS (
-               INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version)
-               SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o
+               INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version,
+                                          mentions, attachments)
+               SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o,
+                      CASE WHEN mn IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(mn::jsonb)) END,
+                      at::jsonb
                FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                           $7::text[], $8::text[], $9::int8[], $10::int8[])
-                    AS x(t, s, i, c, u, n, b, md, ts, o)
+                           $7::text[], $8::text[], $9::int8[], $10::int8[], $20::text[], $21::text[])
+                    AS x(t, s, i, c, u, n, b, md, ts, o, mn, at)
                ON CONFLICT (team, seq) DO UPDATE SET
                    id = EXCLUDED.id, client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
                    name = EXCLUDED.name, meta = EXCLUDED.meta, ts = EXCLUDED.ts, "offset" = EXCLUDED."offset",
                    body = CASE WHEN m.deleted THEN '' WHEN m.version > EXCLUDED.version THEN m.body
                                ELSE EXCLUDED.body END,
+                   mentions = CASE WHEN m.deleted THEN NULL ELSE EXCLUDED.mentions END,
+                   attachments = CASE WHEN m.deleted THEN NULL ELSE EXCLUDED.attachments END,
                    version = GREATEST(m.version, EXCLUDED.version)
                WHERE m.id IS NULL),
            charged AS (
@@ -224,6 +229,8 @@ async fn store(
     .bind(&low)
     .bind(&high)
     .bind(&contiguous)
+    .bind(&messages.mentions)
+    .bind(&messages.attachments)
     .fetch_all(&mut *conn)
     .await
 }
@@ -348,7 +355,8 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
             "INSERT INTO messages AS m (team, seq, body, deleted, version)
              SELECT t, s, '', true, o FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(t, s, o)
              ON CONFLICT (team, seq) DO UPDATE SET
-                 deleted = true, body = '', version = GREATEST(m.version, EXCLUDED.version)",
+                 deleted = true, body = '', mentions = NULL, attachments = NULL,
+                 version = GREATEST(m.version, EXCLUDED.version)",
         )
         .bind(&team)
         .bind(&seq)

@@ -126,3 +126,33 @@ describe("the client and the backend", () => {
     expect(again.state).toBe("open");
   });
 });
+
+describe("chat model", () => {
+  it("carries mentions and attachments, and tells a mentioned user who has not joined", async () => {
+    const team = `${stack.prefix}-mentions`;
+    const ann = await member("ann", [team]);
+    // Ben's token holds the team, but he has joined nothing: his app badges it.
+    const benWatching = new TeamchatClient({
+      url: stack.gateways[0]!.wsUrl,
+      token: signToken({ sub: "ben", teams: [team] }, { key: stack.secret }),
+      WebSocket,
+    });
+    clients.push(benWatching);
+    const mentions: unknown[] = [];
+    benWatching.on("mention", (m) => mentions.push(m));
+    benWatching.connect();
+    await until(() => benWatching.state === "open", "ben connected");
+    const carl = await member("carl", [team]);
+    const seen: MessageNew[] = [];
+    carl.on("message", (m) => seen.push(m));
+
+    const file = { url: "https://files.example.com/plan.pdf", name: "plan.pdf", mime: "application/pdf", size: 1200 };
+    const ack = await ann.send(team, "@ben see the plan", undefined, { mentions: ["ben"], attachments: [file] });
+    await until(() => mentions.length === 1 && seen.length === 1, "the mention and the message");
+    expect(mentions[0]).toEqual({ type: "mention", team, seq: ack.seq, user: "ann", ts: ack.ts });
+    expect(seen[0]).toMatchObject({ mentions: ["ben"], attachments: [file] });
+    await expect(
+      ann.send(team, "x", undefined, { attachments: [{ ...file, url: "javascript:alert(1)" }] }),
+    ).rejects.toMatchObject({ code: "bad_request" });
+  });
+});

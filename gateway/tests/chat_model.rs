@@ -1,0 +1,193 @@
+//! The chat model's fields of a message (../shared/PROTOCOL.md, "Chat model"): `mentions`
+//! and `attachments` checked, carried by `message:new` and history, blanked with a
+//! deleted message; a mention told to the user's connections on any gateway, joined or
+//! not, once, and only where the token holds the team.
+
+mod common;
+
+use serde_json::{Value, json};
+use teamchat_testkit::{Client, TestEnv, http_get};
+
+fn attachment() -> Value {
+    json!({"url": "https://files.example.com/t/plan.pdf", "name": "plan.pdf",
+           "mime": "application/pdf", "size": 48_213, "preview": "dropped"})
+}
+
+/// A `ping` answered by `pong`: what came before it came, and nothing is pending.
+async fn settled(client: &mut Client) {
+    client.send(json!({"type": "ping", "rid": "settled"})).await;
+    let pong = client.recv().await;
+    assert_eq!(pong["type"], "pong", "a frame before the pong: {pong}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_and_attachments_travel_with_the_message_and_go_with_a_delete() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = common::two_gateways(&env).await;
+    let stop = common::worker(&env, "w1");
+    let mut ann = Client::connect(g1.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g2.addr(), &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+
+    ann.send(
+        json!({"type": "message:send", "team": "t", "client_id": "c1", "body": "see the plan",
+                    "mentions": ["ben", "carl", "ben"], "attachments": [attachment()]}),
+    )
+    .await;
+    let ack = ann.expect("message:ack").await;
+    // Ben is mentioned and joined: the mention comes too, before or after the message
+    // (they travel apart: the team's channel, the control channel).
+    let (mut new, mut mention) = (ben.recv().await, ben.recv().await);
+    if new["type"] == "mention" {
+        std::mem::swap(&mut new, &mut mention);
+    }
+    assert_eq!(
+        (&new["type"], &mention["type"]),
+        (&json!("message:new"), &json!("mention"))
+    );
+    assert_eq!(mention["seq"], ack["seq"]);
+    let expected_attachment = json!({"url": "https://files.example.com/t/plan.pdf",
+        "name": "plan.pdf", "mime": "application/pdf", "size": 48_213});
+    assert_eq!(new["mentions"], json!(["ben", "carl"]));
+    assert_eq!(new["attachments"], json!([expected_attachment]));
+    // A message without them has neither key.
+    let plain = ann.send_message("t", "c2", "no files").await;
+    let new = ben.expect("message:new").await;
+    assert!(
+        new.get("mentions").is_none() && new.get("attachments").is_none(),
+        "{new}"
+    );
+
+    let offset: i64 = plain["offset"].as_str().unwrap().parse().unwrap();
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
+    let token = env.token("ben", &["t"]);
+    let (status, page) = http_get(
+        g2.addr(),
+        &format!("/v1/teams/t/messages?token={token}"),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let stored = &page["messages"][1];
+    assert_eq!(stored["mentions"], json!(["ben", "carl"]));
+    assert_eq!(stored["attachments"], json!([expected_attachment]));
+
+    // Deleted: the files and mentions go with the body, in history and in PostgreSQL.
+    ann.send(json!({"type": "message:delete", "team": "t", "seq": ack["seq"]}))
+        .await;
+    let deleted = ann.expect("message:ack").await;
+    let offset: i64 = deleted["offset"].as_str().unwrap().parse().unwrap();
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
+    let (_, page) = http_get(
+        g2.addr(),
+        &format!("/v1/teams/t/messages?token={token}"),
+        &[],
+    )
+    .await;
+    let stored = &page["messages"][1];
+    assert_eq!(stored["deleted"], true);
+    assert!(
+        stored.get("mentions").is_none() && stored.get("attachments").is_none(),
+        "{stored}"
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mention_reaches_the_user_on_any_gateway_once_where_the_token_holds_the_team() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = common::two_gateways(&env).await;
+    let mut ann = Client::connect(g1.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    // On the other gateway, none joined to the team: carl twice, dave with a token for
+    // another team only, and ann's own second connection.
+    let mut carl = Client::connect(g2.addr(), &env.token("carl", &["t"])).await;
+    let mut carl_phone = Client::connect(g2.addr(), &env.token("carl", &["t", "u"])).await;
+    let mut dave = Client::connect(g2.addr(), &env.token("dave", &["u"])).await;
+    let mut ann_phone = Client::connect(g2.addr(), &env.token("ann", &["t"])).await;
+
+    let send = json!({"type": "message:send", "team": "t", "client_id": "m1", "body": "@carl @dave @ann",
+                      "mentions": ["carl", "dave", "ann"]});
+    ann.send(send.clone()).await;
+    let ack = ann.expect("message:ack").await;
+    for carl in [&mut carl, &mut carl_phone] {
+        let mention = carl.expect("mention").await;
+        assert_eq!(
+            mention,
+            json!({"type": "mention", "team": "t", "seq": ack["seq"], "user": "ann", "ts": ack["ts"]})
+        );
+    }
+    // The same send again is a duplicate: acked as the first, and no second mention.
+    ann.send(send).await;
+    assert_eq!(ann.expect("message:ack").await["seq"], ack["seq"]);
+    // A marker: a message mentioning carl only, after which nothing else may have come.
+    ann.send(
+        json!({"type": "message:send", "team": "t", "client_id": "m2", "body": "marker",
+                    "mentions": ["carl"]}),
+    )
+    .await;
+    let marker = ann.expect("message:ack").await;
+    for carl in [&mut carl, &mut carl_phone] {
+        assert_eq!(carl.expect("mention").await["seq"], marker["seq"]);
+        settled(carl).await;
+    }
+    // Dave's token does not hold the team; the author is not told of her own mention.
+    settled(&mut dave).await;
+    settled(&mut ann_phone).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_mentions_and_attachments_are_refused_and_change_nothing() {
+    let env = TestEnv::new().await;
+    // Each refusal counts as a violation: more than the default ten are sent here.
+    let g = common::gateway(&env, &["--max-violations=100"]).await;
+    let mut ann = Client::connect(g.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    let many: Vec<String> = (0..10_000).map(|n| format!("user{n}")).collect();
+    let with = |key: &str, value: Value| {
+        let mut attachment = attachment();
+        attachment[key] = value;
+        json!([attachment])
+    };
+    let refused = [
+        ("mentions", json!(many)),
+        ("mentions", json!(["not an id"])),
+        ("mentions", json!("ann")),
+        (
+            "attachments",
+            with("url", json!("javascript:alert(document.cookie)")),
+        ),
+        (
+            "attachments",
+            with(
+                "thumb_url",
+                json!("data:image/svg+xml,<svg onload=alert(1)>"),
+            ),
+        ),
+        (
+            "attachments",
+            with("url", json!("http://files.example.com/a.pdf")),
+        ),
+        ("attachments", with("name", json!("x".repeat(10_000)))),
+        (
+            "attachments",
+            with("mime", json!("text/html; charset=<script>")),
+        ),
+        ("attachments", with("size", json!(-5))),
+        ("attachments", json!(vec![attachment(); 11])),
+        ("attachments", json!([1])),
+    ];
+    for (n, (key, value)) in refused.into_iter().enumerate() {
+        let mut send = json!({"type": "message:send", "team": "t", "client_id": format!("h{n}"),
+                              "body": "x", "rid": format!("r{n}")});
+        send[key] = value;
+        ann.send(send).await;
+        let error = ann.recv().await;
+        assert_eq!(error["code"], "bad_request", "{key}: {error}");
+        assert_eq!(error["rid"], format!("r{n}"));
+        assert!(error["message"].as_str().unwrap().len() <= 200);
+    }
+    // Nothing was appended: the next message is the team's first.
+    assert_eq!(ann.send_message("t", "ok", "fine").await["seq"], 1);
+}
