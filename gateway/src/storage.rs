@@ -54,7 +54,8 @@ impl Storage {
     }
 
     /// An edit or delete of a message older than Redis keeps (its messages hash holds the
-    /// newest `STREAM_MAXLEN`): authorized by the author PostgreSQL stored.
+    /// newest `STREAM_MAXLEN`), or a reply to one: authorized (or refused) by what
+    /// PostgreSQL stored of it.
     async fn append_authored(&self, append: &Append<'_>) -> Result<AppendOutcome, StorageError> {
         let stored = history::author(&self.db, append.team, append.target)
             .await
@@ -65,6 +66,7 @@ impl Storage {
         let authored = Authored {
             user: stored.user_id,
             id: stored.id,
+            reply: stored.parent.is_some(),
         };
         match self.broker.append(append, Some(&authored)).await? {
             // The team's Redis state went away between the two calls: nothing was written.

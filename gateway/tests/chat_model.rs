@@ -191,3 +191,145 @@ async fn hostile_mentions_and_attachments_are_refused_and_change_nothing() {
     // Nothing was appended: the next message is the team's first.
     assert_eq!(ann.send_message("t", "ok", "fine").await["seq"], 1);
 }
+
+/// A thread reply through `message:send` with `parent`: one order with the team's other
+/// messages, the parent's counters kept by the worker (deleted replies count), history
+/// with `top_level=true` and a thread's replies oldest first; a reply to a reply, to an
+/// unknown or deleted message, refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_replies_keep_the_team_order_and_the_parent_s_counters() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = common::two_gateways(&env).await;
+    let stop = common::worker(&env, "w1");
+    let mut ann = Client::connect(g1.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g2.addr(), &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    let reply = |client_id: &str, parent: u64| {
+        json!({"type": "message:send", "team": "t", "client_id": client_id, "body": client_id,
+               "parent": parent})
+    };
+
+    ann.send(json!({"type": "message:send", "team": "t", "client_id": "top1", "body": "x"}))
+        .await;
+    assert_eq!(until(&mut ann, "message:ack").await["seq"], 1);
+    ben.send(reply("r1", 1)).await;
+    assert_eq!(until(&mut ben, "message:ack").await["seq"], 2);
+    let new = until(&mut ann, "message:new").await;
+    assert_eq!((&new["seq"], &new["parent"]), (&json!(2), &json!(1)));
+    ann.send(json!({"type": "message:send", "team": "t", "client_id": "top2", "body": "x"}))
+        .await;
+    assert_eq!(until(&mut ann, "message:ack").await["seq"], 3);
+    ben.send(reply("r2", 1)).await;
+    let r2 = until(&mut ben, "message:ack").await;
+    ben.send(reply("r3", 3)).await;
+    let r3 = until(&mut ben, "message:ack").await;
+    assert_eq!(r3["seq"], 5);
+
+    for (parent, code) in [(2, "bad_request"), (99, "not_found"), (0, "bad_request")] {
+        ben.send(reply("refused", parent)).await;
+        let error = until(&mut ben, "error").await;
+        assert_eq!(error["code"], code, "parent {parent}: {error}");
+    }
+    // A deleted reply still counts; a deleted message takes no reply.
+    ben.send(json!({"type": "message:delete", "team": "t", "seq": 4}))
+        .await;
+    until(&mut ben, "message:ack").await;
+    ann.send(json!({"type": "message:delete", "team": "t", "seq": 3}))
+        .await;
+    let deleted = until(&mut ann, "message:ack").await;
+    ben.send(reply("to-deleted", 3)).await;
+    assert_eq!(until(&mut ben, "error").await["code"], "not_found");
+
+    let offset: i64 = deleted["offset"].as_str().unwrap().parse().unwrap();
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
+    let token = env.token("ann", &["t"]);
+    let get = |path: String| {
+        let addr = g1.addr();
+        async move { http_get(addr, &path, &[]).await }
+    };
+    let (status, top) = get(format!("/v1/teams/t/messages?top_level=true&token={token}")).await;
+    assert_eq!(status, 200, "{top}");
+    let counters: Vec<Value> = top["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| json!([m["seq"], m["reply_count"], m["last_reply_ts"]]))
+        .collect();
+    assert_eq!(counters, [json!([3, 1, r3["ts"]]), json!([1, 2, r2["ts"]])]);
+    let (_, all) = get(format!("/v1/teams/t/messages?token={token}")).await;
+    let replies_in_all: Vec<&Value> = all["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m.get("parent").is_some())
+        .map(|m| &m["seq"])
+        .collect();
+    assert_eq!(replies_in_all, [&json!(5), &json!(4), &json!(2)]);
+    assert!(
+        all["messages"][0].get("reply_count").is_none(),
+        "a reply has no counters"
+    );
+
+    let (status, thread) = get(format!("/v1/teams/t/messages/1/replies?token={token}")).await;
+    assert_eq!(status, 200, "{thread}");
+    let seqs: Vec<&Value> = thread["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["seq"])
+        .collect();
+    assert_eq!(seqs, [&json!(2), &json!(4)]);
+    assert_eq!(thread["has_more"], false);
+    let (_, after) = get(format!(
+        "/v1/teams/t/messages/1/replies?after=2&limit=1&token={token}"
+    ))
+    .await;
+    assert_eq!(after["messages"][0]["seq"], 4);
+    let (status, _) = get(format!(
+        "/v1/teams/t/messages/1/replies?before=9&token={token}"
+    ))
+    .await;
+    assert_eq!(status, 400);
+    stop.cancel();
+}
+
+/// A parent older than Redis keeps is checked against what PostgreSQL stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_an_old_parent_is_checked_against_postgres() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &["--stream-maxlen=5"]).await;
+    let stop = common::worker(&env, "w1");
+    let mut ann = Client::connect(g.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    ann.send_message("t", "parent", "parent").await;
+    ann.send(json!({"type": "message:send", "team": "t", "client_id": "old-reply", "body": "r", "parent": 1}))
+        .await;
+    until(&mut ann, "message:ack").await;
+    let mut last = Value::Null;
+    for n in 0..8 {
+        last = ann.send_message("t", &format!("later{n}"), "later").await;
+    }
+    let offset: i64 = last["offset"].as_str().unwrap().parse().unwrap();
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
+    ann.send(
+        json!({"type": "message:send", "team": "t", "client_id": "late", "body": "r", "parent": 1}),
+    )
+    .await;
+    let ack = until(&mut ann, "message:ack").await;
+    assert_eq!(ack["seq"], 11);
+    ann.send(json!({"type": "message:send", "team": "t", "client_id": "nested", "body": "r", "parent": 2}))
+        .await;
+    assert_eq!(until(&mut ann, "error").await["code"], "bad_request");
+    stop.cancel();
+}
+
+/// The next frame of `kind`, passing over the others (other members' events).
+async fn until(client: &mut Client, kind: &str) -> Value {
+    loop {
+        let frame = client.recv().await;
+        if frame["type"] == kind {
+            return frame;
+        }
+    }
+}

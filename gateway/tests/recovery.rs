@@ -268,6 +268,7 @@ async fn append_message(
         body: "hello".into(),
         meta: None,
         ts: 1,
+        parent: None,
         mentions: Vec::new(),
         attachments: Vec::new(),
     });

@@ -4,7 +4,8 @@
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; for edits and deletes the
 -- tombstone of a deleted message the messages hash no longer holds; any key of the team
 -- otherwise
--- KEYS[5] messages hash: seq -> "author \t id", "~author \t id" once deleted; it holds
+-- KEYS[5] messages hash: seq -> "author \t id" ("author \t id \t r" for a thread reply),
+-- with "~" before it once deleted; it holds
 -- the newest ARGV[17] messages only (the stream's retention), older ones are looked up in
 -- PostgreSQL by the caller
 -- KEYS[6] receipts hash: user -> seq read up to
@@ -13,19 +14,19 @@
 -- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
 -- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
 -- ARGV[9] message id (message)   ARGV[10] ts (ms)   ARGV[11] target seq (edit, delete,
--- receipt)   ARGV[12] user   ARGV[13] '1' if the user may delete anyone's message
+-- receipt; for a message, its thread's parent, '0' for none)   ARGV[12] user   ARGV[13] '1' if the user may delete anyone's message
 -- ARGV[14] credit cost   ARGV[15] the user's credit limit ('' for none)
 -- ARGV[16] credits the user used on other shards (for the limit)
 -- ARGV[17] how many of the newest messages the messages hash keeps
--- ARGV[18] for an edit or delete of a message the hash does not hold: "author \t id" as
--- PostgreSQL has it ('' when not looked up yet)
+-- ARGV[18] for an edit or delete of a message (or a reply to a parent) the hash does not
+-- hold: its entry as PostgreSQL has it ('' when not looked up yet)
 --
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
 -- refused one (nothing written); {'ignored'} for a receipt not above the user's last;
 -- {'unseeded'} for a team whose counters seed_team.lua must set first (nothing written);
--- {'lookup'} for an edit or delete of a message older than the hash holds: call again
--- with its author and id from PostgreSQL in ARGV[18] (nothing written).
+-- {'lookup'} for an edit or delete of a message (or a reply to a parent) older than the
+-- hash holds: call again with its entry from PostgreSQL in ARGV[18] (nothing written).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
@@ -47,6 +48,21 @@ if not (state[1] and state[2]) then return {'unseeded'} end
 local top_seq = tonumber(state[1])
 local epoch = state[3]
 local seq, entry, from_db
+local reply = ''
+
+-- A message's entry in the hash (or as PostgreSQL has it, in ARGV[18]); nil and an error
+-- when there is none to act on.
+local function known(target)
+  local found = redis.call('HGET', messages, target)
+  if found then return found, false end
+  -- Older than the hash holds (or the hash was lost): PostgreSQL knows the message.
+  local n = tonumber(target)
+  if n < 1 or n > top_seq or redis.call('EXISTS', dedupe) == 1 then
+    return nil, {'err', 'not_found'}
+  end
+  if ARGV[18] == '' then return nil, {'lookup'} end
+  return ARGV[18], true
+end
 
 if kind == 'message' then
   local first = redis.call('GET', dedupe)
@@ -55,20 +71,21 @@ if kind == 'message' then
     return {'0', f_seq, f_offset, epoch or '', f_id, f_ts}
   end
   seq = int(top_seq + 1)
+  if ARGV[11] ~= '0' then
+    -- A thread reply: its parent exists, is not deleted, and is not a reply itself.
+    local parent, refused = known(ARGV[11])
+    if not parent then return refused end
+    if string.sub(parent, 1, 1) == '~' then return {'err', 'not_found'} end
+    if string.find(parent, '\t[^\t]*\t') then return {'err', 'bad_request'} end
+    reply = '\tr'
+  end
 elseif kind == 'edit' or kind == 'delete' then
   seq = ARGV[11]
-  entry = redis.call('HGET', messages, seq)
-  if not entry then
-    -- Older than the hash holds (or the hash was lost): PostgreSQL knows the message.
-    local n = tonumber(seq)
-    if n < 1 or n > top_seq or redis.call('EXISTS', dedupe) == 1 then
-      return {'err', 'not_found'}
-    end
-    if ARGV[18] == '' then return {'lookup'} end
-    entry, from_db = ARGV[18], true
-  end
+  local found, looked_up = known(seq)
+  if not found then return looked_up end
+  entry, from_db = found, looked_up
   if string.sub(entry, 1, 1) == '~' then return {'err', 'not_found'} end
-  local author, message_id = string.match(entry, '^([^\t]*)\t(.*)$')
+  local author, message_id = string.match(entry, '^([^\t]*)\t([^\t]*)')
   if author ~= user and not (kind == 'delete' and ARGV[13] == '1') then
     return {'err', 'forbidden'}
   end
@@ -114,7 +131,7 @@ end
 if kind == 'message' then
   table.insert(meta_fields, 'seq')
   table.insert(meta_fields, seq)
-  redis.call('HSET', messages, seq, user .. '\t' .. id)
+  redis.call('HSET', messages, seq, user .. '\t' .. id .. reply)
   -- The hash keeps the newest messages only: the one falling out of the window goes.
   local oldest = tonumber(seq) - tonumber(ARGV[17])
   if oldest > 0 then redis.call('HDEL', messages, int(oldest)) end

@@ -51,6 +51,9 @@ pub struct MessageData {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<Value>,
     pub ts: i64,
+    /// The seq of the top-level message this one replies to (a thread reply).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
     /// Users the message mentions (each told with `mention`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
@@ -323,6 +326,7 @@ mod tests {
             body: "hi\nthere".into(),
             meta: Some(serde_json::json!({"k": 1})),
             ts: 1_763_900_000_123,
+            parent: None,
             mentions: vec!["ben".into()],
             attachments: Vec::new(),
         }

@@ -34,6 +34,7 @@ fn message(offset: u64, seq: u64, body: &str) -> Entry {
         body: body.into(),
         meta: None,
         ts: 1_000 + offset as i64,
+        parent: None,
         mentions: Vec::new(),
         attachments: Vec::new(),
     };
@@ -147,6 +148,53 @@ async fn every_order_of_batches_gives_the_same_rows() {
             "batches {batches:?}"
         );
         assert_eq!(watermark, 8, "batches {batches:?}");
+    }
+}
+
+/// A thread's counters count each reply once, when it is first stored, whatever the
+/// order of batches and however often an entry is redelivered; a deleted reply counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_counters_count_each_reply_once_in_any_order() {
+    let reply = |offset: u64, seq: u64| {
+        let Ok(mut event) = message(offset, seq, "reply").event else {
+            unreachable!()
+        };
+        if let EventData::Message(data) = &mut event.data {
+            data.parent = Some(1);
+        }
+        Entry {
+            event: Ok(event),
+            ..message(offset, seq, "reply")
+        }
+    };
+    // Offsets: 1 msg#1, 2 reply#2 to 1, 3 reply#3 to 1, 4 delete#3.
+    let all = || vec![message(1, 1, "top"), reply(2, 2), reply(3, 3), delete(4, 3)];
+    let orders: Vec<Vec<Vec<usize>>> = vec![
+        vec![(0..4).collect()],
+        (0..4).rev().map(|i| vec![i]).collect(),
+        vec![vec![2, 3], vec![1], vec![1, 2], vec![0, 1]],
+    ];
+    for batches in orders {
+        let env = TestEnv::new().await;
+        let store = Store::connect(&env.database_url, 3, None).await.unwrap();
+        for batch in &batches {
+            let mut pool: Vec<Option<Entry>> = all().into_iter().map(Some).collect();
+            let entries: Vec<Entry> = batch.iter().filter_map(|i| pool[*i].take()).collect();
+            store.write_batch(&entries).await.unwrap();
+        }
+        let thread: (i64, i64) = sqlx::query_as(
+            "SELECT reply_count, last_reply_ts FROM threads WHERE team = 't' AND parent = 1",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(thread, (2, 1_003), "batches {batches:?}");
+        let parents: Vec<Option<i64>> =
+            sqlx::query_scalar("SELECT parent FROM messages ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        assert_eq!(parents, [None, Some(1), Some(1)], "batches {batches:?}");
     }
 }
 

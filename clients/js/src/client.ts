@@ -175,6 +175,7 @@ export class TeamchatClient {
     this.stopTyping(team);
     const frame: ClientFrame = { type: "message:send", team, client_id: newClientId(), body };
     if (meta !== undefined) frame.meta = meta;
+    if (options.parent !== undefined) frame.parent = options.parent;
     if (options.mentions?.length) frame.mentions = options.mentions;
     if (options.attachments?.length) frame.attachments = options.attachments;
     return this.outbox.push(team, frame, true);
@@ -215,6 +216,13 @@ export class TeamchatClient {
     let token = this.token;
     if (token === undefined || isExpired(token, Date.now(), 5_000)) token = await this.obtainToken();
     return fetchHistory(this.httpBase, team, token, query);
+  }
+
+  /** A thread's replies, oldest first (`after` a seq, `limit` 1..200). */
+  async replies(team: string, parent: number, query: { after?: number; limit?: number } = {}): Promise<HistoryPage> {
+    let token = this.token;
+    if (token === undefined || isExpired(token, Date.now(), 5_000)) token = await this.obtainToken();
+    return fetchHistory(this.httpBase, team, token, query, parent);
   }
 
   // --- connection lifecycle ---

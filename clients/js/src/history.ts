@@ -8,15 +8,24 @@ export function httpBaseOf(wsUrl: string): string {
   return `${protocol}//${url.host}`;
 }
 
-/** `GET {base}/v1/teams/{team}/messages`: a page of the team's messages. */
-export async function fetchHistory(base: string, team: string, token: string, query: HistoryQuery = {}): Promise<HistoryPage> {
+/** `GET {base}/v1/teams/{team}/messages`: a page of the team's messages; with `replyTo`,
+ * `…/messages/{replyTo}/replies`: a thread's replies, oldest first. */
+export async function fetchHistory(
+  base: string,
+  team: string,
+  token: string,
+  query: HistoryQuery = {},
+  replyTo?: number,
+): Promise<HistoryPage> {
   const params = new URLSearchParams();
   for (const key of ["before", "after", "limit"] as const) {
     const value = query[key];
     if (value !== undefined) params.set(key, String(value));
   }
+  if (query.topLevel) params.set("top_level", "true");
   const search = params.toString() ? `?${params}` : "";
-  const url = `${base.replace(/\/+$/, "")}/v1/teams/${encodeURIComponent(team)}/messages${search}`;
+  const thread = replyTo === undefined ? "" : `/${replyTo}/replies`;
+  const url = `${base.replace(/\/+$/, "")}/v1/teams/${encodeURIComponent(team)}/messages${thread}${search}`;
   const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
   if (!response.ok) {
     const body = (await response.json().catch(() => undefined)) as { code?: string; message?: string } | undefined;

@@ -65,6 +65,8 @@ export interface Attachment {
 
 /** What a message may carry beside its body (`send`'s fourth argument). */
 export interface SendOptions {
+  /** The seq of a top-level message of the team: the message is a reply in its thread. */
+  parent?: number;
   /** User ids the message mentions (up to 50): each is told with a `mention` event. */
   mentions?: string[];
   /** Up to 10 files. */
@@ -83,6 +85,8 @@ export interface MessageNew {
   meta: Meta | null;
   ts: number;
   offset: string;
+  /** Present on a thread reply: its top-level message's seq. */
+  parent?: number;
   /** Present when the message mentions users. */
   mentions?: string[];
   /** Present when the message links to files. */
@@ -216,6 +220,11 @@ export interface ClientFrame {
 export interface HistoryMessage extends Omit<MessageNew, "type"> {
   edited_at: number | null;
   deleted: boolean;
+  /** Top-level messages: replies in the thread (deleted ones count; may trail the live
+   * events by the sync lag). Absent on a reply. */
+  reply_count?: number;
+  /** Top-level messages: when the newest reply was sent, `null` without replies. */
+  last_reply_ts?: number | null;
 }
 
 export interface HistoryPage {
@@ -230,6 +239,8 @@ export interface HistoryQuery {
   after?: number;
   /** 1..200, 50 by default. */
   limit?: number;
+  /** Leave thread replies out. */
+  topLevel?: boolean;
 }
 
 export interface PresenceInfo {

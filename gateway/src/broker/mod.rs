@@ -72,6 +72,8 @@ pub enum AppendOutcome {
 pub struct Authored {
     pub user: String,
     pub id: String,
+    /// The message is a thread reply (a reply cannot be a parent).
+    pub reply: bool,
 }
 
 /// A durable event to append, with what the script checks before it does.
@@ -165,7 +167,10 @@ impl Broker {
             _ => ("", keys.team_meta(team)),
         };
         let authored = authored
-            .map(|a| format!("{}\t{}", a.user, a.id))
+            .map(|a| match a.reply {
+                true => format!("{}\t{}\tr", a.user, a.id),
+                false => format!("{}\t{}", a.user, a.id),
+            })
             .unwrap_or_default();
         let reply: Vec<String> = scripts::APPEND
             .key(keys.team_meta(team))

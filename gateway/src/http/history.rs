@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
-use teamchat_shared::db::history::{MessageRow, Page};
+use teamchat_shared::db::history::{MessageRow, Page, Scope};
 use teamchat_shared::db::{self};
 use teamchat_shared::event::EventData;
 
@@ -23,20 +23,45 @@ const MAX_UNSYNCED: u64 = 10_000;
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
 
-/// A history row: the fields of `message:new` plus edit and delete state.
+/// A history row: the fields of `message:new` plus edit and delete state, and a top-level
+/// message's thread counters.
 #[derive(Debug, Serialize)]
 struct HistoryMessage {
     #[serde(flatten)]
     message: MessageView,
     edited_at: Option<i64>,
     deleted: bool,
+    /// `reply_count` and `last_reply_ts`; absent on a reply.
+    #[serde(flatten)]
+    thread: Option<Thread>,
     /// Offset of the newest event applied (edits apply only over older versions).
     #[serde(skip)]
     version: u64,
 }
 
+/// What a thread's top-level message shows of its replies (they may trail the replies by
+/// the workers' sync lag; deleted replies count).
+#[derive(Debug, Serialize)]
+struct Thread {
+    reply_count: u64,
+    last_reply_ts: Option<i64>,
+}
+
+/// `GET /v1/teams/{team}/messages` and `GET /v1/teams/{team}/messages/{seq}/replies`.
 pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
-    let (team, claims) = match authorized(state, req, ("/v1/teams/", "team", "/messages")) {
+    let path = req.uri().path();
+    // `/messages/{seq}/replies`: a thread's replies, oldest first.
+    let replies_of = path.strip_suffix("/replies").map(|rest| {
+        rest.rsplit_once("/messages/")
+            .and_then(|(_, parent)| seq(parent))
+            .filter(|parent| *parent >= 1)
+    });
+    let suffix = match replies_of {
+        None => "/messages",
+        Some(None) => return json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        Some(Some(_)) => &path[path.rfind("/messages/").unwrap_or_default()..],
+    };
+    let (team, claims) = match authorized(state, req, ("/v1/teams/", "team", suffix)) {
         Ok(authorized) => authorized,
         Err(response) => return *response,
     };
@@ -46,16 +71,48 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     if let Err(refused) = check_access(state, &claims, Some(team)).await {
         return *refused;
     }
-    page_of(state, team, req.uri().query()).await
+    match replies_of.flatten() {
+        Some(parent) => replies_page(state, team, parent, req.uri().query()).await,
+        None => page_of(state, team, req.uri().query()).await,
+    }
 }
 
-/// The page of `team`'s messages the query asks for (the server API's too).
+/// The page of `team`'s messages the query asks for (the server API's too);
+/// `top_level=true` leaves thread replies out.
 pub(super) async fn page_of(state: &AppState, team: &str, query: Option<&str>) -> Response<Body> {
-    let (page, limit) = match parse_query(query.unwrap_or_default()) {
+    let (page, limit, top_level) = match parse_query(query.unwrap_or_default()) {
         Ok(parsed) => parsed,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", message),
     };
-    match load(state, team, page, limit).await {
+    let scope = if top_level {
+        Scope::TopLevel
+    } else {
+        Scope::All
+    };
+    answer(load(state, team, page, scope, limit).await)
+}
+
+/// A thread's replies after `after` (0: from the first), oldest first.
+async fn replies_page(
+    state: &AppState,
+    team: &str,
+    parent: u64,
+    query: Option<&str>,
+) -> Response<Body> {
+    let (page, limit) = match parse_query(query.unwrap_or_default()) {
+        Ok((page @ Page::After(_), limit, _)) => (page, limit),
+        Ok((Page::Before(None), limit, _)) => (Page::After(0), limit),
+        Ok(_) => {
+            let message = "replies are listed oldest first: after, not before";
+            return json_error(StatusCode::BAD_REQUEST, "bad_request", message);
+        }
+        Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", message),
+    };
+    answer(load(state, team, page, Scope::Replies(parent), limit).await)
+}
+
+fn answer(loaded: anyhow::Result<Option<(Vec<HistoryMessage>, bool)>>) -> Response<Body> {
+    match loaded {
         Ok(Some((messages, has_more))) => json(
             StatusCode::OK,
             &serde_json::json!({"messages": messages, "has_more": has_more}),
@@ -75,10 +132,18 @@ pub(super) async fn page_of(state: &AppState, team: &str, query: Option<&str>) -
     }
 }
 
-fn parse_query(query: &str) -> Result<(Page, usize), &'static str> {
+fn parse_query(query: &str) -> Result<(Page, usize, bool), &'static str> {
     let (mut before, mut after, mut limit) = (None, None, DEFAULT_LIMIT);
+    let mut top_level = false;
     for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
         match key.as_ref() {
+            "top_level" => {
+                top_level = match value.as_ref() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err("top_level must be true or false"),
+                }
+            }
             "before" => before = Some(seq(&value).ok_or("before must be a seq")?),
             "after" => after = Some(seq(&value).ok_or("after must be a seq")?),
             "limit" => {
@@ -95,7 +160,7 @@ fn parse_query(query: &str) -> Result<(Page, usize), &'static str> {
         (_, Some(after)) => Page::After(after),
         (before, None) => Page::Before(before),
     };
-    Ok((page, limit))
+    Ok((page, limit, top_level))
 }
 
 /// A seq from the query: a non-negative integer PostgreSQL's `int8` holds.
@@ -111,6 +176,7 @@ async fn load(
     state: &AppState,
     team: &str,
     page: Page,
+    scope: Scope,
     limit: usize,
 ) -> anyhow::Result<Option<(Vec<HistoryMessage>, bool)>> {
     let watermark = db::watermark::read(&state.db, team).await?;
@@ -120,7 +186,7 @@ async fn load(
     if top.saturating_sub(unsynced_from) >= MAX_UNSYNCED {
         return Ok(None);
     }
-    let rows = db::history::page(&state.db, team, page, (limit + 1) as i64).await?;
+    let rows = db::history::page(&state.db, team, page, scope, (limit + 1) as i64).await?;
     let mut merged: BTreeMap<u64, HistoryMessage> = rows
         .into_iter()
         .map(|row| (row.seq as u64, from_row(team, row)))
@@ -136,14 +202,19 @@ async fn load(
             continue;
         }
         match &event.data {
-            EventData::Message(m) => {
+            EventData::Message(m) if scope.contains(m.parent) => {
                 merged.entry(event.seq).or_insert_with(|| HistoryMessage {
                     message: MessageView::new(team, event.seq, event.offset, m),
                     edited_at: None,
                     deleted: false,
+                    thread: m.parent.is_none().then_some(Thread {
+                        reply_count: 0,
+                        last_reply_ts: None,
+                    }),
                     version: event.offset,
                 });
             }
+            EventData::Message(_) => {}
             EventData::Edit(edit) => {
                 if let Some(row) = merged.get_mut(&event.seq)
                     && !row.deleted
@@ -189,6 +260,7 @@ fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
             meta: row.meta,
             ts: row.ts,
             offset: row.offset.to_string(),
+            parent: row.parent.map(|p| p as u64),
             // (A deleted message's are blanked by the worker.)
             mentions: row.mentions.unwrap_or_default(),
             attachments: row
@@ -198,6 +270,10 @@ fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
         },
         edited_at: row.edited_at,
         deleted: row.deleted,
+        thread: row.parent.is_none().then_some(Thread {
+            reply_count: row.reply_count.unwrap_or(0) as u64,
+            last_reply_ts: row.last_reply_ts,
+        }),
         version: row.version as u64,
     }
 }
@@ -209,22 +285,27 @@ mod tests {
 
     #[test]
     fn query_bounds_are_checked() {
-        assert_eq!(parse_query(""), Ok((Page::Before(None), 50)));
+        assert_eq!(parse_query(""), Ok((Page::Before(None), 50, false)));
         assert_eq!(
             parse_query("before=10&limit=5"),
-            Ok((Page::Before(Some(10)), 5))
+            Ok((Page::Before(Some(10)), 5, false))
         );
-        assert_eq!(parse_query("after=3"), Ok((Page::After(3), 50)));
+        assert_eq!(parse_query("after=3"), Ok((Page::After(3), 50, false)));
         assert!(parse_query("before=1&after=2").is_err());
         assert!(parse_query("limit=0").is_err());
         assert!(parse_query("limit=201").is_err());
         assert!(parse_query("before=x").is_err());
         assert!(parse_query("after=-1").is_err());
+        assert_eq!(
+            parse_query("top_level=true&limit=7"),
+            Ok((Page::Before(None), 7, true))
+        );
+        assert!(parse_query("top_level=1").is_err());
         // Past int8: refused, not wrapped round to a negative seq.
         assert!(parse_query("before=9223372036854775808").is_err());
         assert_eq!(
             parse_query("after=9223372036854775807"),
-            Ok((Page::After(i64::MAX as u64), 50))
+            Ok((Page::After(i64::MAX as u64), 50, false))
         );
     }
 
@@ -235,7 +316,7 @@ mod tests {
             ".{0,40}",
             "((before|after|limit)=-?[0-9]{1,22}&?){0,3}",
         ]) {
-            if let Ok((page, limit)) = parse_query(&query) {
+            if let Ok((page, limit, _)) = parse_query(&query) {
                 prop_assert!((1..=MAX_LIMIT).contains(&limit));
                 let seq = match page {
                     Page::Before(before) => before.unwrap_or(0),

@@ -365,6 +365,7 @@ impl Post {
             client_id,
             body,
             meta,
+            parent,
             mentions,
             attachments,
             ..
@@ -380,6 +381,7 @@ impl Post {
             body,
             meta,
             ts: now_ms(),
+            parent,
             mentions,
             attachments,
         });
@@ -391,7 +393,7 @@ impl Post {
             team,
             src: SOURCE,
             data: &data,
-            target: 0,
+            target: parent.unwrap_or(0),
             staff: false,
             cost,
             limit: None,

@@ -14,6 +14,18 @@ const MAX_URL: usize = 2_048;
 /// Longest attachment name, in bytes.
 const MAX_NAME: usize = 255;
 
+/// `parent`: the seq of the thread's top-level message (whether it is one the script
+/// checks), or none.
+pub fn parent(value: Option<Value>) -> Result<Option<u64>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => match value.as_u64() {
+            Some(seq) if seq >= 1 && seq <= i64::MAX as u64 => Ok(Some(seq)),
+            _ => Err("parent must be a message seq".into()),
+        },
+    }
+}
+
 /// `mentions`: user ids, duplicates dropped (first kept), at most `MAX_MENTIONS`.
 pub fn mentions(value: Option<Value>) -> Result<Vec<String>, String> {
     let items = match value {

@@ -32,6 +32,8 @@ pub enum Request {
         client_id: String,
         body: String,
         meta: Option<Value>,
+        /// The thread's top-level message, for a reply.
+        parent: Option<u64>,
         mentions: Vec<String>,
         attachments: Vec<Attachment>,
     },
@@ -206,6 +208,8 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
         #[serde(default)]
         meta: Option<Value>,
         #[serde(default)]
+        parent: Option<Value>,
+        #[serde(default)]
         mentions: Option<Value>,
         #[serde(default)]
         attachments: Option<Value>,
@@ -254,6 +258,7 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
         }
         Some(_) => return Err(in_team(bad("meta must be an object"))),
     };
+    let parent = chat::parent(fields.parent).map_err(|e| in_team(bad(&e)))?;
     let mentions = chat::mentions(fields.mentions).map_err(|e| in_team(bad(&e)))?;
     let attachments = chat::attachments(fields.attachments).map_err(|e| in_team(bad(&e)))?;
     Ok(Request::MessageSend {
@@ -261,6 +266,7 @@ fn message_send(object: Map<String, Value>, limits: Limits) -> Result<Request, R
         client_id: fields.client_id,
         body: fields.body,
         meta,
+        parent,
         mentions,
         attachments,
     })
@@ -450,6 +456,7 @@ mod tests {
                 client_id: "c".into(),
                 body: "hi".into(),
                 meta: None,
+                parent: None,
                 mentions: Vec::new(),
                 attachments: Vec::new(),
             }
@@ -631,6 +638,7 @@ mod tests {
                         client_id,
                         body,
                         meta,
+                        parent,
                         mentions,
                         attachments,
                         ..
@@ -651,6 +659,7 @@ mod tests {
                     body,
                     meta,
                     ts: 1,
+                    parent,
                     mentions,
                     attachments,
                 });

@@ -21,6 +21,9 @@ pub struct MessageView {
     pub meta: Option<Value>,
     pub ts: i64,
     pub offset: String,
+    /// Set on a thread reply: its top-level message's seq.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mentions: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -41,6 +44,7 @@ impl MessageView {
             meta: d.meta.clone(),
             ts: d.ts,
             offset: offset.to_string(),
+            parent: d.parent,
             mentions: d.mentions.clone(),
             attachments: d.attachments.clone(),
         }

@@ -73,12 +73,14 @@ impl Session {
                 client_id,
                 body,
                 meta,
+                parent,
                 mentions,
                 attachments,
             } => {
                 let content = Content {
                     body,
                     meta,
+                    parent,
                     mentions,
                     attachments,
                 };
@@ -391,6 +393,14 @@ impl Session {
             Ok(AppendOutcome::Refused(ErrorCode::QuotaExceeded)) => {
                 Err(error(ErrorCode::QuotaExceeded, "credit limit reached"))
             }
+            Ok(AppendOutcome::Refused(ErrorCode::BadRequest))
+                if matches!(data, EventData::Message(_)) =>
+            {
+                Err(error(
+                    ErrorCode::BadRequest,
+                    "a thread reply's parent must be a top-level message",
+                ))
+            }
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
             // Storage seeds the team or looks the message up and appends again, or fails:
@@ -426,10 +436,13 @@ impl Session {
             body: content.body,
             meta: content.meta,
             ts: now_ms(),
+            parent: content.parent,
             mentions: content.mentions,
             attachments: content.attachments,
         });
-        self.append_acked(team, data, 0, rid).await
+        // The script checks the parent, as it checks an edit's target.
+        self.append_acked(team, data, content.parent.unwrap_or(0), rid)
+            .await
     }
 
     /// `message:edit` (`body: Some`) or `message:delete`.
@@ -484,6 +497,7 @@ pub(crate) fn credit_cost(
 struct Content {
     body: String,
     meta: Option<serde_json::Value>,
+    parent: Option<u64>,
     mentions: Vec<String>,
     attachments: Vec<teamchat_shared::event::Attachment>,
 }

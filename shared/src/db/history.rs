@@ -38,43 +38,73 @@ pub struct MessageRow {
     pub version: i64,
     pub mentions: Option<Vec<String>>,
     pub attachments: Option<serde_json::Value>,
+    pub parent: Option<i64>,
+    /// The thread's counters (top-level messages with replies).
+    pub reply_count: Option<i64>,
+    pub last_reply_ts: Option<i64>,
 }
 
-/// Up to `limit` messages of the page, in the page's order (newest first for `Before`).
+/// Which messages of the team a page lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    /// Thread replies left out.
+    TopLevel,
+    /// The replies of this top-level message only.
+    Replies(u64),
+}
+
+impl Scope {
+    /// Whether a message with this parent belongs.
+    pub fn contains(self, parent: Option<u64>) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::TopLevel => parent.is_none(),
+            Scope::Replies(of) => parent == Some(of),
+        }
+    }
+}
+
+/// Up to `limit` messages of the page, in the page's order (newest first for `Before`),
+/// with their thread's counters.
 pub async fn page(
     db: &PgPool,
     team: &str,
     page: Page,
+    scope: Scope,
     limit: i64,
 ) -> sqlx::Result<Vec<MessageRow>> {
-    match page {
-        Page::Before(before) => {
-            sqlx::query_as(
-                r#"SELECT seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version,
-                          mentions, attachments
-                   FROM messages WHERE team = $1 AND id IS NOT NULL AND ($2::int8 IS NULL OR seq < $2)
-                   ORDER BY seq DESC LIMIT $3"#,
-            )
-            .bind(team)
-            .bind(before.map(|b| b as i64))
-            .bind(limit)
-            .fetch_all(db)
-            .await
-        }
-        Page::After(after) => {
-            sqlx::query_as(
-                r#"SELECT seq, id, client_id, user_id, name, body, meta, ts, "offset", edited_at, deleted, version,
-                          mentions, attachments
-                   FROM messages WHERE team = $1 AND id IS NOT NULL AND seq > $2
-                   ORDER BY seq ASC LIMIT $3"#,
-            )
-            .bind(team)
-            .bind(after as i64)
-            .bind(limit)
-            .fetch_all(db)
-            .await
-        }
-    }
+    let (top_level, replies_of) = match scope {
+        Scope::All => (false, None),
+        Scope::TopLevel => (true, None),
+        Scope::Replies(parent) => (false, Some(parent as i64)),
+    };
+    let (bound, order) = match page {
+        Page::Before(before) => (before.map(|b| b as i64), "DESC"),
+        Page::After(after) => (Some(after as i64), "ASC"),
+    };
+    let comparison = match page {
+        Page::Before(_) => "m.seq < $2",
+        Page::After(_) => "m.seq > $2",
+    };
+    let sql = format!(
+        r#"SELECT m.seq, m.id, m.client_id, m.user_id, m.name, m.body, m.meta, m.ts, m."offset",
+                  m.edited_at, m.deleted, m.version, m.mentions, m.attachments, m.parent,
+                  th.reply_count, th.last_reply_ts
+           FROM messages m
+           LEFT JOIN threads th ON th.team = m.team AND th.parent = m.seq
+           WHERE m.team = $1 AND m.id IS NOT NULL AND ($2::int8 IS NULL OR {comparison})
+             AND (NOT $4 OR m.parent IS NULL) AND ($5::int8 IS NULL OR m.parent = $5)
+           ORDER BY m.seq {order} LIMIT $3"#
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(team)
+        .bind(bound)
+        .bind(limit)
+        .bind(top_level)
+        .bind(replies_of)
+        .fetch_all(db)
+        .await
 }
 
 /// A stored message's author and id, and whether it was deleted: authorizes an edit or a
@@ -82,7 +112,7 @@ pub async fn page(
 /// (never sent, not synced yet, or only an edit's placeholder).
 pub async fn author(db: &PgPool, team: &str, seq: u64) -> sqlx::Result<Option<Author>> {
     sqlx::query_as(
-        "SELECT user_id, id, deleted FROM messages
+        "SELECT user_id, id, deleted, parent FROM messages
          WHERE team = $1 AND seq = $2 AND id IS NOT NULL AND user_id IS NOT NULL",
     )
     .bind(team)
@@ -97,4 +127,6 @@ pub struct Author {
     pub user_id: String,
     pub id: String,
     pub deleted: bool,
+    /// Set for a thread reply: its parent's seq.
+    pub parent: Option<i64>,
 }

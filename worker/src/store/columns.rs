@@ -21,6 +21,7 @@ pub(super) struct MessageColumns<'a> {
     /// As JSON arrays (PostgreSQL's UNNEST would flatten an array of arrays).
     pub(super) mentions: Vec<Option<String>>,
     pub(super) attachments: Vec<Option<String>>,
+    pub(super) parent: Vec<Option<i64>>,
 }
 
 impl<'a> MessageColumns<'a> {
@@ -37,6 +38,7 @@ impl<'a> MessageColumns<'a> {
             columns.meta.push(d.meta.as_ref().map(|m| m.to_string()));
             columns.ts.push(d.ts);
             columns.offset.push(*offset as i64);
+            columns.parent.push(d.parent.map(|p| p as i64));
             let json = |value: serde_json::Value| value.to_string();
             columns
                 .mentions

@@ -183,13 +183,14 @@ async fn store(
                RETURNING w.team, w.synced_offset, w.waiting),
            stored AS (
                INSERT INTO messages AS m (team, seq, id, client_id, user_id, name, body, meta, ts, "offset", version,
-                                          mentions, attachments)
+                                          mentions, attachments, parent)
                SELECT t, s, i, c, u, n, b, md::jsonb, ts, o, o,
                       CASE WHEN mn IS NOT NULL THEN ARRAY(SELECT jsonb_array_elements_text(mn::jsonb)) END,
-                      at::jsonb
+                      at::jsonb, p
                FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
-                           $7::text[], $8::text[], $9::int8[], $10::int8[], $20::text[], $21::text[])
-                    AS x(t, s, i, c, u, n, b, md, ts, o, mn, at)
+                           $7::text[], $8::text[], $9::int8[], $10::int8[], $20::text[], $21::text[],
+                           $22::int8[])
+                    AS x(t, s, i, c, u, n, b, md, ts, o, mn, at, p)
                ON CONFLICT (team, seq) DO UPDATE SET
                    id = EXCLUDED.id, client_id = EXCLUDED.client_id, user_id = EXCLUDED.user_id,
                    name = EXCLUDED.name, meta = EXCLUDED.meta, ts = EXCLUDED.ts, "offset" = EXCLUDED."offset",
@@ -197,8 +198,19 @@ async fn store(
                                ELSE EXCLUDED.body END,
                    mentions = CASE WHEN m.deleted THEN NULL ELSE EXCLUDED.mentions END,
                    attachments = CASE WHEN m.deleted THEN NULL ELSE EXCLUDED.attachments END,
+                   parent = EXCLUDED.parent,
                    version = GREATEST(m.version, EXCLUDED.version)
-               WHERE m.id IS NULL),
+               WHERE m.id IS NULL
+               RETURNING m.team, m.parent, m.ts),
+           threaded AS (
+               -- Only messages stored for the first time come out of `stored`: each reply
+               -- counts once, whatever is replayed or retried.
+               INSERT INTO threads AS th (team, parent, reply_count, last_reply_ts)
+               SELECT team, parent, count(*), max(ts) FROM stored WHERE parent IS NOT NULL
+               GROUP BY team, parent ORDER BY team, parent
+               ON CONFLICT (team, parent) DO UPDATE SET
+                   reply_count = th.reply_count + EXCLUDED.reply_count,
+                   last_reply_ts = GREATEST(th.last_reply_ts, EXCLUDED.last_reply_ts)),
            charged AS (
                INSERT INTO credit_ledger (team, "offset", user_id, kind, cost)
                SELECT * FROM UNNEST($11::text[], $12::int8[], $13::text[], $14::text[], $15::int8[])
@@ -231,6 +243,7 @@ async fn store(
     .bind(&contiguous)
     .bind(&messages.mentions)
     .bind(&messages.attachments)
+    .bind(&messages.parent)
     .fetch_all(&mut *conn)
     .await
 }

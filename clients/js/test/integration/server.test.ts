@@ -155,4 +155,19 @@ describe("chat model", () => {
       ann.send(team, "x", undefined, { attachments: [{ ...file, url: "javascript:alert(1)" }] }),
     ).rejects.toMatchObject({ code: "bad_request" });
   });
+
+  it("replies in a thread and reads it back", async () => {
+    const team = `${stack.prefix}-thread`;
+    const ann = await member("ann", [team]);
+    const top = await ann.send(team, "release notes?");
+    const reply = await ann.send(team, "here", undefined, { parent: top.seq });
+    await expect(ann.send(team, "nested", undefined, { parent: reply.seq })).rejects.toMatchObject({ code: "bad_request" });
+    let thread = await ann.replies(team, top.seq);
+    // Served from the stream before the worker synced, from PostgreSQL after.
+    expect(thread.messages.map((m) => [m.seq, m.parent])).toEqual([[reply.seq, top.seq]]);
+    const page = await ann.history(team, { topLevel: true });
+    expect(page.messages.map((m) => m.seq)).toEqual([top.seq]);
+    thread = await ann.replies(team, top.seq, { after: reply.seq });
+    expect(thread.messages).toEqual([]);
+  });
 });
