@@ -333,3 +333,122 @@ async fn until(client: &mut Client, kind: &str) -> Value {
         }
     }
 }
+
+/// Pins are durable events: ordered, replayed on recovery, idempotent (a pin of a pinned
+/// message is acked without an offset and tells nobody), refused for unknown or deleted
+/// messages and teams not joined; the pins list and history show them once synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_are_durable_events_listed_most_recent_first() {
+    let env = TestEnv::new().await;
+    let (g1, g2) = common::two_gateways(&env).await;
+    let stop = common::worker(&env, "w1");
+    let mut ann = Client::connect(g1.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g2.addr(), &env.token("ben", &["t"])).await;
+    let joined = ann.join("t").await;
+    ben.join("t").await;
+    for n in 1..=3 {
+        ann.send_message("t", &format!("m{n}"), &format!("message {n}"))
+            .await;
+    }
+    let pin = |seq: u64, pin: bool| {
+        let kind = if pin { "message:pin" } else { "message:unpin" };
+        json!({"type": kind, "team": "t", "seq": seq})
+    };
+
+    ben.send(pin(1, true)).await;
+    let first = until(&mut ben, "message:ack").await;
+    assert!(first["offset"].is_string(), "{first}");
+    let pinned = until(&mut ann, "message:pinned").await;
+    assert_eq!(
+        pinned,
+        json!({"type": "message:pinned", "team": "t", "seq": 1, "user": "ben",
+               "ts": pinned["ts"], "offset": first["offset"]})
+    );
+    // Again: acked without an offset, and nobody is told.
+    ben.send(pin(1, true)).await;
+    let again = until(&mut ben, "message:ack").await;
+    assert!(again.get("offset").is_none(), "{again}");
+    assert_eq!((&again["seq"], &again["team"]), (&json!(1), &json!("t")));
+    settled(&mut ann).await;
+
+    ann.send(pin(3, true)).await;
+    until(&mut ann, "message:ack").await;
+    ann.send(pin(2, false)).await;
+    assert!(until(&mut ann, "message:ack").await.get("offset").is_none());
+    ann.send(pin(99, true)).await;
+    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    ann.send(json!({"type": "message:delete", "team": "t", "seq": 2}))
+        .await;
+    until(&mut ann, "message:ack").await;
+    ann.send(pin(2, true)).await;
+    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    let mut carl = Client::connect(g2.addr(), &env.token("carl", &["t"])).await;
+    carl.send(pin(1, false)).await;
+    assert_eq!(until(&mut carl, "error").await["code"], "not_joined");
+
+    // Recovery replays them among the messages.
+    let mut dave = Client::connect(g2.addr(), &env.token("dave", &["t"])).await;
+    let since = json!({"offset": joined["offset"], "epoch": joined["epoch"]});
+    dave.send(json!({"type": "room:join", "team": "t", "since": since}))
+        .await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = dave.recv().await;
+        match frame["type"].as_str() {
+            Some("presence:list") => break,
+            Some("room:joined") => assert_eq!(frame["recovered"], true),
+            Some(kind) => replayed.push(format!("{kind} {}", frame["seq"])),
+            None => unreachable!(),
+        }
+    }
+    assert_eq!(
+        replayed,
+        [
+            "message:new 1",
+            "message:new 2",
+            "message:new 3",
+            "message:pinned 1",
+            "message:pinned 3",
+            "message:deleted 2"
+        ]
+    );
+
+    // Once synced: the pins list (most recently pinned first) and history's `pinned`.
+    ann.send(pin(1, false)).await;
+    until(&mut ann, "message:ack").await;
+    ann.send(pin(1, true)).await;
+    let last = until(&mut ann, "message:ack").await["offset"].clone();
+    let offset: i64 = last.as_str().unwrap().parse().unwrap();
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
+    let token = env.token("ann", &["t"]);
+    let (status, pins) = http_get(g1.addr(), &format!("/v1/teams/t/pins?token={token}"), &[]).await;
+    assert_eq!(status, 200, "{pins}");
+    let seqs: Vec<&Value> = pins["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["seq"])
+        .collect();
+    assert_eq!(seqs, [&json!(1), &json!(3)]);
+    let (_, page) = http_get(
+        g1.addr(),
+        &format!("/v1/teams/t/messages?token={token}"),
+        &[],
+    )
+    .await;
+    let flags: Vec<(Value, Value)> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["seq"].clone(), m["pinned"].clone()))
+        .collect();
+    assert_eq!(
+        flags,
+        [
+            (json!(3), json!(true)),
+            (json!(2), json!(false)),
+            (json!(1), json!(true))
+        ]
+    );
+    stop.cancel();
+}

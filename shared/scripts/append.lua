@@ -2,15 +2,15 @@
 --
 -- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; for edits and deletes the
--- tombstone of a deleted message the messages hash no longer holds; any key of the team
--- otherwise
+-- tombstone of a deleted message the messages hash no longer holds; for pins and unpins
+-- the team's set of pinned seqs; any key of the team otherwise
 -- KEYS[5] messages hash: seq -> "author \t id" ("author \t id \t r" for a thread reply),
 -- with "~" before it once deleted; it holds
 -- the newest ARGV[17] messages only (the stream's retention), older ones are looked up in
 -- PostgreSQL by the caller
 -- KEYS[6] receipts hash: user -> seq read up to
 -- KEYS[7] the shard's credits per user   KEYS[8] the shard's credits per team
--- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt)   ARGV[3] src session
+-- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt|pin|unpin)   ARGV[3] src session
 -- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
 -- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
 -- ARGV[9] message id (message)   ARGV[10] ts (ms)   ARGV[11] target seq (edit, delete,
@@ -24,7 +24,9 @@
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
 -- refused one (nothing written); {'ignored'} for a receipt not above the user's last;
--- {'unseeded'} for a team whose counters seed_team.lua must set first (nothing written);
+-- {'unchanged', id} for a pin of a pinned message or an unpin of one that is not (nothing
+-- written); {'unseeded'} for a team whose counters seed_team.lua must set first (nothing
+-- written);
 -- {'lookup'} for an edit or delete of a message (or a reply to a parent) older than the
 -- hash holds: call again with its entry from PostgreSQL in ARGV[18] (nothing written).
 --
@@ -57,7 +59,9 @@ local function known(target)
   if found then return found, false end
   -- Older than the hash holds (or the hash was lost): PostgreSQL knows the message.
   local n = tonumber(target)
-  if n < 1 or n > top_seq or redis.call('EXISTS', dedupe) == 1 then
+  if n < 1 or n > top_seq then return nil, {'err', 'not_found'} end
+  -- Deleted, and PostgreSQL does not show it yet.
+  if (kind == 'edit' or kind == 'delete') and redis.call('EXISTS', dedupe) == 1 then
     return nil, {'err', 'not_found'}
   end
   if ARGV[18] == '' then return nil, {'lookup'} end
@@ -90,6 +94,14 @@ elseif kind == 'edit' or kind == 'delete' then
     return {'err', 'forbidden'}
   end
   id = message_id
+elseif kind == 'pin' or kind == 'unpin' then
+  seq = ARGV[11]
+  local found, looked_up = known(seq)
+  if not found then return looked_up end
+  if string.sub(found, 1, 1) == '~' then return {'err', 'not_found'} end
+  id = string.match(found, '^[^\t]*\t([^\t]*)')
+  local pinned = redis.call('SISMEMBER', dedupe, seq) == 1
+  if pinned == (kind == 'pin') then return {'unchanged', id} end
 elseif kind == 'receipt' then
   seq = ARGV[11]
   if tonumber(seq) > top_seq then return {'err', 'bad_request'} end
@@ -146,6 +158,10 @@ elseif kind == 'delete' then
   end
 elseif kind == 'receipt' then
   redis.call('HSET', receipts, user, seq)
+elseif kind == 'pin' then
+  redis.call('SADD', dedupe, seq)
+elseif kind == 'unpin' then
+  redis.call('SREM', dedupe, seq)
 end
 redis.call('HSET', meta, unpack(meta_fields))
 

@@ -16,6 +16,8 @@ pub enum EventKind {
     Edit,
     Delete,
     Receipt,
+    Pin,
+    Unpin,
 }
 
 impl EventKind {
@@ -25,6 +27,8 @@ impl EventKind {
             EventKind::Edit => "edit",
             EventKind::Delete => "delete",
             EventKind::Receipt => "receipt",
+            EventKind::Pin => "pin",
+            EventKind::Unpin => "unpin",
         }
     }
 
@@ -34,6 +38,8 @@ impl EventKind {
             "edit" => Some(EventKind::Edit),
             "delete" => Some(EventKind::Delete),
             "receipt" => Some(EventKind::Receipt),
+            "pin" => Some(EventKind::Pin),
+            "unpin" => Some(EventKind::Unpin),
             _ => None,
         }
     }
@@ -101,6 +107,9 @@ pub enum EventData {
     Edit(EditData),
     Delete(ActorData),
     Receipt(ActorData),
+    /// `seq` was pinned (or unpinned) by `user`.
+    Pin(ActorData),
+    Unpin(ActorData),
 }
 
 impl EventData {
@@ -110,6 +119,8 @@ impl EventData {
             EventData::Edit(_) => EventKind::Edit,
             EventData::Delete(_) => EventKind::Delete,
             EventData::Receipt(_) => EventKind::Receipt,
+            EventData::Pin(_) => EventKind::Pin,
+            EventData::Unpin(_) => EventKind::Unpin,
         }
     }
 
@@ -119,6 +130,8 @@ impl EventData {
             EventKind::Edit => EventData::Edit(serde_json::from_slice(json)?),
             EventKind::Delete => EventData::Delete(serde_json::from_slice(json)?),
             EventKind::Receipt => EventData::Receipt(serde_json::from_slice(json)?),
+            EventKind::Pin => EventData::Pin(serde_json::from_slice(json)?),
+            EventKind::Unpin => EventData::Unpin(serde_json::from_slice(json)?),
         })
     }
 
@@ -126,7 +139,10 @@ impl EventData {
         let encoded = match self {
             EventData::Message(d) => serde_json::to_string(d),
             EventData::Edit(d) => serde_json::to_string(d),
-            EventData::Delete(d) | EventData::Receipt(d) => serde_json::to_string(d),
+            EventData::Delete(d)
+            | EventData::Receipt(d)
+            | EventData::Pin(d)
+            | EventData::Unpin(d) => serde_json::to_string(d),
         };
         encoded.expect("event data encodes as JSON")
     }
@@ -136,7 +152,10 @@ impl EventData {
         match self {
             EventData::Message(d) => &d.user,
             EventData::Edit(d) => &d.user,
-            EventData::Delete(d) | EventData::Receipt(d) => &d.user,
+            EventData::Delete(d)
+            | EventData::Receipt(d)
+            | EventData::Pin(d)
+            | EventData::Unpin(d) => &d.user,
         }
     }
 
@@ -144,7 +163,10 @@ impl EventData {
         match self {
             EventData::Message(d) => d.ts,
             EventData::Edit(d) => d.ts,
-            EventData::Delete(d) | EventData::Receipt(d) => d.ts,
+            EventData::Delete(d)
+            | EventData::Receipt(d)
+            | EventData::Pin(d)
+            | EventData::Unpin(d) => d.ts,
         }
     }
 }

@@ -77,6 +77,11 @@ impl Keys {
         self.team_key(team, "receipts")
     }
 
+    /// The set of the team's pinned message seqs.
+    pub fn team_pins(&self, team: &str) -> String {
+        self.team_key(team, "pins")
+    }
+
     /// The pub/sub channel the team's events are published on.
     pub fn team_channel(&self, team: &str) -> String {
         self.team_key(team, "ch")

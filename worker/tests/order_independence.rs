@@ -198,6 +198,61 @@ async fn thread_counters_count_each_reply_once_in_any_order() {
     }
 }
 
+/// Pins and unpins apply in offset order whatever order they are committed in, before
+/// their message is stored too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_pin_or_unpin_wins_in_any_order() {
+    let pin = |offset: u64, on: bool| {
+        let actor = ActorData {
+            user: "ann".into(),
+            ts: 1_000 + offset as i64,
+        };
+        entry(
+            offset,
+            1,
+            if on {
+                EventData::Pin(actor)
+            } else {
+                EventData::Unpin(actor)
+            },
+        )
+    };
+    // Offsets: 1 msg#1, 2 pin, 3 unpin, 4 pin.
+    let all = || {
+        vec![
+            message(1, 1, "top"),
+            pin(2, true),
+            pin(3, false),
+            pin(4, true),
+        ]
+    };
+    let orders: Vec<Vec<Vec<usize>>> = vec![
+        vec![(0..4).collect()],
+        (0..4).rev().map(|i| vec![i]).collect(),
+        vec![vec![3], vec![2, 1], vec![0, 3]],
+    ];
+    for batches in orders {
+        let env = TestEnv::new().await;
+        let store = Store::connect(&env.database_url, 3, None).await.unwrap();
+        for batch in &batches {
+            let mut pool: Vec<Option<Entry>> = all().into_iter().map(Some).collect();
+            let entries: Vec<Entry> = batch.iter().filter_map(|i| pool[*i].take()).collect();
+            store.write_batch(&entries).await.unwrap();
+        }
+        let row: (bool, Option<i64>, Option<String>) = sqlx::query_as(
+            "SELECT pinned, pinned_at, body FROM messages WHERE team = 't' AND seq = 1",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            row,
+            (true, Some(1_004), Some("top".into())),
+            "batches {batches:?}"
+        );
+    }
+}
+
 /// A replay marks a team synced through an offset; offsets a worker synced past it (they
 /// waited for the gap the replay filled) then follow on, and nothing is left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

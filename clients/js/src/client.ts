@@ -2,7 +2,7 @@ import { Backoff, closeAction } from "./backoff.js";
 import { loadCodec, type Codec } from "./codec.js";
 import { Emitter } from "./emitter.js";
 import { TeamchatError, isRetryable } from "./errors.js";
-import { fetchHistory, httpBaseOf } from "./history.js";
+import { fetchHistory, fetchPins, httpBaseOf } from "./history.js";
 import { Outbox } from "./outbox.js";
 import { PresenceBook } from "./presence.js";
 import { ReceiptCoalescer } from "./receipts.js";
@@ -187,6 +187,19 @@ export class TeamchatClient {
 
   delete(team: string, seq: number): Promise<MessageAck> {
     return this.refuse(team) ?? this.outbox.push(team, { type: "message:delete", team, seq }, false);
+  }
+
+  /** Pins (or, with `false`, unpins) a message; acked without `offset` when it already was. */
+  pin(team: string, seq: number, pinned = true): Promise<MessageAck> {
+    const type = pinned ? "message:pin" : "message:unpin";
+    return this.refuse(team) ?? this.outbox.push(team, { type, team, seq }, false);
+  }
+
+  /** The team's pinned messages, most recently pinned first. */
+  async pins(team: string): Promise<HistoryPage> {
+    let token = this.token;
+    if (token === undefined || isExpired(token, Date.now(), 5_000)) token = await this.obtainToken();
+    return fetchPins(this.httpBase, team, token);
   }
 
   /** Call on every keystroke. */
@@ -508,7 +521,7 @@ export class TeamchatClient {
         const sent = this.outbox.ack(frame);
         const stream = sent && this.rooms.get(sent.team)?.stream;
         // A resend's ack repeats the first one; from before a stream loss it is not ours to count.
-        if (stream && sent.epoch === stream.currentEpoch()) stream.acked(frame.offset);
+        if (stream && frame.offset !== undefined && sent.epoch === stream.currentEpoch()) stream.acked(frame.offset);
         return;
       }
       case "message:new": {
@@ -522,6 +535,10 @@ export class TeamchatClient {
         return;
       case "message:deleted":
         if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("delete", frame);
+        return;
+      case "message:pinned":
+      case "message:unpinned":
+        if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("pin", frame);
         return;
       case "receipt:update":
         if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("receipt", frame);

@@ -36,3 +36,18 @@ export async function fetchHistory(
   }
   return (await response.json()) as HistoryPage;
 }
+
+/** `GET {base}/v1/teams/{team}/pins`: the pinned messages, most recently pinned first. */
+export async function fetchPins(base: string, team: string, token: string): Promise<HistoryPage> {
+  const url = `${base.replace(/\/+$/, "")}/v1/teams/${encodeURIComponent(team)}/pins`;
+  const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    const body = (await response.json().catch(() => undefined)) as { code?: string; message?: string } | undefined;
+    throw new TeamchatError(body?.code ?? "http", body?.message ?? `pins answered HTTP ${response.status}`, {
+      team,
+      status: response.status,
+    });
+  }
+  const { messages } = (await response.json()) as { messages: HistoryPage["messages"] };
+  return { messages, has_more: false };
+}

@@ -44,7 +44,8 @@ export interface MessageAck {
   team: string;
   seq: number;
   id: string;
-  offset: string;
+  /** Absent when nothing was appended (a pin of a pinned message, say). */
+  offset?: string;
   ts: number;
   rid?: string;
 }
@@ -115,6 +116,16 @@ export interface MessageEdited {
 
 export interface MessageDeleted {
   type: "message:deleted";
+  team: string;
+  seq: number;
+  user: string;
+  ts: number;
+  offset: string;
+}
+
+/** A message was pinned (or unpinned) by `user`. */
+export interface MessagePinned {
+  type: "message:pinned" | "message:unpinned";
   team: string;
   seq: number;
   user: string;
@@ -198,6 +209,7 @@ export type ServerFrame =
   | MessageNew
   | MessageEdited
   | MessageDeleted
+  | MessagePinned
   | TypingFrame
   | ReceiptUpdate
   | ReceiptList
@@ -220,6 +232,8 @@ export interface ClientFrame {
 export interface HistoryMessage extends Omit<MessageNew, "type"> {
   edited_at: number | null;
   deleted: boolean;
+  /** Pinned (may trail the live events by the sync lag). */
+  pinned: boolean;
   /** Top-level messages: replies in the thread (deleted ones count; may trail the live
    * events by the sync lag). Absent on a reply. */
   reply_count?: number;
@@ -267,6 +281,8 @@ export interface ClientEvents {
   message: MessageNew;
   edit: MessageEdited;
   delete: MessageDeleted;
+  /** `message:pinned` or `message:unpinned`. */
+  pin: MessagePinned;
   typing: { team: string; user: string; typing: boolean };
   receipt: ReceiptUpdate;
   receipts: ReceiptList;

@@ -58,6 +58,9 @@ pub enum AppendOutcome {
     Refused(ErrorCode),
     /// A receipt not above the user's last one: nothing to do.
     Ignored,
+    /// A pin of a pinned message, an unpin of one that is not: nothing written; the
+    /// message's id.
+    Unchanged(String),
     /// The team's counters are not set (a new team, or its Redis state was lost): nothing
     /// was written; seed the team and append again (`storage`).
     Unseeded,
@@ -164,6 +167,7 @@ impl Broker {
         let (id, dedupe) = match data {
             EventData::Message(m) => (m.id.as_str(), keys.dedupe(team, &m.user, &m.client_id)),
             EventData::Edit(_) | EventData::Delete(_) => ("", keys.tombstone(team, target)),
+            EventData::Pin(_) | EventData::Unpin(_) => ("", keys.team_pins(team)),
             _ => ("", keys.team_meta(team)),
         };
         let authored = authored
@@ -380,6 +384,7 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
         _ if is_unseeded(reply) => Some(AppendOutcome::Unseeded),
         [ignored] if ignored == "ignored" => Some(AppendOutcome::Ignored),
         [lookup] if lookup == "lookup" => Some(AppendOutcome::Lookup),
+        [unchanged, id] if unchanged == "unchanged" => Some(AppendOutcome::Unchanged(id.clone())),
         [err, code] if err == "err" => Some(AppendOutcome::Refused(match code.as_str() {
             "not_found" => ErrorCode::NotFound,
             "forbidden" => ErrorCode::Forbidden,

@@ -31,6 +31,7 @@ struct HistoryMessage {
     message: MessageView,
     edited_at: Option<i64>,
     deleted: bool,
+    pinned: bool,
     /// `reply_count` and `last_reply_ts`; absent on a reply.
     #[serde(flatten)]
     thread: Option<Thread>,
@@ -50,6 +51,9 @@ struct Thread {
 /// `GET /v1/teams/{team}/messages` and `GET /v1/teams/{team}/messages/{seq}/replies`.
 pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
+    if path.ends_with("/pins") {
+        return pins(state, req).await;
+    }
     // `/messages/{seq}/replies`: a thread's replies, oldest first.
     let replies_of = path.strip_suffix("/replies").map(|rest| {
         rest.rsplit_once("/messages/")
@@ -90,6 +94,32 @@ pub(super) async fn page_of(state: &AppState, team: &str, query: Option<&str>) -
         Scope::All
     };
     answer(load(state, team, page, scope, limit).await)
+}
+
+/// The most pinned messages listed.
+const MAX_PINS: i64 = 1_000;
+
+/// `GET /v1/teams/{team}/pins`: the pinned messages, most recently pinned first (as the
+/// workers synced them: a pin may trail its live event by the sync lag).
+async fn pins<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
+    let (team, claims) = match authorized(state, req, ("/v1/teams/", "team", "/pins")) {
+        Ok(authorized) => authorized,
+        Err(response) => return *response,
+    };
+    if !claims.may_read(team) {
+        return json_error(StatusCode::FORBIDDEN, "forbidden", "team not in token");
+    }
+    if let Err(refused) = check_access(state, &claims, Some(team)).await {
+        return *refused;
+    }
+    match db::history::pins(&state.db, team, MAX_PINS).await {
+        Ok(rows) => {
+            let messages: Vec<HistoryMessage> =
+                rows.into_iter().map(|row| from_row(team, row)).collect();
+            json(StatusCode::OK, &serde_json::json!({ "messages": messages }))
+        }
+        Err(e) => unavailable("pins", &e),
+    }
 }
 
 /// A thread's replies after `after` (0: from the first), oldest first.
@@ -207,6 +237,7 @@ async fn load(
                     message: MessageView::new(team, event.seq, event.offset, m),
                     edited_at: None,
                     deleted: false,
+                    pinned: false,
                     thread: m.parent.is_none().then_some(Thread {
                         reply_count: 0,
                         last_reply_ts: None,
@@ -232,6 +263,11 @@ async fn load(
                     row.message.mentions.clear();
                     row.message.attachments.clear();
                     row.version = row.version.max(event.offset);
+                }
+            }
+            EventData::Pin(_) | EventData::Unpin(_) => {
+                if let Some(row) = merged.get_mut(&event.seq) {
+                    row.pinned = matches!(event.data, EventData::Pin(_));
                 }
             }
             EventData::Receipt(_) => {}
@@ -270,6 +306,7 @@ fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
         },
         edited_at: row.edited_at,
         deleted: row.deleted,
+        pinned: row.pinned,
         thread: row.parent.is_none().then_some(Thread {
             reply_count: row.reply_count.unwrap_or(0) as u64,
             last_reply_ts: row.last_reply_ts,

@@ -46,6 +46,12 @@ pub enum Request {
         team: String,
         seq: u64,
     },
+    /// `message:pin` (`pin`) or `message:unpin`.
+    MessagePin {
+        team: String,
+        seq: u64,
+        pin: bool,
+    },
     ReceiptUpdate {
         team: String,
         seq: u64,
@@ -71,6 +77,8 @@ impl Request {
             Request::MessageSend { .. } => "message:send",
             Request::MessageEdit { .. } => "message:edit",
             Request::MessageDelete { .. } => "message:delete",
+            Request::MessagePin { pin: true, .. } => "message:pin",
+            Request::MessagePin { pin: false, .. } => "message:unpin",
             Request::ReceiptUpdate { .. } => "receipt:update",
             Request::Ping => "ping",
             Request::TypingStart { .. } => "typing:start",
@@ -159,6 +167,11 @@ fn decode_request(mut object: Map<String, Value>, limits: Limits) -> Result<Requ
         "message:delete" => {
             let (team, seq) = team_and_seq(&object)?;
             Ok(Request::MessageDelete { team, seq })
+        }
+        "message:pin" | "message:unpin" => {
+            let (team, seq) = team_and_seq(&object)?;
+            let pin = kind == "message:pin";
+            Ok(Request::MessagePin { team, seq, pin })
         }
         "receipt:update" => {
             let (team, seq) = team_and_seq(&object)?;
@@ -585,6 +598,8 @@ mod tests {
             "message:send",
             "message:edit",
             "message:delete",
+            "message:pin",
+            "message:unpin",
             "receipt:update",
             "typing:start",
             "typing:stop",

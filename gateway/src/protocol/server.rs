@@ -106,7 +106,9 @@ pub enum ServerFrame {
         team: String,
         seq: u64,
         id: String,
-        offset: String,
+        /// Absent when nothing was appended (a pin of a pinned message, say).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<String>,
         ts: i64,
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<String>,
@@ -132,6 +134,22 @@ pub enum ServerFrame {
     },
     #[serde(rename = "message:deleted")]
     MessageDeleted {
+        team: String,
+        seq: u64,
+        user: String,
+        ts: i64,
+        offset: String,
+    },
+    #[serde(rename = "message:pinned")]
+    MessagePinned {
+        team: String,
+        seq: u64,
+        user: String,
+        ts: i64,
+        offset: String,
+    },
+    #[serde(rename = "message:unpinned")]
+    MessageUnpinned {
         team: String,
         seq: u64,
         user: String,
@@ -195,6 +213,8 @@ impl ServerFrame {
             ServerFrame::RoomLeft { .. } => "room:left",
             ServerFrame::MessageAck { .. } => "message:ack",
             ServerFrame::MessageNew(_) => "message:new",
+            ServerFrame::MessagePinned { .. } => "message:pinned",
+            ServerFrame::MessageUnpinned { .. } => "message:unpinned",
             ServerFrame::MessageEdited { .. } => "message:edited",
             ServerFrame::MessageDeleted { .. } => "message:deleted",
             ServerFrame::ReceiptUpdate { .. } => "receipt:update",
@@ -238,6 +258,20 @@ impl ServerFrame {
                 team,
                 user: d.user.clone(),
                 seq,
+                offset,
+            },
+            EventData::Pin(d) => ServerFrame::MessagePinned {
+                team,
+                seq,
+                user: d.user.clone(),
+                ts: d.ts,
+                offset,
+            },
+            EventData::Unpin(d) => ServerFrame::MessageUnpinned {
+                team,
+                seq,
+                user: d.user.clone(),
+                ts: d.ts,
                 offset,
             },
         }

@@ -27,7 +27,8 @@ impl Session {
         let operation = match &request {
             Request::MessageSend { .. }
             | Request::MessageEdit { .. }
-            | Request::MessageDelete { .. } => Some(Operation::Send),
+            | Request::MessageDelete { .. }
+            | Request::MessagePin { .. } => Some(Operation::Send),
             Request::TypingStart { .. } | Request::TypingStop { .. } => Some(Operation::Typing),
             Request::RoomJoin { .. } => Some(Operation::Join),
             _ => None,
@@ -41,6 +42,7 @@ impl Session {
                 Request::MessageSend { team, .. }
                 | Request::MessageEdit { team, .. }
                 | Request::MessageDelete { team, .. }
+                | Request::MessagePin { team, .. }
                 | Request::TypingStart { team }
                 | Request::TypingStop { team } => (false, Some(team.clone())),
                 _ => (false, None),
@@ -66,6 +68,9 @@ impl Session {
             }
             Request::MessageDelete { team, seq } => {
                 self.amend_message(team, seq, None, rid.clone()).await
+            }
+            Request::MessagePin { team, seq, pin } => {
+                self.pin_message(team, seq, pin, rid.clone()).await
             }
             Request::ReceiptUpdate { team, seq } => self.update_receipt(team, seq),
             Request::MessageSend {
@@ -378,7 +383,7 @@ impl Session {
                     team,
                     seq: appended.seq,
                     id: appended.id,
-                    offset: appended.offset.to_string(),
+                    offset: Some(appended.offset.to_string()),
                     ts: appended.ts,
                     rid,
                 }))
@@ -403,6 +408,16 @@ impl Session {
             }
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
+            // Already as asked: acked without an offset (nothing was appended).
+            Ok(AppendOutcome::Unchanged(id)) => Ok(Some(ServerFrame::MessageAck {
+                client_id: None,
+                team,
+                seq: target,
+                id,
+                offset: None,
+                ts: now_ms(),
+                rid,
+            })),
             // Storage seeds the team or looks the message up and appends again, or fails:
             // never seen here.
             Ok(AppendOutcome::Unseeded | AppendOutcome::Lookup) => Err(error(
@@ -462,6 +477,27 @@ impl Session {
         self.append_acked(team, data, seq, rid).await
     }
 
+    /// `message:pin` / `message:unpin`: any member may; acked without `offset` (and no
+    /// event) when the message already is as asked.
+    async fn pin_message(
+        &mut self,
+        team: String,
+        seq: u64,
+        pin: bool,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, false)?;
+        let actor = ActorData {
+            user: self.claims.sub.clone(),
+            ts: now_ms(),
+        };
+        let data = match pin {
+            true => EventData::Pin(actor),
+            false => EventData::Unpin(actor),
+        };
+        self.append_acked(team, data, seq, rid).await
+    }
+
     /// `receipt:update`: no reply; coalesced per team (see `receipts`).
     fn update_receipt(
         &mut self,
@@ -490,6 +526,7 @@ pub(crate) fn credit_cost(
         EventData::Edit(_) => config.credit_cost_edit,
         EventData::Delete(_) => config.credit_cost_delete,
         EventData::Receipt(_) => config.credit_cost_receipt,
+        EventData::Pin(_) | EventData::Unpin(_) => 0,
     }
 }
 

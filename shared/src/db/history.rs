@@ -39,6 +39,7 @@ pub struct MessageRow {
     pub mentions: Option<Vec<String>>,
     pub attachments: Option<serde_json::Value>,
     pub parent: Option<i64>,
+    pub pinned: bool,
     /// The thread's counters (top-level messages with replies).
     pub reply_count: Option<i64>,
     pub last_reply_ts: Option<i64>,
@@ -90,7 +91,7 @@ pub async fn page(
     let sql = format!(
         r#"SELECT m.seq, m.id, m.client_id, m.user_id, m.name, m.body, m.meta, m.ts, m."offset",
                   m.edited_at, m.deleted, m.version, m.mentions, m.attachments, m.parent,
-                  th.reply_count, th.last_reply_ts
+                  m.pinned, th.reply_count, th.last_reply_ts
            FROM messages m
            LEFT JOIN threads th ON th.team = m.team AND th.parent = m.seq
            WHERE m.team = $1 AND m.id IS NOT NULL AND ($2::int8 IS NULL OR {comparison})
@@ -105,6 +106,24 @@ pub async fn page(
         .bind(replies_of)
         .fetch_all(db)
         .await
+}
+
+/// The team's pinned messages (deleted ones left out), most recently pinned first, at most
+/// `limit`.
+pub async fn pins(db: &PgPool, team: &str, limit: i64) -> sqlx::Result<Vec<MessageRow>> {
+    sqlx::query_as(
+        r#"SELECT m.seq, m.id, m.client_id, m.user_id, m.name, m.body, m.meta, m.ts, m."offset",
+                  m.edited_at, m.deleted, m.version, m.mentions, m.attachments, m.parent,
+                  m.pinned, th.reply_count, th.last_reply_ts
+           FROM messages m
+           LEFT JOIN threads th ON th.team = m.team AND th.parent = m.seq
+           WHERE m.team = $1 AND m.pinned AND NOT m.deleted AND m.id IS NOT NULL
+           ORDER BY m.pinned_at DESC, m.seq DESC LIMIT $2"#,
+    )
+    .bind(team)
+    .bind(limit)
+    .fetch_all(db)
+    .await
 }
 
 /// A stored message's author and id, and whether it was deleted: authorizes an edit or a

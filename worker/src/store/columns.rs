@@ -88,6 +88,8 @@ pub(super) struct Changes<'a> {
     pub(super) deletes: BTreeMap<(&'a str, u64), u64>,
     /// Each user's highest receipt: seq and its offset.
     pub(super) receipts: BTreeMap<(&'a str, &'a str), (u64, u64)>,
+    /// The newest pin or unpin of each message: its offset, whether it pins, its time.
+    pub(super) pins: BTreeMap<(&'a str, u64), (u64, bool, i64)>,
 }
 
 impl<'a> Changes<'a> {
@@ -106,6 +108,13 @@ impl<'a> Changes<'a> {
             EventData::Delete(_) => {
                 let slot = self.deletes.entry(key).or_insert(event.offset);
                 *slot = (*slot).max(event.offset);
+            }
+            EventData::Pin(a) | EventData::Unpin(a) => {
+                let pin = matches!(event.data, EventData::Pin(_));
+                let slot = self.pins.entry(key).or_insert((event.offset, pin, a.ts));
+                if event.offset > slot.0 {
+                    *slot = (event.offset, pin, a.ts);
+                }
             }
             EventData::Receipt(r) => {
                 let slot = self

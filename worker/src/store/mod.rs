@@ -112,6 +112,7 @@ impl Store {
         let alone = changes.edits.is_empty()
             && changes.deletes.is_empty()
             && changes.receipts.is_empty()
+            && changes.pins.is_empty()
             && dead.is_empty();
 
         let mut conn = self.pool.acquire().await?;
@@ -395,6 +396,35 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
         .bind(&user)
         .bind(&seq)
         .bind(&offset)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !changes.pins.is_empty() {
+        let (mut team, mut seq, mut version, mut pinned, mut at) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for ((t, s), (offset, pin, ts)) in &changes.pins {
+            team.push(t.to_string());
+            seq.push(*s as i64);
+            version.push(*offset as i64);
+            pinned.push(*pin);
+            at.push(*ts);
+        }
+        // A pin may reach PostgreSQL before its message: a placeholder row (no id) takes it,
+        // as for edits; the newest by offset wins.
+        sqlx::query(
+            "INSERT INTO messages AS m (team, seq, body, version, pinned, pinned_at, pin_version)
+             SELECT t, s, '', 0, p, at, v
+             FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::bool[], $5::int8[]) AS x(t, s, v, p, at)
+             ON CONFLICT (team, seq) DO UPDATE SET
+                 pinned = EXCLUDED.pinned, pinned_at = EXCLUDED.pinned_at,
+                 pin_version = EXCLUDED.pin_version
+             WHERE m.pin_version < EXCLUDED.pin_version",
+        )
+        .bind(&team)
+        .bind(&seq)
+        .bind(&version)
+        .bind(&pinned)
+        .bind(&at)
         .execute(&mut *tx)
         .await?;
     }

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { TeamchatClient, type ErrorFrame, type MessageNew, type Notify } from "../../src/index.js";
 import { TeamchatServer, TeamchatServerError, signToken } from "../../src/server.js";
 import { startStack, type Stack } from "../support/stack.js";
-import { until } from "./helpers.js";
+import { sleep, until } from "./helpers.js";
 
 const API_KEY = "an-api-key-for-the-client-tests-0123456789";
 
@@ -154,6 +154,28 @@ describe("chat model", () => {
     await expect(
       ann.send(team, "x", undefined, { attachments: [{ ...file, url: "javascript:alert(1)" }] }),
     ).rejects.toMatchObject({ code: "bad_request" });
+  });
+
+  it("pins, tells the others, and lists the pins once synced", async () => {
+    const team = `${stack.prefix}-pins`;
+    const ann = await member("ann", [team]);
+    const ben = await member("ben", [team]);
+    const pins: unknown[] = [];
+    ben.on("pin", (p) => pins.push(p));
+    const first = await ann.send(team, "the plan");
+    const pinned = await ann.pin(team, first.seq);
+    expect(pinned.offset).toBeDefined();
+    expect((await ann.pin(team, first.seq)).offset).toBeUndefined();
+    await until(() => pins.length === 1, "the pin event");
+    expect(pins[0]).toMatchObject({ type: "message:pinned", team, seq: first.seq, user: "ann" });
+    let listed: number[] = [];
+    const deadline = Date.now() + 20_000;
+    // The list is what the worker synced: polled until it has.
+    while (listed.length === 0 && Date.now() < deadline) {
+      listed = (await ann.pins(team)).messages.map((m) => m.seq);
+      if (listed.length === 0) await sleep(100);
+    }
+    expect(listed).toEqual([first.seq]);
   });
 
   it("replies in a thread and reads it back", async () => {
