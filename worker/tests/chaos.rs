@@ -84,6 +84,10 @@ struct Ledger {
     /// (team, seq) → body of the latest acked edit
     edits: BTreeMap<(String, u64), String>,
     deleted: BTreeSet<(String, u64)>,
+    /// (team, parent) → seqs of the acked replies in its thread
+    replies: BTreeMap<(String, u64), BTreeSet<u64>>,
+    /// (team, seq) → pinned, as the last acked pin or unpin left it
+    pins: BTreeMap<(String, u64), bool>,
     ops: usize,
     retries: usize,
     reconnects: usize,
@@ -95,6 +99,13 @@ enum Op {
         team: String,
         client_id: String,
         body: String,
+        /// A thread reply to this top-level message.
+        parent: Option<u64>,
+    },
+    Pin {
+        team: String,
+        seq: u64,
+        pin: bool,
     },
     Edit {
         team: String,
@@ -118,8 +129,14 @@ impl Op {
                 team,
                 client_id,
                 body,
+                parent,
             } => {
-                json!({"type":"message:send","team":team,"client_id":client_id,"body":body,"rid":rid})
+                json!({"type":"message:send","team":team,"client_id":client_id,"body":body,"rid":rid,
+                       "parent":parent})
+            }
+            Op::Pin { team, seq, pin } => {
+                let kind = if *pin { "message:pin" } else { "message:unpin" };
+                json!({"type":kind,"team":team,"seq":seq,"rid":rid})
             }
             Op::Edit { team, seq, body } => {
                 json!({"type":"message:edit","team":team,"seq":seq,"body":body,"rid":rid})
@@ -192,6 +209,8 @@ async fn run_client(
         &json!({"sub": user, "teams": TEAMS, "exp": teamchat_testkit::now() + 3600}),
     );
     let mut mine: Vec<(String, u64)> = Vec::new();
+    // The top-level ones among them: what replies may go to.
+    let mut tops: Vec<(String, u64)> = Vec::new();
     let mut pending: Option<Op> = None;
     let mut counter = 0;
     'reconnect: loop {
@@ -218,10 +237,24 @@ async fn run_client(
                         },
                         Some((team, seq)) if roll < 18 => Op::Delete { team, seq },
                         Some((team, seq)) if roll < 30 => Op::Receipt { team, seq },
-                        _ => Op::Send {
+                        Some((team, seq)) if roll < 36 => Op::Pin {
                             team,
-                            client_id: format!("{user}-{counter}"),
-                            body: format!("{user} says {counter}"),
+                            seq,
+                            pin: rng.random_bool(0.6),
+                        },
+                        _ => match tops.get(rng.random_range(0..tops.len().max(1))).cloned() {
+                            Some((team, parent)) if roll < 48 => Op::Send {
+                                team,
+                                client_id: format!("{user}-{counter}"),
+                                body: format!("{user} replies {counter}"),
+                                parent: Some(parent),
+                            },
+                            _ => Op::Send {
+                                team,
+                                client_id: format!("{user}-{counter}"),
+                                body: format!("{user} says {counter}"),
+                                parent: None,
+                            },
                         },
                     }
                 }
@@ -260,6 +293,7 @@ async fn run_client(
                         team,
                         client_id,
                         body,
+                        parent,
                     },
                 ) => {
                     let seq = reply["seq"].as_u64().unwrap();
@@ -268,7 +302,27 @@ async fn run_client(
                         (client_id.clone(), body.clone(), user.clone()),
                     );
                     mine.push((team.clone(), seq));
+                    match parent {
+                        Some(parent) => {
+                            let thread = ledger.replies.entry((team.clone(), *parent));
+                            thread.or_default().insert(seq);
+                        }
+                        None => tops.push((team.clone(), seq)),
+                    }
                 }
+                // Its parent was deleted meanwhile (by this client, between two tries).
+                (
+                    Some("error"),
+                    Some("not_found"),
+                    Op::Send {
+                        parent: Some(_), ..
+                    },
+                ) => {}
+                // Acked with an offset or without (a retry whose first try went through).
+                (Some("message:ack"), _, Op::Pin { team, seq, pin }) => {
+                    ledger.pins.insert((team.clone(), *seq), *pin);
+                }
+                (Some("error"), Some("not_found"), Op::Pin { .. }) => {}
                 (Some("message:ack"), _, Op::Edit { team, seq, body }) => {
                     ledger.edits.insert((team.clone(), *seq), body.clone());
                 }
@@ -277,6 +331,7 @@ async fn run_client(
                 | (Some("error"), Some("not_found"), Op::Delete { team, seq }) => {
                     ledger.deleted.insert((team.clone(), *seq));
                     mine.retain(|m| m != &(team.clone(), *seq));
+                    tops.retain(|m| m != &(team.clone(), *seq));
                 }
                 _ => panic!("unexpected reply {reply} to {op:?}"),
             }
@@ -396,11 +451,13 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
         .into_inner()
         .unwrap();
     println!(
-        "seed {seed}: {} ops, {} messages acked, {} edits, {} deletes, {} retries, {} reconnects, {kills} kills",
+        "seed {seed}: {} ops, {} messages acked ({} replies), {} edits, {} deletes, {} pins, {} retries, {} reconnects, {kills} kills",
         ledger.ops,
         ledger.messages.len(),
+        ledger.replies.values().map(BTreeSet::len).sum::<usize>(),
         ledger.edits.len(),
         ledger.deleted.len(),
+        ledger.pins.len(),
         ledger.retries,
         ledger.reconnects
     );
@@ -458,6 +515,35 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
             );
         }
     }
+
+    // Each acked reply counted once in its thread (deleted replies too).
+    let threads: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT team, parent, reply_count FROM threads ORDER BY team, parent")
+            .fetch_all(&db)
+            .await
+            .unwrap();
+    let expected: Vec<(String, i64, i64)> = ledger
+        .replies
+        .iter()
+        .map(|((team, parent), replies)| (team.clone(), *parent as i64, replies.len() as i64))
+        .collect();
+    assert_eq!(threads, expected, "seed {seed}: thread counters");
+    // Each message's pin as its author's last acked pin or unpin left it.
+    let pinned: BTreeSet<(String, i64)> = sqlx::query_as(
+        "SELECT team, seq FROM messages WHERE pinned AND NOT deleted AND id IS NOT NULL",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    let expected: BTreeSet<(String, i64)> = ledger
+        .pins
+        .iter()
+        .filter(|(key, pinned)| **pinned && !ledger.deleted.contains(key))
+        .map(|((team, seq), _)| (team.clone(), *seq as i64))
+        .collect();
+    assert_eq!(pinned, expected, "seed {seed}: pins");
 
     // Receipts in PostgreSQL are Redis's (each user's max).
     for team in TEAMS {
