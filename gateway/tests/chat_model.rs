@@ -321,6 +321,16 @@ async fn a_reply_to_an_old_parent_is_checked_against_postgres() {
     ann.send(json!({"type": "message:send", "team": "t", "client_id": "nested", "body": "r", "parent": 2}))
         .await;
     assert_eq!(until(&mut ann, "error").await["code"], "bad_request");
+    // Deleted while PostgreSQL may still show it: no pin, no reply, from then on.
+    ann.send(json!({"type": "message:delete", "team": "t", "seq": 1}))
+        .await;
+    until(&mut ann, "message:ack").await;
+    ann.send(json!({"type": "message:pin", "team": "t", "seq": 1}))
+        .await;
+    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    ann.send(json!({"type": "message:send", "team": "t", "client_id": "orphan", "body": "r", "parent": 1}))
+        .await;
+    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
     stop.cancel();
 }
 

@@ -10,6 +10,7 @@
 -- PostgreSQL by the caller
 -- KEYS[6] receipts hash: user -> seq read up to
 -- KEYS[7] the shard's credits per user   KEYS[8] the shard's credits per team
+-- KEYS[9] the tombstone of the message ARGV[11] names (edit, delete, pin, reply's parent)
 -- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt|pin|unpin)   ARGV[3] src session
 -- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
 -- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
@@ -61,9 +62,7 @@ local function known(target)
   local n = tonumber(target)
   if n < 1 or n > top_seq then return nil, {'err', 'not_found'} end
   -- Deleted, and PostgreSQL does not show it yet.
-  if (kind == 'edit' or kind == 'delete') and redis.call('EXISTS', dedupe) == 1 then
-    return nil, {'err', 'not_found'}
-  end
+  if redis.call('EXISTS', KEYS[9]) == 1 then return nil, {'err', 'not_found'} end
   if ARGV[18] == '' then return nil, {'lookup'} end
   return ARGV[18], true
 end

@@ -185,6 +185,7 @@ impl Broker {
             .key(keys.team_receipts(team))
             .key(keys.user_credits(shard))
             .key(keys.team_credits(shard))
+            .key(keys.tombstone(team, target))
             .arg(team)
             .arg(data.kind().as_str())
             .arg(src)

@@ -113,7 +113,11 @@ fn attachment(value: Value) -> Result<Attachment, String> {
 /// `data:`, `http:`), nothing a parser would read differently, at most `MAX_URL` bytes.
 fn check_url(text: &str) -> Result<(), String> {
     let refused = || Err("attachment URLs are https:// URLs of at most 2048 bytes".to_owned());
-    if text.len() > MAX_URL || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    // The text as written, not as a parser would mend it (`https:host`, `https:/\host`).
+    let https = text
+        .get(..8)
+        .is_some_and(|s| s.eq_ignore_ascii_case("https://"));
+    if !https || text.len() > MAX_URL || text.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return refused();
     }
     match url::Url::parse(text) {
@@ -172,6 +176,8 @@ mod tests {
             ("url", json!("http://files.example.com/a.png")),
             ("url", json!("data:text/html,hi")),
             ("url", json!("https://files.example.com/a b.png")),
+            ("url", json!("https:files.example.com/a.png")),
+            ("url", json!("https:/\\files.example.com/a.png")),
             ("url", json!(format!("https://e.com/{}", "a".repeat(2_048)))),
             ("thumb_url", json!("javascript:alert(1)")),
             ("name", json!("")),

@@ -70,7 +70,7 @@ pub enum Order {
 /// Every connection open here, by session id.
 #[derive(Default)]
 pub struct Connections {
-    open: Mutex<HashMap<Arc<str>, Open>>,
+    open: Mutex<Registry>,
     /// Orders left for connections' readers, by session id (kept apart: most connections
     /// never get one).
     orders: Mutex<HashMap<Arc<str>, Vec<Order>>>,
@@ -84,17 +84,44 @@ struct Open {
     outlet: Outlet,
 }
 
+/// The open connections by session id, and each user's sessions: what is asked of a user
+/// (a mention of 50 users, say) finds their connections without a look at everyone's.
+#[derive(Default)]
+struct Registry {
+    sessions: HashMap<Arc<str>, Open>,
+    users: HashMap<Arc<str>, Vec<Arc<str>>>,
+}
+
+impl Registry {
+    /// The connections of `user`.
+    fn of<'a>(&'a self, user: &str) -> impl Iterator<Item = (&'a Arc<str>, &'a Open)> + 'a {
+        self.users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|session| self.sessions.get_key_value(session))
+    }
+}
+
 impl Connections {
     pub fn register(&self, session: Arc<str>, user: Arc<str>, outlet: Outlet) {
-        self.open
-            .lock()
-            .expect("connections lock")
-            .insert(session, Open { user, outlet });
+        let mut open = self.open.lock().expect("connections lock");
+        open.users
+            .entry(user.clone())
+            .or_default()
+            .push(session.clone());
+        open.sessions.insert(session, Open { user, outlet });
     }
 
     /// Tells every connection that the gateway is shutting down (they close with 1012).
     pub fn shut_down_all(&self) {
-        for open in self.open.lock().expect("connections lock").values() {
+        for open in self
+            .open
+            .lock()
+            .expect("connections lock")
+            .sessions
+            .values()
+        {
             open.outlet.shut_down();
         }
     }
@@ -121,9 +148,10 @@ impl Connections {
                     ts: *ts,
                 });
                 let team: Arc<str> = team.as_str().into();
-                let mentioned = open.iter().filter(|(_, o)| {
-                    *o.user != **author && users.iter().any(|user| *user == *o.user)
-                });
+                let mentioned = users
+                    .iter()
+                    .filter(|user| *user != author)
+                    .flat_map(|user| open.of(user));
                 // Whether the token holds the team only the reader knows (it follows
                 // refreshes): it sends the frame or not.
                 self.order(mentioned, || Order::Tell {
@@ -133,7 +161,7 @@ impl Connections {
                 return;
             }
         };
-        let of_user = open.iter().filter(|(_, o)| *o.user == *user);
+        let of_user = open.of(&user);
         match control {
             Control::Disconnect { code, .. } => {
                 for (_, open) in of_user {
@@ -185,7 +213,16 @@ impl Connections {
     }
 
     pub fn forget(&self, session: &str) {
-        self.open.lock().expect("connections lock").remove(session);
+        let mut open = self.open.lock().expect("connections lock");
+        if let Some(gone) = open.sessions.remove(session)
+            && let Some(sessions) = open.users.get_mut(&gone.user)
+        {
+            sessions.retain(|s| **s != *session);
+            if sessions.is_empty() {
+                open.users.remove(&gone.user);
+            }
+        }
+        drop(open);
         self.orders.lock().expect("orders lock").remove(session);
         self.uncounted
             .lock()
@@ -196,8 +233,7 @@ impl Connections {
     /// The users with a connection here, each once.
     pub fn users(&self) -> Vec<Arc<str>> {
         let open = self.open.lock().expect("connections lock");
-        let users: HashSet<Arc<str>> = open.values().map(|o| o.user.clone()).collect();
-        users.into_iter().collect()
+        open.users.keys().cloned().collect()
     }
 
     /// Whether a connection counts towards its user's limit (and is refreshed).
@@ -213,7 +249,8 @@ impl Connections {
     fn slice(&self, slice: u64, slices: u64) -> Vec<(Arc<str>, Arc<str>)> {
         let open = self.open.lock().expect("connections lock");
         let uncounted = self.uncounted.lock().expect("uncounted lock");
-        open.iter()
+        open.sessions
+            .iter()
             .filter(|(session, _)| slice_of(session, slices) == slice)
             .filter(|(session, _)| !uncounted.contains(*session))
             .map(|(session, open)| (open.user.clone(), session.clone()))

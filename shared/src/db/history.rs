@@ -75,10 +75,12 @@ pub async fn page(
     scope: Scope,
     limit: i64,
 ) -> sqlx::Result<Vec<MessageRow>> {
-    let (top_level, replies_of) = match scope {
-        Scope::All => (false, None),
-        Scope::TopLevel => (true, None),
-        Scope::Replies(parent) => (false, Some(parent as i64)),
+    // Each scope its own statement (a generic plan of one for all could not use the
+    // replies index).
+    let (in_scope, parent) = match scope {
+        Scope::All => ("", None),
+        Scope::TopLevel => ("AND m.parent IS NULL", None),
+        Scope::Replies(parent) => ("AND m.parent = $4", Some(parent as i64)),
     };
     let (bound, order) = match page {
         Page::Before(before) => (before.map(|b| b as i64), "DESC"),
@@ -95,21 +97,21 @@ pub async fn page(
            FROM messages m
            LEFT JOIN threads th ON th.team = m.team AND th.parent = m.seq
            WHERE m.team = $1 AND m.id IS NOT NULL AND ($2::int8 IS NULL OR {comparison})
-             AND (NOT $4 OR m.parent IS NULL) AND ($5::int8 IS NULL OR m.parent = $5)
+             {in_scope}
            ORDER BY m.seq {order} LIMIT $3"#
     );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(team)
         .bind(bound)
-        .bind(limit)
-        .bind(top_level)
-        .bind(replies_of)
-        .fetch_all(db)
-        .await
+        .bind(limit);
+    match parent {
+        Some(parent) => query.bind(parent).fetch_all(db).await,
+        None => query.fetch_all(db).await,
+    }
 }
 
-/// The team's pinned messages (deleted ones left out), most recently pinned first, at most
-/// `limit`.
+/// The team's pinned messages (deleted ones left out), most recently pinned first (by the
+/// pin's offset: the team's order, not a gateway's clock), at most `limit`.
 pub async fn pins(db: &PgPool, team: &str, limit: i64) -> sqlx::Result<Vec<MessageRow>> {
     sqlx::query_as(
         r#"SELECT m.seq, m.id, m.client_id, m.user_id, m.name, m.body, m.meta, m.ts, m."offset",
@@ -118,7 +120,7 @@ pub async fn pins(db: &PgPool, team: &str, limit: i64) -> sqlx::Result<Vec<Messa
            FROM messages m
            LEFT JOIN threads th ON th.team = m.team AND th.parent = m.seq
            WHERE m.team = $1 AND m.pinned AND NOT m.deleted AND m.id IS NOT NULL
-           ORDER BY m.pinned_at DESC, m.seq DESC LIMIT $2"#,
+           ORDER BY m.pin_version DESC LIMIT $2"#,
     )
     .bind(team)
     .bind(limit)
