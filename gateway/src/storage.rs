@@ -101,10 +101,25 @@ impl Storage {
                 .await
                 .inspect_err(|e| postgres_failed(team, e))?;
         }
-        self.broker.seed_team(team, floor.seq, floor.offset).await?;
+        // What PostgreSQL has pinned, should Redis have lost the team's pins with it. Not
+        // worth refusing the team over (a schema not migrated yet, say): without them an
+        // unpin of an old pin is acked as a no-op until the message is pinned again.
+        let pinned = match history::pinned_seqs(&self.db, team, MAX_SEEDED_PINS).await {
+            Ok(pinned) => pinned,
+            Err(e) => {
+                tracing::warn!(error = %e, team, "pins not restored from PostgreSQL");
+                Vec::new()
+            }
+        };
+        self.broker
+            .seed_team(team, floor.seq, floor.offset, &pinned)
+            .await?;
         Ok(())
     }
 }
+
+/// The most pins a team's seeding restores (the most recent; the pins list shows as many).
+const MAX_SEEDED_PINS: i64 = 1_000;
 
 fn postgres_failed(team: &str, e: &sqlx::Error) {
     tracing::warn!(error = %e, team, "PostgreSQL unavailable");

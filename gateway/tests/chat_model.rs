@@ -460,5 +460,22 @@ async fn pins_are_durable_events_listed_most_recent_first() {
             (json!(1), json!(true))
         ]
     );
+
+    // Redis loses the team's state: seeded again, the pins come back from PostgreSQL, so
+    // an unpin is carried out, not acked as if there were nothing to unpin.
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    let _: () = redis::AsyncCommands::del(&mut redis, &[keys.team_meta("t"), keys.team_pins("t")])
+        .await
+        .unwrap();
+    // (The old epoch's connections are told to rejoin: a new one does.)
+    drop(ann);
+    let mut eve = Client::connect(g1.addr(), &env.token("eve", &["t"])).await;
+    eve.join("t").await;
+    eve.send(pin(3, false)).await;
+    let unpinned = until(&mut eve, "message:ack").await;
+    assert!(unpinned["offset"].is_string(), "{unpinned}");
+    eve.send(pin(1, true)).await;
+    assert!(until(&mut eve, "message:ack").await.get("offset").is_none());
     stop.cancel();
 }

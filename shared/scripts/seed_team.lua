@@ -6,8 +6,10 @@
 -- message.
 --
 -- KEYS[1] team meta hash   KEYS[2] team event stream   KEYS[3] messages hash
+-- KEYS[4] the team's set of pinned seqs
 -- ARGV[1] newest seq in PostgreSQL   ARGV[2] newest offset in PostgreSQL
--- ARGV[3] epoch to use if the team has none
+-- ARGV[3] epoch to use if the team has none   ARGV[4…] seqs PostgreSQL has pinned (the
+-- set is filled with them if Redis lost it, so an unpin of one finds it pinned)
 -- Returns 1 when it wrote the counters, 0 when the team had them already (another
 -- gateway seeded it first).
 
@@ -28,4 +30,7 @@ end
 redis.call('HSETNX', meta, 'epoch', ARGV[3])
 -- Integers as text: Lua 5.1 would print large numbers in exponent form.
 redis.call('HSET', meta, 'offset', string.format('%d', offset), 'seq', string.format('%d', seq))
+if #ARGV > 3 and redis.call('EXISTS', KEYS[4]) == 0 then
+  redis.call('SADD', KEYS[4], unpack(ARGV, 4))
+end
 return 1

@@ -265,15 +265,23 @@ impl Broker {
     /// Sets the counters of a team that has none (new, or its Redis state lost) after
     /// `seq` and `offset` (what PostgreSQL holds) and whatever Redis still has of the team
     /// (`scripts/seed_team.lua`: idempotent, a second gateway's seed changes nothing).
-    pub async fn seed_team(&self, team: &str, seq: i64, offset: i64) -> redis::RedisResult<()> {
+    pub async fn seed_team(
+        &self,
+        team: &str,
+        seq: i64,
+        offset: i64,
+        pinned: &[i64],
+    ) -> redis::RedisResult<()> {
         let keys = &self.keys;
         let _: i64 = scripts::SEED_TEAM
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
             .key(keys.team_messages(team))
+            .key(keys.team_pins(team))
             .arg(seq)
             .arg(offset)
             .arg(scripts::new_epoch())
+            .arg(pinned)
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())

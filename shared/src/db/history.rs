@@ -128,6 +128,18 @@ pub async fn pins(db: &PgPool, team: &str, limit: i64) -> sqlx::Result<Vec<Messa
     .await
 }
 
+/// The seqs of the team's pinned messages, most recently pinned first, at most `limit`.
+pub async fn pinned_seqs(db: &PgPool, team: &str, limit: i64) -> sqlx::Result<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT seq FROM messages WHERE team = $1 AND pinned AND NOT deleted AND id IS NOT NULL
+         ORDER BY pin_version DESC LIMIT $2",
+    )
+    .bind(team)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// A stored message's author and id, and whether it was deleted: authorizes an edit or a
 /// delete of a message older than Redis keeps. `None` for a seq with no stored message
 /// (never sent, not synced yet, or only an edit's placeholder).
