@@ -411,12 +411,16 @@ fn counted(text: &str, windows: &[Window], frames: &AtomicU64) {
     if !text.starts_with(r#"{"type":"message:new""#) {
         return;
     }
-    let (Some(sent), Some(w)) = (
+    if let (Some(sent), Some(w)) = (
         client::number_after(text, r#""sent_us""#),
         client::number_after(text, r#""w""#),
-    ) else {
-        return;
-    };
+    ) {
+        timed(windows, sent, w);
+    }
+}
+
+/// A measured delivery of window `w`, sent at `sent` (µs).
+fn timed(windows: &[Window], sent: u64, w: u64) {
     let Some(window) = windows.get(w as usize) else {
         return;
     };
@@ -446,22 +450,7 @@ fn message_body(bytes: usize) -> String {
     if bytes == 0 {
         return "hello, room".to_owned();
     }
-    const WORDS: [&str; 16] = [
-        "release", "review", "deploy", "rollback", "incident", "schedule", "owner", "notes",
-        "thursday", "on-call", "customer", "latency", "ticket", "merge", "staging", "alert",
-    ];
-    let mut body = String::with_capacity(bytes + 16);
-    let mut n = 0u64;
-    while body.len() < bytes {
-        // A pseudo-random walk over the words (a fixed seed: every run sends the same).
-        n = n
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        body.push_str(WORDS[(n >> 60) as usize]);
-        body.push(' ');
-    }
-    body.truncate(bytes);
-    body
+    teamchat_testkit::work_chat(bytes)
 }
 
 /// A frame delivered over HTTP: counted, and timed if it is a measured `message:new`.
@@ -470,18 +459,12 @@ fn delivered(frame: &serde_json::Value, windows: &[Window], frames: &AtomicU64) 
     if frame["type"] != "message:new" {
         return;
     }
-    let (Some(sent), Some(w)) = (
+    if let (Some(sent), Some(w)) = (
         frame["meta"]["sent_us"].as_u64(),
         frame["meta"]["w"].as_u64(),
-    ) else {
-        return;
-    };
-    let Some(window) = windows.get(w as usize) else {
-        return;
-    };
-    window.delivered.fetch_add(1, Ordering::Relaxed);
-    let latency = now_us().saturating_sub(sent).max(1);
-    let _ = window.latency_us.lock().unwrap().record(latency);
+    ) {
+        timed(windows, sent, w);
+    }
 }
 
 async fn read_sse_deliveries(

@@ -297,7 +297,10 @@ async fn large_server_messages_go_compressed() {
         assert_eq!(first & 0x0f, TEXT);
         payload.len() + 4
     };
-    for (client_id, body, most) in [("c2", body, 0.25), ("c3", words(4_096), 0.5)] {
+    for (client_id, body, most) in [
+        ("c2", body, 0.25),
+        ("c3", teamchat_testkit::work_chat(4_096), 0.5),
+    ] {
         let send =
             json!({"type": "message:send", "team": "t", "client_id": client_id, "body": body});
         sender
@@ -313,24 +316,6 @@ async fn large_server_messages_go_compressed() {
             "{deflated_bytes} vs {plain_bytes}"
         );
     }
-}
-
-/// `len` bytes of words of a work chat, in a pseudo-random order.
-fn words(len: usize) -> String {
-    const WORDS: [&str; 16] = [
-        "release", "review", "deploy", "rollback", "incident", "schedule", "owner", "notes",
-        "thursday", "on-call", "customer", "latency", "ticket", "merge", "staging", "alert",
-    ];
-    let (mut text, mut n) = (String::new(), 0u64);
-    while text.len() < len {
-        n = n
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        text.push_str(WORDS[(n >> 60) as usize]);
-        text.push(' ');
-    }
-    text.truncate(len);
-    text
 }
 
 /// The next `message:new` frame, raw.

@@ -416,3 +416,22 @@ pub async fn try_http(
 fn body_value(body: &[u8]) -> Value {
     serde_json::from_slice(body).unwrap_or(Value::String(String::from_utf8_lossy(body).into()))
 }
+
+/// `len` bytes of words of a work chat in a pseudo-random order, the same every call: a
+/// message body that compresses as chat text does, not as one sentence repeated.
+pub fn work_chat(len: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "release", "review", "deploy", "rollback", "incident", "schedule", "owner", "notes",
+        "thursday", "on-call", "customer", "latency", "ticket", "merge", "staging", "alert",
+    ];
+    let (mut text, mut n) = (String::with_capacity(len + 16), 0u64);
+    while text.len() < len {
+        n = n
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        text.push_str(WORDS[(n >> 60) as usize]);
+        text.push(' ');
+    }
+    text.truncate(len);
+    text
+}

@@ -65,20 +65,33 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
         Some(None) => return json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         Some(Some(_)) => &path[path.rfind("/messages/").unwrap_or_default()..],
     };
-    let (team, claims) = match authorized(state, req, ("/v1/teams/", "team", suffix)) {
-        Ok(authorized) => authorized,
-        Err(response) => return *response,
+    let team = match readable_team(state, req, suffix).await {
+        Ok(team) => team,
+        Err(refused) => return *refused,
     };
-    if !claims.may_read(team) {
-        return json_error(StatusCode::FORBIDDEN, "forbidden", "team not in token");
-    }
-    if let Err(refused) = check_access(state, &claims, Some(team)).await {
-        return *refused;
-    }
     match replies_of.flatten() {
         Some(parent) => replies_page(state, team, parent, req.uri().query()).await,
         None => page_of(state, team, req.uri().query()).await,
     }
+}
+
+/// The team of `/v1/teams/{team}{suffix}`, if the request's token may read it (and was
+/// neither revoked nor removed from it).
+async fn readable_team<'a, B>(
+    state: &AppState,
+    req: &'a Request<B>,
+    suffix: &str,
+) -> Result<&'a str, Box<Response<Body>>> {
+    let (team, claims) = authorized(state, req, ("/v1/teams/", "team", suffix))?;
+    if !claims.may_read(team) {
+        return Err(Box::new(json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "team not in token",
+        )));
+    }
+    check_access(state, &claims, Some(team)).await?;
+    Ok(team)
 }
 
 /// The page of `team`'s messages the query asks for (the server API's too);
@@ -102,16 +115,10 @@ const MAX_PINS: i64 = 1_000;
 /// `GET /v1/teams/{team}/pins`: the pinned messages, most recently pinned first (as the
 /// workers synced them: a pin may trail its live event by the sync lag).
 async fn pins<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
-    let (team, claims) = match authorized(state, req, ("/v1/teams/", "team", "/pins")) {
-        Ok(authorized) => authorized,
-        Err(response) => return *response,
+    let team = match readable_team(state, req, "/pins").await {
+        Ok(team) => team,
+        Err(refused) => return *refused,
     };
-    if !claims.may_read(team) {
-        return json_error(StatusCode::FORBIDDEN, "forbidden", "team not in token");
-    }
-    if let Err(refused) = check_access(state, &claims, Some(team)).await {
-        return *refused;
-    }
     match db::history::pins(&state.db, team, MAX_PINS).await {
         Ok(rows) => {
             let messages: Vec<HistoryMessage> =
