@@ -209,19 +209,19 @@ async fn a_draining_gateway_is_not_ready() {
             .await
             .unwrap();
     tokio::spawn(connection);
-    let mut ready = move || {
+    // The same kept-alive connection for every probe, as a balancer's health check
+    // would use; wait for it to be ready again before the next request.
+    let mut ready = async || {
+        balancer.ready().await.unwrap();
         let req = hyper::Request::builder()
             .uri("/readyz")
             .header("host", addr.to_string())
             .body(Full::new(bytes::Bytes::new()))
             .unwrap();
-        let sent = balancer.send_request(req);
-        async move {
-            let response = sent.await.unwrap();
-            let status = response.status().as_u16();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, serde_json::from_slice::<Value>(&body).unwrap())
-        }
+        let response = balancer.send_request(req).await.unwrap();
+        let status = response.status().as_u16();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice::<Value>(&body).unwrap())
     };
     assert_eq!(ready().await.0, 200);
     // A client that does not answer the close keeps the drain going for a while.
