@@ -4,6 +4,7 @@
 
 use sqlx::PgPool;
 use teamchat_shared::db::{floor, history, watermark};
+use teamchat_shared::event::EventData;
 
 use crate::broker::{Append, AppendOutcome, Authored, Broker, TeamState};
 use crate::protocol::ErrorCode;
@@ -63,10 +64,20 @@ impl Storage {
         let Some(stored) = stored.filter(|s| !s.deleted) else {
             return Ok(AppendOutcome::Refused(ErrorCode::NotFound));
         };
+        // A reaction also needs the message's reactions, should Redis no longer hold them.
+        let reactions = match append.data {
+            EventData::React(_) | EventData::Unreact(_) => {
+                history::reactions_of(&self.db, append.team, append.target)
+                    .await
+                    .inspect_err(|e| postgres_failed(append.team, e))?
+            }
+            _ => Vec::new(),
+        };
         let authored = Authored {
             user: stored.user_id,
             id: stored.id,
             reply: stored.parent.is_some(),
+            reactions,
         };
         match self.broker.append(append, Some(&authored)).await? {
             // The team's Redis state went away between the two calls: nothing was written.

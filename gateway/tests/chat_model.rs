@@ -13,13 +13,6 @@ fn attachment() -> Value {
            "mime": "application/pdf", "size": 48_213, "preview": "dropped"})
 }
 
-/// A `ping` answered by `pong`: what came before it came, and nothing is pending.
-async fn settled(client: &mut Client) {
-    client.send(json!({"type": "ping", "rid": "settled"})).await;
-    let pong = client.recv().await;
-    assert_eq!(pong["type"], "pong", "a frame before the pong: {pong}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mentions_and_attachments_travel_with_the_message_and_go_with_a_delete() {
     let env = TestEnv::new().await;
@@ -130,11 +123,11 @@ async fn a_mention_reaches_the_user_on_any_gateway_once_where_the_token_holds_th
     let marker = ann.expect("message:ack").await;
     for carl in [&mut carl, &mut carl_phone] {
         assert_eq!(carl.expect("mention").await["seq"], marker["seq"]);
-        settled(carl).await;
+        carl.settled().await;
     }
     // Dave's token does not hold the team; the author is not told of her own mention.
-    settled(&mut dave).await;
-    settled(&mut ann_phone).await;
+    dave.settled().await;
+    ann_phone.settled().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,34 +205,34 @@ async fn thread_replies_keep_the_team_order_and_the_parent_s_counters() {
 
     ann.send(json!({"type": "message:send", "team": "t", "client_id": "top1", "body": "x"}))
         .await;
-    assert_eq!(until(&mut ann, "message:ack").await["seq"], 1);
+    assert_eq!(ann.until("message:ack").await["seq"], 1);
     ben.send(reply("r1", 1)).await;
-    assert_eq!(until(&mut ben, "message:ack").await["seq"], 2);
-    let new = until(&mut ann, "message:new").await;
+    assert_eq!(ben.until("message:ack").await["seq"], 2);
+    let new = ann.until("message:new").await;
     assert_eq!((&new["seq"], &new["parent"]), (&json!(2), &json!(1)));
     ann.send(json!({"type": "message:send", "team": "t", "client_id": "top2", "body": "x"}))
         .await;
-    assert_eq!(until(&mut ann, "message:ack").await["seq"], 3);
+    assert_eq!(ann.until("message:ack").await["seq"], 3);
     ben.send(reply("r2", 1)).await;
-    let r2 = until(&mut ben, "message:ack").await;
+    let r2 = ben.until("message:ack").await;
     ben.send(reply("r3", 3)).await;
-    let r3 = until(&mut ben, "message:ack").await;
+    let r3 = ben.until("message:ack").await;
     assert_eq!(r3["seq"], 5);
 
     for (parent, code) in [(2, "bad_request"), (99, "not_found"), (0, "bad_request")] {
         ben.send(reply("refused", parent)).await;
-        let error = until(&mut ben, "error").await;
+        let error = ben.until("error").await;
         assert_eq!(error["code"], code, "parent {parent}: {error}");
     }
     // A deleted reply still counts; a deleted message takes no reply.
     ben.send(json!({"type": "message:delete", "team": "t", "seq": 4}))
         .await;
-    until(&mut ben, "message:ack").await;
+    ben.until("message:ack").await;
     ann.send(json!({"type": "message:delete", "team": "t", "seq": 3}))
         .await;
-    let deleted = until(&mut ann, "message:ack").await;
+    let deleted = ann.until("message:ack").await;
     ben.send(reply("to-deleted", 3)).await;
-    assert_eq!(until(&mut ben, "error").await["code"], "not_found");
+    assert_eq!(ben.until("error").await["code"], "not_found");
 
     let offset: i64 = deleted["offset"].as_str().unwrap().parse().unwrap();
     teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
@@ -305,7 +298,7 @@ async fn a_reply_to_an_old_parent_is_checked_against_postgres() {
     ann.send_message("t", "parent", "parent").await;
     ann.send(json!({"type": "message:send", "team": "t", "client_id": "old-reply", "body": "r", "parent": 1}))
         .await;
-    until(&mut ann, "message:ack").await;
+    ann.until("message:ack").await;
     let mut last = Value::Null;
     for n in 0..8 {
         last = ann.send_message("t", &format!("later{n}"), "later").await;
@@ -316,32 +309,22 @@ async fn a_reply_to_an_old_parent_is_checked_against_postgres() {
         json!({"type": "message:send", "team": "t", "client_id": "late", "body": "r", "parent": 1}),
     )
     .await;
-    let ack = until(&mut ann, "message:ack").await;
+    let ack = ann.until("message:ack").await;
     assert_eq!(ack["seq"], 11);
     ann.send(json!({"type": "message:send", "team": "t", "client_id": "nested", "body": "r", "parent": 2}))
         .await;
-    assert_eq!(until(&mut ann, "error").await["code"], "bad_request");
+    assert_eq!(ann.until("error").await["code"], "bad_request");
     // Deleted while PostgreSQL may still show it: no pin, no reply, from then on.
     ann.send(json!({"type": "message:delete", "team": "t", "seq": 1}))
         .await;
-    until(&mut ann, "message:ack").await;
+    ann.until("message:ack").await;
     ann.send(json!({"type": "message:pin", "team": "t", "seq": 1}))
         .await;
-    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    assert_eq!(ann.until("error").await["code"], "not_found");
     ann.send(json!({"type": "message:send", "team": "t", "client_id": "orphan", "body": "r", "parent": 1}))
         .await;
-    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    assert_eq!(ann.until("error").await["code"], "not_found");
     stop.cancel();
-}
-
-/// The next frame of `kind`, passing over the others (other members' events).
-async fn until(client: &mut Client, kind: &str) -> Value {
-    loop {
-        let frame = client.recv().await;
-        if frame["type"] == kind {
-            return frame;
-        }
-    }
 }
 
 /// Pins are durable events: ordered, replayed on recovery, idempotent (a pin of a pinned
@@ -366,9 +349,9 @@ async fn pins_are_durable_events_listed_most_recent_first() {
     };
 
     ben.send(pin(1, true)).await;
-    let first = until(&mut ben, "message:ack").await;
+    let first = ben.until("message:ack").await;
     assert!(first["offset"].is_string(), "{first}");
-    let pinned = until(&mut ann, "message:pinned").await;
+    let pinned = ann.until("message:pinned").await;
     assert_eq!(
         pinned,
         json!({"type": "message:pinned", "team": "t", "seq": 1, "user": "ben",
@@ -376,25 +359,25 @@ async fn pins_are_durable_events_listed_most_recent_first() {
     );
     // Again: acked without an offset, and nobody is told.
     ben.send(pin(1, true)).await;
-    let again = until(&mut ben, "message:ack").await;
+    let again = ben.until("message:ack").await;
     assert!(again.get("offset").is_none(), "{again}");
     assert_eq!((&again["seq"], &again["team"]), (&json!(1), &json!("t")));
-    settled(&mut ann).await;
+    ann.settled().await;
 
     ann.send(pin(3, true)).await;
-    until(&mut ann, "message:ack").await;
+    ann.until("message:ack").await;
     ann.send(pin(2, false)).await;
-    assert!(until(&mut ann, "message:ack").await.get("offset").is_none());
+    assert!(ann.until("message:ack").await.get("offset").is_none());
     ann.send(pin(99, true)).await;
-    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    assert_eq!(ann.until("error").await["code"], "not_found");
     ann.send(json!({"type": "message:delete", "team": "t", "seq": 2}))
         .await;
-    until(&mut ann, "message:ack").await;
+    ann.until("message:ack").await;
     ann.send(pin(2, true)).await;
-    assert_eq!(until(&mut ann, "error").await["code"], "not_found");
+    assert_eq!(ann.until("error").await["code"], "not_found");
     let mut carl = Client::connect(g2.addr(), &env.token("carl", &["t"])).await;
     carl.send(pin(1, false)).await;
-    assert_eq!(until(&mut carl, "error").await["code"], "not_joined");
+    assert_eq!(carl.until("error").await["code"], "not_joined");
 
     // Recovery replays them among the messages.
     let mut dave = Client::connect(g2.addr(), &env.token("dave", &["t"])).await;
@@ -425,9 +408,9 @@ async fn pins_are_durable_events_listed_most_recent_first() {
 
     // Once synced: the pins list (most recently pinned first) and history's `pinned`.
     ann.send(pin(1, false)).await;
-    until(&mut ann, "message:ack").await;
+    ann.until("message:ack").await;
     ann.send(pin(1, true)).await;
-    let last = until(&mut ann, "message:ack").await["offset"].clone();
+    let last = ann.until("message:ack").await["offset"].clone();
     let offset: i64 = last.as_str().unwrap().parse().unwrap();
     teamchat_testkit::wait_for_watermark(&env.pg().await, "t", offset).await;
     let token = env.token("ann", &["t"]);
@@ -473,9 +456,9 @@ async fn pins_are_durable_events_listed_most_recent_first() {
     let mut eve = Client::connect(g1.addr(), &env.token("eve", &["t"])).await;
     eve.join("t").await;
     eve.send(pin(3, false)).await;
-    let unpinned = until(&mut eve, "message:ack").await;
+    let unpinned = eve.until("message:ack").await;
     assert!(unpinned["offset"].is_string(), "{unpinned}");
     eve.send(pin(1, true)).await;
-    assert!(until(&mut eve, "message:ack").await.get("offset").is_none());
+    assert!(eve.until("message:ack").await.get("offset").is_none());
     stop.cancel();
 }

@@ -11,7 +11,13 @@
 -- KEYS[6] receipts hash: user -> seq read up to
 -- KEYS[7] the shard's credits per user   KEYS[8] the shard's credits per team
 -- KEYS[9] the tombstone of the message ARGV[11] names (edit, delete, pin, reply's parent)
--- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt|pin|unpin)   ARGV[3] src session
+-- KEYS[10] the reactions hash of the message ARGV[11] names: 'user \t emoji' -> 1,
+-- '\t emoji' -> count, '#' -> distinct emojis. While the message is in the messages hash
+-- it has no TTL and a missing one means no reactions; once the message leaves the hash
+-- (or for an older message, loaded from PostgreSQL) it lives ARGV[7] seconds after its
+-- last change, and a missing one is loaded from PostgreSQL (ARGV[20]). The key of another
+-- seq is this one with its seq replaced (same hash tag, so the same cluster slot).
+-- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt|pin|unpin|react|unreact)   ARGV[3] src session
 -- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
 -- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
 -- ARGV[9] message id (message)   ARGV[10] ts (ms)   ARGV[11] target seq (edit, delete,
@@ -21,15 +27,19 @@
 -- ARGV[17] how many of the newest messages the messages hash keeps
 -- ARGV[18] for an edit or delete of a message (or a reply to a parent) the hash does not
 -- hold: its entry as PostgreSQL has it ('' when not looked up yet)
+-- ARGV[19] the emoji (react, unreact)
+-- ARGV[20] with ARGV[18], for a reaction: the message's reactions as PostgreSQL has them,
+-- 'user \t emoji' lines
 --
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
 -- refused one (nothing written); {'ignored'} for a receipt not above the user's last;
--- {'unchanged', id} for a pin of a pinned message or an unpin of one that is not (nothing
--- written); {'unseeded'} for a team whose counters seed_team.lua must set first (nothing
+-- {'unchanged', id} for a pin of a pinned message or an unpin of one that is not, or a
+-- reaction the user already has (or a removal of one they have not) (nothing written); {'unseeded'} for a team whose counters seed_team.lua must set first (nothing
 -- written);
--- {'lookup'} for an edit or delete of a message (or a reply to a parent) older than the
--- hash holds: call again with its entry from PostgreSQL in ARGV[18] (nothing written).
+-- {'lookup'} for an edit, delete, pin or reaction of a message (or a reply to a parent)
+-- older than the hash holds: call again with its entry from PostgreSQL in ARGV[18] (and
+-- for a reaction its reactions in ARGV[20]) (nothing written).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
@@ -52,6 +62,9 @@ local top_seq = tonumber(state[1])
 local epoch = state[3]
 local seq, entry, from_db
 local reply = ''
+local reactions, member, emoji_count = KEYS[10], '', ''
+-- The most distinct emojis one message may carry (../shared/PROTOCOL.md, "Chat model").
+local MAX_EMOJIS = 50
 
 -- A message's entry in the hash (or as PostgreSQL has it, in ARGV[18]); nil and an error
 -- when there is none to act on.
@@ -101,6 +114,32 @@ elseif kind == 'pin' or kind == 'unpin' then
   id = string.match(found, '^[^\t]*\t([^\t]*)')
   local pinned = redis.call('SISMEMBER', dedupe, seq) == 1
   if pinned == (kind == 'pin') then return {'unchanged', id} end
+elseif kind == 'react' or kind == 'unreact' then
+  seq = ARGV[11]
+  local found, looked_up = known(seq)
+  if not found then return looked_up end
+  if string.sub(found, 1, 1) == '~' then return {'err', 'not_found'} end
+  id = string.match(found, '^[^\t]*\t([^\t]*)')
+  from_db = looked_up
+  if from_db and redis.call('EXISTS', reactions) == 0 then
+    -- Not changed for ARGV[7] seconds, long synced: PostgreSQL's reactions are the truth.
+    -- (Only a cache is written before the checks below: what it holds is true either way.)
+    redis.call('HSET', reactions, '#', 0)
+    for pair in string.gmatch(ARGV[20], '[^\n]+') do
+      redis.call('HSET', reactions, pair, 1)
+      if redis.call('HINCRBY', reactions, '\t' .. string.match(pair, '\t(.*)$'), 1) == 1 then
+        redis.call('HINCRBY', reactions, '#', 1)
+      end
+    end
+    redis.call('EXPIRE', reactions, ARGV[7])
+  end
+  member, emoji_count = user .. '\t' .. ARGV[19], '\t' .. ARGV[19]
+  local has = redis.call('HEXISTS', reactions, member) == 1
+  if has == (kind == 'react') then return {'unchanged', id} end
+  if kind == 'react' and redis.call('HEXISTS', reactions, emoji_count) == 0
+      and (tonumber(redis.call('HGET', reactions, '#')) or 0) >= MAX_EMOJIS then
+    return {'err', 'too_large'}
+  end
 elseif kind == 'receipt' then
   seq = ARGV[11]
   if tonumber(seq) > top_seq then return {'err', 'bad_request'} end
@@ -145,9 +184,14 @@ if kind == 'message' then
   redis.call('HSET', messages, seq, user .. '\t' .. id .. reply)
   -- The hash keeps the newest messages only: the one falling out of the window goes.
   local oldest = tonumber(seq) - tonumber(ARGV[17])
-  if oldest > 0 then redis.call('HDEL', messages, int(oldest)) end
+  if oldest > 0 then
+    redis.call('HDEL', messages, int(oldest))
+    -- Its reactions are read from PostgreSQL once they have long been synced.
+    redis.call('EXPIRE', (string.gsub(reactions, '%d+$', int(oldest))), ARGV[7])
+  end
   redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. id .. ' ' .. ts, 'EX', ARGV[7])
 elseif kind == 'delete' then
+  redis.call('DEL', reactions)
   if not from_db then
     redis.call('HSET', messages, seq, '~' .. entry)
   else
@@ -161,6 +205,19 @@ elseif kind == 'pin' then
   redis.call('SADD', dedupe, seq)
 elseif kind == 'unpin' then
   redis.call('SREM', dedupe, seq)
+elseif kind == 'react' then
+  redis.call('HSET', reactions, member, 1)
+  if redis.call('HINCRBY', reactions, emoji_count, 1) == 1 then
+    redis.call('HINCRBY', reactions, '#', 1)
+  end
+  if from_db then redis.call('EXPIRE', reactions, ARGV[7]) end
+elseif kind == 'unreact' then
+  redis.call('HDEL', reactions, member)
+  if redis.call('HINCRBY', reactions, emoji_count, -1) <= 0 then
+    redis.call('HDEL', reactions, emoji_count)
+    redis.call('HINCRBY', reactions, '#', -1)
+  end
+  if from_db then redis.call('EXPIRE', reactions, ARGV[7]) end
 end
 redis.call('HSET', meta, unpack(meta_fields))
 

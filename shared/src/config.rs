@@ -238,6 +238,12 @@ pub struct GatewayConfig {
     /// Credits a read receipt costs.
     #[arg(long, env = "CREDIT_COST_RECEIPT", default_value_t = 0)]
     pub credit_cost_receipt: u64,
+    /// Credits a reaction added or removed costs.
+    #[arg(long, env = "CREDIT_COST_REACTION", default_value_t = 0)]
+    pub credit_cost_reaction: u64,
+    /// Credits a pin or unpin costs.
+    #[arg(long, env = "CREDIT_COST_PIN", default_value_t = 0)]
+    pub credit_cost_pin: u64,
     /// Credits a user may use in all, unless their token's `credit_limit` says otherwise;
     /// unset means unlimited.
     #[arg(long, env = "CREDIT_LIMIT")]

@@ -18,6 +18,8 @@ pub enum EventKind {
     Receipt,
     Pin,
     Unpin,
+    React,
+    Unreact,
 }
 
 impl EventKind {
@@ -29,6 +31,8 @@ impl EventKind {
             EventKind::Receipt => "receipt",
             EventKind::Pin => "pin",
             EventKind::Unpin => "unpin",
+            EventKind::React => "react",
+            EventKind::Unreact => "unreact",
         }
     }
 
@@ -40,6 +44,8 @@ impl EventKind {
             "receipt" => Some(EventKind::Receipt),
             "pin" => Some(EventKind::Pin),
             "unpin" => Some(EventKind::Unpin),
+            "react" => Some(EventKind::React),
+            "unreact" => Some(EventKind::Unreact),
             _ => None,
         }
     }
@@ -100,6 +106,14 @@ pub struct ActorData {
     pub ts: i64,
 }
 
+/// The data of a reaction added or removed (`seq` is the message): who, which emoji, when.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReactionData {
+    pub user: String,
+    pub emoji: String,
+    pub ts: i64,
+}
+
 /// A durable event's data, by kind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventData {
@@ -110,6 +124,9 @@ pub enum EventData {
     /// `seq` was pinned (or unpinned) by `user`.
     Pin(ActorData),
     Unpin(ActorData),
+    /// `user` reacted to `seq` with `emoji` (or took the reaction back).
+    React(ReactionData),
+    Unreact(ReactionData),
 }
 
 impl EventData {
@@ -121,6 +138,8 @@ impl EventData {
             EventData::Receipt(_) => EventKind::Receipt,
             EventData::Pin(_) => EventKind::Pin,
             EventData::Unpin(_) => EventKind::Unpin,
+            EventData::React(_) => EventKind::React,
+            EventData::Unreact(_) => EventKind::Unreact,
         }
     }
 
@@ -132,6 +151,8 @@ impl EventData {
             EventKind::Receipt => EventData::Receipt(serde_json::from_slice(json)?),
             EventKind::Pin => EventData::Pin(serde_json::from_slice(json)?),
             EventKind::Unpin => EventData::Unpin(serde_json::from_slice(json)?),
+            EventKind::React => EventData::React(serde_json::from_slice(json)?),
+            EventKind::Unreact => EventData::Unreact(serde_json::from_slice(json)?),
         })
     }
 
@@ -143,6 +164,7 @@ impl EventData {
             | EventData::Receipt(d)
             | EventData::Pin(d)
             | EventData::Unpin(d) => serde_json::to_string(d),
+            EventData::React(d) | EventData::Unreact(d) => serde_json::to_string(d),
         };
         encoded.expect("event data encodes as JSON")
     }
@@ -156,6 +178,7 @@ impl EventData {
             | EventData::Receipt(d)
             | EventData::Pin(d)
             | EventData::Unpin(d) => &d.user,
+            EventData::React(d) | EventData::Unreact(d) => &d.user,
         }
     }
 
@@ -167,6 +190,7 @@ impl EventData {
             | EventData::Receipt(d)
             | EventData::Pin(d)
             | EventData::Unpin(d) => d.ts,
+            EventData::React(d) | EventData::Unreact(d) => d.ts,
         }
     }
 }

@@ -82,6 +82,13 @@ impl Keys {
         self.team_key(team, "pins")
     }
 
+    /// A message's reactions: `user \t emoji` -> 1, `\t emoji` -> how many, `#` -> how many
+    /// distinct emojis (scripts/append.lua). The script derives the key of another seq from
+    /// this one (same hash tag, so the same cluster slot).
+    pub fn message_reactions(&self, team: &str, seq: u64) -> String {
+        self.team_key(team, &format!("reactions:{seq}"))
+    }
+
     /// The pub/sub channel the team's events are published on.
     pub fn team_channel(&self, team: &str) -> String {
         self.team_key(team, "ch")

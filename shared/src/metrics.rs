@@ -37,6 +37,7 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "teamchat_gateway_tls_handshake_failure
 pub const TLS_RELOADS: &str = "teamchat_gateway_tls_reloads_total";
 pub const BATCHES: &str = "teamchat_worker_batches_total";
 pub const ROWS_SYNCED: &str = "teamchat_worker_rows_synced_total";
+pub const EVENTS_SYNCED: &str = "teamchat_worker_events_synced_total";
 pub const BATCH_SIZE: &str = "teamchat_worker_batch_size";
 pub const BATCH_SECONDS: &str = "teamchat_worker_batch_seconds";
 pub const SYNC_LAG_SECONDS: &str = "teamchat_worker_sync_lag_seconds";
@@ -171,6 +172,12 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Counter,
         "",
         "ingest entries committed to PostgreSQL",
+    ),
+    (
+        EVENTS_SYNCED,
+        Kind::Counter,
+        "kind",
+        "durable events committed to PostgreSQL, by kind",
     ),
     (
         BATCH_SIZE,

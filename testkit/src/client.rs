@@ -193,6 +193,24 @@ impl Client {
         }
     }
 
+    /// The next frame of type `kind`, passing over any others (other members' events).
+    pub async fn until(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends a `ping` and checks the next frame is its `pong`: whatever the server sent
+    /// before came, and nothing else is on its way.
+    pub async fn settled(&mut self) {
+        self.send(json!({"type": "ping", "rid": "settled"})).await;
+        let pong = self.recv().await;
+        assert_eq!(pong["type"], "pong", "a frame before the pong: {pong}");
+    }
+
     /// Reads until the server closes; returns the close code. Data frames before it are
     /// returned too, so a test can check nothing unexpected came.
     pub async fn close_code(&mut self) -> (u16, Vec<Value>) {

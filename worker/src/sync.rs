@@ -11,6 +11,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use teamchat_shared::config::WorkerConfig;
 use teamchat_shared::db;
+use teamchat_shared::event::EventKind;
 use teamchat_shared::metrics as m;
 use teamchat_shared::runtime::now_ms;
 use tokio::time::Instant;
@@ -327,14 +328,22 @@ fn record_batch(part: &[&Entry], took: Duration) {
     metrics::histogram!(m::BATCH_SECONDS).record(took.as_secs_f64());
     let now_ms = now_ms();
     let mut credits = 0;
+    let mut by_kind: Vec<(EventKind, u64)> = Vec::new();
     for entry in part {
         if let Ok(event) = &entry.event {
             credits += event.cost;
+            match by_kind.iter_mut().find(|(kind, _)| *kind == event.kind()) {
+                Some((_, n)) => *n += 1,
+                None => by_kind.push((event.kind(), 1)),
+            }
             metrics::histogram!(m::SYNC_LAG_SECONDS)
                 .record((now_ms - event.data.ts()).max(0) as f64 / 1000.0);
         }
     }
     metrics::counter!(m::CREDITS_SYNCED).increment(credits);
+    for (kind, n) in by_kind {
+        metrics::counter!(m::EVENTS_SYNCED, "kind" => kind.as_str()).increment(n);
+    }
 }
 
 /// Credits counted in Redis (every shard's total) minus those in PostgreSQL's balances.

@@ -88,6 +88,9 @@ struct Ledger {
     replies: BTreeMap<(String, u64), BTreeSet<u64>>,
     /// (team, seq) → pinned, as the last acked pin or unpin left it
     pins: BTreeMap<(String, u64), bool>,
+    /// (team, seq, user, emoji) → whether it stands, as the user's last acked add or
+    /// remove left it
+    reactions: BTreeMap<(String, u64, String, String), bool>,
     ops: usize,
     retries: usize,
     reconnects: usize,
@@ -106,6 +109,12 @@ enum Op {
         team: String,
         seq: u64,
         pin: bool,
+    },
+    React {
+        team: String,
+        seq: u64,
+        emoji: &'static str,
+        add: bool,
     },
     Edit {
         team: String,
@@ -137,6 +146,19 @@ impl Op {
             Op::Pin { team, seq, pin } => {
                 let kind = if *pin { "message:pin" } else { "message:unpin" };
                 json!({"type":kind,"team":team,"seq":seq,"rid":rid})
+            }
+            Op::React {
+                team,
+                seq,
+                emoji,
+                add,
+            } => {
+                let kind = if *add {
+                    "reaction:add"
+                } else {
+                    "reaction:remove"
+                };
+                json!({"type":kind,"team":team,"seq":seq,"emoji":emoji,"rid":rid})
             }
             Op::Edit { team, seq, body } => {
                 json!({"type":"message:edit","team":team,"seq":seq,"body":body,"rid":rid})
@@ -242,8 +264,14 @@ async fn run_client(
                             seq,
                             pin: rng.random_bool(0.6),
                         },
+                        Some((team, seq)) if roll < 44 => Op::React {
+                            team,
+                            seq,
+                            emoji: ["👍", "🎉", "👀"][rng.random_range(0..3)],
+                            add: rng.random_bool(0.6),
+                        },
                         _ => match tops.get(rng.random_range(0..tops.len().max(1))).cloned() {
-                            Some((team, parent)) if roll < 48 => Op::Send {
+                            Some((team, parent)) if roll < 56 => Op::Send {
                                 team,
                                 client_id: format!("{user}-{counter}"),
                                 body: format!("{user} replies {counter}"),
@@ -323,6 +351,20 @@ async fn run_client(
                     ledger.pins.insert((team.clone(), *seq), *pin);
                 }
                 (Some("error"), Some("not_found"), Op::Pin { .. }) => {}
+                (
+                    Some("message:ack"),
+                    _,
+                    Op::React {
+                        team,
+                        seq,
+                        emoji,
+                        add,
+                    },
+                ) => {
+                    let key = (team.clone(), *seq, user.clone(), emoji.to_string());
+                    ledger.reactions.insert(key, *add);
+                }
+                (Some("error"), Some("not_found"), Op::React { .. }) => {}
                 (Some("message:ack"), _, Op::Edit { team, seq, body }) => {
                     ledger.edits.insert((team.clone(), *seq), body.clone());
                 }
@@ -451,13 +493,14 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
         .into_inner()
         .unwrap();
     println!(
-        "seed {seed}: {} ops, {} messages acked ({} replies), {} edits, {} deletes, {} pins, {} retries, {} reconnects, {kills} kills",
+        "seed {seed}: {} ops, {} messages acked ({} replies), {} edits, {} deletes, {} pins, {} reactions, {} retries, {} reconnects, {kills} kills",
         ledger.ops,
         ledger.messages.len(),
         ledger.replies.values().map(BTreeSet::len).sum::<usize>(),
         ledger.edits.len(),
         ledger.deleted.len(),
         ledger.pins.len(),
+        ledger.reactions.len(),
         ledger.retries,
         ledger.reconnects
     );
@@ -544,6 +587,27 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
         .map(|((team, seq), _)| (team.clone(), *seq as i64))
         .collect();
     assert_eq!(pinned, expected, "seed {seed}: pins");
+    // Each message's reaction counts are its users' last acked adds and removes.
+    let counted: BTreeMap<(String, i64, String), i64> = sqlx::query_as(
+        "SELECT c.team, c.seq, c.emoji, c.count FROM reaction_counts c
+         JOIN messages m ON m.team = c.team AND m.seq = c.seq
+         WHERE c.count > 0 AND NOT m.deleted",
+    )
+    .fetch_all(&db)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|(team, seq, emoji, count)| ((team, seq, emoji), count))
+    .collect();
+    let mut expected: BTreeMap<(String, i64, String), i64> = BTreeMap::new();
+    for ((team, seq, _, emoji), stands) in &ledger.reactions {
+        if *stands && !ledger.deleted.contains(&(team.clone(), *seq)) {
+            *expected
+                .entry((team.clone(), *seq as i64, emoji.clone()))
+                .or_default() += 1;
+        }
+    }
+    assert_eq!(counted, expected, "seed {seed}: reactions");
 
     // Receipts in PostgreSQL are Redis's (each user's max).
     for team in TEAMS {

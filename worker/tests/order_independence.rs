@@ -2,7 +2,9 @@
 //! PostgreSQL before its message, redelivered entries, and receipts in any order all end
 //! in the same rows.
 
-use teamchat_shared::event::{ActorData, EditData, EventData, MessageData, StreamEvent};
+use teamchat_shared::event::{
+    ActorData, EditData, EventData, MessageData, ReactionData, StreamEvent,
+};
 use teamchat_testkit::TestEnv;
 use teamchat_worker::ingest::Entry;
 use teamchat_worker::store::Store;
@@ -251,6 +253,89 @@ async fn the_newest_pin_or_unpin_wins_in_any_order() {
             "batches {batches:?}"
         );
     }
+}
+
+/// Each user's reactions apply in offset order and each message's counts are recounted
+/// from them, whatever order (or concurrency) the batches are committed in, redelivered
+/// entries included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reaction_counts_end_the_same_in_any_order() {
+    let react = |offset: u64, user: &str, emoji: &str, add: bool| {
+        let data = ReactionData {
+            user: user.into(),
+            emoji: emoji.into(),
+            ts: 1_000 + offset as i64,
+        };
+        entry(
+            offset,
+            1,
+            if add {
+                EventData::React(data)
+            } else {
+                EventData::Unreact(data)
+            },
+        )
+    };
+    let all = || {
+        vec![
+            message(1, 1, "top"),
+            react(2, "ann", "👍", true),
+            react(3, "ben", "👍", true),
+            react(4, "ann", "👍", false),
+            react(5, "ben", "🎉", true),
+            react(6, "ann", "👍", true),
+            react(7, "carl", "🎉", true),
+            react(8, "carl", "👀", true),
+            react(9, "carl", "👀", false),
+        ]
+    };
+    let orders: Vec<Vec<Vec<usize>>> = vec![
+        vec![(0..9).collect()],
+        (0..9).rev().map(|i| vec![i]).collect(),
+        vec![
+            vec![6, 8],
+            vec![3, 1],
+            vec![0, 5, 6],
+            vec![2, 4, 7],
+            vec![1, 2],
+        ],
+    ];
+    let expected = vec![
+        ("👍".to_owned(), 2, 3),
+        ("🎉".to_owned(), 2, 5),
+        ("👀".to_owned(), 0, 0),
+    ];
+    let counts = |store: &Store| {
+        let pool = store.pool().clone();
+        async move {
+            sqlx::query_as::<_, (String, i64, i64)>(
+                "SELECT emoji, count, first_offset FROM reaction_counts
+                 WHERE team = 't' AND seq = 1 ORDER BY count DESC, first_offset, emoji",
+            )
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    for batches in orders {
+        let env = TestEnv::new().await;
+        let store = Store::connect(&env.database_url, 3, None).await.unwrap();
+        for batch in &batches {
+            let entries: Vec<Entry> = batch.iter().map(|i| all().swap_remove(*i)).collect();
+            store.write_batch(&entries).await.unwrap();
+        }
+        assert_eq!(counts(&store).await, expected, "batches {batches:?}");
+    }
+    // Two batches at once on two connections.
+    let env = TestEnv::new().await;
+    let store = Store::connect(&env.database_url, 3, None).await.unwrap();
+    let (first, second): (Vec<Entry>, Vec<Entry>) = all()
+        .into_iter()
+        .partition(|e| e.id.starts_with(['1', '3', '5', '7', '9']));
+    let (a, b) = tokio::join!(store.write_batch(&first), store.write_batch(&second));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(counts(&store).await, expected);
 }
 
 /// A replay marks a team synced through an offset; offsets a worker synced past it (they

@@ -19,7 +19,9 @@ type MessageRow = (
     Option<i64>,
 );
 
-async fn snapshot(pg: &sqlx::PgPool) -> (Vec<Value>, Vec<(String, String, i64)>) {
+/// The messages, receipts and the chat model's aggregates (threads, pins, reactions,
+/// mentions), each as JSON rows.
+async fn snapshot(pg: &sqlx::PgPool) -> (Vec<Value>, Vec<(String, String, i64)>, Vec<Value>) {
     let messages: Vec<MessageRow> =
         sqlx::query_as(
             r#"SELECT team, seq, id, client_id, body, edited_at, deleted, "offset" FROM messages ORDER BY team, seq"#,
@@ -31,12 +33,24 @@ async fn snapshot(pg: &sqlx::PgPool) -> (Vec<Value>, Vec<(String, String, i64)>)
         .fetch_all(pg)
         .await
         .unwrap();
+    let mut chat = Vec::new();
+    for query in [
+        "SELECT json_build_array(team, parent, reply_count, last_reply_ts) FROM threads ORDER BY team, parent",
+        "SELECT json_build_array(team, seq, pinned_at) FROM messages WHERE pinned ORDER BY team, seq",
+        "SELECT json_build_array(team, seq, emoji, count, first_offset) FROM reaction_counts ORDER BY team, seq, emoji",
+        "SELECT json_build_array(team, user_id, seq) FROM mentions ORDER BY team, user_id, seq",
+    ] {
+        let rows: Vec<Value> = sqlx::query_scalar(query).fetch_all(pg).await.unwrap();
+        assert!(!rows.is_empty(), "{query}");
+        chat.extend(rows);
+    }
     (
         messages
             .into_iter()
             .map(|m| json!([m.0, m.1, m.2, m.3, m.4, m.5, m.6, m.7]))
             .collect(),
         receipts,
+        chat,
     )
 }
 
@@ -61,6 +75,18 @@ async fn replay_into_an_empty_database_reproduces_the_live_rows() {
         ann.send(json!({"type":"message:delete","team":team,"seq":4}))
             .await;
         ann.expect("message:ack").await;
+        // The chat model: a reply that mentions, a pin, reactions added and removed.
+        for frame in [
+            json!({"type":"message:send","team":team,"client_id":"reply","body":"r",
+                   "parent":1,"mentions":["ben"]}),
+            json!({"type":"message:pin","team":team,"seq":1}),
+            json!({"type":"reaction:add","team":team,"seq":2,"emoji":"👍"}),
+            json!({"type":"reaction:add","team":team,"seq":2,"emoji":"🎉"}),
+            json!({"type":"reaction:remove","team":team,"seq":2,"emoji":"👍"}),
+        ] {
+            ann.send(frame).await;
+            ann.expect("message:ack").await;
+        }
     }
     for team in ["t1", "t2"] {
         ben.send(json!({"type":"receipt:update","team":team,"seq":20}))
@@ -71,7 +97,7 @@ async fn replay_into_an_empty_database_reproduces_the_live_rows() {
     let pg = live.pg().await;
     eventually(Duration::from_secs(30), "both teams synced", || async {
         let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM team_sync WHERE synced_offset = 33")
+            sqlx::query_scalar("SELECT count(*) FROM team_sync WHERE synced_offset = 38")
                 .fetch_one(&pg)
                 .await
                 .ok()?;
@@ -80,7 +106,7 @@ async fn replay_into_an_empty_database_reproduces_the_live_rows() {
     .await;
     stop.cancel();
     let live_rows = snapshot(&pg).await;
-    assert_eq!(live_rows.0.len(), 60);
+    assert_eq!(live_rows.0.len(), 62);
     assert_eq!(live_rows.1.len(), 2);
 
     // The same streams, replayed into a fresh database.
@@ -90,7 +116,7 @@ async fn replay_into_an_empty_database_reproduces_the_live_rows() {
     let stats = teamchat_worker::replay::replay(&config, None)
         .await
         .unwrap();
-    assert_eq!((stats.teams, stats.events), (2, 66));
+    assert_eq!((stats.teams, stats.events), (2, 76));
     let replayed = snapshot(&empty.pg().await).await;
     assert_eq!(replayed, live_rows);
     // Again, on top of itself: nothing changes.

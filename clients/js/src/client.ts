@@ -195,6 +195,13 @@ export class TeamchatClient {
     return this.refuse(team) ?? this.outbox.push(team, { type, team, seq }, false);
   }
 
+  /** Adds (or, with `false`, removes) this user's `emoji` reaction to a message; acked
+   * without `offset` when it already was so. */
+  react(team: string, seq: number, emoji: string, add = true): Promise<MessageAck> {
+    const type = add ? "reaction:add" : "reaction:remove";
+    return this.refuse(team) ?? this.outbox.push(team, { type, team, seq, emoji }, false);
+  }
+
   /** The team's pinned messages, most recently pinned first. */
   async pins(team: string): Promise<HistoryPage> {
     let token = this.token;
@@ -539,6 +546,10 @@ export class TeamchatClient {
       case "message:pinned":
       case "message:unpinned":
         if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("pin", frame);
+        return;
+      case "reaction:added":
+      case "reaction:removed":
+        if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("reaction", frame);
         return;
       case "receipt:update":
         if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("receipt", frame);

@@ -133,6 +133,17 @@ export interface MessagePinned {
   offset: string;
 }
 
+/** `user` added (or removed) their `emoji` reaction to message `seq`. */
+export interface ReactionFrame {
+  type: "reaction:added" | "reaction:removed";
+  team: string;
+  seq: number;
+  user: string;
+  emoji: string;
+  ts: number;
+  offset: string;
+}
+
 export interface TypingFrame {
   type: "typing:start" | "typing:stop";
   team: string;
@@ -210,6 +221,7 @@ export type ServerFrame =
   | MessageEdited
   | MessageDeleted
   | MessagePinned
+  | ReactionFrame
   | TypingFrame
   | ReceiptUpdate
   | ReceiptList
@@ -239,6 +251,15 @@ export interface HistoryMessage extends Omit<MessageNew, "type"> {
   reply_count?: number;
   /** Top-level messages: when the newest reply was sent, `null` without replies. */
   last_reply_ts?: number | null;
+  /** Per emoji, ordered by first reaction; `me` when this user reacted (may trail the
+   * live events by the sync lag). */
+  reactions: ReactionCount[];
+}
+
+export interface ReactionCount {
+  emoji: string;
+  count: number;
+  me: boolean;
 }
 
 export interface HistoryPage {
@@ -283,6 +304,8 @@ export interface ClientEvents {
   delete: MessageDeleted;
   /** `message:pinned` or `message:unpinned`. */
   pin: MessagePinned;
+  /** `reaction:added` or `reaction:removed`. */
+  reaction: ReactionFrame;
   typing: { team: string; user: string; typing: boolean };
   receipt: ReceiptUpdate;
   receipts: ReceiptList;

@@ -77,6 +77,9 @@ pub struct Authored {
     pub id: String,
     /// The message is a thread reply (a reply cannot be a parent).
     pub reply: bool,
+    /// For a reaction: the message's standing reactions, `(user, emoji)`, should Redis no
+    /// longer hold them.
+    pub reactions: Vec<(String, String)>,
 }
 
 /// A durable event to append, with what the script checks before it does.
@@ -170,10 +173,22 @@ impl Broker {
             EventData::Pin(_) | EventData::Unpin(_) => ("", keys.team_pins(team)),
             _ => ("", keys.team_meta(team)),
         };
-        let authored = authored
-            .map(|a| match a.reply {
-                true => format!("{}\t{}\tr", a.user, a.id),
-                false => format!("{}\t{}", a.user, a.id),
+        let emoji = match data {
+            EventData::React(r) | EventData::Unreact(r) => r.emoji.as_str(),
+            _ => "",
+        };
+        let (authored, reactions) = authored
+            .map(|a| {
+                let entry = match a.reply {
+                    true => format!("{}\t{}\tr", a.user, a.id),
+                    false => format!("{}\t{}", a.user, a.id),
+                };
+                let reactions: Vec<String> = a
+                    .reactions
+                    .iter()
+                    .map(|(user, emoji)| format!("{user}\t{emoji}"))
+                    .collect();
+                (entry, reactions.join("\n"))
             })
             .unwrap_or_default();
         let reply: Vec<String> = scripts::APPEND
@@ -186,6 +201,7 @@ impl Broker {
             .key(keys.user_credits(shard))
             .key(keys.team_credits(shard))
             .key(keys.tombstone(team, target))
+            .key(keys.message_reactions(team, target))
             .arg(team)
             .arg(data.kind().as_str())
             .arg(src)
@@ -205,6 +221,8 @@ impl Broker {
             // The hash keeps as many messages as the stream keeps events, at most.
             .arg(self.stream_maxlen)
             .arg(authored)
+            .arg(emoji)
+            .arg(reactions)
             .invoke_async(&mut self.conn.clone())
             .await?;
         parse_outcome(&reply).ok_or_else(|| {
@@ -398,6 +416,7 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
             "not_found" => ErrorCode::NotFound,
             "forbidden" => ErrorCode::Forbidden,
             "quota_exceeded" => ErrorCode::QuotaExceeded,
+            "too_large" => ErrorCode::TooLarge,
             _ => ErrorCode::BadRequest,
         })),
         [is_new, seq, offset, epoch, id, ts] => Some(AppendOutcome::Appended(Appended {

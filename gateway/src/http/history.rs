@@ -35,6 +35,8 @@ struct HistoryMessage {
     /// `reply_count` and `last_reply_ts`; absent on a reply.
     #[serde(flatten)]
     thread: Option<Thread>,
+    /// `[{"emoji","count","me"}]` as the workers synced them.
+    reactions: serde_json::Value,
     /// Offset of the newest event applied (edits apply only over older versions).
     #[serde(skip)]
     version: u64,
@@ -65,23 +67,35 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
         Some(None) => return json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         Some(Some(_)) => &path[path.rfind("/messages/").unwrap_or_default()..],
     };
-    let team = match readable_team(state, req, suffix).await {
-        Ok(team) => team,
+    let (team, me) = match readable_team(state, req, suffix).await {
+        Ok(readable) => readable,
         Err(refused) => return *refused,
     };
+    let reader = Reader {
+        team,
+        me: Some(&me),
+    };
     match replies_of.flatten() {
-        Some(parent) => replies_page(state, team, parent, req.uri().query()).await,
-        None => page_of(state, team, req.uri().query()).await,
+        Some(parent) => replies_page(state, reader, parent, req.uri().query()).await,
+        None => page_of(state, reader, req.uri().query()).await,
     }
 }
 
-/// The team of `/v1/teams/{team}{suffix}`, if the request's token may read it (and was
-/// neither revoked nor removed from it).
+/// Whose history is read: the team, and the user `me` in `reactions` is (none for the
+/// server API).
+#[derive(Clone, Copy)]
+pub(super) struct Reader<'a> {
+    pub team: &'a str,
+    pub me: Option<&'a str>,
+}
+
+/// The team of `/v1/teams/{team}{suffix}` and the token's user, if the token may read the
+/// team (and was neither revoked nor removed from it).
 async fn readable_team<'a, B>(
     state: &AppState,
     req: &'a Request<B>,
     suffix: &str,
-) -> Result<&'a str, Box<Response<Body>>> {
+) -> Result<(&'a str, String), Box<Response<Body>>> {
     let (team, claims) = authorized(state, req, ("/v1/teams/", "team", suffix))?;
     if !claims.may_read(team) {
         return Err(Box::new(json_error(
@@ -91,12 +105,16 @@ async fn readable_team<'a, B>(
         )));
     }
     check_access(state, &claims, Some(team)).await?;
-    Ok(team)
+    Ok((team, claims.sub))
 }
 
 /// The page of `team`'s messages the query asks for (the server API's too);
 /// `top_level=true` leaves thread replies out.
-pub(super) async fn page_of(state: &AppState, team: &str, query: Option<&str>) -> Response<Body> {
+pub(super) async fn page_of(
+    state: &AppState,
+    reader: Reader<'_>,
+    query: Option<&str>,
+) -> Response<Body> {
     let (page, limit, top_level) = match parse_query(query.unwrap_or_default()) {
         Ok(parsed) => parsed,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", message),
@@ -106,7 +124,7 @@ pub(super) async fn page_of(state: &AppState, team: &str, query: Option<&str>) -
     } else {
         Scope::All
     };
-    answer(load(state, team, page, scope, limit).await)
+    answer(load(state, reader, page, scope, limit).await)
 }
 
 /// The most pinned messages listed.
@@ -115,11 +133,11 @@ const MAX_PINS: i64 = 1_000;
 /// `GET /v1/teams/{team}/pins`: the pinned messages, most recently pinned first (as the
 /// workers synced them: a pin may trail its live event by the sync lag).
 async fn pins<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
-    let team = match readable_team(state, req, "/pins").await {
-        Ok(team) => team,
+    let (team, me) = match readable_team(state, req, "/pins").await {
+        Ok(readable) => readable,
         Err(refused) => return *refused,
     };
-    match db::history::pins(&state.db, team, MAX_PINS).await {
+    match db::history::pins(&state.db, team, MAX_PINS, Some(&me)).await {
         Ok(rows) => {
             let messages: Vec<HistoryMessage> =
                 rows.into_iter().map(|row| from_row(team, row)).collect();
@@ -132,7 +150,7 @@ async fn pins<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
 /// A thread's replies after `after` (0: from the first), oldest first.
 async fn replies_page(
     state: &AppState,
-    team: &str,
+    reader: Reader<'_>,
     parent: u64,
     query: Option<&str>,
 ) -> Response<Body> {
@@ -145,7 +163,7 @@ async fn replies_page(
         }
         Err(message) => return json_error(StatusCode::BAD_REQUEST, "bad_request", message),
     };
-    answer(load(state, team, page, Scope::Replies(parent), limit).await)
+    answer(load(state, reader, page, Scope::Replies(parent), limit).await)
 }
 
 fn answer(loaded: anyhow::Result<Option<(Vec<HistoryMessage>, bool)>>) -> Response<Body> {
@@ -211,7 +229,7 @@ fn seq(value: &str) -> Option<u64> {
 /// A page, or `None` when more than `MAX_UNSYNCED` events of the team wait for the workers.
 async fn load(
     state: &AppState,
-    team: &str,
+    Reader { team, me }: Reader<'_>,
     page: Page,
     scope: Scope,
     limit: usize,
@@ -223,7 +241,7 @@ async fn load(
     if top.saturating_sub(unsynced_from) >= MAX_UNSYNCED {
         return Ok(None);
     }
-    let rows = db::history::page(&state.db, team, page, scope, (limit + 1) as i64).await?;
+    let rows = db::history::page(&state.db, team, page, scope, (limit + 1) as i64, me).await?;
     let mut merged: BTreeMap<u64, HistoryMessage> = rows
         .into_iter()
         .map(|row| (row.seq as u64, from_row(team, row)))
@@ -249,6 +267,7 @@ async fn load(
                         reply_count: 0,
                         last_reply_ts: None,
                     }),
+                    reactions: serde_json::json!([]),
                     version: event.offset,
                 });
             }
@@ -277,7 +296,9 @@ async fn load(
                     row.pinned = matches!(event.data, EventData::Pin(_));
                 }
             }
-            EventData::Receipt(_) => {}
+            // Aggregates come from PostgreSQL alone (they may trail by the sync lag): a
+            // reaction past the watermark may already be counted there.
+            EventData::Receipt(_) | EventData::React(_) | EventData::Unreact(_) => {}
         }
     }
 
@@ -318,6 +339,7 @@ fn from_row(team: &str, row: MessageRow) -> HistoryMessage {
             reply_count: row.reply_count.unwrap_or(0) as u64,
             last_reply_ts: row.last_reply_ts,
         }),
+        reactions: row.reactions,
         version: row.version as u64,
     }
 }

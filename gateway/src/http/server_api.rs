@@ -75,7 +75,10 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
             } else {
                 match endpoint {
                     "publish" => publish(state, team, req).await,
-                    "history" => ok(history::page_of(state, team, req.uri().query()).await),
+                    "history" => {
+                        let reader = history::Reader { team, me: None };
+                        ok(history::page_of(state, reader, req.uri().query()).await)
+                    }
                     "presence" => presence(state, team).await,
                     _ => team_state(state, team).await,
                 }

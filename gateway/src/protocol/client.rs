@@ -52,6 +52,13 @@ pub enum Request {
         seq: u64,
         pin: bool,
     },
+    /// `reaction:add` (`add`) or `reaction:remove`.
+    Reaction {
+        team: String,
+        seq: u64,
+        emoji: String,
+        add: bool,
+    },
     ReceiptUpdate {
         team: String,
         seq: u64,
@@ -79,6 +86,8 @@ impl Request {
             Request::MessageDelete { .. } => "message:delete",
             Request::MessagePin { pin: true, .. } => "message:pin",
             Request::MessagePin { pin: false, .. } => "message:unpin",
+            Request::Reaction { add: true, .. } => "reaction:add",
+            Request::Reaction { add: false, .. } => "reaction:remove",
             Request::ReceiptUpdate { .. } => "receipt:update",
             Request::Ping => "ping",
             Request::TypingStart { .. } => "typing:start",
@@ -107,6 +116,9 @@ const MAX_MSGPACK_DEPTH: usize = 256;
 /// The highest `seq` a request may name: the append script's numbers are doubles, exact to
 /// 2^53 (JavaScript's `Number.MAX_SAFE_INTEGER`).
 pub const MAX_SEQ: u64 = (1 << 53) - 1;
+
+/// The longest reaction emoji, in bytes (../shared/PROTOCOL.md, "Chat model").
+pub const MAX_EMOJI_BYTES: usize = 64;
 
 /// Size limits checked while decoding.
 #[derive(Clone, Copy, Debug)]
@@ -172,6 +184,17 @@ fn decode_request(mut object: Map<String, Value>, limits: Limits) -> Result<Requ
             let (team, seq) = team_and_seq(&object)?;
             let pin = kind == "message:pin";
             Ok(Request::MessagePin { team, seq, pin })
+        }
+        "reaction:add" | "reaction:remove" => {
+            let (team, seq) = team_and_seq(&object)?;
+            let emoji = emoji(&object).map_err(|e| e.in_team(&team))?;
+            let add = kind == "reaction:add";
+            Ok(Request::Reaction {
+                team,
+                seq,
+                emoji,
+                add,
+            })
         }
         "receipt:update" => {
             let (team, seq) = team_and_seq(&object)?;
@@ -323,6 +346,35 @@ fn team_and_seq(object: &Map<String, Value>) -> Result<(String, u64), RequestErr
         Some(seq) if seq <= MAX_SEQ => Ok((team, seq)),
         Some(_) => Err(bad("seq is out of range").in_team(&team)),
         None => Err(bad("seq must be a non-negative integer").in_team(&team)),
+    }
+}
+
+/// A reaction's `emoji`: 1..64 bytes of UTF-8 without whitespace or control characters
+/// (so it cannot break a client's layout, and the append script may use a tab to join a
+/// user and an emoji). Bidi controls and invisible characters count as control
+/// characters: they would let one reaction pose as another (`👍` and `👍` + U+200B) or
+/// flip the text around it. Joiners, variation selectors and tags, which emoji sequences
+/// are made of, are fine.
+fn emoji(object: &Map<String, Value>) -> Result<String, RequestError> {
+    let refused = |c: char| {
+        c.is_whitespace()
+            || c.is_control()
+            || matches!(
+                c,
+                '\u{061C}' | '\u{200B}' | '\u{200E}' | '\u{200F}' | '\u{2060}' | '\u{FEFF}'
+            )
+            || ('\u{202A}'..='\u{202E}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    match object.get("emoji") {
+        Some(Value::String(emoji))
+            if (1..=MAX_EMOJI_BYTES).contains(&emoji.len()) && !emoji.chars().any(refused) =>
+        {
+            Ok(emoji.clone())
+        }
+        _ => Err(bad(
+            "emoji must be 1 to 64 bytes without whitespace or control characters",
+        )),
     }
 }
 
@@ -600,6 +652,8 @@ mod tests {
             "message:delete",
             "message:pin",
             "message:unpin",
+            "reaction:add",
+            "reaction:remove",
             "receipt:update",
             "typing:start",
             "typing:stop",
@@ -619,6 +673,7 @@ mod tests {
             "extra",
             "mentions",
             "attachments",
+            "emoji",
         ]);
         let plausible = prop_oneof![
             Just(json!(["ann", "ben"])),

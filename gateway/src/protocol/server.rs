@@ -156,6 +156,10 @@ pub enum ServerFrame {
         ts: i64,
         offset: String,
     },
+    #[serde(rename = "reaction:added")]
+    ReactionAdded(ReactionView),
+    #[serde(rename = "reaction:removed")]
+    ReactionRemoved(ReactionView),
     #[serde(rename = "receipt:update")]
     ReceiptUpdate {
         team: String,
@@ -204,6 +208,17 @@ pub enum ServerFrame {
     },
 }
 
+/// A reaction added or removed, as `reaction:added` / `reaction:removed` carry it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReactionView {
+    pub team: String,
+    pub seq: u64,
+    pub user: String,
+    pub emoji: String,
+    pub ts: i64,
+    pub offset: String,
+}
+
 impl ServerFrame {
     /// The frame's `type`, for metrics.
     pub fn kind(&self) -> &'static str {
@@ -215,6 +230,8 @@ impl ServerFrame {
             ServerFrame::MessageNew(_) => "message:new",
             ServerFrame::MessagePinned { .. } => "message:pinned",
             ServerFrame::MessageUnpinned { .. } => "message:unpinned",
+            ServerFrame::ReactionAdded(_) => "reaction:added",
+            ServerFrame::ReactionRemoved(_) => "reaction:removed",
             ServerFrame::MessageEdited { .. } => "message:edited",
             ServerFrame::MessageDeleted { .. } => "message:deleted",
             ServerFrame::ReceiptUpdate { .. } => "receipt:update",
@@ -274,6 +291,20 @@ impl ServerFrame {
                 ts: d.ts,
                 offset,
             },
+            EventData::React(d) | EventData::Unreact(d) => {
+                let view = ReactionView {
+                    team,
+                    seq,
+                    user: d.user.clone(),
+                    emoji: d.emoji.clone(),
+                    ts: d.ts,
+                    offset,
+                };
+                match event.data {
+                    EventData::React(_) => ServerFrame::ReactionAdded(view),
+                    _ => ServerFrame::ReactionRemoved(view),
+                }
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use teamchat_shared::event::{ActorData, EditData, Ephemeral, EventData, MessageData};
+use teamchat_shared::event::{
+    ActorData, EditData, Ephemeral, EventData, MessageData, ReactionData,
+};
 use teamchat_shared::metrics as m;
 use teamchat_shared::runtime::now_ms;
 use tokio::sync::oneshot;
@@ -28,7 +30,8 @@ impl Session {
             Request::MessageSend { .. }
             | Request::MessageEdit { .. }
             | Request::MessageDelete { .. }
-            | Request::MessagePin { .. } => Some(Operation::Send),
+            | Request::MessagePin { .. }
+            | Request::Reaction { .. } => Some(Operation::Send),
             Request::TypingStart { .. } | Request::TypingStop { .. } => Some(Operation::Typing),
             Request::RoomJoin { .. } => Some(Operation::Join),
             _ => None,
@@ -43,6 +46,7 @@ impl Session {
                 | Request::MessageEdit { team, .. }
                 | Request::MessageDelete { team, .. }
                 | Request::MessagePin { team, .. }
+                | Request::Reaction { team, .. }
                 | Request::TypingStart { team }
                 | Request::TypingStop { team } => (false, Some(team.clone())),
                 _ => (false, None),
@@ -72,6 +76,12 @@ impl Session {
             Request::MessagePin { team, seq, pin } => {
                 self.pin_message(team, seq, pin, rid.clone()).await
             }
+            Request::Reaction {
+                team,
+                seq,
+                emoji,
+                add,
+            } => self.react(team, seq, emoji, add, rid.clone()).await,
             Request::ReceiptUpdate { team, seq } => self.update_receipt(team, seq),
             Request::MessageSend {
                 team,
@@ -406,6 +416,10 @@ impl Session {
                     "a thread reply's parent must be a top-level message",
                 ))
             }
+            Ok(AppendOutcome::Refused(ErrorCode::TooLarge)) => Err(error(
+                ErrorCode::TooLarge,
+                "a message has at most 50 distinct reactions",
+            )),
             Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
             // Already as asked: acked without an offset (nothing was appended).
@@ -498,6 +512,29 @@ impl Session {
         self.append_acked(team, data, seq, rid).await
     }
 
+    /// `reaction:add` / `reaction:remove`: any member, for their own reaction only; acked
+    /// without `offset` (and no event) when the user already has it as asked.
+    async fn react(
+        &mut self,
+        team: String,
+        seq: u64,
+        emoji: String,
+        add: bool,
+        rid: Option<String>,
+    ) -> Result<Option<ServerFrame>, RequestError> {
+        self.check_write(&team, false)?;
+        let reaction = ReactionData {
+            user: self.claims.sub.clone(),
+            emoji,
+            ts: now_ms(),
+        };
+        let data = match add {
+            true => EventData::React(reaction),
+            false => EventData::Unreact(reaction),
+        };
+        self.append_acked(team, data, seq, rid).await
+    }
+
     /// `receipt:update`: no reply; coalesced per team (see `receipts`).
     fn update_receipt(
         &mut self,
@@ -526,7 +563,8 @@ pub(crate) fn credit_cost(
         EventData::Edit(_) => config.credit_cost_edit,
         EventData::Delete(_) => config.credit_cost_delete,
         EventData::Receipt(_) => config.credit_cost_receipt,
-        EventData::Pin(_) | EventData::Unpin(_) => 0,
+        EventData::Pin(_) | EventData::Unpin(_) => config.credit_cost_pin,
+        EventData::React(_) | EventData::Unreact(_) => config.credit_cost_reaction,
     }
 }
 

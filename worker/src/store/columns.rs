@@ -90,7 +90,13 @@ pub(super) struct Changes<'a> {
     pub(super) receipts: BTreeMap<(&'a str, &'a str), (u64, u64)>,
     /// The newest pin or unpin of each message: its offset, whether it pins, its time.
     pub(super) pins: BTreeMap<(&'a str, u64), (u64, bool, i64)>,
+    /// The newest add or remove of each user's emoji on each message: its offset, whether
+    /// it adds.
+    pub(super) reactions: BTreeMap<ReactionKey<'a>, (u64, bool)>,
 }
+
+/// A user's reaction with one emoji on one message: team, seq, user, emoji.
+pub(super) type ReactionKey<'a> = (&'a str, u64, &'a str, &'a str);
 
 impl<'a> Changes<'a> {
     pub(super) fn add(&mut self, event: &'a StreamEvent) {
@@ -114,6 +120,14 @@ impl<'a> Changes<'a> {
                 let slot = self.pins.entry(key).or_insert((event.offset, pin, a.ts));
                 if event.offset > slot.0 {
                     *slot = (event.offset, pin, a.ts);
+                }
+            }
+            EventData::React(r) | EventData::Unreact(r) => {
+                let add = matches!(event.data, EventData::React(_));
+                let key = (key.0, key.1, r.user.as_str(), r.emoji.as_str());
+                let slot = self.reactions.entry(key).or_insert((event.offset, add));
+                if event.offset > slot.0 {
+                    *slot = (event.offset, add);
                 }
             }
             EventData::Receipt(r) => {

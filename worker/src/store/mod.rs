@@ -113,6 +113,7 @@ impl Store {
             && changes.deletes.is_empty()
             && changes.receipts.is_empty()
             && changes.pins.is_empty()
+            && changes.reactions.is_empty()
             && dead.is_empty();
 
         let mut conn = self.pool.acquire().await?;
@@ -202,7 +203,12 @@ async fn store(
                    parent = EXCLUDED.parent,
                    version = GREATEST(m.version, EXCLUDED.version)
                WHERE m.id IS NULL
-               RETURNING m.team, m.parent, m.ts),
+               RETURNING m.team, m.seq, m.parent, m.ts, m.mentions),
+           mentioned AS (
+               -- Who each message stored for the first time mentions (unread counts).
+               INSERT INTO mentions (team, user_id, seq)
+               SELECT team, unnest(mentions), seq FROM stored WHERE mentions IS NOT NULL
+               ON CONFLICT DO NOTHING),
            threaded AS (
                -- Only messages stored for the first time come out of `stored`: each reply
                -- counts once, whatever is replayed or retried.
@@ -428,6 +434,59 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
         .execute(&mut *tx)
         .await?;
     }
+    if !changes.reactions.is_empty() {
+        write_reactions(tx, changes).await?;
+    }
+    Ok(())
+}
+
+/// Reactions: each user's newest add or remove per message and emoji wins by offset;
+/// then each touched message and emoji is recounted from those rows. The batch holds its
+/// teams' team_sync rows (locked by `store`), so no other transaction changes the same
+/// reactions meanwhile and the recount sees every committed one.
+async fn write_reactions(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) -> sqlx::Result<()> {
+    let (mut team, mut seq, mut user, mut emoji, mut present, mut version) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
+    for ((t, s, u, e), (offset, add)) in &changes.reactions {
+        team.push(*t);
+        seq.push(*s as i64);
+        user.push(*u);
+        emoji.push(*e);
+        present.push(*add);
+        version.push(*offset as i64);
+    }
+    sqlx::query(
+        "INSERT INTO reactions AS r (team, seq, user_id, emoji, present, version)
+         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::bool[], $6::int8[])
+         ON CONFLICT (team, seq, user_id, emoji) DO UPDATE SET
+             present = EXCLUDED.present, version = EXCLUDED.version
+         WHERE r.version < EXCLUDED.version",
+    )
+    .bind(&team)
+    .bind(&seq)
+    .bind(&user)
+    .bind(&emoji)
+    .bind(&present)
+    .bind(&version)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO reaction_counts AS c (team, seq, emoji, count, first_offset)
+         SELECT r.team, r.seq, r.emoji, count(*) FILTER (WHERE r.present),
+                COALESCE(min(r.version) FILTER (WHERE r.present), 0)
+         FROM reactions r
+         JOIN (SELECT DISTINCT * FROM UNNEST($1::text[], $2::int8[], $3::text[])) AS k(t, s, e)
+           ON r.team = k.t AND r.seq = k.s AND r.emoji = k.e
+         GROUP BY r.team, r.seq, r.emoji
+         ORDER BY r.team, r.seq, r.emoji
+         ON CONFLICT (team, seq, emoji) DO UPDATE SET
+             count = EXCLUDED.count, first_offset = EXCLUDED.first_offset",
+    )
+    .bind(&team)
+    .bind(&seq)
+    .bind(&emoji)
+    .execute(&mut *tx)
+    .await?;
     Ok(())
 }
 

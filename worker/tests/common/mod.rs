@@ -58,6 +58,13 @@ pub async fn touch_every_metric(stack: &Stack) {
     for n in 0..20 {
         ann.send_message("t", &format!("m{n}"), "b").await;
     }
+    // The chat model's requests (the dashboard shows them apart).
+    ann.send(json!({"type":"reaction:add","team":"t","seq":1,"emoji":"👍"}))
+        .await;
+    ann.expect("message:ack").await;
+    ann.send(json!({"type":"message:pin","team":"t","seq":1}))
+        .await;
+    ann.expect("message:ack").await;
     // A server API call.
     let auth = format!("Bearer {API_KEY}");
     let (status, _) = http_get(
