@@ -2,7 +2,7 @@ import { Backoff, closeAction } from "./backoff.js";
 import { loadCodec, type Codec } from "./codec.js";
 import { Emitter } from "./emitter.js";
 import { TeamchatError, isRetryable } from "./errors.js";
-import { fetchHistory, fetchPins, httpBaseOf } from "./history.js";
+import { fetchHistory, fetchPins, fetchUnread, httpBaseOf } from "./history.js";
 import { Outbox } from "./outbox.js";
 import { PresenceBook } from "./presence.js";
 import { ReceiptCoalescer } from "./receipts.js";
@@ -11,6 +11,7 @@ import { Connection, type Link } from "./socket.js";
 import { TeamStream } from "./stream.js";
 import { isExpired, refreshDelayMs } from "./token.js";
 import { TypingNotifier } from "./typing.js";
+import { UnreadBook, type Change } from "./unread.js";
 import type {
   ClientEvents,
   ClientFrame,
@@ -24,6 +25,7 @@ import type {
   PresenceInfo,
   RoomJoined,
   SendOptions,
+  TeamUnread,
   ServerFrame,
   Since,
   Transport,
@@ -72,6 +74,7 @@ export class TeamchatClient {
   private readonly typingNotifier: TypingNotifier;
   private readonly receipts: ReceiptCoalescer;
   private readonly presenceBook = new PresenceBook();
+  private readonly unreadBook = new UnreadBook();
 
   private currentState: ClientState = "idle";
   private connection: Link | undefined;
@@ -92,6 +95,7 @@ export class TeamchatClient {
     stable?: ReturnType<typeof setTimeout>;
     refresh?: ReturnType<typeof setTimeout>;
     upgrade?: ReturnType<typeof setTimeout>;
+    unread?: ReturnType<typeof setTimeout>;
   } = {};
 
   /** The user id from the last `session:welcome`. */
@@ -202,6 +206,20 @@ export class TeamchatClient {
     return this.refuse(team) ?? this.outbox.push(team, { type, team, seq, emoji }, false);
   }
 
+  /** Loads the user's unread counts in every team of the token; from then on the client
+   * keeps them live and emits `unread` for each team whose counts change. */
+  async unread(): Promise<TeamUnread[]> {
+    let token = this.token;
+    if (token === undefined || isExpired(token, Date.now(), 5_000)) token = await this.obtainToken();
+    this.unreadBook.load(await fetchUnread(this.httpBase, token));
+    return this.unreadBook.all();
+  }
+
+  /** A team's unread counts as last loaded and kept live (`undefined` before `unread()`). */
+  unreadCounts(team: string): TeamUnread | undefined {
+    return this.unreadBook.get(team);
+  }
+
   /** The team's pinned messages, most recently pinned first. */
   async pins(team: string): Promise<HistoryPage> {
     let token = this.token;
@@ -220,7 +238,9 @@ export class TeamchatClient {
 
   /** The user has read the team up to `seq`. */
   markRead(team: string, seq: number): void {
-    if (this.rooms.has(team)) this.receipts.mark(team, seq);
+    if (!this.rooms.has(team)) return;
+    this.receipts.mark(team, seq);
+    this.unreadChanged(team, this.unreadBook.read(team, seq));
   }
 
   presence(team: string): Map<string, PresenceInfo> {
@@ -505,6 +525,24 @@ export class TeamchatClient {
     this.forgetRoom(team, room, TeamchatError.fromFrame(frame));
   }
 
+  /** Emits a team's new counts, or reloads them all (soon, once for many changes) when the
+   * events alone cannot tell. */
+  private unreadChanged(team: string, change: Change): void {
+    if (change === "changed") {
+      const counts = this.unreadBook.get(team);
+      if (counts) this.events.emit("unread", counts);
+    } else if (change === "reload" && this.timers.unread === undefined) {
+      this.timers.unread = setTimeout(() => {
+        this.timers.unread = undefined;
+        if (this.currentState === "closed") return;
+        this.unread().then(
+          (all) => all.forEach((counts) => this.events.emit("unread", counts)),
+          () => {},
+        );
+      }, 500);
+    }
+  }
+
   // --- frames ---
 
   private onFrame(frame: ServerFrame): void {
@@ -522,6 +560,7 @@ export class TeamchatClient {
         this.events.emit("notify", frame);
         return;
       case "mention":
+        this.unreadChanged(frame.team, this.unreadBook.mention(frame.team, frame.seq));
         this.events.emit("mention", frame);
         return;
       case "message:ack": {
@@ -534,14 +573,20 @@ export class TeamchatClient {
       case "message:new": {
         const stream = this.rooms.get(frame.team)?.stream;
         // Our own message replayed after a reconnect settles its send instead.
-        if (stream?.accept(frame.offset) && !this.outbox.replayed(frame)) this.events.emit("message", frame);
+        if (!stream?.accept(frame.offset)) return;
+        const mine = frame.user === this.user;
+        const mentionsMe = this.user !== undefined && (frame.mentions?.includes(this.user) ?? false);
+        this.unreadChanged(frame.team, this.unreadBook.message(frame.team, frame.seq, mine, mentionsMe));
+        if (!this.outbox.replayed(frame)) this.events.emit("message", frame);
         return;
       }
       case "message:edited":
         if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("edit", frame);
         return;
       case "message:deleted":
-        if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("delete", frame);
+        if (!this.rooms.get(frame.team)?.stream.accept(frame.offset)) return;
+        this.unreadChanged(frame.team, this.unreadBook.deleted(frame.team, frame.seq));
+        this.events.emit("delete", frame);
         return;
       case "message:pinned":
       case "message:unpinned":
@@ -552,7 +597,10 @@ export class TeamchatClient {
         if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("reaction", frame);
         return;
       case "receipt:update":
-        if (this.rooms.get(frame.team)?.stream.accept(frame.offset)) this.events.emit("receipt", frame);
+        if (!this.rooms.get(frame.team)?.stream.accept(frame.offset)) return;
+        // Read on another of the user's devices.
+        if (frame.user === this.user) this.unreadChanged(frame.team, this.unreadBook.read(frame.team, frame.seq));
+        this.events.emit("receipt", frame);
         return;
       case "receipt:list": {
         if (!this.rooms.has(frame.team)) return;

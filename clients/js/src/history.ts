@@ -1,5 +1,5 @@
 import { TeamchatError } from "./errors.js";
-import type { HistoryPage, HistoryQuery } from "./types.js";
+import type { HistoryPage, HistoryQuery, TeamUnread } from "./types.js";
 
 /** The HTTP base of a gateway's WebSocket URL: ws→http, wss→https, path dropped. */
 export function httpBaseOf(wsUrl: string): string {
@@ -50,4 +50,17 @@ export async function fetchPins(base: string, team: string, token: string): Prom
   }
   const { messages } = (await response.json()) as { messages: HistoryPage["messages"] };
   return { messages, has_more: false };
+}
+
+/** `GET {base}/v1/me/unread`: the user's unread counts in every team of the token. */
+export async function fetchUnread(base: string, token: string): Promise<TeamUnread[]> {
+  const url = `${base.replace(/\/+$/, "")}/v1/me/unread`;
+  const response = await fetch(url, { headers: { Authorization: `Bearer ${token}` } });
+  if (!response.ok) {
+    const body = (await response.json().catch(() => undefined)) as { code?: string; message?: string } | undefined;
+    throw new TeamchatError(body?.code ?? "http", body?.message ?? `unread answered HTTP ${response.status}`, {
+      status: response.status,
+    });
+  }
+  return ((await response.json()) as { teams: TeamUnread[] }).teams;
 }

@@ -278,6 +278,19 @@ export interface HistoryQuery {
   topLevel?: boolean;
 }
 
+/** A team's unread counts (`GET /v1/me/unread`), kept live by the client. */
+export interface TeamUnread {
+  team: string;
+  /** The newest message seq. */
+  seq: number;
+  /** The user's read position (receipt seq; 0 without one). */
+  read: number;
+  /** Messages above `read` by others, not deleted (thread replies included). */
+  unread: number;
+  /** How many of those mention the user. */
+  mentions: number;
+}
+
 export interface PresenceInfo {
   name?: string;
   since?: number;
@@ -315,6 +328,8 @@ export interface ClientEvents {
   left: { team: string; reason: string };
   notify: Notify;
   mention: Mention;
+  /** A team's unread counts changed (once `unread()` loaded them). */
+  unread: TeamUnread;
   /** The client moved to another transport (a fallback, or back to WebSocket). */
   transport: Transport;
   error: ErrorFrame;

@@ -10,6 +10,7 @@ pub mod dev;
 pub mod fallback;
 pub mod history;
 mod server_api;
+mod unread;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -177,6 +178,7 @@ async fn route(
         (&Method::GET, "/readyz") => ready(&state).await,
         (&Method::GET, p) if p.starts_with("/v1/teams/") => history::handle(&state, &req).await,
         (&Method::GET, p) if p.starts_with("/v1/users/") => credits::handle(&state, &req).await,
+        (&Method::GET, "/v1/me/unread") => unread::handle(&state, &req).await,
         (&Method::POST, "/dev/token") if state.config.dev_mode => dev::token(&state, req).await,
         (&Method::GET, p) if state.config.dev_mode => dev::static_file(&state, p).await,
         _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
@@ -201,6 +203,21 @@ pub fn authorized<'a, B>(
         .and_then(|rest| rest.strip_suffix(suffix))
         .ok_or_else(|| json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"))
         .map_err(Box::new)?;
+    let claims = token_claims(state, req)?;
+    if !is_valid_id(id) {
+        let message = format!("{what} is not a valid id");
+        return Err(Box::new(json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            &message,
+        )));
+    }
+    Ok((id, claims))
+}
+
+/// The claims of the request's token (401 without a valid one), within the user's HTTP
+/// rate limit (429).
+pub fn token_claims<B>(state: &AppState, req: &Request<B>) -> Result<Claims, Box<Response<Body>>> {
     let claims = match auth::extract_token(req) {
         None => Err(auth::AuthError::Missing),
         // A cookie is sent by the browser on any page's behalf (a cross-site page could
@@ -219,15 +236,7 @@ pub fn authorized<'a, B>(
     if let Err(wait) = state.rate_limits.check(Operation::Http, &claims.sub) {
         return Err(Box::new(rate_limited(wait)));
     }
-    if !is_valid_id(id) {
-        let message = format!("{what} is not a valid id");
-        return Err(Box::new(json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            &message,
-        )));
-    }
-    Ok((id, claims))
+    Ok(claims)
 }
 
 /// The 429 of a user over `RATE_HTTP_PER_MIN`, with when to retry.

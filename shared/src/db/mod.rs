@@ -5,11 +5,13 @@
 //! - `watermark`: the per-team sync watermark and its invariant;
 //! - `floor`: what PostgreSQL holds of a team, where its Redis counters start;
 //! - `history`: pages of a team's messages;
-//! - `credits`: a user's synced credit balance.
+//! - `credits`: a user's synced credit balance;
+//! - `unread`: a user's unread counts.
 
 pub mod credits;
 pub mod floor;
 pub mod history;
+pub mod unread;
 pub mod watermark;
 
 use sqlx::PgPool;

@@ -178,6 +178,54 @@ describe("chat model", () => {
     expect(listed).toEqual([first.seq]);
   });
 
+  it("reacts, tells the others, and history counts the reactions once synced", async () => {
+    const team = `${stack.prefix}-reactions`;
+    const ann = await member("ann", [team]);
+    const ben = await member("ben", [team]);
+    const seen: string[] = [];
+    ben.on("reaction", (r) => seen.push(`${r.type} ${r.user} ${r.emoji}`));
+    const first = await ann.send(team, "ship it?");
+    expect((await ann.react(team, first.seq, "👍")).offset).toBeDefined();
+    expect((await ann.react(team, first.seq, "👍")).offset).toBeUndefined();
+    await ann.react(team, first.seq, "🎉");
+    await ann.react(team, first.seq, "🎉", false);
+    await expect(ann.react(team, first.seq, "two words")).rejects.toMatchObject({ code: "bad_request" });
+    await until(() => seen.length === 3, "the reaction events");
+    expect(seen).toEqual(["reaction:added ann 👍", "reaction:added ann 🎉", "reaction:removed ann 🎉"]);
+    const deadline = Date.now() + 20_000;
+    let reactions: unknown = [];
+    // Aggregates are what the worker synced: polled until they are there.
+    while (Date.now() < deadline) {
+      reactions = (await ben.history(team)).messages[0]?.reactions;
+      if (Array.isArray(reactions) && reactions.length > 0) break;
+      await sleep(100);
+    }
+    expect(reactions).toEqual([{ emoji: "👍", count: 1, me: false }]);
+  });
+
+  it("loads unread counts and keeps them live", async () => {
+    const team = `${stack.prefix}-unread`;
+    const quiet = `${stack.prefix}-unread-quiet`;
+    const ann = await member("ann", [team]);
+    const ben = await member("ben", [team, quiet]);
+    expect(await ben.unread()).toEqual([
+      { team, seq: 0, read: 0, unread: 0, mentions: 0 },
+      { team: quiet, seq: 0, read: 0, unread: 0, mentions: 0 },
+    ]);
+    const changes: unknown[] = [];
+    ben.on("unread", (u) => changes.push(u));
+    await ann.send(team, "one");
+    const two = await ann.send(team, "two, @ben", undefined, { mentions: ["ben"] });
+    await until(() => ben.unreadCounts(team)?.unread === 2, "two unread");
+    expect(ben.unreadCounts(team)).toEqual({ team, seq: two.seq, read: 0, unread: 2, mentions: 1 });
+    await ann.delete(team, two.seq);
+    await until(() => ben.unreadCounts(team)?.unread === 1, "the deleted one gone");
+    expect(ben.unreadCounts(team)?.mentions).toBe(0);
+    ben.markRead(team, two.seq);
+    expect(ben.unreadCounts(team)).toEqual({ team, seq: two.seq, read: two.seq, unread: 0, mentions: 0 });
+    expect(changes.length).toBeGreaterThanOrEqual(4);
+  });
+
   it("replies in a thread and reads it back", async () => {
     const team = `${stack.prefix}-thread`;
     const ann = await member("ann", [team]);
