@@ -198,6 +198,75 @@ test("two pages on two gateways chat through typing, history, receipts and a gat
   expect(pageErrors).toEqual([]);
 });
 
+test("reactions, a thread and unread badges across two teams", async () => {
+  const [g1, g2] = stack.gateways;
+  const [main, side] = [`${TEAM}-main`, `${TEAM}-side`];
+  const enter = async (page: Page, name: string) => {
+    await page.getByTestId("name-input").fill(name);
+    await page.getByTestId("team-input").fill(`${main}, ${side}`);
+    await page.getByTestId("join-button").click();
+    await state(page, "open");
+  };
+  const gina = await openPage(g1.httpUrl, "G");
+  const hal = await openPage(g2.httpUrl, "H");
+  await enter(gina, "Gina");
+  await enter(hal, "Hal");
+  const chip = (page: Page, seq: number, emoji: string) =>
+    message(page, seq).locator(`[data-testid=reaction][data-emoji="${emoji}"]`);
+  const badge = (page: Page, team: string) => page.locator(`[data-testid=team][data-team="${team}"] [data-testid=unread]`);
+
+  await send(gina, "ship it?");
+  await message(hal, 1).filter({ hasText: "ship it?" }).waitFor(WAIT);
+  // Hal reacts from the palette; Gina sees it, then adds hers to it.
+  await message(hal, 1).getByTestId("react-button").click();
+  await message(hal, 1).locator("[data-testid=react-option][data-emoji='👍']").click();
+  await chip(gina, 1, "👍").and(gina.locator("[data-count='1'][aria-pressed=false]")).waitFor(WAIT);
+  await chip(hal, 1, "👍").and(hal.locator("[aria-pressed=true]")).waitFor(WAIT);
+  await chip(gina, 1, "👍").click();
+  for (const page of [gina, hal]) await chip(page, 1, "👍").and(page.locator("[data-count='2']")).waitFor(WAIT);
+
+  // Hal answers in a thread: Gina sees the count, opens it and reads the reply.
+  await message(hal, 1).getByTestId("thread-link").click();
+  await hal.getByTestId("thread-composer").fill("yes, shipping");
+  await hal.getByTestId("thread-send").click();
+  await message(gina, 1).locator("[data-testid=thread-link][data-count='1']").waitFor(WAIT);
+  await message(gina, 1).getByTestId("thread-link").click();
+  await gina.getByTestId("thread").locator("[data-testid=reply]", { hasText: "yes, shipping" }).waitFor(WAIT);
+  // The reply is in the thread, not in the team's list.
+  expect(await seqs(gina)).toEqual([1]);
+  await shot(gina, "12-reactions-thread-G");
+
+  // Hal posts in the other team: Gina's badge counts it until she opens that team.
+  await hal.locator(`[data-testid=team][data-team="${side}"]`).click();
+  await send(hal, "over here");
+  await message(hal, 1).filter({ hasText: "over here" }).waitFor(WAIT);
+  await badge(gina, side).and(gina.locator("[data-count='1']")).waitFor(WAIT);
+  expect(await badge(gina, main).getAttribute("data-count")).toBe("0");
+  await shot(gina, "13-unread-G");
+  await gina.locator(`[data-testid=team][data-team="${side}"]`).click();
+  await message(gina, 1).filter({ hasText: "over here" }).waitFor(WAIT);
+  // (A zero badge is hidden.)
+  await expect.poll(() => badge(gina, side).getAttribute("data-count"), WAIT).toBe("0");
+
+  // A new page of Gina's reads it all back from history once the worker synced it.
+  const again = await openPage(g2.httpUrl, "G2");
+  await enter(again, "Gina");
+  await message(again, 1).filter({ hasText: "ship it?" }).waitFor(WAIT);
+  await expect
+    .poll(async () => {
+      await again.reload();
+      await enter(again, "Gina");
+      await message(again, 1).waitFor(WAIT);
+      return [
+        await chip(again, 1, "👍").getAttribute("data-count"),
+        await chip(again, 1, "👍").getAttribute("aria-pressed"),
+        await message(again, 1).getByTestId("thread-link").getAttribute("data-count"),
+      ];
+    }, WAIT)
+    .toEqual(["2", "true", "1"]);
+  expect(pageErrors).toEqual([]);
+});
+
 test("a page shows what the backend notifies, and a removal from the team", async () => {
   const [g1, g2] = stack.gateways;
   const page = await openPage(g2.httpUrl, "C");
