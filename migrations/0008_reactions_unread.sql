@@ -12,9 +12,9 @@ CREATE TABLE reactions (
     PRIMARY KEY (team, seq, user_id, emoji)
 );
 
--- Per message and emoji, what history pages show: recounted from `reactions` in the
--- transaction that changed them (a team's batches are serialized on its team_sync row).
--- `first_offset` orders a message's emojis by their oldest standing reaction.
+-- Per message and emoji, what history pages show: moved by what each batch changed in
+-- `reactions`, in the same transaction (a team's batches are serialized on its team_sync
+-- row). `first_offset`, the emoji's first add on the message, orders a message's emojis.
 CREATE TABLE reaction_counts (
     team         text   NOT NULL,
     seq          bigint NOT NULL,

@@ -1,5 +1,6 @@
 // The demo page in headless Chromium against two real gateways (DEV_MODE): typing, live
-// messages, lazy history, read receipts, and a gateway killed and restarted under a page.
+// messages, lazy history, read receipts, a gateway killed and restarted under a page,
+// reactions, threads and unread badges, the backend's notices and the HTTP fallbacks.
 import { existsSync, mkdirSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";

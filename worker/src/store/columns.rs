@@ -90,9 +90,18 @@ pub(super) struct Changes<'a> {
     pub(super) receipts: BTreeMap<(&'a str, &'a str), (u64, u64)>,
     /// The newest pin or unpin of each message: its offset, whether it pins, its time.
     pub(super) pins: BTreeMap<(&'a str, u64), (u64, bool, i64)>,
-    /// The newest add or remove of each user's emoji on each message: its offset, whether
-    /// it adds.
-    pub(super) reactions: BTreeMap<ReactionKey<'a>, (u64, bool)>,
+    /// Each user's emoji on each message: the newest add or remove, and the oldest add.
+    pub(super) reactions: BTreeMap<ReactionKey<'a>, ReactionChange>,
+}
+
+/// What a batch does to one user's emoji on one message.
+pub(super) struct ReactionChange {
+    /// The newest event's offset, and whether it adds.
+    pub(super) offset: u64,
+    pub(super) add: bool,
+    /// The offset of the oldest add in the batch (even one a later remove undid): the
+    /// message's emojis are ordered by their first add ever, whatever the batches.
+    pub(super) first_add: Option<u64>,
 }
 
 /// A user's reaction with one emoji on one message: team, seq, user, emoji.
@@ -125,9 +134,17 @@ impl<'a> Changes<'a> {
             EventData::React(r) | EventData::Unreact(r) => {
                 let add = matches!(event.data, EventData::React(_));
                 let key = (key.0, key.1, r.user.as_str(), r.emoji.as_str());
-                let slot = self.reactions.entry(key).or_insert((event.offset, add));
-                if event.offset > slot.0 {
-                    *slot = (event.offset, add);
+                let change = self.reactions.entry(key).or_insert(ReactionChange {
+                    offset: event.offset,
+                    add,
+                    first_add: None,
+                });
+                if event.offset >= change.offset {
+                    (change.offset, change.add) = (event.offset, add);
+                }
+                if add {
+                    let first = change.first_add.get_or_insert(event.offset);
+                    *first = (*first).min(event.offset);
                 }
             }
             EventData::Receipt(r) => {

@@ -440,27 +440,57 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
     Ok(())
 }
 
-/// Reactions: each user's newest add or remove per message and emoji wins by offset;
-/// then each touched message and emoji is recounted from those rows. The batch holds its
-/// teams' team_sync rows (locked by `store`), so no other transaction changes the same
-/// reactions meanwhile and the recount sees every committed one.
+/// Reactions: each user's newest add or remove per message and emoji wins by offset
+/// (`reactions`), and each message's count per emoji moves by what actually changed: the
+/// rows as they were before the statement against those it changed. That comparison is
+/// exact because the batch holds its teams' team_sync rows (locked by `store`): no other
+/// transaction changes the same reactions meanwhile. The emoji's `first_offset` is the
+/// oldest add ever seen (`LEAST`), the same in any order of batches. Its cost is the
+/// batch's, not the number of reactions on a message.
 async fn write_reactions(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) -> sqlx::Result<()> {
-    let (mut team, mut seq, mut user, mut emoji, mut present, mut version) =
-        (vec![], vec![], vec![], vec![], vec![], vec![]);
-    for ((t, s, u, e), (offset, add)) in &changes.reactions {
+    let (mut team, mut seq, mut user, mut emoji) = (vec![], vec![], vec![], vec![]);
+    let (mut present, mut version, mut first_add) = (vec![], vec![], vec![]);
+    for ((t, s, u, e), change) in &changes.reactions {
         team.push(*t);
         seq.push(*s as i64);
         user.push(*u);
         emoji.push(*e);
-        present.push(*add);
-        version.push(*offset as i64);
+        present.push(change.add);
+        version.push(change.offset as i64);
+        first_add.push(change.first_add.map(|o| o as i64));
     }
     sqlx::query(
-        "INSERT INTO reactions AS r (team, seq, user_id, emoji, present, version)
-         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::bool[], $6::int8[])
-         ON CONFLICT (team, seq, user_id, emoji) DO UPDATE SET
-             present = EXCLUDED.present, version = EXCLUDED.version
-         WHERE r.version < EXCLUDED.version",
+        "WITH input AS (
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::text[], $4::text[], $5::bool[],
+                                  $6::int8[], $7::int8[])
+                 AS x(team, seq, user_id, emoji, present, version, first_add)),
+         before AS (
+             SELECT r.team, r.seq, r.user_id, r.emoji, r.present
+             FROM reactions r JOIN input i USING (team, seq, user_id, emoji)),
+         applied AS (
+             INSERT INTO reactions AS r (team, seq, user_id, emoji, present, version)
+             SELECT team, seq, user_id, emoji, present, version FROM input
+             ORDER BY team, seq, user_id, emoji
+             ON CONFLICT (team, seq, user_id, emoji) DO UPDATE SET
+                 present = EXCLUDED.present, version = EXCLUDED.version
+             WHERE r.version < EXCLUDED.version
+             RETURNING r.team, r.seq, r.user_id, r.emoji, r.present),
+         delta AS (
+             SELECT i.team, i.seq, i.emoji,
+                    sum(CASE WHEN a.present IS NULL OR a.present = COALESCE(b.present, false) THEN 0
+                             WHEN a.present THEN 1 ELSE -1 END) AS d,
+                    min(i.first_add) AS first_add
+             FROM input i
+             LEFT JOIN applied a USING (team, seq, user_id, emoji)
+             LEFT JOIN before b USING (team, seq, user_id, emoji)
+             GROUP BY i.team, i.seq, i.emoji)
+         INSERT INTO reaction_counts AS c (team, seq, emoji, count, first_offset)
+         SELECT team, seq, emoji, d, COALESCE(first_add, 9223372036854775807) FROM delta
+         WHERE d <> 0 OR first_add IS NOT NULL
+         ORDER BY team, seq, emoji
+         ON CONFLICT (team, seq, emoji) DO UPDATE SET
+             count = c.count + EXCLUDED.count,
+             first_offset = LEAST(c.first_offset, EXCLUDED.first_offset)",
     )
     .bind(&team)
     .bind(&seq)
@@ -468,23 +498,7 @@ async fn write_reactions(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) -> 
     .bind(&emoji)
     .bind(&present)
     .bind(&version)
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query(
-        "INSERT INTO reaction_counts AS c (team, seq, emoji, count, first_offset)
-         SELECT r.team, r.seq, r.emoji, count(*) FILTER (WHERE r.present),
-                COALESCE(min(r.version) FILTER (WHERE r.present), 0)
-         FROM reactions r
-         JOIN (SELECT DISTINCT * FROM UNNEST($1::text[], $2::int8[], $3::text[])) AS k(t, s, e)
-           ON r.team = k.t AND r.seq = k.s AND r.emoji = k.e
-         GROUP BY r.team, r.seq, r.emoji
-         ORDER BY r.team, r.seq, r.emoji
-         ON CONFLICT (team, seq, emoji) DO UPDATE SET
-             count = EXCLUDED.count, first_offset = EXCLUDED.first_offset",
-    )
-    .bind(&team)
-    .bind(&seq)
-    .bind(&emoji)
+    .bind(&first_add)
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -1,6 +1,7 @@
 // The Node server-side helper against two real gateways, and what the browser client does
 // with what the backend asks: a post arrives, `notify` is an event, a removal is a `left`
 // event and no rejoin, a revocation is a fatal 4001 "revoked" without a reconnect loop.
+import { isDeepStrictEqual } from "node:util";
 import { generateKeyPairSync, verify } from "node:crypto";
 import WebSocket from "ws";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -181,7 +182,8 @@ describe("chat model", () => {
   it("reacts, tells the others, and history counts the reactions once synced", async () => {
     const team = `${stack.prefix}-reactions`;
     const ann = await member("ann", [team]);
-    const ben = await member("ben", [team]);
+    // A user of its own: the polling below spends its HTTP rate budget.
+    const ben = await member("reaction-watcher", [team]);
     const seen: string[] = [];
     ben.on("reaction", (r) => seen.push(`${r.type} ${r.user} ${r.emoji}`));
     const first = await ann.send(team, "ship it?");
@@ -192,22 +194,23 @@ describe("chat model", () => {
     await expect(ann.react(team, first.seq, "two words")).rejects.toMatchObject({ code: "bad_request" });
     await until(() => seen.length === 3, "the reaction events");
     expect(seen).toEqual(["reaction:added ann 👍", "reaction:added ann 🎉", "reaction:removed ann 🎉"]);
+    const expected = [{ emoji: "👍", count: 1, me: false }];
     const deadline = Date.now() + 20_000;
     let reactions: unknown = [];
-    // Aggregates are what the worker synced: polled until they are there.
+    // Aggregates are what the worker synced: polled until all four events are.
     while (Date.now() < deadline) {
       reactions = (await ben.history(team)).messages[0]?.reactions;
-      if (Array.isArray(reactions) && reactions.length > 0) break;
-      await sleep(100);
+      if (isDeepStrictEqual(reactions, expected)) break;
+      await sleep(250);
     }
-    expect(reactions).toEqual([{ emoji: "👍", count: 1, me: false }]);
+    expect(reactions).toEqual(expected);
   });
 
   it("loads unread counts and keeps them live", async () => {
     const team = `${stack.prefix}-unread`;
     const quiet = `${stack.prefix}-unread-quiet`;
     const ann = await member("ann", [team]);
-    const ben = await member("ben", [team, quiet]);
+    const ben = await member("unread-reader", [team, quiet]);
     expect(await ben.unread()).toEqual([
       { team, seq: 0, read: 0, unread: 0, mentions: 0 },
       { team: quiet, seq: 0, read: 0, unread: 0, mentions: 0 },
@@ -215,7 +218,7 @@ describe("chat model", () => {
     const changes: unknown[] = [];
     ben.on("unread", (u) => changes.push(u));
     await ann.send(team, "one");
-    const two = await ann.send(team, "two, @ben", undefined, { mentions: ["ben"] });
+    const two = await ann.send(team, "two, @reader", undefined, { mentions: ["unread-reader"] });
     await until(() => ben.unreadCounts(team)?.unread === 2, "two unread");
     expect(ben.unreadCounts(team)).toEqual({ team, seq: two.seq, read: 0, unread: 2, mentions: 1 });
     await ann.delete(team, two.seq);
