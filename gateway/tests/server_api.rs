@@ -532,6 +532,17 @@ async fn a_removal_takes_a_member_out_of_the_team_until_a_new_token() {
     )
     .await;
     assert_eq!(ann.expect("error").await["code"], "not_joined");
+    // Nor is ann told of mentions in t any more: carl, on ann's gateway, is told of the
+    // same message's, and ann of nothing.
+    let mut carl = Client::connect(g2.addr(), &token_issued_now("carl", &["t"])).await;
+    ben.send(
+        json!({"type": "message:send", "team": "t", "client_id": "c3",
+                    "body": "@ann @carl", "mentions": ["ann", "carl"]}),
+    )
+    .await;
+    ben.expect("message:ack").await;
+    carl.expect("mention").await;
+    ann.settled().await;
 
     // The old token can no longer join t or read its history, on either gateway.
     ann.send(json!({"type": "room:join", "team": "t", "rid": "j"}))

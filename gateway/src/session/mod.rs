@@ -479,6 +479,8 @@ impl Session {
                     return Some(Flow::Close(4001, AuthError::Revoked.reason()));
                 }
                 Order::Remove { team, before_ms } if issued < before_ms => {
+                    // The token no longer opens the team here: no rejoin, no mentions.
+                    self.claims.teams.retain(|t| *t != team);
                     let was_typing = self.end_membership(&team, "removed");
                     if was_typing {
                         // Not awaited here (between frames): the others stop seeing them type.
