@@ -24,18 +24,33 @@ CREATE TABLE reaction_counts (
     PRIMARY KEY (team, seq, emoji)
 );
 
--- Unread counts without scanning a team's history: messages above a read position are
--- `newest seq - read`, less the deleted ones and the user's own there (both indexed), and
--- the mentions of a user above it are a range of this table.
-CREATE TABLE mentions (
-    team    text   NOT NULL,
-    user_id text   NOT NULL,
-    seq     bigint NOT NULL,
-    PRIMARY KEY (team, user_id, seq)
+-- Unread counts without scanning a team's history: per team, counts of messages by seq
+-- range, at two levels (level 0: 256 seqs, `bucket = seq >> 8`; level 1: 65,536 seqs,
+-- `bucket = seq >> 16`). Kinds: 'd' deleted messages (user_id ''), 'm' a user's messages
+-- not deleted, '@' messages by others, not deleted, that mention the user. The messages
+-- above a read position are `newest - read`, less the deleted and the user's own there;
+-- each count above it is a scan of at most 256 messages, 256 level-0 and n / 65,536
+-- level-1 rows. The worker moves them as it first stores a message and as a delete first
+-- applies.
+CREATE TABLE unread_counts (
+    team    text     NOT NULL,
+    kind    "char"   NOT NULL,
+    user_id text     NOT NULL,
+    level   smallint NOT NULL,
+    bucket  bigint   NOT NULL,
+    n       bigint   NOT NULL,
+    PRIMARY KEY (team, kind, user_id, level, bucket)
 );
-INSERT INTO mentions (team, user_id, seq)
-SELECT team, unnest(mentions), seq FROM messages WHERE mentions IS NOT NULL
-ON CONFLICT DO NOTHING;
-
-CREATE INDEX messages_deleted ON messages (team, seq) WHERE deleted;
-CREATE INDEX messages_by_user ON messages (team, user_id, seq);
+INSERT INTO unread_counts (team, kind, user_id, level, bucket, n)
+SELECT c.team, c.kind, c.user_id, l.level, c.seq >> (8 * (l.level + 1)), count(*)
+FROM (
+    SELECT team, 'd'::"char" AS kind, '' AS user_id, seq FROM messages WHERE deleted
+    UNION ALL
+    SELECT team, 'm'::"char", user_id, seq FROM messages WHERE NOT deleted AND user_id IS NOT NULL
+    UNION ALL
+    SELECT DISTINCT m.team, '@'::"char", u.user_id, m.seq
+    FROM messages m CROSS JOIN LATERAL unnest(m.mentions) AS u(user_id)
+    WHERE NOT m.deleted AND u.user_id <> m.user_id
+) c
+CROSS JOIN (VALUES (0::smallint), (1::smallint)) AS l(level)
+GROUP BY 1, 2, 3, 4, 5;

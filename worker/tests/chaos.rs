@@ -140,8 +140,13 @@ impl Op {
                 body,
                 parent,
             } => {
+                // Some mention two users (the same on every retry of the send).
+                let mentions: Vec<&str> = match client_id.len() % 3 {
+                    0 => vec!["user1", "user2"],
+                    _ => vec![],
+                };
                 json!({"type":"message:send","team":team,"client_id":client_id,"body":body,"rid":rid,
-                       "parent":parent})
+                       "parent":parent,"mentions":mentions})
             }
             Op::Pin { team, seq, pin } => {
                 let kind = if *pin { "message:pin" } else { "message:unpin" };
@@ -623,6 +628,33 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
             in_redis,
             "seed {seed}: receipts of {team}"
         );
+    }
+
+    // Unread counts from the worker's blocks = counting the messages, for every user at
+    // the read position PostgreSQL has for them.
+    for team in TEAMS {
+        for n in 0..CLIENTS {
+            let user = format!("user{n}");
+            let counted = teamchat_shared::db::unread::counts(&db, &user, &[team.to_owned()])
+                .await
+                .unwrap();
+            let counted = (counted[0].read, counted[0].unread, counted[0].mentions);
+            let expected: (i64, i64, i64) = sqlx::query_as(
+                "WITH r AS (SELECT COALESCE((SELECT seq FROM receipts WHERE team = $1 AND user_id = $2), 0) AS read)
+                 SELECT r.read,
+                        GREATEST((SELECT COALESCE(max(seq), 0) FROM messages WHERE team = $1 AND id IS NOT NULL)
+                                 - r.read - count(m.seq) FILTER (WHERE m.deleted OR m.user_id = $2), 0),
+                        count(m.seq) FILTER (WHERE NOT m.deleted AND m.user_id <> $2 AND $2 = ANY (m.mentions))
+                 FROM r LEFT JOIN messages m ON m.team = $1 AND m.seq > r.read
+                 GROUP BY r.read",
+            )
+            .bind(team)
+            .bind(&user)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+            assert_eq!(counted, expected, "seed {seed}: unread of {user} in {team}");
+        }
     }
 
     // Credits: balance = ledger = Redis, per user.

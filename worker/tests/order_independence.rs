@@ -338,6 +338,111 @@ async fn reaction_counts_end_the_same_in_any_order() {
     assert_eq!(counts(&store).await, expected);
 }
 
+/// The unread counts the worker keeps per block of seqs give what counting the messages
+/// themselves gives, at read positions in, at the edges of and across both block levels,
+/// whatever the order of batches (deletes before their message, redelivered entries).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unread_counts_match_the_messages_in_any_order() {
+    // Sparse seqs over several 256-seq and 65,536-seq blocks.
+    let seqs: Vec<u64> = [1, 2, 255, 256, 257, 511, 512, 1_000, 65_535, 65_536, 65_537]
+        .into_iter()
+        .chain((0..40).map(|n| 66_000 + n * 97))
+        .chain([131_071, 131_072, 200_000, 200_001])
+        .collect();
+    let users = ["ann", "ben", "carl"];
+    let all = || {
+        let mut entries = Vec::new();
+        for (n, seq) in seqs.iter().enumerate() {
+            let user = users[n % 3];
+            let mentions: Vec<String> = match n % 4 {
+                0 => vec!["ben".into()],
+                1 => vec!["ann".into(), "ben".into()],
+                2 => vec![user.into()],
+                _ => vec![],
+            };
+            let data = MessageData {
+                id: format!("id{seq}"),
+                client_id: format!("c{seq}"),
+                user: user.into(),
+                name: None,
+                body: "b".into(),
+                meta: None,
+                ts: 1,
+                parent: None,
+                mentions,
+                attachments: Vec::new(),
+            };
+            entries.push(entry(n as u64 + 1, *seq, EventData::Message(data)));
+        }
+        // Every fifth message deleted, after it.
+        let deleted: Vec<u64> = seqs.iter().step_by(5).copied().collect();
+        for (n, seq) in deleted.iter().enumerate() {
+            entries.push(delete((seqs.len() + n) as u64 + 1, *seq));
+        }
+        entries
+    };
+    let count = all().len();
+    let orders: Vec<Vec<Vec<usize>>> = vec![
+        vec![(0..count).collect()],
+        // Deletes first (placeholders), then the messages, some twice.
+        vec![
+            (seqs.len()..count).collect(),
+            (0..seqs.len()).collect(),
+            (0..10).collect(),
+        ],
+        (0..count)
+            .rev()
+            .collect::<Vec<_>>()
+            .chunks(7)
+            .map(<[usize]>::to_vec)
+            .collect(),
+    ];
+    let reads = [
+        0, 1, 2, 255, 256, 300, 65_535, 65_536, 66_100, 131_072, 199_999,
+    ];
+    for batches in orders {
+        let env = TestEnv::new().await;
+        let store = Store::connect(&env.database_url, 3, None).await.unwrap();
+        for batch in &batches {
+            let entries: Vec<Entry> = batch.iter().map(|i| all().swap_remove(*i)).collect();
+            store.write_batch(&entries).await.unwrap();
+        }
+        for user in users {
+            for read in reads {
+                sqlx::query(
+                    r#"INSERT INTO receipts (team, user_id, seq, "offset") VALUES ('t', $1, $2, 0)
+                       ON CONFLICT (team, user_id) DO UPDATE SET seq = EXCLUDED.seq"#,
+                )
+                .bind(user)
+                .bind(read as i64)
+                .execute(store.pool())
+                .await
+                .unwrap();
+                let counted =
+                    teamchat_shared::db::unread::counts(store.pool(), user, &["t".into()])
+                        .await
+                        .unwrap();
+                let (unread, mentions): (i64, i64) = sqlx::query_as(
+                    "SELECT (SELECT max(seq) FROM messages WHERE team = 't') - $2
+                            - count(*) FILTER (WHERE deleted OR user_id = $1),
+                            count(*) FILTER (WHERE NOT deleted AND user_id <> $1 AND $1 = ANY (mentions))
+                     FROM messages WHERE team = 't' AND seq > $2",
+                )
+                .bind(user)
+                .bind(read as i64)
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+                assert_eq!(
+                    (counted[0].unread, counted[0].mentions),
+                    (unread.max(0), mentions),
+                    "{user} read up to {read}, batches {batches:?}"
+                );
+            }
+        }
+    }
+}
+
 /// A replay marks a team synced through an offset; offsets a worker synced past it (they
 /// waited for the gap the replay filled) then follow on, and nothing is left waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,7 +20,7 @@ type MessageRow = (
 );
 
 /// The messages, receipts and the chat model's aggregates (threads, pins, reactions,
-/// mentions), each as JSON rows.
+/// unread counts), each as JSON rows.
 async fn snapshot(pg: &sqlx::PgPool) -> (Vec<Value>, Vec<(String, String, i64)>, Vec<Value>) {
     let messages: Vec<MessageRow> =
         sqlx::query_as(
@@ -38,7 +38,8 @@ async fn snapshot(pg: &sqlx::PgPool) -> (Vec<Value>, Vec<(String, String, i64)>,
         "SELECT json_build_array(team, parent, reply_count, last_reply_ts) FROM threads ORDER BY team, parent",
         "SELECT json_build_array(team, seq, pinned_at) FROM messages WHERE pinned ORDER BY team, seq",
         "SELECT json_build_array(team, seq, emoji, count, first_offset) FROM reaction_counts ORDER BY team, seq, emoji",
-        "SELECT json_build_array(team, user_id, seq) FROM mentions ORDER BY team, user_id, seq",
+        "SELECT json_build_array(team, kind, user_id, level, bucket, n) FROM unread_counts
+         WHERE n <> 0 ORDER BY team, kind, user_id, level, bucket",
     ] {
         let rows: Vec<Value> = sqlx::query_scalar(query).fetch_all(pg).await.unwrap();
         assert!(!rows.is_empty(), "{query}");

@@ -203,12 +203,20 @@ async fn store(
                    parent = EXCLUDED.parent,
                    version = GREATEST(m.version, EXCLUDED.version)
                WHERE m.id IS NULL
-               RETURNING m.team, m.seq, m.parent, m.ts, m.mentions),
-           mentioned AS (
-               -- Who each message stored for the first time mentions (unread counts).
-               INSERT INTO mentions (team, user_id, seq)
-               SELECT team, unnest(mentions), seq FROM stored WHERE mentions IS NOT NULL
-               ON CONFLICT DO NOTHING),
+               RETURNING m.team, m.seq, m.parent, m.ts, m.user_id, m.mentions, m.deleted),
+           counted AS (
+               -- The unread counts of each message stored for the first time (one that
+               -- was deleted first was counted by its delete).
+               INSERT INTO unread_counts AS u (team, kind, user_id, level, bucket, n)
+               SELECT c.team, c.kind, c.user_id, l.level, c.seq >> (8 * (l.level + 1)), count(*)
+               FROM (SELECT team, 'm'::"char" AS kind, user_id, seq FROM stored WHERE NOT deleted
+                     UNION ALL
+                     SELECT DISTINCT s.team, '@'::"char", mn.user_id, s.seq
+                     FROM stored s CROSS JOIN LATERAL unnest(s.mentions) AS mn(user_id)
+                     WHERE NOT s.deleted AND mn.user_id <> s.user_id) c
+               CROSS JOIN (VALUES (0::int2), (1::int2)) AS l(level)
+               GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+               ON CONFLICT (team, kind, user_id, level, bucket) DO UPDATE SET n = u.n + EXCLUDED.n),
            threaded AS (
                -- Only messages stored for the first time come out of `stored`: each reply
                -- counts once, whatever is replayed or retried.
@@ -371,12 +379,38 @@ async fn write_amendments(tx: &mut sqlx::PgConnection, changes: &Changes<'_>) ->
             seq.push(*s as i64);
             version.push(*offset as i64);
         }
+        // A delete that applies for the first time moves the unread counts: one more
+        // deleted message, one fewer of its author's and of its mentions (the rows as they
+        // were before the statement tell; the team's batches are serialized by `store`).
         sqlx::query(
-            "INSERT INTO messages AS m (team, seq, body, deleted, version)
-             SELECT t, s, '', true, o FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(t, s, o)
-             ON CONFLICT (team, seq) DO UPDATE SET
-                 deleted = true, body = '', mentions = NULL, attachments = NULL,
-                 version = GREATEST(m.version, EXCLUDED.version)",
+            r#"WITH input AS (
+                   SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(team, seq, version)),
+               before AS (
+                   SELECT m.team, m.seq, m.deleted, m.user_id, m.mentions
+                   FROM messages m JOIN input i USING (team, seq)),
+               applied AS (
+                   INSERT INTO messages AS m (team, seq, body, deleted, version)
+                   SELECT team, seq, '', true, version FROM input
+                   ON CONFLICT (team, seq) DO UPDATE SET
+                       deleted = true, body = '', mentions = NULL, attachments = NULL,
+                       version = GREATEST(m.version, EXCLUDED.version)
+                   RETURNING m.team),
+               flipped AS (
+                   SELECT i.team, i.seq, b.user_id, b.mentions
+                   FROM input i LEFT JOIN before b USING (team, seq)
+                   WHERE b.deleted IS NOT TRUE)
+               INSERT INTO unread_counts AS u (team, kind, user_id, level, bucket, n)
+               SELECT c.team, c.kind, c.user_id, l.level, c.seq >> (8 * (l.level + 1)), sum(c.delta)
+               FROM (SELECT team, 'd'::"char" AS kind, '' AS user_id, seq, 1 AS delta FROM flipped
+                     UNION ALL
+                     SELECT team, 'm'::"char", user_id, seq, -1 FROM flipped WHERE user_id IS NOT NULL
+                     UNION ALL
+                     SELECT DISTINCT f.team, '@'::"char", mn.user_id, f.seq, -1
+                     FROM flipped f CROSS JOIN LATERAL unnest(f.mentions) AS mn(user_id)
+                     WHERE mn.user_id <> f.user_id) c
+               CROSS JOIN (VALUES (0::int2), (1::int2)) AS l(level)
+               GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5
+               ON CONFLICT (team, kind, user_id, level, bucket) DO UPDATE SET n = u.n + EXCLUDED.n"#,
         )
         .bind(&team)
         .bind(&seq)
