@@ -49,8 +49,19 @@ pub struct FanoutArgs {
     /// and more, `websocket-deflate` receivers get it compressed.
     #[arg(long, default_value_t = 0)]
     pub body_bytes: usize,
+    /// What the senders send: messages, or a reaction storm (each room's sender adds and
+    /// takes back reactions on the room's one message, every one a durable event).
+    #[arg(long, value_enum, default_value = "messages")]
+    pub send: Sends,
     #[command(flatten)]
     pub stack: StackArgs,
+}
+
+/// What the senders send.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sends {
+    Messages,
+    Reactions,
 }
 
 /// The receivers' transport.
@@ -100,6 +111,9 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     if args.stack.tls && !matches!(args.receivers, Receivers::Websocket) {
         anyhow::bail!("--tls measures WebSocket receivers only");
     }
+    if args.send == Sends::Reactions && args.receivers != Receivers::Websocket {
+        anyhow::bail!("--send reactions measures WebSocket receivers only");
+    }
     let mut stack_args = args.stack.clone();
     stack_args.deflate |= args.receivers == Receivers::WebsocketDeflate;
     let (gateways, prefix) = stack::start_gateways(&stack_args, 2).await?;
@@ -125,6 +139,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             let (room, member) = (n / args.members, n % args.members);
             let gateway = addrs[member % 2];
             let receivers = args.receivers;
+            let reactions = args.send == Sends::Reactions;
             async move {
                 let team = format!("room{room}");
                 let token = client::token(&format!("u{room}m{member}"), &[&team]);
@@ -171,6 +186,13 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                     None => {
                         let mut ws = client::connect(gateway, client::source_ip(n), &token).await?;
                         client::join(&mut ws, &team, None).await?;
+                        if reactions && member == 0 {
+                            // The message the storm reacts to: seq 1 of the room.
+                            let frame = json!({"type": "message:send", "team": team,
+                                "client_id": "storm", "body": "react to me"});
+                            ws.send(Message::text(frame.to_string())).await?;
+                            client::next_of(&mut ws, "message:ack").await?;
+                        }
                         Joined::Ws(Box::new(ws))
                     }
                 };
@@ -240,6 +262,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let total_per_room = (per_room * args.seconds as f64).round() as u64;
         let mut tasks = Vec::new();
         let body: Arc<str> = message_body(args.body_bytes).into();
+        let sends = args.send;
         for (room, slot) in senders.iter_mut().enumerate() {
             let mut sink = slot.take().expect("sender returned");
             let body = body.clone();
@@ -250,13 +273,30 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                 tokio::time::sleep(phase).await;
                 let mut tick = tokio::time::interval(period);
                 let mut sent = 0u64;
+                let mut emoji = String::new();
                 for n in 0..total_per_room {
                     tick.tick().await;
                     // The send time in the client id too: the ack echoes it.
                     let sent_us = now_us();
-                    let frame = json!({"type": "message:send", "team": team,
-                        "client_id": format!("w{w}n{n}t{sent_us}"), "body": &*body,
-                        "meta": {"sent_us": sent_us, "w": w}});
+                    let frame = match sends {
+                        Sends::Messages => json!({"type": "message:send", "team": team,
+                            "client_id": format!("w{w}n{n}t{sent_us}"), "body": &*body,
+                            "meta": {"sent_us": sent_us, "w": w}}),
+                        // An add and its removal in turn, the emoji naming the window and
+                        // the add's send time (at most one emoji stands at a time).
+                        Sends::Reactions => {
+                            if n % 2 == 0 {
+                                emoji = format!("w{w}t{sent_us}");
+                            }
+                            let kind = if n % 2 == 0 {
+                                "reaction:add"
+                            } else {
+                                "reaction:remove"
+                            };
+                            json!({"type": kind, "team": team, "seq": 1, "emoji": emoji,
+                                "rid": format!("w{w}t{sent_us}")})
+                        }
+                    };
                     if sink.send(Message::text(frame.to_string())).await.is_err() {
                         break;
                     }
@@ -314,7 +354,12 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             Receivers::Sse => "sse",
             Receivers::Polling => "polling",
         };
+        let sends = match args.send {
+            Sends::Messages => "messages",
+            Sends::Reactions => "reactions",
+        };
         let mut row = Row::new()
+            .with("sends", sends)
             .with("receivers", receivers)
             .with("rooms", args.rooms)
             .with("members", args.members)
@@ -408,6 +453,25 @@ async fn read_deliveries(
 /// does.)
 fn counted(text: &str, windows: &[Window], frames: &AtomicU64) {
     frames.fetch_add(1, Ordering::Relaxed);
+    if text.starts_with(r#"{"type":"reaction:"#) {
+        // The emoji is w<window>t<the add's send time>: a removal is counted, not timed.
+        const EMOJI: &str = r#""emoji":"w"#;
+        let Some(at) = text.find(EMOJI) else {
+            return;
+        };
+        let emoji = &text[at..];
+        let Some(w) = client::number_after(emoji, EMOJI) else {
+            return;
+        };
+        if text.starts_with(r#"{"type":"reaction:added""#) {
+            if let Some(sent) = client::number_after(emoji, "t") {
+                timed(windows, sent, w);
+            }
+        } else if let Some(window) = windows.get(w as usize) {
+            window.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+        return;
+    }
     if !text.starts_with(r#"{"type":"message:new""#) {
         return;
     }
@@ -517,12 +581,17 @@ async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: A
             }
             continue;
         }
-        // The client id is w<window>n<count>t<sent µs>.
+        // The client id is w<window>n<count>t<sent µs>; a reaction's rid w<window>t<sent µs>.
         const KEY: &str = r#""client_id":""#;
-        let Some(at) = text.find(KEY) else {
+        const RID: &str = r#""rid":""#;
+        let Some((at, key)) = text
+            .find(KEY)
+            .map(|at| (at, KEY))
+            .or_else(|| text.find(RID).map(|at| (at, RID)))
+        else {
             continue;
         };
-        let id = &text[at + KEY.len()..];
+        let id = &text[at + key.len()..];
         let id = &id[..id.find('"').unwrap_or(id.len())];
         let window = client::number_after(id, "w");
         if let Some(window) = window.and_then(|w| windows.get(w as usize)) {

@@ -14,6 +14,7 @@ mod idle;
 mod report;
 mod stack;
 mod sync;
+mod unread;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Scenario {
     Connect(connect::ConnectArgs),
     /// Worker sync rate beside PostgreSQL's own, and the sync lag.
     Sync(sync::SyncArgs),
+    /// `GET /v1/me/unread` as the teams' history grows.
+    Unread(unread::UnreadArgs),
     /// One generator process's share of an idle run (started by `idle`).
     #[command(hide = true)]
     Hold(idle::HoldArgs),
@@ -59,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
             let rows = median_run(runs, "deliveries/s", || fanout::run(args)).await?;
             report::print("fanout", &rows);
         }
+        Scenario::Unread(args) => {
+            let rows = median_run(runs, "p50 ms", || unread::run(args)).await?;
+            report::print("unread", &rows);
+        }
         Scenario::Connect(args) => {
             let rows = median_run(runs, "per second", || connect::run(args)).await?;
             report::print("connect", &rows);
@@ -77,7 +84,9 @@ async fn main() -> anyhow::Result<()> {
             all.sort_by(|a, b| rate_of_worker(a).total_cmp(&rate_of_worker(b)));
             let (rates, lag) = all.swap_remove(all.len() / 2);
             report::print("sync", &rates);
-            report::print("sync lag", &lag);
+            if !lag.is_empty() {
+                report::print("sync lag", &lag);
+            }
         }
     }
     Ok(())

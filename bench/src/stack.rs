@@ -95,6 +95,7 @@ pub async fn start_gateways(
             .env("RATE_SEND_PER_MIN", "1000000000")
             .env("RATE_JOIN_PER_MIN", "1000000000")
             .env("RATE_TYPING_PER_MIN", "1000000000")
+            .env("RATE_HTTP_PER_MIN", "1000000000")
             .env("MAX_CONNECTIONS_PER_USER", "1000000")
             .env("RUST_LOG", "warn")
             .envs(tls_env.iter().cloned())

@@ -43,6 +43,11 @@ pub struct SyncArgs {
     pub lag_rate: usize,
     #[arg(long, default_value_t = 10)]
     pub lag_seconds: u64,
+    /// A reaction storm instead of messages: each team's first event is a message and the
+    /// rest add and take back reactions on it (1,000 users, 8 emojis). Only the worker's
+    /// rate is measured (PostgreSQL's own rates and the lag are the messages').
+    #[arg(long)]
+    pub reactions: bool,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -105,7 +110,10 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
     // The backlog, as the append script writes it; then one worker drains it.
     let backlog = rows(args.events, "team");
     for chunk in backlog.chunks(10_000) {
-        append(&mut redis, &keys, chunk, args.cost).await?;
+        match args.reactions {
+            false => append(&mut redis, &keys, chunk, args.cost).await?,
+            true => append_reactions(&mut redis, &keys, chunk).await?,
+        }
     }
     let stop = CancellationToken::new();
     let started = Instant::now();
@@ -114,6 +122,26 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let worker_time = started.elapsed();
+    if args.reactions {
+        stop.cancel();
+        worker.await??;
+        pool.close().await;
+        drop_database(&mut admin, &name).await?;
+        crate::stack::clean_redis(&args.stack, &name).await?;
+        let rate = args.events as f64 / worker_time.as_secs_f64();
+        let report = Report::new()
+            .with(
+                "writer",
+                "worker, reaction storm (Redis → PostgreSQL, counts, watermark)",
+            )
+            .with("rows", args.events)
+            .with("batch", args.batch)
+            .with("connections", config.write_concurrency)
+            .with("rows/s", round(rate, 0))
+            .with("% of best direct", "")
+            .with("% of direct with credits", "");
+        return Ok((vec![report], Vec::new()));
+    }
 
     // The sync lag at a steady arrival rate, the same worker running.
     let lag = measure_lag(args, &mut redis, &keys, &pool).await?;
@@ -198,17 +226,23 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
 
     drop(conns);
     pool.close().await;
-    // An autovacuum worker may still be on the fresh tables, and this role may not end
-    // it: the drop is retried until the worker is done.
+    drop_database(&mut admin, &name).await?;
+    crate::stack::clean_redis(&args.stack, &name).await?;
+    Ok((rates, vec![lag]))
+}
+
+/// Drops the run's database. An autovacuum worker may still be on the fresh tables, and
+/// this role may not end it: the drop is retried until the worker is done.
+async fn drop_database(admin: &mut PgConnection, name: &str) -> anyhow::Result<()> {
     let mut attempts = 0;
     loop {
         let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP DATABASE {name} WITH (FORCE)"
         )))
-        .execute(&mut admin)
+        .execute(&mut *admin)
         .await;
         match dropped {
-            Ok(_) => break,
+            Ok(_) => return Ok(()),
             Err(_) if attempts < 120 => {
                 attempts += 1;
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -216,8 +250,49 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
             Err(e) => return Err(e.into()),
         }
     }
-    crate::stack::clean_redis(&args.stack, &name).await?;
-    Ok((rates, vec![lag]))
+}
+
+/// The same offsets as a reaction storm: a team's offset 1 is its message, every later
+/// one adds (or, every other 8,000, takes back) a user's emoji on it.
+async fn append_reactions(
+    redis: &mut redis::aio::MultiplexedConnection,
+    keys: &Keys,
+    rows: &[Row],
+) -> anyhow::Result<()> {
+    let mut pipe = redis::pipe();
+    for row in rows {
+        let (kind, data) = if row.offset == 1 {
+            let data = serde_json::json!({"id": row.id, "client_id": row.client_id,
+                "user": row.user, "body": row.body, "ts": row.ts});
+            ("message", data)
+        } else {
+            let k = row.offset - 2;
+            let kind = if (k / 8_000) % 2 == 0 {
+                "react"
+            } else {
+                "unreact"
+            };
+            const EMOJIS: [&str; 8] = ["👍", "🎉", "👀", "❤️", "🚀", "😂", "🙏", "✅"];
+            let emoji = EMOJIS[(k / 1_000 % 8) as usize];
+            let data = serde_json::json!({"user": format!("user{}", k % 1_000),
+                "emoji": emoji, "ts": row.ts});
+            (kind, data)
+        };
+        pipe.cmd("XADD")
+            .arg(keys.ingest(keys.shard_of(&row.team)))
+            .arg("*")
+            .arg(&[
+                ("team", row.team.clone()),
+                ("off", row.offset.to_string()),
+                ("k", kind.to_owned()),
+                ("seq", "1".to_owned()),
+                ("c", "0".to_owned()),
+                ("d", data.to_string()),
+            ])
+            .ignore();
+    }
+    pipe.query_async::<()>(redis).await?;
+    Ok(())
 }
 
 /// Appends events to the ingest streams as the append script does.
