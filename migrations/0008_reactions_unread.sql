@@ -11,6 +11,9 @@ CREATE TABLE reactions (
     version bigint  NOT NULL,
     PRIMARY KEY (team, seq, user_id, emoji)
 );
+-- The standing ones only: what `me` and a reload into Redis read. A member adding and
+-- taking back emoji after emoji leaves rows that are not standing; they are never read.
+CREATE INDEX reactions_standing ON reactions (team, seq, emoji, user_id) WHERE present;
 
 -- Per message and emoji, what history pages show: moved by what each batch changed in
 -- `reactions`, in the same transaction (a team's batches are serialized on its team_sync
@@ -23,6 +26,9 @@ CREATE TABLE reaction_counts (
     first_offset bigint NOT NULL,
     PRIMARY KEY (team, seq, emoji)
 );
+-- What history pages read: the emojis with reactions, in their order.
+CREATE INDEX reaction_counts_standing ON reaction_counts (team, seq, first_offset, emoji)
+    WHERE count > 0;
 
 -- Unread counts without scanning a team's history: per team, counts of messages by seq
 -- range, at two levels (level 0: 256 seqs, `bucket = seq >> 8`; level 1: 65,536 seqs,

@@ -4,7 +4,6 @@
 
 use sqlx::PgPool;
 use teamchat_shared::db::{floor, history, watermark};
-use teamchat_shared::event::EventData;
 
 use crate::broker::{Append, AppendOutcome, Authored, Broker, TeamState};
 use crate::protocol::ErrorCode;
@@ -64,24 +63,27 @@ impl Storage {
         let Some(stored) = stored.filter(|s| !s.deleted) else {
             return Ok(AppendOutcome::Refused(ErrorCode::NotFound));
         };
-        // A reaction also needs the message's reactions, should Redis no longer hold them.
-        let reactions = match append.data {
-            EventData::React(_) | EventData::Unreact(_) => {
-                history::reactions_of(&self.db, append.team, append.target)
-                    .await
-                    .inspect_err(|e| postgres_failed(append.team, e))?
-            }
-            _ => Vec::new(),
-        };
-        let authored = Authored {
+        let mut authored = Authored {
             user: stored.user_id,
             id: stored.id,
             reply: stored.parent.is_some(),
-            reactions,
+            reactions: None,
         };
-        match self.broker.append(append, Some(&authored)).await? {
-            // The team's Redis state went away between the two calls: nothing was written.
-            AppendOutcome::Unseeded | AppendOutcome::Lookup => Err(still_unseeded()),
+        let mut outcome = self.broker.append(append, Some(&authored)).await?;
+        // A reaction whose message's reactions Redis no longer holds: with them from
+        // PostgreSQL (only then: they may be many).
+        if outcome == AppendOutcome::LoadReactions {
+            let reactions = history::reactions_of(&self.db, append.team, append.target)
+                .await
+                .inspect_err(|e| postgres_failed(append.team, e))?;
+            authored.reactions = Some(reactions);
+            outcome = self.broker.append(append, Some(&authored)).await?;
+        }
+        match outcome {
+            // The team's Redis state went away between the calls: nothing was written.
+            AppendOutcome::Unseeded | AppendOutcome::Lookup | AppendOutcome::LoadReactions => {
+                Err(still_unseeded())
+            }
             outcome => Ok(outcome),
         }
     }

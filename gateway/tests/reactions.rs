@@ -291,6 +291,11 @@ async fn reactions_to_old_messages_are_checked_against_postgres() {
         .await
         .unwrap();
     assert!(ttl > 0, "ttl {ttl}");
+    // While Redis still holds them, a reaction to the old message is checked there (the
+    // message itself is looked up in PostgreSQL).
+    assert!(react(&mut ben, true, 1, "🎉").await["offset"].is_string());
+    assert!(react(&mut ben, true, 1, "🎉").await.get("offset").is_none());
+    assert!(react(&mut ben, false, 1, "🎉").await["offset"].is_string());
     // As if they had expired: loaded from PostgreSQL at the next reaction.
     let _: () = redis::AsyncCommands::del(&mut redis, &key).await.unwrap();
     assert!(react(&mut ann, true, 1, "👍").await.get("offset").is_none());

@@ -543,6 +543,18 @@ async fn a_removal_takes_a_member_out_of_the_team_until_a_new_token() {
     ben.expect("message:ack").await;
     carl.expect("mention").await;
     ann.settled().await;
+    // Refreshing with a token from before the removal does not bring t back.
+    ann.send(json!({"type": "token:refresh", "token": old, "rid": "again"}))
+        .await;
+    ann.expect("token:refreshed").await;
+    ben.send(
+        json!({"type": "message:send", "team": "t", "client_id": "c4",
+                    "body": "@ann @carl again", "mentions": ["ann", "carl"]}),
+    )
+    .await;
+    ben.expect("message:ack").await;
+    carl.expect("mention").await;
+    ann.settled().await;
 
     // The old token can no longer join t or read its history, on either gateway.
     ann.send(json!({"type": "room:join", "team": "t", "rid": "j"}))

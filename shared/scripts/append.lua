@@ -28,8 +28,8 @@
 -- ARGV[18] for an edit or delete of a message (or a reply to a parent) the hash does not
 -- hold: its entry as PostgreSQL has it ('' when not looked up yet)
 -- ARGV[19] the emoji (react, unreact)
--- ARGV[20] with ARGV[18], for a reaction: the message's reactions as PostgreSQL has them,
--- 'user \t emoji' lines
+-- ARGV[20] for a reaction with ARGV[18]: the message's reactions as PostgreSQL has them,
+-- 'user \t emoji' lines; '-' when not loaded
 --
 -- Returns {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
@@ -38,8 +38,9 @@
 -- reaction the user already has (or a removal of one they have not) (nothing written); {'unseeded'} for a team whose counters seed_team.lua must set first (nothing
 -- written);
 -- {'lookup'} for an edit, delete, pin or reaction of a message (or a reply to a parent)
--- older than the hash holds: call again with its entry from PostgreSQL in ARGV[18] (and
--- for a reaction its reactions in ARGV[20]) (nothing written).
+-- older than the hash holds: call again with its entry from PostgreSQL in ARGV[18]
+-- (nothing written); {'reactions'} for a reaction to such a message whose reactions Redis
+-- no longer holds: call again with them in ARGV[20] too (nothing written).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
@@ -124,6 +125,7 @@ elseif kind == 'react' or kind == 'unreact' then
   if from_db and redis.call('EXISTS', reactions) == 0 then
     -- Not changed for ARGV[7] seconds, long synced: PostgreSQL's reactions are the truth.
     -- (Only a cache is written before the checks below: what it holds is true either way.)
+    if ARGV[20] == '-' then return {'reactions'} end
     redis.call('HSET', reactions, '#', 0)
     for pair in string.gmatch(ARGV[20], '[^\n]+') do
       redis.call('HSET', reactions, pair, 1)

@@ -67,6 +67,30 @@ impl Broker {
     }
 
     /// The user's revocation record, and their removal record in `team` if one is given.
+    /// The user's revocation and removal from each of `teams`, in one round trip: each
+    /// team's records, in order.
+    pub async fn access_records_of_teams(
+        &self,
+        user: &str,
+        teams: &[String],
+    ) -> redis::RedisResult<Vec<AccessRecords>> {
+        let mut pipe = redis::pipe();
+        pipe.get(self.keys.user_revoked(user));
+        for team in teams {
+            pipe.get(self.keys.team_removed(team, user));
+        }
+        let found: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let revoked_before = found.first().copied().flatten().unwrap_or(0);
+        Ok(found
+            .iter()
+            .skip(1)
+            .map(|removed| AccessRecords {
+                revoked_before,
+                removed_before: removed.unwrap_or(0),
+            })
+            .collect())
+    }
+
     pub async fn access_records(
         &self,
         user: &str,

@@ -67,6 +67,9 @@ pub enum AppendOutcome {
     /// An edit or delete of a message older than Redis keeps: nothing was written; append
     /// again with its author from PostgreSQL (`storage`).
     Lookup,
+    /// A reaction to such a message whose reactions Redis no longer holds: nothing was
+    /// written; append again with them from PostgreSQL too (`storage`).
+    LoadReactions,
 }
 
 /// A message's author and id as PostgreSQL holds them, for an edit or delete of a message
@@ -77,9 +80,9 @@ pub struct Authored {
     pub id: String,
     /// The message is a thread reply (a reply cannot be a parent).
     pub reply: bool,
-    /// For a reaction: the message's standing reactions, `(user, emoji)`, should Redis no
-    /// longer hold them.
-    pub reactions: Vec<(String, String)>,
+    /// For a reaction: the message's standing reactions, `(user, emoji)`, once the script
+    /// asked for them (Redis no longer holds them).
+    pub reactions: Option<Vec<(String, String)>>,
 }
 
 /// A durable event to append, with what the script checks before it does.
@@ -183,14 +186,19 @@ impl Broker {
                     true => format!("{}\t{}\tr", a.user, a.id),
                     false => format!("{}\t{}", a.user, a.id),
                 };
-                let reactions: Vec<String> = a
-                    .reactions
-                    .iter()
-                    .map(|(user, emoji)| format!("{user}\t{emoji}"))
-                    .collect();
-                (entry, reactions.join("\n"))
+                let reactions = match &a.reactions {
+                    Some(reactions) => {
+                        let lines: Vec<String> = reactions
+                            .iter()
+                            .map(|(user, emoji)| format!("{user}\t{emoji}"))
+                            .collect();
+                        lines.join("\n")
+                    }
+                    None => "-".to_owned(),
+                };
+                (entry, reactions)
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| (String::new(), "-".to_owned()));
         let reply: Vec<String> = scripts::APPEND
             .key(keys.team_meta(team))
             .key(keys.team_events(team))
@@ -411,6 +419,7 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
         _ if is_unseeded(reply) => Some(AppendOutcome::Unseeded),
         [ignored] if ignored == "ignored" => Some(AppendOutcome::Ignored),
         [lookup] if lookup == "lookup" => Some(AppendOutcome::Lookup),
+        [load] if load == "reactions" => Some(AppendOutcome::LoadReactions),
         [unchanged, id] if unchanged == "unchanged" => Some(AppendOutcome::Unchanged(id.clone())),
         [err, code] if err == "err" => Some(AppendOutcome::Refused(match code.as_str() {
             "not_found" => ErrorCode::NotFound,

@@ -2,6 +2,8 @@
 //! holds (../shared/PROTOCOL.md, "Chat model"), as the workers synced them: one statement
 //! whose cost does not grow with the teams' history (`db::unread`).
 
+use std::collections::HashSet;
+
 use hyper::{Request, Response, StatusCode};
 use teamchat_shared::db;
 
@@ -17,18 +19,30 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     if let Err(refused) = check_access(state, &claims, None).await {
         return *refused;
     }
-    // Teams the application's backend removed the user from are left out.
-    let mut teams: Vec<String> = Vec::with_capacity(claims.teams.len());
-    for team in &claims.teams {
-        if teams.contains(team) {
-            continue;
-        }
-        match state.broker.access_records(&claims.sub, Some(team)).await {
-            Ok(records) if records.removed(claims.issued_ms()) => {}
-            Ok(_) => teams.push(team.clone()),
-            Err(e) => return unavailable("unread", &e),
-        }
-    }
+    // Each team once, in the token's order; those the application's backend removed the
+    // user from are left out (one round trip for all of them).
+    let mut seen = HashSet::with_capacity(claims.teams.len());
+    let listed: Vec<String> = claims
+        .teams
+        .iter()
+        .filter(|team| seen.insert(team.as_str()))
+        .cloned()
+        .collect();
+    let records = match state
+        .broker
+        .access_records_of_teams(&claims.sub, &listed)
+        .await
+    {
+        Ok(records) => records,
+        Err(e) => return unavailable("unread", &e),
+    };
+    let issued = claims.issued_ms();
+    let teams: Vec<String> = listed
+        .into_iter()
+        .zip(records)
+        .filter(|(_, records)| !records.removed(issued))
+        .map(|(team, _)| team)
+        .collect();
     match db::unread::counts(&state.db, &claims.sub, &teams).await {
         Ok(counts) => json(StatusCode::OK, &serde_json::json!({ "teams": counts })),
         Err(e) => unavailable("unread", &e),

@@ -26,6 +26,10 @@ pub struct Claims {
     /// refuse tokens issued before them.
     #[serde(default)]
     pub iat: Option<f64>,
+    /// Not in the token: the teams the server API removed this connection from, and the
+    /// time each removal refuses tokens issued before (kept across `token:refresh`).
+    #[serde(skip)]
+    pub removed: Vec<(String, u64)>,
 }
 
 impl Claims {

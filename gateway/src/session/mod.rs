@@ -479,8 +479,10 @@ impl Session {
                     return Some(Flow::Close(4001, AuthError::Revoked.reason()));
                 }
                 Order::Remove { team, before_ms } if issued < before_ms => {
-                    // The token no longer opens the team here: no rejoin, no mentions.
+                    // The token no longer opens the team here: no rejoin, no mentions, and
+                    // a refresh with a token from before the removal does not bring it back.
                     self.claims.teams.retain(|t| *t != team);
+                    self.claims.removed.push((team.clone(), before_ms));
                     let was_typing = self.end_membership(&team, "removed");
                     if was_typing {
                         // Not awaited here (between frames): the others stop seeing them type.

@@ -126,6 +126,17 @@ impl Session {
                     self.close_with = Some(CloseAsked::BadToken(AuthError::Revoked));
                     return None;
                 }
+                // A team the server API removed this connection from does not come back
+                // with a token issued before the removal.
+                let mut claims = claims;
+                let issued = claims.issued_ms();
+                claims.removed = std::mem::take(&mut self.claims.removed);
+                let removed = &claims.removed;
+                claims.teams.retain(|team| {
+                    !removed
+                        .iter()
+                        .any(|(gone, before_ms)| gone == team && issued < *before_ms)
+                });
                 self.expires_at = self.token_deadline(claims.exp);
                 let exp = claims.exp;
                 *self.claims = claims;
@@ -434,10 +445,12 @@ impl Session {
             })),
             // Storage seeds the team or looks the message up and appends again, or fails:
             // never seen here.
-            Ok(AppendOutcome::Unseeded | AppendOutcome::Lookup) => Err(error(
-                ErrorCode::Unavailable,
-                "storage unavailable, retry later",
-            )),
+            Ok(AppendOutcome::Unseeded | AppendOutcome::Lookup | AppendOutcome::LoadReactions) => {
+                Err(error(
+                    ErrorCode::Unavailable,
+                    "storage unavailable, retry later",
+                ))
+            }
             Err(e) => {
                 metrics::counter!(m::GATEWAY_REDIS_ERRORS).increment(1);
                 warn!(error = %e, "append failed");

@@ -23,8 +23,9 @@ pub async fn counts(db: &PgPool, user: &str, teams: &[String]) -> sqlx::Result<V
     sqlx::query_as(
         r#"WITH pos AS (
                SELECT t.team, t.i,
+                      -- (A deleted placeholder proves its seq was given out too.)
                       (SELECT COALESCE(max(m.seq), 0) FROM messages m
-                       WHERE m.team = t.team AND m.id IS NOT NULL) AS top,
+                       WHERE m.team = t.team AND (m.id IS NOT NULL OR m.deleted)) AS top,
                       COALESCE((SELECT r.seq FROM receipts r
                                 WHERE r.team = t.team AND r.user_id = $2), 0) AS read
                FROM UNNEST($1::text[]) WITH ORDINALITY AS t(team, i)),
