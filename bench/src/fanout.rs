@@ -53,6 +53,11 @@ pub struct FanoutArgs {
     /// takes back reactions on the room's one message, every one a durable event).
     #[arg(long, value_enum, default_value = "messages")]
     pub send: Sends,
+    /// Run a worker syncing into PostgreSQL beside the gateways, and measure the whole
+    /// stack's CPU per message: gateways, Redis, the worker and PostgreSQL (the server
+    /// `DATABASE_URL` reaches, which must run on this machine).
+    #[arg(long)]
+    pub worker: bool,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -122,6 +127,17 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         ("gateway 2".to_owned(), gateways[1].pid),
         ("redis".to_owned(), stack::redis_pid(&args.stack).await?),
     ];
+    let worker = match args.worker {
+        true => Some(stack::start_worker(&args.stack, &prefix).await?),
+        false => None,
+    };
+    if let Some(worker) = &worker {
+        processes.push(("worker".to_owned(), worker.pid));
+        processes.push((
+            "postgres".to_owned(),
+            stack::postgres_pid(&args.stack).await?,
+        ));
+    }
     processes.push(("generator".to_owned(), std::process::id()));
     let windows: Arc<Vec<Window>> = Arc::new(args.rates.iter().map(|_| Window::new()).collect());
     let frames = Arc::new(AtomicU64::new(0));
@@ -396,9 +412,23 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                 "gateway 1" => "gateway 1 CPU %",
                 "gateway 2" => "gateway 2 CPU %",
                 "redis" => "redis CPU %",
+                "worker" => "worker CPU %",
+                "postgres" => "postgres CPU %",
                 _ => "generator CPU %",
             };
             row = row.with(column, round(share * 100.0, 0));
+        }
+        if args.worker {
+            // Everything but the load generator, per message sent.
+            let stack_cpu: f64 = cpu
+                .iter()
+                .filter(|(name, _, _)| name != "generator")
+                .map(|(_, secs, _)| secs)
+                .sum();
+            row = row.with(
+                "stack µs/message",
+                round(stack_cpu * 1e6 / sent.max(1) as f64, 1),
+            );
         }
         let passed = p99_ms < 100.0 && ratio >= 0.999;
         row = row.with("holds target", passed);
@@ -414,6 +444,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     }
     drop(senders);
     drop(gateways);
+    drop(worker);
     stack::clean_redis(&args.stack, &prefix).await?;
     Ok(rows)
 }

@@ -41,12 +41,58 @@ impl StackArgs {
     fn gateway_bin(&self) -> anyhow::Result<PathBuf> {
         match &self.gateway_bin {
             Some(path) => Ok(path.clone()),
-            None => Ok(std::env::current_exe()?
-                .parent()
-                .context("binary directory")?
-                .join("teamchat-gateway")),
+            None => beside_this_binary("teamchat-gateway"),
         }
     }
+}
+
+/// A binary of the workspace built with this one (same cargo profile).
+fn beside_this_binary(name: &str) -> anyhow::Result<PathBuf> {
+    Ok(std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .join(name))
+}
+
+/// A worker process syncing the gateways' streams (`REDIS_PREFIX`) into PostgreSQL, as a
+/// deployment runs one beside them; killed when dropped.
+pub struct WorkerProcess {
+    pub pid: u32,
+    _child: Child,
+}
+
+pub async fn start_worker(args: &StackArgs, prefix: &str) -> anyhow::Result<WorkerProcess> {
+    let bin = beside_this_binary("teamchat-worker")?;
+    let child = Command::new(&bin)
+        .env("REDIS_URL", &args.redis_url)
+        .env("REDIS_PREFIX", prefix)
+        .env("DATABASE_URL", &args.database_url)
+        .env("WORKER_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| {
+            format!(
+                "starting {} (build it with -p teamchat-worker)",
+                bin.display()
+            )
+        })?;
+    let pid = child.id().context("worker pid")?;
+    Ok(WorkerProcess { pid, _child: child })
+}
+
+/// The pid of the PostgreSQL server (its postmaster) `database_url` reaches.
+pub async fn postgres_pid(args: &StackArgs) -> anyhow::Result<u32> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&args.database_url).await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut conn)
+        .await?;
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat"))
+        .context("PostgreSQL on this machine (its processes are measured)")?;
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    let parent = rest.split_whitespace().nth(1).context("stat format")?;
+    Ok(parent.parse()?)
 }
 
 /// A gateway process; killed when dropped.
@@ -196,12 +242,52 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
 
 /// CPU time (user + system, all threads) a process has used so far.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name, which may hold spaces, start after the last ')'.
-    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = stat_fields(pid)?;
     let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// A process's CPU time with its children's: those running now, and those it reaped
+/// (PostgreSQL forks a process per connection).
+pub fn tree_cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let fields = stat_fields(pid)?;
+    // utime, stime, and the reaped children's cutime, cstime.
+    let mut ticks: u64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    for entry in std::fs::read_dir("/proc")?.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(fields) = stat_fields(child)
+            && fields[1].parse::<u32>().ok() == Some(pid)
+        {
+            ticks +=
+                fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        }
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces): the
+/// state first.
+fn stat_fields(pid: u32) -> anyhow::Result<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = &stat[stat.rfind(')').context("stat format")? + 2..];
+    Ok(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+fn measured(name: &str, pid: u32) -> Duration {
+    match name {
+        "postgres" => tree_cpu_time(pid),
+        _ => cpu_time(pid),
+    }
+    .unwrap_or_default()
 }
 
 fn clock_ticks() -> u64 {
@@ -225,10 +311,11 @@ pub struct CpuMeter {
 }
 
 impl CpuMeter {
+    /// A process named `postgres` is measured with its children (one per connection).
     pub fn start(processes: &[(String, u32)]) -> Self {
         let start = processes
             .iter()
-            .map(|(name, pid)| (name.clone(), *pid, cpu_time(*pid).unwrap_or_default()))
+            .map(|(name, pid)| (name.clone(), *pid, measured(name, *pid)))
             .collect();
         CpuMeter {
             start,
@@ -242,7 +329,7 @@ impl CpuMeter {
         self.start
             .iter()
             .map(|(name, pid, before)| {
-                let used = cpu_time(*pid).unwrap_or_default().saturating_sub(*before);
+                let used = measured(name, *pid).saturating_sub(*before);
                 (name.clone(), used.as_secs_f64(), used.as_secs_f64() / wall)
             })
             .collect()
