@@ -317,6 +317,11 @@ pub struct WorkerConfig {
     /// Longest wait for new entries before a read returns what it has.
     #[arg(long, env = "BATCH_WAIT_MS", default_value_t = 100)]
     pub batch_wait_ms: u64,
+    /// After a read that filled less than half a batch, how long to wait for more
+    /// entries before writing it (0: write at once): fewer, larger transactions at light
+    /// load, for that much more sync lag.
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 0)]
+    pub batch_linger_ms: u64,
     /// How often the ingest streams are trimmed behind what the group acknowledged.
     #[arg(long, env = "TRIM_EVERY_MS", default_value_t = 5_000)]
     pub trim_every_ms: u64,

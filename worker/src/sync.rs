@@ -83,7 +83,13 @@ async fn read_batches(
             metrics::counter!(m::RECLAIMED).increment(claimed.len() as u64);
             claimed
         } else {
-            ingest.read_new().await?
+            let mut read = ingest.read_new().await?;
+            // Light load: what arrives meanwhile goes in the same transactions.
+            if config.batch_linger_ms > 0 && !read.is_empty() && read.len() < batch_size / 2 {
+                tokio::time::sleep(Duration::from_millis(config.batch_linger_ms)).await;
+                read.extend(ingest.read_new().await?);
+            }
+            read
         };
         // A read holds up to BATCH_SIZE entries per shard.
         while !entries.is_empty() {
