@@ -319,8 +319,8 @@ pub struct WorkerConfig {
     pub batch_wait_ms: u64,
     /// After a read that filled less than half a batch, how long to wait for more
     /// entries before writing it (0: write at once): fewer, larger transactions at light
-    /// load, for that much more sync lag.
-    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 0)]
+    /// load, for that much more sync lag (docs/performance.md, Storage sync).
+    #[arg(long, env = "BATCH_LINGER_MS", default_value_t = 100)]
     pub batch_linger_ms: u64,
     /// How often the ingest streams are trimmed behind what the group acknowledged.
     #[arg(long, env = "TRIM_EVERY_MS", default_value_t = 5_000)]

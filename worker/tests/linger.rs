@@ -1,5 +1,6 @@
-//! `BATCH_LINGER_MS`: a worker that waits for more entries after a small read still
-//! syncs every event, in order, and keeps the watermark moving.
+//! `BATCH_LINGER_MS=0`: a worker that writes each read at once (the other tests run
+//! the default, which waits for more entries after a small read) still syncs every
+//! event, in order, and keeps the watermark moving.
 
 use serde_json::Value;
 use teamchat_gateway::Gateway;
@@ -7,10 +8,10 @@ use teamchat_testkit::{Client, TestEnv, wait_for_watermark};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lingering_worker_syncs_every_event() {
+async fn a_worker_that_does_not_linger_syncs_every_event() {
     let env = TestEnv::new().await;
     let mut config = env.worker_config("w1");
-    config.batch_linger_ms = 50;
+    config.batch_linger_ms = 0;
     let stop = CancellationToken::new();
     let worker = tokio::spawn(teamchat_worker::run(config, stop.clone()));
     let gateway = Gateway::start(env.gateway_config(&[])).await.unwrap();
