@@ -172,6 +172,10 @@ pub struct GatewayConfig {
     /// before the connection is given up.
     #[arg(long, env = "WRITE_TIMEOUT_MS", default_value_t = 30_000)]
     pub write_timeout_ms: u32,
+    /// Most durable events one append script call carries (group commit: what queued for
+    /// a shard while its previous call was in flight); 1 sends each event alone.
+    #[arg(long, env = "APPEND_BATCH_MAX", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub append_batch_max: u32,
     /// Approximate number of events kept in each team stream (what recovery can replay).
     #[arg(long, env = "STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: u64,

@@ -146,11 +146,6 @@ impl Keys {
         format!("{}:{{s{}}}:credits:users", self.prefix, shard)
     }
 
-    /// Credits used per team on this shard.
-    pub fn team_credits(&self, shard: u32) -> String {
-        format!("{}:{{s{}}}:credits:teams", self.prefix, shard)
-    }
-
     /// The shard's ingest stream, read by the workers' consumer group.
     pub fn ingest(&self, shard: u32) -> String {
         format!("{}:{{s{}}}:ingest", self.prefix, shard)

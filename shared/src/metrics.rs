@@ -23,6 +23,7 @@ pub const EVENTS_IN: &str = "teamchat_gateway_events_in_total";
 pub const EVENTS_OUT: &str = "teamchat_gateway_events_out_total";
 pub const SOCKET_WRITES: &str = "teamchat_gateway_socket_writes_total";
 pub const APPEND_SECONDS: &str = "teamchat_gateway_append_seconds";
+pub const APPEND_BATCH: &str = "teamchat_gateway_append_batch_events";
 pub const FANOUT_SECONDS: &str = "teamchat_gateway_fanout_seconds";
 pub const QUEUE_OVERFLOWS: &str = "teamchat_gateway_send_queue_overflows_total";
 pub const ROOM_EVENTS_DROPPED: &str = "teamchat_gateway_room_events_dropped_total";
@@ -93,6 +94,12 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Histogram,
         "",
         "append script round trip (the wait before an ack)",
+    ),
+    (
+        APPEND_BATCH,
+        Kind::Histogram,
+        "",
+        "durable events per append script call (group commit: what queued for a shard while its previous call was in flight)",
     ),
     (
         FANOUT_SECONDS,
@@ -248,9 +255,13 @@ pub fn install() -> PrometheusHandle {
             let sizes = [
                 1.0, 5.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
             ];
+            let append_sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0];
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &sizes))
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(APPEND_BATCH.into()), &append_sizes)
+                })
                 .expect("histogram buckets are valid")
                 .install_recorder()
                 .expect("one metrics recorder per process");

@@ -203,6 +203,16 @@ impl Client {
         }
     }
 
+    /// The next frame whose type is one of `kinds`, passing over any others.
+    pub async fn until_any(&mut self, kinds: &[&str]) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if kinds.iter().any(|kind| frame["type"] == *kind) {
+                return frame;
+            }
+        }
+    }
+
     /// Sends a `ping` and checks the next frame is its `pong`: whatever the server sent
     /// before came, and nothing else is on its way.
     pub async fn settled(&mut self) {

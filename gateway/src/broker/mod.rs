@@ -6,6 +6,7 @@
 //! revocations and removals by the server API in `access`.
 
 mod access;
+mod appender;
 mod presence;
 
 pub use access::AccessRecords;
@@ -36,6 +37,8 @@ pub struct Top {
 #[derive(Clone)]
 pub struct Broker {
     conn: ConnectionManager,
+    /// Durable events go through it, batched per shard.
+    appender: appender::Appender,
     keys: Keys,
     stream_maxlen: u64,
 }
@@ -130,9 +133,15 @@ impl Broker {
             .get_connection_manager_with_config(manager)
             .await
             .context("connecting to Redis")?;
+        let keys = config.redis.keys();
         Ok(Self {
+            appender: appender::Appender::start(
+                &conn,
+                keys.shards(),
+                config.append_batch_max as usize,
+            ),
             conn,
-            keys: config.redis.keys(),
+            keys,
             stream_maxlen: config.stream_maxlen,
         })
     }
@@ -199,40 +208,42 @@ impl Broker {
                 (entry, reactions)
             })
             .unwrap_or_else(|| (String::new(), "-".to_owned()));
-        let reply: Vec<String> = scripts::APPEND
-            .key(keys.team_meta(team))
-            .key(keys.team_events(team))
-            .key(keys.ingest(shard))
-            .key(dedupe)
-            .key(keys.team_messages(team))
-            .key(keys.team_receipts(team))
-            .key(keys.user_credits(shard))
-            .key(keys.team_credits(shard))
-            .key(keys.tombstone(team, target))
-            .key(keys.message_reactions(team, target))
-            .arg(team)
-            .arg(data.kind().as_str())
-            .arg(src)
-            .arg(data.encode())
-            .arg(self.stream_maxlen)
-            .arg(keys.team_channel(team))
-            .arg(DEDUPE_TTL_SECS)
-            .arg(scripts::new_epoch())
-            .arg(id)
-            .arg(data.ts())
-            .arg(target)
-            .arg(data.user())
-            .arg(if staff { "1" } else { "0" })
-            .arg(cost)
-            .arg(limit.map(|l| l.to_string()).unwrap_or_default())
-            .arg(used_elsewhere)
+        let keys = &self.keys;
+        let script_keys = vec![
+            keys.team_meta(team),
+            keys.team_events(team),
+            keys.ingest(shard),
+            dedupe,
+            keys.team_messages(team),
+            keys.team_receipts(team),
+            keys.user_credits(shard),
+            keys.tombstone(team, target),
+            keys.message_reactions(team, target),
+        ];
+        let args = vec![
+            arg(team),
+            arg(data.kind().as_str()),
+            arg(src),
+            data.encode().into_bytes(),
+            arg(self.stream_maxlen),
+            keys.team_channel(team).into_bytes(),
+            arg(DEDUPE_TTL_SECS),
+            scripts::new_epoch().into_bytes(),
+            arg(id),
+            arg(data.ts()),
+            arg(target),
+            arg(data.user()),
+            arg(if staff { "1" } else { "0" }),
+            arg(cost),
+            limit.map(arg).unwrap_or_default(),
+            arg(used_elsewhere),
             // The hash keeps as many messages as the stream keeps events, at most.
-            .arg(self.stream_maxlen)
-            .arg(authored)
-            .arg(emoji)
-            .arg(reactions)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
+            arg(self.stream_maxlen),
+            authored.into_bytes(),
+            arg(emoji),
+            reactions.into_bytes(),
+        ];
+        let reply = self.appender.append(shard, script_keys, args).await?;
         parse_outcome(&reply).ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::UnexpectedReturnType,
@@ -438,6 +449,11 @@ fn parse_outcome(reply: &[String]) -> Option<AppendOutcome> {
         })),
         _ => None,
     }
+}
+
+/// A script argument.
+fn arg(value: impl ToString) -> Vec<u8> {
+    value.to_string().into_bytes()
 }
 
 /// A script's answer for a team whose counters are not set yet.
