@@ -54,11 +54,7 @@ pub async fn connect(gateway: SocketAddr, source: IpAddr, token: &str) -> anyhow
     stream.set_nodelay(true)?;
     let scheme = if TLS.get().is_some() { "wss" } else { "ws" };
     let url = format!("{scheme}://{gateway}/ws?token={token}");
-    // A small read buffer: tungstenite zeroes its whole read buffer (128 KiB by default)
-    // on every read, which made that memset most of the generator's CPU.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
-        .write_buffer_size(0);
+    let config = ws_config();
     let mut request = url.into_client_request()?;
     if OFFER_DEFLATE.load(std::sync::atomic::Ordering::Relaxed) {
         request.headers_mut().insert(
@@ -72,6 +68,15 @@ pub async fn connect(gateway: SocketAddr, source: IpAddr, token: &str) -> anyhow
             .await?;
     next_of(&mut ws, "session:welcome").await?;
     Ok(ws)
+}
+
+/// The generator's WebSocket settings. A small read buffer: tungstenite zeroes its whole
+/// read buffer (128 KiB by default) on every read, which made that memset most of the
+/// generator's CPU.
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
 }
 
 /// Joins a team (resuming after `since` when given); returns `room:joined`.

@@ -3,7 +3,9 @@
 //! `meta`), the sender's ack latency, CPU of each process, and beside them the round trips
 //! of a bare Redis `PING` and of a protocol `ping` to the senders' gateway in the same
 //! window: the floors under the hops a message crosses on this machine. Step mode raises
-//! the rate until p99 ≥ 100 ms or fewer than 99.9 % of deliveries arrive.
+//! the rate until p99 ≥ 100 ms or fewer than 99.9 % of deliveries arrive. With `--server`,
+//! the same load and measurement drive a comparison peer instead (bench/peers: Socket.IO
+//! and socketioxide, spoken to through `socketio_client`).
 //!
 //! One file for the scenario (its load, its probes and its row of the report), which
 //! reads as one piece; hence its length.
@@ -24,7 +26,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Writes, Ws};
 use crate::report::{Row, round};
-use crate::stack::{self, CpuMeter, StackArgs};
+use crate::socketio_client::{self, Incoming};
+use crate::stack::{self, CpuMeter, Server, StackArgs};
+
+/// A room's sending connection, shared by its pacing task and, for a peer, the reader
+/// that answers the server's Engine.IO pings on it.
+type Sender = Arc<tokio::sync::Mutex<SplitSink<Ws, Message>>>;
 
 #[derive(Args, Clone, Debug)]
 pub struct FanoutArgs {
@@ -58,6 +65,15 @@ pub struct FanoutArgs {
     /// `DATABASE_URL` reaches, which must run on this machine).
     #[arg(long)]
     pub worker: bool,
+    /// The server under test: teamchat, or a comparison peer from bench/peers driven with
+    /// the same schedule and measured the same way (two processes of it on the one Redis;
+    /// WebSocket receivers and messages only).
+    #[arg(long, value_enum, default_value = "teamchat")]
+    pub server: Server,
+    /// A peer's program instead of the one built in bench/peers: the socketioxide binary,
+    /// or the Node server's script for socketio.
+    #[arg(long)]
+    pub peer_bin: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -119,9 +135,18 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     if args.send == Sends::Reactions && args.receivers != Receivers::Websocket {
         anyhow::bail!("--send reactions measures WebSocket receivers only");
     }
+    let peer = args.server != Server::Teamchat;
+    if peer {
+        refuse_for_peers(args)?;
+    }
     let mut stack_args = args.stack.clone();
     stack_args.deflate |= args.receivers == Receivers::WebsocketDeflate;
-    let (gateways, prefix) = stack::start_gateways(&stack_args, 2).await?;
+    let (gateways, prefix) = match args.server {
+        Server::Teamchat => stack::start_gateways(&stack_args, 2).await?,
+        server => stack::start_peers(&args.stack, server, args.peer_bin.as_deref(), 2).await?,
+    };
+    // Ack ids to a peer carry their send time from here (see `peer_ack_id`).
+    let base_us = now_us();
     let mut processes = vec![
         ("gateway 1".to_owned(), gateways[0].pid),
         ("gateway 2".to_owned(), gateways[1].pid),
@@ -149,7 +174,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     let connections = args.rooms * args.members;
     let setup = Instant::now();
     // The sending connection of each room, by room number.
-    let mut senders: Vec<Option<SplitSink<Ws, Message>>> = (0..args.rooms).map(|_| None).collect();
+    let mut senders: Vec<Option<Sender>> = (0..args.rooms).map(|_| None).collect();
     let mut joined = stream::iter(0..connections)
         .map(|n| {
             let (room, member) = (n / args.members, n % args.members);
@@ -158,6 +183,11 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             let reactions = args.send == Sends::Reactions;
             async move {
                 let team = format!("room{room}");
+                if peer {
+                    let mut ws = socketio_client::connect(gateway, client::source_ip(n)).await?;
+                    socketio_client::join(&mut ws, &team).await?;
+                    return anyhow::Ok((room, member, Joined::Ws(Box::new(ws))));
+                }
                 let token = client::token(&format!("u{room}m{member}"), &[&team]);
                 let joined = match receivers {
                     _ if member == 0 => None,
@@ -222,10 +252,20 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let frames = frames.clone();
         let closed = closed.clone();
         match joined {
+            Joined::Ws(ws) if peer => {
+                if member == 0 {
+                    let (sink, reader) = (*ws).split();
+                    let sink = Arc::new(tokio::sync::Mutex::new(sink));
+                    senders[room] = Some(sink.clone());
+                    tokio::spawn(read_peer_acks(reader, sink, windows, base_us));
+                } else {
+                    tokio::spawn(read_peer_deliveries(*ws, windows, frames, closed));
+                }
+            }
             Joined::Ws(ws) => {
                 let (sink, reader) = (*ws).split();
                 if member == 0 {
-                    senders[room] = Some(sink);
+                    senders[room] = Some(Arc::new(tokio::sync::Mutex::new(sink)));
                     tokio::spawn(read_acks(reader, windows));
                 } else {
                     tokio::spawn(read_deliveries(reader, windows, frames, closed));
@@ -242,6 +282,10 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             }
         }
     }
+    let senders: Vec<Sender> = senders
+        .into_iter()
+        .map(|sender| sender.expect("every room has a sender"))
+        .collect();
     // Joins cause presence updates to every member (quadratic in a large room): measure
     // only once they have all arrived.
     quiet(&frames).await;
@@ -251,7 +295,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         closed.describe()
     );
 
-    // The probers: a Redis connection and a connection to the senders' gateway.
+    // The probers: a Redis connection and a connection to the senders' gateway (a peer
+    // has no protocol ping to probe it with).
     // No response timeout: a slow PING is what it measures, not a failure.
     let no_timeout = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut redis_prober = Some(
@@ -259,19 +304,32 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             .get_multiplexed_async_connection_with_config(&no_timeout)
             .await?,
     );
-    let prober_token = client::token("prober", &[]);
-    let mut gateway_prober =
-        Some(client::connect(addrs[0], client::source_ip(connections), &prober_token).await?);
+    let mut gateway_prober = match peer {
+        true => None,
+        false => {
+            let token = client::token("prober", &[]);
+            Some(client::connect(addrs[0], client::source_ip(connections), &token).await?)
+        }
+    };
 
     let mut rows = Vec::new();
     for (w, &rate) in args.rates.iter().enumerate() {
         let meter = CpuMeter::start(&processes);
-        let appends_before = append_seconds(addrs[0]).await;
-        let writes_before = Writes::read(&addrs).await;
+        // (The gateways' own figures, from their /metrics: none from a peer.)
+        let appends_before = match peer {
+            true => None,
+            false => append_seconds(addrs[0]).await,
+        };
+        let writes_before = match peer {
+            true => None,
+            false => Writes::read(&addrs).await,
+        };
         let mut redis = redis_prober.take().expect("returned");
         let rewrites_before = aof_rewrites(&mut redis).await;
         let redis_pings = Pings::start(redis, redis_ping);
-        let gateway_pings = Pings::start(gateway_prober.take().expect("returned"), gateway_ping);
+        let gateway_pings = gateway_prober
+            .take()
+            .map(|ws| Pings::start(ws, gateway_ping));
         let started = Instant::now();
         // One pacing task per room; each sends rate / rooms messages per second.
         let per_room = rate as f64 / args.rooms as f64;
@@ -279,8 +337,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         let mut tasks = Vec::new();
         let body: Arc<str> = message_body(args.body_bytes).into();
         let sends = args.send;
-        for (room, slot) in senders.iter_mut().enumerate() {
-            let mut sink = slot.take().expect("sender returned");
+        for (room, sender) in senders.iter().enumerate() {
+            let sender = sender.clone();
             let body = body.clone();
             let team = format!("room{room}");
             let period = Duration::from_secs_f64(1.0 / per_room.max(1e-9));
@@ -294,10 +352,21 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                     tick.tick().await;
                     // The send time in the client id too: the ack echoes it.
                     let sent_us = now_us();
-                    let frame = match sends {
-                        Sends::Messages => json!({"type": "message:send", "team": team,
-                            "client_id": format!("w{w}n{n}t{sent_us}"), "body": &*body,
-                            "meta": {"sent_us": sent_us, "w": w}}),
+                    let message = match sends {
+                        // The same message to a peer, as a Socket.IO event with an ack id.
+                        Sends::Messages if peer => {
+                            let payload = json!({"team": team,
+                                "client_id": format!("w{w}n{n}t{sent_us}"), "body": &*body,
+                                "meta": {"sent_us": sent_us, "w": w}});
+                            let id = peer_ack_id(w, sent_us, base_us);
+                            socketio_client::emit("message:send", &payload, Some(id))
+                        }
+                        Sends::Messages => Message::text(
+                            json!({"type": "message:send", "team": team,
+                                "client_id": format!("w{w}n{n}t{sent_us}"), "body": &*body,
+                                "meta": {"sent_us": sent_us, "w": w}})
+                            .to_string(),
+                        ),
                         // An add and its removal in turn, the emoji naming the window and
                         // the add's send time (at most one emoji stands at a time).
                         Sends::Reactions => {
@@ -309,23 +378,25 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                             } else {
                                 "reaction:remove"
                             };
-                            json!({"type": kind, "team": team, "seq": 1, "emoji": emoji,
-                                "rid": format!("w{w}t{sent_us}")})
+                            Message::text(
+                                json!({"type": kind, "team": team, "seq": 1, "emoji": emoji,
+                                    "rid": format!("w{w}t{sent_us}")})
+                                .to_string(),
+                            )
                         }
                     };
-                    if sink.send(Message::text(frame.to_string())).await.is_err() {
+                    // Locked per send: between two, a peer's ack reader may answer a ping.
+                    if sender.lock().await.send(message).await.is_err() {
                         break;
                     }
                     sent += 1;
                 }
-                (room, sink, sent)
+                sent
             }));
         }
         let mut sent = 0;
         for task in tasks {
-            let (room, sink, n) = task.await?;
-            senders[room] = Some(sink);
-            sent += n;
+            sent += task.await?;
         }
         let send_time = started.elapsed();
         let expected = sent * (args.members as u64 - 1);
@@ -338,15 +409,31 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             (Some(before), Some(after)) if after >= before => (after - before).into(),
             _ => serde_json::Value::Null,
         };
-        let (ws, gateway_rtt) = gateway_pings.stop().await?;
-        let append_mean_ms = match (appends_before, append_seconds(addrs[0]).await) {
+        redis_prober = Some(redis);
+        let gateway_rtt = match gateway_pings {
+            Some(pings) => {
+                let (ws, rtt) = pings.stop().await?;
+                gateway_prober = Some(ws);
+                rtt
+            }
+            // Empty: null figures.
+            None => histogram(),
+        };
+        let appends_after = match peer {
+            true => None,
+            false => append_seconds(addrs[0]).await,
+        };
+        let append_mean_ms = match (appends_before, appends_after) {
             (Some((sum0, n0)), Some((sum1, n1))) if n1 > n0 => {
                 round((sum1 - sum0) * 1e3 / (n1 - n0) as f64, 2).into()
             }
             _ => serde_json::Value::Null,
         };
-        (redis_prober, gateway_prober) = (Some(redis), Some(ws));
-        let frames_per_write = match Writes::between(writes_before, Writes::read(&addrs).await) {
+        let writes_after = match peer {
+            true => None,
+            false => Writes::read(&addrs).await,
+        };
+        let frames_per_write = match Writes::between(writes_before, writes_after) {
             Some(w) if w.writes > 0.0 => round(w.frames / w.writes, 2).into(),
             _ => serde_json::Value::Null,
         };
@@ -375,6 +462,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             Sends::Reactions => "reactions",
         };
         let mut row = Row::new()
+            .with("server", args.server.name())
             .with("sends", sends)
             .with("receivers", receivers)
             .with("rooms", args.rooms)
@@ -418,7 +506,13 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             };
             row = row.with(column, round(share * 100.0, 0));
         }
-        if args.worker {
+        if peer {
+            // No worker and no PostgreSQL beside a peer: its stack is itself and Redis.
+            row = row
+                .with("worker CPU %", serde_json::Value::Null)
+                .with("postgres CPU %", serde_json::Value::Null);
+        }
+        if args.worker || peer {
             // Everything but the load generator, per message sent.
             let stack_cpu: f64 = cpu
                 .iter()
@@ -443,10 +537,51 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         }
     }
     drop(senders);
-    drop(gateways);
+    // Gone before the clean-up, so that nothing they wrote lands after it.
+    for gateway in gateways {
+        gateway.stop().await;
+    }
     drop(worker);
     stack::clean_redis(&args.stack, &prefix).await?;
     Ok(rows)
+}
+
+/// What makes no sense for a peer (it has none of it) is refused, not silently ignored.
+fn refuse_for_peers(args: &FanoutArgs) -> anyhow::Result<()> {
+    let server = args.server.name();
+    let refused = [
+        (args.stack.tls, "--tls"),
+        (args.stack.deflate, "--deflate"),
+        (args.worker, "--worker"),
+        (
+            args.receivers != Receivers::Websocket,
+            "--receivers other than websocket",
+        ),
+        (args.send != Sends::Messages, "--send reactions"),
+        (args.stack.gateway_bin.is_some(), "--gateway-bin"),
+    ];
+    if let Some((_, option)) = refused.iter().find(|(given, _)| *given) {
+        anyhow::bail!(
+            "{option} is for teamchat only: --server {server} measures plain WebSocket messages"
+        );
+    }
+    if args.rates.len() > 1 << PEER_WINDOW_BITS {
+        anyhow::bail!(
+            "at most {} rates per run with a peer",
+            1 << PEER_WINDOW_BITS
+        );
+    }
+    Ok(())
+}
+
+/// Bits of a peer ack id that name the window (the rest is the send time).
+const PEER_WINDOW_BITS: u32 = 10;
+
+/// The ack id of a message to a peer: its window and its send time in µs since the run
+/// started, what the ack's timing needs (the ack echoes only the id). Small enough to
+/// stay exact in a JavaScript number (< 2^53) for years of run.
+fn peer_ack_id(w: usize, sent_us: u64, base_us: u64) -> u64 {
+    (sent_us.saturating_sub(base_us) << PEER_WINDOW_BITS) | w as u64
 }
 
 fn now_us() -> u64 {
@@ -463,19 +598,10 @@ async fn read_deliveries(
     closed: Arc<Closed>,
 ) {
     loop {
-        let message = match reader.next().await {
-            Some(Ok(message)) => message,
-            Some(Err(error)) => return closed.record(error.to_string()),
-            None => return closed.record("end of stream".to_owned()),
-        };
-        let Message::Text(text) = message else {
-            if let Message::Close(frame) = message {
-                let code = frame.map_or("no code".to_owned(), |f| u16::from(f.code).to_string());
-                return closed.record(format!("close {code}"));
-            }
-            continue;
-        };
-        counted(&text, &windows, &frames);
+        match next_text(&mut reader).await {
+            Ok(text) => counted(&text, &windows, &frames),
+            Err(end) => return closed.record(end),
+        }
     }
 }
 
@@ -631,6 +757,98 @@ async fn read_acks(mut reader: futures_util::stream::SplitStream<Ws>, windows: A
                 let latency = now_us().saturating_sub(sent).max(1);
                 let _ = window.ack_us.lock().unwrap().record(latency);
             }
+        }
+    }
+}
+
+/// Reads a peer's receiver: answers its Engine.IO pings (it owns the whole connection:
+/// a receiver sends nothing else), counts data packets, and times `message:new`.
+async fn read_peer_deliveries(
+    mut ws: Ws,
+    windows: Arc<Vec<Window>>,
+    frames: Arc<AtomicU64>,
+    closed: Arc<Closed>,
+) {
+    loop {
+        let text = match next_text(&mut ws).await {
+            Ok(text) => text,
+            Err(end) => return closed.record(end),
+        };
+        match socketio_client::parse(&text) {
+            Incoming::Ping => {
+                if let Err(error) = ws.send(socketio_client::pong()).await {
+                    return closed.record(error.to_string());
+                }
+            }
+            Incoming::Closed => return closed.record(format!("socket.io {text}")),
+            Incoming::Event { name, args } => {
+                frames.fetch_add(1, Ordering::Relaxed);
+                if name != "message:new" {
+                    continue;
+                }
+                if let (Some(sent), Some(w)) = (
+                    client::number_after(args, r#""sent_us""#),
+                    client::number_after(args, r#""w""#),
+                ) {
+                    timed(&windows, sent, w);
+                }
+            }
+            Incoming::Ack { .. } | Incoming::Other => {
+                frames.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Reads a peer's sender: times the acks (their id says the window and the send time, see
+/// `peer_ack_id`) and answers Engine.IO pings on the shared sink.
+async fn read_peer_acks(
+    mut reader: futures_util::stream::SplitStream<Ws>,
+    sink: Sender,
+    windows: Arc<Vec<Window>>,
+    base_us: u64,
+) {
+    while let Ok(text) = next_text(&mut reader).await {
+        match socketio_client::parse(&text) {
+            Incoming::Ping => {
+                let pong = sink.lock().await.send(socketio_client::pong()).await;
+                if pong.is_err() {
+                    return;
+                }
+            }
+            Incoming::Ack { id, args } => {
+                if !args.contains(r#""ok":true"#) {
+                    eprintln!("fanout: a send was refused: {text}");
+                    continue;
+                }
+                let w = id & ((1 << PEER_WINDOW_BITS) - 1);
+                let sent = base_us + (id >> PEER_WINDOW_BITS);
+                if let Some(window) = windows.get(w as usize) {
+                    window.acked.fetch_add(1, Ordering::Relaxed);
+                    let latency = now_us().saturating_sub(sent).max(1);
+                    let _ = window.ack_us.lock().unwrap().record(latency);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The next text frame of a connection, or why it ended.
+async fn next_text<S>(reader: &mut S) -> Result<tokio_tungstenite::tungstenite::Utf8Bytes, String>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match reader.next().await {
+            Some(Ok(Message::Text(text))) => return Ok(text),
+            Some(Ok(Message::Close(frame))) => {
+                let code = frame.map_or("no code".to_owned(), |f| u16::from(f.code).to_string());
+                return Err(format!("close {code}"));
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(error)) => return Err(error.to_string()),
+            None => return Err("end of stream".to_owned()),
         }
     }
 }

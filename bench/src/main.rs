@@ -12,6 +12,7 @@ mod deflate_client;
 mod fanout;
 mod idle;
 mod report;
+mod socketio_client;
 mod stack;
 mod sync;
 mod unread;

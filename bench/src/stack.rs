@@ -2,7 +2,7 @@
 //! PostgreSQL, and what /proc says about their CPU time and memory.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -95,11 +95,19 @@ pub async fn postgres_pid(args: &StackArgs) -> anyhow::Result<u32> {
     Ok(parent.parse()?)
 }
 
-/// A gateway process; killed when dropped.
+/// A gateway process, or a peer server's (`start_peers`); killed when dropped.
 pub struct GatewayProcess {
     pub addr: SocketAddr,
     pub pid: u32,
-    _child: Child,
+    child: Child,
+}
+
+impl GatewayProcess {
+    /// Kills the process and waits until it is gone: nothing it sent can then reach
+    /// Redis after a clean-up.
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
 }
 
 /// Starts `count` gateways sharing a fresh key prefix (so runs do not see each other's
@@ -149,11 +157,7 @@ pub async fn start_gateways(
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("gateway pid")?;
-        gateways.push(GatewayProcess {
-            addr,
-            pid,
-            _child: child,
-        });
+        gateways.push(GatewayProcess { addr, pid, child });
     }
     for gateway in &gateways {
         wait_ready(gateway.addr).await?;
@@ -184,6 +188,115 @@ async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     bail!("gateway {addr} not ready after 20 s")
+}
+
+/// The server the fan-out drives: teamchat's gateways, or one of the comparison peers in
+/// bench/peers (the same rooms over two processes and one Redis, without durability).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Teamchat,
+    /// Node's Socket.IO 4.8 with the Redis Streams adapter (bench/peers/socketio).
+    Socketio,
+    /// Rust's socketioxide 0.18 with its Redis pub/sub adapter (bench/peers/socketioxide).
+    Socketioxide,
+}
+
+impl Server {
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Teamchat => "teamchat",
+            Server::Socketio => "socketio",
+            Server::Socketioxide => "socketioxide",
+        }
+    }
+}
+
+/// Where the peers live: bench/peers of the checkout this binary was built from.
+const PEERS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/peers");
+
+/// Starts `count` processes of a peer server on free ports, sharing a fresh key prefix
+/// (`REDIS_PREFIX`: its Redis stream or channels; `clean_redis` deletes what it wrote),
+/// and waits until each answers `/readyz`. `program`: the socketioxide binary or the Node
+/// server's script, instead of the built one in bench/peers.
+pub async fn start_peers(
+    args: &StackArgs,
+    server: Server,
+    program: Option<&Path>,
+    count: usize,
+) -> anyhow::Result<(Vec<GatewayProcess>, String)> {
+    let (program, hint) = match server {
+        Server::Teamchat => bail!("teamchat is not a peer"),
+        Server::Socketio => (
+            program.map_or_else(
+                || PathBuf::from(PEERS).join("socketio/server.js"),
+                Path::to_path_buf,
+            ),
+            "run `npm ci` in bench/peers/socketio",
+        ),
+        Server::Socketioxide => (
+            program.map_or_else(
+                || {
+                    PathBuf::from(PEERS)
+                        .join("socketioxide/target/release/teamchat-bench-peer-socketioxide")
+                },
+                Path::to_path_buf,
+            ),
+            "build it with `cargo build --release --manifest-path bench/peers/socketioxide/Cargo.toml`",
+        ),
+    };
+    if !program.exists() {
+        bail!("{} not found: {hint}", program.display());
+    }
+    let prefix = format!("bench{}x{}", std::process::id(), teamchat_testkit::now());
+    let mut peers = Vec::new();
+    for _ in 0..count {
+        let port = teamchat_testkit::free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut command = match server {
+            Server::Socketio => {
+                let mut node = Command::new("node");
+                node.arg(&program);
+                node
+            }
+            _ => Command::new(&program),
+        };
+        let child = command
+            .env("PORT", port.to_string())
+            .env("REDIS_URL", &args.redis_url)
+            .env("REDIS_PREFIX", &prefix)
+            // Its "listening" would land in the report (stdout); errors still show.
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} ({hint})", program.display()))?;
+        let pid = child.id().context("peer pid")?;
+        peers.push(GatewayProcess { addr, pid, child });
+    }
+    for peer in &mut peers {
+        wait_peer_ready(peer, server).await?;
+    }
+    Ok((peers, prefix))
+}
+
+/// Waits for a peer's `/readyz`, failing at once when the process has ended.
+async fn wait_peer_ready(peer: &mut GatewayProcess, server: Server) -> anyhow::Result<()> {
+    for _ in 0..1_000 {
+        if let Some(status) = peer.child.try_wait()? {
+            bail!(
+                "the {} server exited before it was ready: {status}",
+                server.name()
+            );
+        }
+        if let Some((200, _)) = teamchat_testkit::try_http_get(peer.addr, "/readyz", &[]).await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!(
+        "{} server {} not ready after 20 s",
+        server.name(),
+        peer.addr
+    )
 }
 
 /// Deletes every key of a run's prefix, so benchmarks do not fill Redis.
