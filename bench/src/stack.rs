@@ -157,10 +157,15 @@ pub async fn start_gateways(
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id().context("gateway pid")?;
-        gateways.push(GatewayProcess { addr, pid, child });
-    }
-    for gateway in &gateways {
-        wait_ready(gateway.addr).await?;
+        let mut gateway = GatewayProcess { addr, pid, child };
+        // Ready before the next port is picked: a port found free is free only until
+        // bound, so two gateways started together could be handed the same one (the
+        // second then exits, and both addresses reach the first).
+        wait_ready(addr).await?;
+        if let Some(status) = gateway.child.try_wait()? {
+            bail!("the gateway on {addr} exited: {status}");
+        }
+        gateways.push(gateway);
     }
     Ok((gateways, prefix))
 }
@@ -270,10 +275,10 @@ pub async fn start_peers(
             .spawn()
             .with_context(|| format!("starting {} ({hint})", program.display()))?;
         let pid = child.id().context("peer pid")?;
-        peers.push(GatewayProcess { addr, pid, child });
-    }
-    for peer in &mut peers {
-        wait_peer_ready(peer, server).await?;
+        let mut peer = GatewayProcess { addr, pid, child };
+        // Ready before the next port is picked (see start_gateways).
+        wait_peer_ready(&mut peer, server).await?;
+        peers.push(peer);
     }
     Ok((peers, prefix))
 }
