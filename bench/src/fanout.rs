@@ -184,8 +184,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
             async move {
                 let team = format!("room{room}");
                 if peer {
-                    let mut ws = socketio_client::connect(gateway, client::source_ip(n)).await?;
-                    socketio_client::join(&mut ws, &team).await?;
+                    let ws = peer_joined(gateway, client::source_ip(n), &team).await?;
                     return anyhow::Ok((room, member, Joined::Ws(Box::new(ws))));
                 }
                 let token = client::token(&format!("u{room}m{member}"), &[&team]);
@@ -582,6 +581,34 @@ const PEER_WINDOW_BITS: u32 = 10;
 /// stay exact in a JavaScript number (< 2^53) for years of run.
 fn peer_ack_id(w: usize, sent_us: u64, base_us: u64) -> u64 {
     (sent_us.saturating_sub(base_us) << PEER_WINDOW_BITS) | w as u64
+}
+
+/// A connection to a peer joined to `team`, tried again when the handshake or the join
+/// stalls: in a storm of 10,000 connects, a socketioxide run once left one unanswered for
+/// minutes, hanging the run.
+async fn peer_joined(
+    server: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    team: &str,
+) -> anyhow::Result<Ws> {
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1.. {
+        let joined = tokio::time::timeout(Duration::from_secs(20), async {
+            let mut ws = socketio_client::connect(server, source).await?;
+            socketio_client::join(&mut ws, team).await?;
+            anyhow::Ok(ws)
+        })
+        .await;
+        match joined {
+            Ok(Ok(ws)) => return Ok(ws),
+            Ok(Err(e)) if attempt == ATTEMPTS => return Err(e),
+            Err(_) if attempt == ATTEMPTS => {
+                anyhow::bail!("no join to {server} within 20 s, {ATTEMPTS} times")
+            }
+            _ => eprintln!("fanout: a connection to {server} stalled; connecting again"),
+        }
+    }
+    unreachable!("the loop returns by its last attempt")
 }
 
 fn now_us() -> u64 {
