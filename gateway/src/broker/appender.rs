@@ -87,8 +87,10 @@ async fn run(
                     let _ = job.answer.send(Err(unexpected("one answer per event")));
                 }
             }
-            // Nothing or all of the batch may have been written (a lost connection): each
-            // sender is told `unavailable` and retries, idempotently, as before batching.
+            // None, some or all of the batch may have been written (a lost connection, or
+            // a command failing mid-script stops it after the events before): each sender
+            // is told `unavailable` and retries, as a lost reply made it before batching
+            // (a repeated client_id gets its first ack).
             Err(e) => {
                 for job in batch.drain(..) {
                     let _ = job.answer.send(Err(RedisError::from((
