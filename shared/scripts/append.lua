@@ -171,7 +171,7 @@ local function append(KEYS, ARGV)
   local offset = int((tonumber(state[2]) or 0) + 1)
   local function add_event()
     return redis.pcall('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
-      'k', kind, 'seq', seq, 'src', src, 'd', data)
+      'k', kind, 'seq', seq, 'src', src, 'd', data, 'c', ARGV[14])
   end
   local added = add_event()
   if type(added) == 'table' and added.err then

@@ -353,13 +353,19 @@ pub struct WorkerConfig {
 pub enum WorkerCommand {
     /// Sync the ingest streams into PostgreSQL (the default).
     Sync,
-    /// Rebuild PostgreSQL rows from the team streams (idempotent; safe on a live system).
+    /// Rebuild PostgreSQL rows from the teams' history: the team streams, and the event
+    /// archive for what they no longer hold (idempotent; safe on a live system).
     Replay {
         /// Only this team; all teams when absent.
         #[arg(long)]
         team: Option<String>,
+        /// The database whose event archive is read (into an empty database, say); by
+        /// default `DATABASE_URL`, the one written to.
+        #[arg(long)]
+        archive_url: Option<String>,
     },
-    /// Write a team's stream as NDJSON to stdout, one event per line.
+    /// Write a range of a team's history as NDJSON to stdout, one event per line: from the
+    /// team stream, and from the event archive for what the stream no longer holds.
     Export {
         #[arg(long)]
         team: String,

@@ -6,6 +6,7 @@
 //! team streams and exports them; `health` serves `/healthz`, `/readyz` and `/metrics`.
 
 pub mod health;
+pub mod history;
 pub mod ingest;
 pub mod replay;
 pub mod store;

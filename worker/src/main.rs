@@ -24,9 +24,16 @@ async fn main() -> anyhow::Result<()> {
             });
             teamchat_worker::run(config, shutdown).await
         }
-        Some(WorkerCommand::Replay { team }) => {
-            let stats = teamchat_worker::replay::replay(&config, team.as_deref()).await?;
-            tracing::info!(teams = stats.teams, events = stats.events, "replay done");
+        Some(WorkerCommand::Replay { team, archive_url }) => {
+            let stats =
+                teamchat_worker::replay::replay(&config, team.as_deref(), archive_url.as_deref())
+                    .await?;
+            tracing::info!(
+                teams = stats.teams,
+                events = stats.events,
+                missing_ranges = stats.missing.len(),
+                "replay done"
+            );
             Ok(())
         }
         Some(WorkerCommand::Export { team, from, to }) => {

@@ -1,17 +1,21 @@
-//! Rebuilding PostgreSQL from the team streams (`replay`) and writing a team's stream out
-//! as NDJSON (`export`). Replay goes through the same idempotent upserts as the live sync,
-//! so it is safe while workers run.
+//! Rebuilding PostgreSQL from a team's history (`replay`) and writing it out as NDJSON
+//! (`export`), both read through `history`: the team stream for what it holds, the event
+//! archive for what it no longer does. Replay goes through the same idempotent upserts as
+//! the live sync, so it is safe while workers run.
 
 use std::io::{IsTerminal, Write};
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use anyhow::Context;
 use redis::AsyncCommands;
 use serde_json::json;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use teamchat_shared::config::WorkerConfig;
 use teamchat_shared::event::StreamEvent;
-use teamchat_shared::stream;
 
+use crate::history::History;
 use crate::ingest::Entry;
 use crate::store::Store;
 
@@ -20,6 +24,8 @@ use crate::store::Store;
 pub struct ReplayStats {
     pub teams: usize,
     pub events: usize,
+    /// Offset ranges neither the streams nor the archive held.
+    pub missing: Vec<RangeInclusive<u64>>,
 }
 
 /// Progress on stderr, only when it is a terminal.
@@ -55,10 +61,22 @@ async fn redis(config: &WorkerConfig) -> anyhow::Result<redis::aio::MultiplexedC
         .context("connecting to Redis")
 }
 
-/// Teams with a stream under the configured prefix.
+/// A connection to the database whose event archive is read (connected on first use: a
+/// range the streams hold needs none).
+fn archive(url: &str) -> anyhow::Result<PgPool> {
+    let options: sqlx::postgres::PgConnectOptions =
+        url.parse().context("parsing the archive's database URL")?;
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with(options))
+}
+
+/// Teams with a stream under the configured prefix, or with archived events.
 async fn all_teams(
     conn: &mut redis::aio::MultiplexedConnection,
     config: &WorkerConfig,
+    archive: &PgPool,
 ) -> anyhow::Result<Vec<String>> {
     let keys = config.redis.keys();
     let mut found: Vec<String> = Vec::new();
@@ -69,13 +87,32 @@ async fn all_teams(
             found.push(team.to_owned());
         }
     }
+    // Each team once, by index (a skip scan: the archive may be large).
+    let archived: Vec<String> = sqlx::query_scalar(
+        "WITH RECURSIVE t(team) AS (
+             (SELECT team FROM events ORDER BY team LIMIT 1)
+             UNION ALL
+             SELECT (SELECT e.team FROM events e WHERE e.team > t.team ORDER BY e.team LIMIT 1)
+             FROM t WHERE t.team IS NOT NULL)
+         SELECT team FROM t WHERE team IS NOT NULL",
+    )
+    .fetch_all(archive)
+    .await
+    .context("listing the archive's teams")?;
+    found.extend(archived);
     found.sort();
     found.dedup();
     Ok(found)
 }
 
-/// Rewrites the rows of `team` (or of every team) from what the team streams hold.
-pub async fn replay(config: &WorkerConfig, team: Option<&str>) -> anyhow::Result<ReplayStats> {
+/// Rewrites the rows of `team` (or of every team) from their history: the team streams,
+/// and the event archive of the database at `archive_url` (by default the one written to)
+/// for what the streams no longer hold.
+pub async fn replay(
+    config: &WorkerConfig,
+    team: Option<&str>,
+    archive_url: Option<&str>,
+) -> anyhow::Result<ReplayStats> {
     let store = Store::connect(
         &config.database_url,
         config.write_concurrency,
@@ -83,39 +120,47 @@ pub async fn replay(config: &WorkerConfig, team: Option<&str>) -> anyhow::Result
     )
     .await?;
     store.migrate().await?;
+    let archive = archive(archive_url.unwrap_or(&config.database_url))?;
     let mut conn = redis(config).await?;
     let teams = match team {
         Some(team) => vec![team.to_owned()],
-        None => all_teams(&mut conn, config).await?,
+        None => all_teams(&mut conn, config, &archive).await?,
     };
     let keys = config.redis.keys();
     let progress = Progress::new();
     let mut stats = ReplayStats::default();
     for team in &teams {
-        let mut from = 0;
-        loop {
-            let page = stream::read_page(
-                &mut conn,
-                &keys,
-                team,
-                from,
-                u64::MAX,
-                config.batch_size.max(1),
-            )
-            .await?;
-            let Some(last) = page.last_offset() else {
-                break;
-            };
+        let mut history = History::new(
+            &mut conn,
+            &keys,
+            &archive,
+            team,
+            1..=u64::MAX,
+            config.batch_size,
+        );
+        while let Some(page) = history.next_page().await? {
             passed_over(team, &page.undecodable);
+            if let Some(missing) = &page.missing {
+                not_held(team, missing);
+                stats.missing.push(missing.clone());
+            }
+            let last = page
+                .events
+                .last()
+                .map(|e| e.offset)
+                .max(page.undecodable.last().copied())
+                .or(page.missing.as_ref().map(|m| *m.end()));
             let entries: Vec<Entry> = page.events.into_iter().map(entry).collect();
             store.write_batch(&entries).await?;
-            store.mark_synced_through(team, last).await?;
+            if let Some(last) = last {
+                // What neither the stream nor the archive holds is gone: passed, as synced.
+                store.mark_synced_through(team, last).await?;
+                progress.show(format_args!(
+                    "replay {team}: through offset {last} ({} events in all)",
+                    stats.events + entries.len()
+                ));
+            }
             stats.events += entries.len();
-            progress.show(format_args!(
-                "replay {team}: through offset {last} ({} events in all)",
-                stats.events
-            ));
-            from = last + 1;
         }
         stats.teams += 1;
     }
@@ -130,6 +175,16 @@ fn passed_over(team: &str, offsets: &[u64]) {
     }
 }
 
+/// A range of a team's history held nowhere (retention dropped it, or it was lost).
+fn not_held(team: &str, missing: &RangeInclusive<u64>) {
+    tracing::warn!(
+        team,
+        from = missing.start(),
+        to = missing.end(),
+        "offsets held neither by the stream nor by the archive"
+    );
+}
+
 fn entry(event: StreamEvent) -> Entry {
     Entry {
         stream: "replay".into(),
@@ -141,26 +196,38 @@ fn entry(event: StreamEvent) -> Entry {
     }
 }
 
+/// What an export wrote.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Exported {
+    pub events: usize,
+    /// Offset ranges of the export's span that neither the stream nor the archive held.
+    pub missing: Vec<RangeInclusive<u64>>,
+}
+
 /// Writes the team's events with offsets in `from..=to` as NDJSON, one per line:
-/// `{"team","offset","kind","seq","data"}`; returns how many.
+/// `{"team","offset","kind","seq","data"}`, from the stream and, for what it no longer
+/// holds, the archive. Ranges held by neither are logged and returned.
 pub async fn export(
     config: &WorkerConfig,
     team: &str,
     from: Option<u64>,
     to: Option<u64>,
     out: &mut impl Write,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Exported> {
+    let archive = archive(&config.database_url)?;
     let mut conn = redis(config).await?;
     let keys = config.redis.keys();
-    let (mut next, to) = (from.unwrap_or(0), to.unwrap_or(u64::MAX));
+    // Offsets start at 1.
+    let range = from.unwrap_or(1).max(1)..=to.unwrap_or(u64::MAX);
+    let mut history = History::new(&mut conn, &keys, &archive, team, range, PAGE);
     let progress = Progress::new();
-    let mut written = 0;
-    while next <= to {
-        let page = stream::read_page(&mut conn, &keys, team, next, to, stream::PAGE).await?;
-        let Some(last) = page.last_offset() else {
-            break;
-        };
+    let mut exported = Exported::default();
+    while let Some(page) = history.next_page().await? {
         passed_over(team, &page.undecodable);
+        if let Some(missing) = page.missing {
+            not_held(team, &missing);
+            exported.missing.push(missing);
+        }
         for event in &page.events {
             let data: serde_json::Value = serde_json::from_str(&event.data.encode())?;
             let line = json!({
@@ -172,13 +239,18 @@ pub async fn export(
             });
             writeln!(out, "{line}")?;
         }
-        written += page.events.len();
-        progress.show(format_args!(
-            "export {team}: through offset {last} ({written} events)"
-        ));
-        next = last + 1;
+        exported.events += page.events.len();
+        if let Some(last) = page.events.last() {
+            progress.show(format_args!(
+                "export {team}: through offset {} ({} events)",
+                last.offset, exported.events
+            ));
+        }
     }
     out.flush()?;
     progress.done();
-    Ok(written)
+    Ok(exported)
 }
+
+/// Events read per page by export.
+const PAGE: usize = 1_000;

@@ -4,7 +4,8 @@
 //! PostgreSQL and Redis (AOF on) are each crashed and restarted once. Clients retry what
 //! was not answered, with the same `client_id`, as real clients do. At the end PostgreSQL
 //! holds exactly the acked messages, each once, with their latest edit or deletion,
-//! receipts equal to Redis's, and credit balances equal to the ledger and to Redis.
+//! receipts equal to Redis's, credit balances equal to the ledger and to Redis, and the
+//! event archive holding each event of the streams once.
 //!
 //! `CHAOS_SEED` replays a run; `CHAOS_SECONDS` sets the load's length (default 20).
 
@@ -655,6 +656,27 @@ async fn nothing_acked_is_lost_or_doubled_through_crashes_of_every_part() {
             .unwrap();
             assert_eq!(counted, expected, "seed {seed}: unread of {user} in {team}");
         }
+    }
+
+    // The event archive: each event of every team stream once, nothing else.
+    for team in TEAMS {
+        let archived: Vec<(i64, String, i64)> = sqlx::query_as(
+            r#"SELECT "offset", kind, seq FROM events WHERE team = $1 ORDER BY "offset""#,
+        )
+        .bind(team)
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        let held = teamchat_shared::stream::read_range(&mut redis, &keys, team, 1, u64::MAX)
+            .await
+            .unwrap();
+        let expected: Vec<(i64, String, i64)> = held
+            .events
+            .iter()
+            .map(|e| (e.offset as i64, e.kind().as_str().to_owned(), e.seq as i64))
+            .collect();
+        assert!(!expected.is_empty());
+        assert_eq!(archived, expected, "seed {seed}: the archive of {team}");
     }
 
     // Credits: balance = ledger = Redis, per user.

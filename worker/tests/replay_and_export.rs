@@ -1,4 +1,5 @@
-//! Replay rebuilds the same rows the live sync wrote; export writes the stream as NDJSON.
+//! Replay rebuilds the same rows the live sync wrote; export writes a team's history as
+//! NDJSON; both reach past what the stream still holds through the event archive.
 
 use std::time::Duration;
 
@@ -114,14 +115,14 @@ async fn replay_into_an_empty_database_reproduces_the_live_rows() {
     let empty = TestEnv::new().await;
     let mut config = live.worker_config("replayer");
     config.database_url = empty.database_url.clone();
-    let stats = teamchat_worker::replay::replay(&config, None)
+    let stats = teamchat_worker::replay::replay(&config, None, None)
         .await
         .unwrap();
     assert_eq!((stats.teams, stats.events), (2, 76));
     let replayed = snapshot(&empty.pg().await).await;
     assert_eq!(replayed, live_rows);
     // Again, on top of itself: nothing changes.
-    teamchat_worker::replay::replay(&config, Some("t1"))
+    teamchat_worker::replay::replay(&config, Some("t1"), None)
         .await
         .unwrap();
     assert_eq!(snapshot(&empty.pg().await).await, live_rows);
@@ -143,10 +144,10 @@ async fn export_writes_a_range_of_the_stream_as_ndjson() {
 
     let mut out = Vec::new();
     let config = env.worker_config("exporter");
-    let written = teamchat_worker::replay::export(&config, "t", Some(2), Some(6), &mut out)
+    let exported = teamchat_worker::replay::export(&config, "t", Some(2), Some(6), &mut out)
         .await
         .unwrap();
-    assert_eq!(written, 5);
+    assert_eq!((exported.events, exported.missing.len()), (5, 0));
     let lines: Vec<Value> = String::from_utf8(out)
         .unwrap()
         .lines()
@@ -183,4 +184,151 @@ async fn export_writes_a_range_of_the_stream_as_ndjson() {
             .lines()
             .all(|l| serde_json::from_str::<Value>(l).is_ok())
     );
+}
+
+/// The credit ledger and each user's balance.
+async fn credits(pg: &sqlx::PgPool) -> Vec<Value> {
+    sqlx::query_scalar(
+        r#"SELECT jsonb_build_array(team, "offset", user_id, kind, cost) FROM credit_ledger
+           UNION ALL SELECT jsonb_build_array(user_id, used) FROM credit_balances ORDER BY 1"#,
+    )
+    .fetch_all(pg)
+    .await
+    .unwrap()
+}
+
+/// The team's history as export writes it: (offset, kind, seq, data).
+fn lines(out: Vec<u8>) -> Vec<(u64, String, u64, Value)> {
+    String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let l: Value = serde_json::from_str(l).unwrap();
+            (
+                l["offset"].as_str().unwrap().parse().unwrap(),
+                l["kind"].as_str().unwrap().to_owned(),
+                l["seq"].as_u64().unwrap(),
+                l["data"].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_replay_reach_past_a_trimmed_stream_through_the_archive() {
+    let live = TestEnv::new().await;
+    let gateway = Gateway::start(live.gateway_config(&[])).await.unwrap();
+    let mut ann = Client::connect(gateway.addr(), &live.token("ann", &["t"])).await;
+    let mut ben = Client::connect(gateway.addr(), &live.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    for n in 0..30 {
+        ann.send_message("t", &format!("c{n}"), &format!("body {n}"))
+            .await;
+    }
+    for frame in [
+        json!({"type":"message:edit","team":"t","seq":3,"body":"edited"}),
+        json!({"type":"message:delete","team":"t","seq":4}),
+        json!({"type":"reaction:add","team":"t","seq":2,"emoji":"👍"}),
+        json!({"type":"message:send","team":"t","client_id":"reply","body":"r",
+               "parent":1,"mentions":["ben"]}),
+        json!({"type":"message:pin","team":"t","seq":1}),
+    ] {
+        ann.send(frame).await;
+        ann.expect("message:ack").await;
+    }
+    ben.send(json!({"type":"receipt:update","team":"t","seq":20}))
+        .await;
+    let top = 36;
+
+    // The live path: a worker syncs everything, then the stream is trimmed to its last 10.
+    let stop = CancellationToken::new();
+    tokio::spawn(teamchat_worker::run(live.worker_config("w1"), stop.clone()));
+    let pg = live.pg().await;
+    eventually(Duration::from_secs(30), "the team synced", || async {
+        let done: Option<i64> =
+            sqlx::query_scalar("SELECT synced_offset FROM team_sync WHERE team = 't'")
+                .fetch_optional(&pg)
+                .await
+                .ok()?;
+        (done == Some(top)).then_some(())
+    })
+    .await;
+    stop.cancel();
+    let mut redis = live.redis().await;
+    let stream = live.keys().team_events("t");
+    let full = {
+        let mut out = Vec::new();
+        let config = live.worker_config("exporter");
+        teamchat_worker::replay::export(&config, "t", None, None, &mut out)
+            .await
+            .unwrap();
+        lines(out)
+    };
+    assert_eq!(full.len(), top as usize);
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(&stream)
+        .arg("MINID")
+        .arg("26")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // And a hole in what it still holds (as an erasure would leave).
+    let _: i64 = redis::cmd("XDEL")
+        .arg(&stream)
+        .arg("30-0")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let held: i64 = redis::cmd("XLEN")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(held, 10);
+
+    // Export from offset 1: every event once, in order, the same as before the trim.
+    let config = live.worker_config("exporter");
+    let mut out = Vec::new();
+    let exported = teamchat_worker::replay::export(&config, "t", Some(1), None, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(exported.missing, vec![]);
+    let joined = lines(out);
+    let offsets: Vec<u64> = joined.iter().map(|l| l.0).collect();
+    assert_eq!(offsets, (1..=top as u64).collect::<Vec<_>>());
+    assert_eq!(joined, full, "archive and stream joined, as the stream was");
+    assert_eq!(
+        (joined[2].1.as_str(), joined[2].3["body"].as_str()),
+        ("message", Some("body 2"))
+    );
+    assert_eq!((joined[30].1.as_str(), joined[30].2), ("edit", 3));
+
+    // Replay into an empty database, reading the live database's archive: the same
+    // messages, receipts, chat aggregates and credits as the live path wrote.
+    let empty = TestEnv::new().await;
+    let mut into_empty = live.worker_config("replayer");
+    into_empty.database_url = empty.database_url.clone();
+    let stats = teamchat_worker::replay::replay(&into_empty, Some("t"), Some(&live.database_url))
+        .await
+        .unwrap();
+    assert_eq!((stats.events, stats.missing.len()), (top as usize, 0));
+    let replayed = empty.pg().await;
+    assert_eq!(snapshot(&replayed).await, snapshot(&pg).await);
+    let live_credits = credits(&pg).await;
+    assert!(!live_credits.is_empty());
+    assert_eq!(credits(&replayed).await, live_credits);
+
+    // What neither holds is reported, not skipped in silence.
+    sqlx::query(r#"DELETE FROM events WHERE team = 't' AND "offset" BETWEEN 5 AND 7"#)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let exported = teamchat_worker::replay::export(&config, "t", Some(1), Some(12), &mut out)
+        .await
+        .unwrap();
+    assert_eq!(exported.missing, vec![5..=7]);
+    let offsets: Vec<u64> = lines(out).iter().map(|l| l.0).collect();
+    assert_eq!(offsets, [1, 2, 3, 4, 8, 9, 10, 11, 12]);
 }

@@ -2,6 +2,7 @@
 //! idempotent upsert so that redelivered or reordered entries never double a row. The
 //! batch's column arrays are built in `columns`.
 
+mod archive;
 mod columns;
 
 use std::borrow::Borrow;
@@ -13,6 +14,8 @@ use sqlx::{Connection, PgPool};
 use teamchat_shared::db::watermark;
 use teamchat_shared::event::StreamEvent;
 
+pub use self::archive::read_page as read_archive;
+use self::archive::{ArchiveColumns, Partitions};
 use self::columns::{Changes, LedgerColumns, MessageColumns, TeamOffsets};
 use crate::ingest::Entry;
 
@@ -20,6 +23,8 @@ pub struct Store {
     pool: PgPool,
     /// Where the pool connects, without its statement timeout (for migrations).
     options: PgConnectOptions,
+    /// The event archive's partitions known to exist.
+    partitions: Partitions,
 }
 
 impl Store {
@@ -41,7 +46,11 @@ impl Store {
             .max_connections(writers + 1)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(pooled);
-        Ok(Self { pool, options })
+        Ok(Self {
+            pool,
+            options,
+            partitions: Partitions::default(),
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -88,6 +97,7 @@ impl Store {
         let mut charges: Vec<&StreamEvent> = Vec::new();
         let mut synced: Vec<(&str, i64)> = Vec::with_capacity(batch.len());
         let mut dead: Vec<(&Entry, &str)> = Vec::new();
+        let mut archive = ArchiveColumns::default();
         for entry in batch {
             let entry: &Entry = entry.borrow();
             let event = match &entry.event {
@@ -101,6 +111,7 @@ impl Store {
                 }
             };
             synced.push((&event.team, event.offset as i64));
+            archive.push(entry, event);
             changes.add(event);
             if event.cost > 0 {
                 charges.push(event);
@@ -116,12 +127,15 @@ impl Store {
             && changes.reactions.is_empty()
             && dead.is_empty();
 
+        self.partitions
+            .ensure(&self.pool, archive.ts.iter().copied())
+            .await?;
         let mut conn = self.pool.acquire().await?;
         let watermarks = if alone {
-            store(&mut conn, &messages, &ledger, &runs).await?
+            store(&mut conn, &messages, &ledger, &archive, &runs).await?
         } else {
             let mut tx = conn.begin().await?;
-            let watermarks = store(&mut tx, &messages, &ledger, &runs).await?;
+            let watermarks = store(&mut tx, &messages, &ledger, &archive, &runs).await?;
             write_amendments(&mut tx, &changes).await?;
             write_dead_letters(&mut tx, &dead).await?;
             tx.commit().await?;
@@ -147,8 +161,8 @@ impl Store {
     }
 }
 
-/// The batch's messages, its credit ledger rows, the users' balances and the teams'
-/// watermarks, in one statement. Returns each team's watermark after it and whether
+/// The batch's messages, its credit ledger rows, the users' balances, its events into the
+/// archive and the teams' watermarks, in one statement. Returns each team's watermark after it and whether
 /// offsets wait past a gap.
 ///
 /// A message row already there is either this message (redelivered: nothing to do) or the
@@ -162,6 +176,7 @@ async fn store(
     conn: &mut sqlx::PgConnection,
     messages: &MessageColumns<'_>,
     ledger: &LedgerColumns<'_>,
+    archive: &ArchiveColumns<'_>,
     runs: &TeamOffsets<'_>,
 ) -> sqlx::Result<Vec<(String, i64, bool)>> {
     let (mut team, mut low, mut high, mut contiguous) = (vec![], vec![], vec![], vec![]);
@@ -234,7 +249,14 @@ async fn store(
            balanced AS (
                INSERT INTO credit_balances (user_id, used)
                SELECT user_id, sum(cost) FROM charged GROUP BY user_id ORDER BY user_id
-               ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used)
+               ON CONFLICT (user_id) DO UPDATE SET used = credit_balances.used + EXCLUDED.used),
+           archived AS (
+               -- A redelivered event meets its row (same team, offset and time).
+               INSERT INTO events (team, "offset", at, kind, seq, user_id, cost, data)
+               SELECT t, o, to_timestamp(ts / 1000.0), k, s, u, c, d::jsonb
+               FROM UNNEST($23::text[], $24::int8[], $25::int8[], $26::text[], $27::int8[],
+                           $28::text[], $29::int8[], $30::text[]) AS x(t, o, ts, k, s, u, c, d)
+               ON CONFLICT DO NOTHING)
            SELECT team, synced_offset, waiting FROM synced"#,
     )
     .bind(&messages.team)
@@ -259,6 +281,14 @@ async fn store(
     .bind(&messages.mentions)
     .bind(&messages.attachments)
     .bind(&messages.parent)
+    .bind(&archive.team)
+    .bind(&archive.offset)
+    .bind(&archive.ts)
+    .bind(&archive.kind)
+    .bind(&archive.seq)
+    .bind(&archive.user_id)
+    .bind(&archive.cost)
+    .bind(&archive.data)
     .fetch_all(&mut *conn)
     .await
 }
@@ -337,7 +367,15 @@ impl Store {
         {
             let ledger = LedgerColumns::new(vec![event]);
             let runs = TeamOffsets::new(&[]);
-            store(&mut tx, &MessageColumns::default(), &ledger, &runs).await?;
+            let archive = ArchiveColumns::default();
+            store(
+                &mut tx,
+                &MessageColumns::default(),
+                &ledger,
+                &archive,
+                &runs,
+            )
+            .await?;
         }
         tx.commit().await?;
         Ok(())

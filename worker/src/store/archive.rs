@@ -1,0 +1,139 @@
+//! The event archive (`events`, migrations/0009): the columns a batch adds to it, the
+//! monthly partitions those need, and a team's archived events read back by offset.
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use sqlx::PgPool;
+use teamchat_shared::event::{EventData, EventKind, StreamEvent};
+
+use crate::ingest::Entry;
+
+/// The latest time PostgreSQL's `to_timestamp` and the partitions are asked to hold
+/// (9999-12-31): an event's time outside 0..=this is archived at the nearest end.
+const LAST_MS: i64 = 253_402_300_799_999;
+
+/// An event's time in milliseconds as the archive files it.
+fn archived_ms(ts: i64) -> i64 {
+    ts.clamp(0, LAST_MS)
+}
+
+/// The batch's events, column by column, for one UNNEST insert.
+#[derive(Default)]
+pub(super) struct ArchiveColumns<'a> {
+    pub(super) team: Vec<&'a str>,
+    pub(super) offset: Vec<i64>,
+    pub(super) ts: Vec<i64>,
+    pub(super) kind: Vec<&'static str>,
+    pub(super) seq: Vec<i64>,
+    pub(super) user_id: Vec<&'a str>,
+    pub(super) cost: Vec<i64>,
+    pub(super) data: Vec<Cow<'a, str>>,
+}
+
+impl<'a> ArchiveColumns<'a> {
+    pub(super) fn push(&mut self, entry: &'a Entry, event: &'a StreamEvent) {
+        self.team.push(&event.team);
+        self.offset.push(event.offset as i64);
+        self.ts.push(archived_ms(event.data.ts()));
+        self.kind.push(event.kind().as_str());
+        self.seq.push(event.seq as i64);
+        self.user_id.push(event.data.user());
+        self.cost.push(event.cost as i64);
+        // The entry's own `d` as read (it decoded, so it is JSON); encoded again only
+        // for events that come without their fields (replay).
+        let raw = entry
+            .fields
+            .iter()
+            .find(|(name, _)| name == "d")
+            .and_then(|(_, value)| std::str::from_utf8(value).ok());
+        self.data.push(match raw {
+            Some(raw) => Cow::Borrowed(raw),
+            None => Cow::Owned(event.data.encode()),
+        });
+    }
+}
+
+/// The archive's partitions this worker knows exist, as millisecond ranges
+/// `[from, until)`: a batch whose events all fall inside them costs no extra statement.
+#[derive(Default)]
+pub struct Partitions {
+    known: Mutex<Vec<(i64, i64)>>,
+}
+
+impl Partitions {
+    fn covers(&self, ms: i64) -> bool {
+        let known = self.known.lock().expect("partitions lock");
+        known
+            .iter()
+            .any(|(from, until)| (*from..*until).contains(&ms))
+    }
+
+    /// Makes sure a partition holds each of `times` (milliseconds, as archived), creating
+    /// the missing ones and the month after each, ahead of time.
+    pub(super) async fn ensure(
+        &self,
+        pool: &PgPool,
+        times: impl IntoIterator<Item = i64>,
+    ) -> sqlx::Result<()> {
+        for ms in times {
+            if self.covers(ms) {
+                continue;
+            }
+            let (_, until) = self.create(pool, ms).await?;
+            if until <= LAST_MS && !self.covers(until) {
+                self.create(pool, until).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The partition holding `ms`, created if missing; returns its range.
+    async fn create(&self, pool: &PgPool, ms: i64) -> sqlx::Result<(i64, i64)> {
+        let range: (i64, i64) = sqlx::query_as(
+            "SELECT (extract(epoch FROM lower(r)) * 1000)::int8, (extract(epoch FROM upper(r)) * 1000)::int8
+             FROM events_partition_for(to_timestamp($1 / 1000.0)) AS r",
+        )
+        .bind(ms)
+        .fetch_one(pool)
+        .await?;
+        self.known.lock().expect("partitions lock").push(range);
+        Ok(range)
+    }
+}
+
+/// The archived events of `team` with offsets in `from..=to`, at most `limit`, in offset
+/// order. `src` is not archived: it comes back empty.
+pub async fn read_page(
+    pool: &PgPool,
+    team: &str,
+    from: u64,
+    to: u64,
+    limit: usize,
+) -> anyhow::Result<Vec<StreamEvent>> {
+    let to = to.min(i64::MAX as u64) as i64;
+    let rows: Vec<(i64, String, i64, i64, String)> = sqlx::query_as(
+        r#"SELECT "offset", kind, seq, cost, data::text FROM events
+           WHERE team = $1 AND "offset" BETWEEN $2 AND $3 ORDER BY "offset" LIMIT $4"#,
+    )
+    .bind(team)
+    .bind(from.min(i64::MAX as u64) as i64)
+    .bind(to)
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(offset, kind, seq, cost, data)| {
+            let kind = EventKind::parse(&kind)
+                .ok_or_else(|| anyhow::anyhow!("archived event {team}/{offset}: kind {kind}"))?;
+            Ok(StreamEvent {
+                team: team.to_owned(),
+                offset: offset as u64,
+                seq: seq as u64,
+                src: String::new(),
+                data: EventData::decode(kind, data.as_bytes())?,
+                cost: cost as u64,
+            })
+        })
+        .collect()
+}
