@@ -2,8 +2,8 @@
 //! PostgreSQL's own rate for the same messages written directly (UNNEST, multi-row INSERT,
 //! COPY; batches of the same size, as many connections as the worker's writers) in the
 //! same run, and for the messages
-//! with their credit ledger rows and balances (everything the worker writes but the
-//! watermarks); then the sync lag while events arrive at a steady rate.
+//! with their credit ledger rows, balances and event archive rows (everything the worker
+//! writes but the watermarks); then the sync lag while events arrive at a steady rate.
 //!
 //! One file for the scenario (the worker's run, the direct writers it is compared with,
 //! the lag phase), which reads as one piece; hence its length.
@@ -26,7 +26,7 @@ const TEAMS: usize = 100;
 const UNNEST: &str = "UNNEST";
 const VALUES: &str = "multi-row INSERT";
 const COPY: &str = "COPY";
-const WITH_CREDITS: &str = "UNNEST, with credit ledger + balances";
+const WITH_CREDITS: &str = "UNNEST, with credit ledger + balances + archive";
 
 #[derive(Args, Clone, Debug)]
 pub struct SyncArgs {
@@ -61,6 +61,15 @@ struct Row {
     body: String,
     ts: i64,
     offset: i64,
+}
+
+impl Row {
+    /// The event's data as its stream entry carries it.
+    fn data(&self) -> String {
+        serde_json::json!({"id": self.id, "client_id": self.client_id, "user": self.user,
+                           "body": self.body, "ts": self.ts})
+        .to_string()
+    }
 }
 
 fn rows(n: usize, team_prefix: &str) -> Vec<Row> {
@@ -159,10 +168,12 @@ pub async fn run(args: &SyncArgs) -> anyhow::Result<(Vec<Report>, Vec<Report>)> 
     let mut direct = Vec::new();
     for method in [UNNEST, VALUES, COPY, WITH_CREDITS] {
         for ddl in [
-            "DROP TABLE IF EXISTS direct, direct_ledger, direct_balances",
+            "DROP TABLE IF EXISTS direct, direct_ledger, direct_balances, direct_events",
             "CREATE TABLE direct (LIKE messages INCLUDING ALL)",
             "CREATE TABLE direct_ledger (LIKE credit_ledger INCLUDING ALL)",
             "CREATE TABLE direct_balances (LIKE credit_balances INCLUDING ALL)",
+            // Unpartitioned: the same rows and key, without the partition routing.
+            "CREATE TABLE direct_events (LIKE events INCLUDING ALL)",
         ] {
             sqlx::query(ddl).execute(&mut conns[0]).await?;
         }
@@ -304,7 +315,7 @@ async fn append(
 ) -> anyhow::Result<()> {
     let mut pipe = redis::pipe();
     for row in rows {
-        let data = serde_json::json!({"id": row.id, "client_id": row.client_id, "user": row.user, "body": row.body, "ts": row.ts});
+        let data = row.data();
         pipe.cmd("XADD")
             .arg(keys.ingest(keys.shard_of(&row.team)))
             .arg("*")
@@ -314,7 +325,7 @@ async fn append(
                 ("k", "message".to_owned()),
                 ("seq", row.seq.to_string()),
                 ("c", cost.to_string()),
-                ("d", data.to_string()),
+                ("d", data),
             ])
             .ignore();
     }
@@ -489,8 +500,8 @@ async fn copy(conn: &mut PgConnection, rows: &[Row]) -> sqlx::Result<()> {
     Ok(())
 }
 
-/// The messages with a credit ledger row each and the users' balances, in one statement
-/// as the worker writes them (its watermark bookkeeping aside).
+/// The messages with a credit ledger row each, the users' balances and an archive row
+/// each, in one statement as the worker writes them (its watermark bookkeeping aside).
 async fn with_credits(conn: &mut PgConnection, rows: &[Row], cost: u64) -> sqlx::Result<()> {
     let charged = if cost > 0 { rows } else { &[] };
     sqlx::query(
@@ -503,7 +514,13 @@ async fn with_credits(conn: &mut PgConnection, rows: &[Row], cost: u64) -> sqlx:
                INSERT INTO direct_ledger (team, "offset", user_id, kind, cost)
                SELECT t, o, u, 'message', $12 FROM UNNEST($9::text[], $10::int8[], $11::text[]) AS x(t, o, u)
                ON CONFLICT DO NOTHING
-               RETURNING user_id, cost)
+               RETURNING user_id, cost),
+           archived AS (
+               INSERT INTO direct_events (team, "offset", at, kind, seq, user_id, cost, data)
+               SELECT t, o, to_timestamp(ts / 1000.0), 'message', s, u, $12, d::jsonb
+               FROM UNNEST($1::text[], $8::int8[], $7::int8[], $2::int8[], $5::text[], $13::text[])
+                    AS x(t, o, ts, s, u, d)
+               ON CONFLICT DO NOTHING)
            INSERT INTO direct_balances (user_id, used)
            SELECT user_id, sum(cost) FROM charged GROUP BY user_id ORDER BY user_id
            ON CONFLICT (user_id) DO UPDATE SET used = direct_balances.used + EXCLUDED.used"#,
@@ -513,6 +530,7 @@ async fn with_credits(conn: &mut PgConnection, rows: &[Row], cost: u64) -> sqlx:
     .bind(charged.iter().map(|r| r.offset).collect::<Vec<_>>())
     .bind(charged.iter().map(|r| r.user.clone()).collect::<Vec<_>>())
     .bind(cost as i64)
+    .bind(rows.iter().map(Row::data).collect::<Vec<_>>())
     .execute(conn)
     .await?;
     Ok(())
