@@ -1,8 +1,8 @@
 -- Appends durable events of a shard's teams, each atomically and in order (group commit:
 -- the gateway sends what queued for the shard while its previous call was in flight, so
 -- the call's cost is paid per batch; docs/architecture.md, Data path). Each event has 9
--- KEYS and 20 ARGV, event i's at KEYS[9*i+1 ..] and ARGV[20*i+1 ..], described below as
--- KEYS[1..9] and ARGV[1..20]; the answer is an array of one answer per event, in order.
+-- KEYS and 19 ARGV, event i's at KEYS[9*i+1 ..] and ARGV[19*i+1 ..], described below as
+-- KEYS[1..9] and ARGV[1..19]; the answer is an array of one answer per event, in order.
 --
 -- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; for edits and deletes the
@@ -10,29 +10,29 @@
 -- the team's set of pinned seqs; any key of the team otherwise
 -- KEYS[5] messages hash: seq -> "author \t id" ("author \t id \t r" for a thread reply),
 -- with "~" before it once deleted; it holds
--- the newest ARGV[17] messages only (the stream's retention), older ones are looked up in
+-- the newest ARGV[16] messages only (the stream's retention), older ones are looked up in
 -- PostgreSQL by the caller
 -- KEYS[6] receipts hash: user -> seq read up to
 -- KEYS[7] the shard's credits per user (and their total, '#total')
--- KEYS[8] the tombstone of the message ARGV[11] names (edit, delete, pin, reply's parent)
--- KEYS[9] the reactions hash of the message ARGV[11] names: 'user \t emoji' -> 1,
+-- KEYS[8] the tombstone of the message ARGV[10] names (edit, delete, pin, reply's parent)
+-- KEYS[9] the reactions hash of the message ARGV[10] names: 'user \t emoji' -> 1,
 -- '\t emoji' -> count, '#' -> distinct emojis. While the message is in the messages hash
 -- it has no TTL and a missing one means no reactions; once the message leaves the hash
--- (or for an older message, loaded from PostgreSQL) it lives ARGV[7] seconds after its
--- last change, and a missing one is loaded from PostgreSQL (ARGV[20]). The key of another
+-- (or for an older message, loaded from PostgreSQL) it lives ARGV[6] seconds after its
+-- last change, and a missing one is loaded from PostgreSQL (ARGV[19]). The key of another
 -- seq is this one with its seq replaced (same hash tag, so the same cluster slot).
 -- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt|pin|unpin|react|unreact)   ARGV[3] src session
--- ARGV[4] data (JSON)   ARGV[5] team stream MAXLEN (approximate)   ARGV[6] channel
--- ARGV[7] dedupe TTL seconds   ARGV[8] epoch to use if the team has none
--- ARGV[9] message id (message)   ARGV[10] ts (ms)   ARGV[11] target seq (edit, delete,
--- receipt; for a message, its thread's parent, '0' for none)   ARGV[12] user   ARGV[13] '1' if the user may delete anyone's message
--- ARGV[14] credit cost   ARGV[15] the user's credit limit ('' for none)
--- ARGV[16] credits the user used on other shards (for the limit)
--- ARGV[17] how many of the newest messages the messages hash keeps
--- ARGV[18] for an edit or delete of a message (or a reply to a parent) the hash does not
+-- ARGV[4] data (JSON)   ARGV[5] channel
+-- ARGV[6] dedupe TTL seconds   ARGV[7] epoch to use if the team has none
+-- ARGV[8] message id (message)   ARGV[9] ts (ms)   ARGV[10] target seq (edit, delete,
+-- receipt; for a message, its thread's parent, '0' for none)   ARGV[11] user   ARGV[12] '1' if the user may delete anyone's message
+-- ARGV[13] credit cost   ARGV[14] the user's credit limit ('' for none)
+-- ARGV[15] credits the user used on other shards (for the limit)
+-- ARGV[16] how many of the newest messages the messages hash keeps
+-- ARGV[17] for an edit or delete of a message (or a reply to a parent) the hash does not
 -- hold: its entry as PostgreSQL has it ('' when not looked up yet)
--- ARGV[19] the emoji (react, unreact)
--- ARGV[20] for a reaction with ARGV[18]: the message's reactions as PostgreSQL has them,
+-- ARGV[18] the emoji (react, unreact)
+-- ARGV[19] for a reaction with ARGV[17]: the message's reactions as PostgreSQL has them,
 -- 'user \t emoji' lines; '-' when not loaded
 --
 -- An event's answer: {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
@@ -42,9 +42,9 @@
 -- reaction the user already has (or a removal of one they have not) (nothing written); {'unseeded'} for a team whose counters seed_team.lua must set first (nothing
 -- written);
 -- {'lookup'} for an edit, delete, pin or reaction of a message (or a reply to a parent)
--- older than the hash holds: call again with its entry from PostgreSQL in ARGV[18]
+-- older than the hash holds: call again with its entry from PostgreSQL in ARGV[17]
 -- (nothing written); {'reactions'} for a reaction to such a message whose reactions Redis
--- no longer holds: call again with them in ARGV[20] too (nothing written).
+-- no longer holds: call again with them in ARGV[19] too (nothing written).
 --
 -- Redis does not undo a script's earlier writes when a later command fails, so every check
 -- comes first, and the one command that can fail on its input (the team-stream XADD,
@@ -56,12 +56,12 @@ local function int(n) return string.format('%d', n) end
 -- The most distinct emojis one message may carry (../shared/PROTOCOL.md, "Chat model").
 local MAX_EMOJIS = 50
 
--- One event: KEYS and ARGV are its 9 keys and 20 arguments.
+-- One event: KEYS and ARGV are its 9 keys and 19 arguments.
 local function append(KEYS, ARGV)
   local meta, events, ingest, dedupe, messages, receipts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
   local user_credits = KEYS[7]
   local team, kind, src, data = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-  local id, ts, user = ARGV[9], ARGV[10], ARGV[12]
+  local id, ts, user = ARGV[8], ARGV[9], ARGV[11]
 
   -- Each redis.call costs about as much as the command it runs: the meta hash is read once
   -- and written once.
@@ -75,7 +75,7 @@ local function append(KEYS, ARGV)
   local reply = ''
   local reactions, member, emoji_count = KEYS[9], '', ''
 
-  -- A message's entry in the hash (or as PostgreSQL has it, in ARGV[18]); nil and an error
+  -- A message's entry in the hash (or as PostgreSQL has it, in ARGV[17]); nil and an error
   -- when there is none to act on.
   local function known(target)
     local found = redis.call('HGET', messages, target)
@@ -85,8 +85,8 @@ local function append(KEYS, ARGV)
     if n < 1 or n > top_seq then return nil, {'err', 'not_found'} end
     -- Deleted, and PostgreSQL does not show it yet.
     if redis.call('EXISTS', KEYS[8]) == 1 then return nil, {'err', 'not_found'} end
-    if ARGV[18] == '' then return nil, {'lookup'} end
-    return ARGV[18], true
+    if ARGV[17] == '' then return nil, {'lookup'} end
+    return ARGV[17], true
   end
 
   if kind == 'message' then
@@ -96,27 +96,27 @@ local function append(KEYS, ARGV)
       return {'0', f_seq, f_offset, epoch or '', f_id, f_ts}
     end
     seq = int(top_seq + 1)
-    if ARGV[11] ~= '0' then
+    if ARGV[10] ~= '0' then
       -- A thread reply: its parent exists, is not deleted, and is not a reply itself.
-      local parent, refused = known(ARGV[11])
+      local parent, refused = known(ARGV[10])
       if not parent then return refused end
       if string.sub(parent, 1, 1) == '~' then return {'err', 'not_found'} end
       if string.find(parent, '\t[^\t]*\t') then return {'err', 'bad_request'} end
       reply = '\tr'
     end
   elseif kind == 'edit' or kind == 'delete' then
-    seq = ARGV[11]
+    seq = ARGV[10]
     local found, looked_up = known(seq)
     if not found then return looked_up end
     entry, from_db = found, looked_up
     if string.sub(entry, 1, 1) == '~' then return {'err', 'not_found'} end
     local author, message_id = string.match(entry, '^([^\t]*)\t([^\t]*)')
-    if author ~= user and not (kind == 'delete' and ARGV[13] == '1') then
+    if author ~= user and not (kind == 'delete' and ARGV[12] == '1') then
       return {'err', 'forbidden'}
     end
     id = message_id
   elseif kind == 'pin' or kind == 'unpin' then
-    seq = ARGV[11]
+    seq = ARGV[10]
     local found, looked_up = known(seq)
     if not found then return looked_up end
     if string.sub(found, 1, 1) == '~' then return {'err', 'not_found'} end
@@ -124,26 +124,26 @@ local function append(KEYS, ARGV)
     local pinned = redis.call('SISMEMBER', dedupe, seq) == 1
     if pinned == (kind == 'pin') then return {'unchanged', id} end
   elseif kind == 'react' or kind == 'unreact' then
-    seq = ARGV[11]
+    seq = ARGV[10]
     local found, looked_up = known(seq)
     if not found then return looked_up end
     if string.sub(found, 1, 1) == '~' then return {'err', 'not_found'} end
     id = string.match(found, '^[^\t]*\t([^\t]*)')
     from_db = looked_up
     if from_db and redis.call('EXISTS', reactions) == 0 then
-      -- Not changed for ARGV[7] seconds, long synced: PostgreSQL's reactions are the truth.
+      -- Not changed for ARGV[6] seconds, long synced: PostgreSQL's reactions are the truth.
       -- (Only a cache is written before the checks below: what it holds is true either way.)
-      if ARGV[20] == '-' then return {'reactions'} end
+      if ARGV[19] == '-' then return {'reactions'} end
       redis.call('HSET', reactions, '#', 0)
-      for pair in string.gmatch(ARGV[20], '[^\n]+') do
+      for pair in string.gmatch(ARGV[19], '[^\n]+') do
         redis.call('HSET', reactions, pair, 1)
         if redis.call('HINCRBY', reactions, '\t' .. string.match(pair, '\t(.*)$'), 1) == 1 then
           redis.call('HINCRBY', reactions, '#', 1)
         end
       end
-      redis.call('EXPIRE', reactions, ARGV[7])
+      redis.call('EXPIRE', reactions, ARGV[6])
     end
-    member, emoji_count = user .. '\t' .. ARGV[19], '\t' .. ARGV[19]
+    member, emoji_count = user .. '\t' .. ARGV[18], '\t' .. ARGV[18]
     local has = redis.call('HEXISTS', reactions, member) == 1
     if has == (kind == 'react') then return {'unchanged', id} end
     if kind == 'react' and redis.call('HEXISTS', reactions, emoji_count) == 0
@@ -151,7 +151,7 @@ local function append(KEYS, ARGV)
       return {'err', 'too_large'}
     end
   elseif kind == 'receipt' then
-    seq = ARGV[11]
+    seq = ARGV[10]
     if tonumber(seq) > top_seq then return {'err', 'bad_request'} end
     local last = tonumber(redis.call('HGET', receipts, user))
     if last and tonumber(seq) <= last then return {'ignored'} end
@@ -159,10 +159,10 @@ local function append(KEYS, ARGV)
     return {'err', 'bad_request'}
   end
 
-  local cost = tonumber(ARGV[14])
-  if ARGV[15] ~= '' and cost > 0 then
-    local used = (tonumber(redis.call('HGET', user_credits, user)) or 0) + tonumber(ARGV[16])
-    if used + cost > tonumber(ARGV[15]) then return {'err', 'quota_exceeded'} end
+  local cost = tonumber(ARGV[13])
+  if ARGV[14] ~= '' and cost > 0 then
+    local used = (tonumber(redis.call('HGET', user_credits, user)) or 0) + tonumber(ARGV[15])
+    if used + cost > tonumber(ARGV[14]) then return {'err', 'quota_exceeded'} end
   end
 
   -- The next offset follows the meta hash. Should the stream be ahead of it all the same
@@ -170,8 +170,8 @@ local function append(KEYS, ARGV)
   -- follows the stream's top instead: appends then go on instead of failing for good.
   local offset = int((tonumber(state[2]) or 0) + 1)
   local function add_event()
-    return redis.pcall('XADD', events, 'MAXLEN', '~', ARGV[5], offset .. '-0',
-      'k', kind, 'seq', seq, 'src', src, 'd', data, 'c', ARGV[14])
+    return redis.pcall('XADD', events, offset .. '-0',
+      'k', kind, 'seq', seq, 'src', src, 'd', data, 'c', ARGV[13])
   end
   local added = add_event()
   if type(added) == 'table' and added.err then
@@ -184,7 +184,7 @@ local function append(KEYS, ARGV)
 
   local meta_fields = {'offset', offset}
   if not epoch then
-    epoch = ARGV[8]
+    epoch = ARGV[7]
     table.insert(meta_fields, 'epoch')
     table.insert(meta_fields, epoch)
   end
@@ -193,13 +193,13 @@ local function append(KEYS, ARGV)
     table.insert(meta_fields, seq)
     redis.call('HSET', messages, seq, user .. '\t' .. id .. reply)
     -- The hash keeps the newest messages only: the one falling out of the window goes.
-    local oldest = tonumber(seq) - tonumber(ARGV[17])
+    local oldest = tonumber(seq) - tonumber(ARGV[16])
     if oldest > 0 then
       redis.call('HDEL', messages, int(oldest))
       -- Its reactions are read from PostgreSQL once they have long been synced.
-      redis.call('EXPIRE', (string.gsub(reactions, '%d+$', int(oldest))), ARGV[7])
+      redis.call('EXPIRE', (string.gsub(reactions, '%d+$', int(oldest))), ARGV[6])
     end
-    redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. id .. ' ' .. ts, 'EX', ARGV[7])
+    redis.call('SET', dedupe, seq .. ' ' .. offset .. ' ' .. id .. ' ' .. ts, 'EX', ARGV[6])
   elseif kind == 'delete' then
     redis.call('DEL', reactions)
     if not from_db then
@@ -207,7 +207,7 @@ local function append(KEYS, ARGV)
     else
       -- Until the worker stored the delete, PostgreSQL still shows the message: the
       -- tombstone refuses a second edit or delete meanwhile.
-      redis.call('SET', dedupe, '1', 'EX', ARGV[7])
+      redis.call('SET', dedupe, '1', 'EX', ARGV[6])
     end
   elseif kind == 'receipt' then
     redis.call('HSET', receipts, user, seq)
@@ -220,14 +220,14 @@ local function append(KEYS, ARGV)
     if redis.call('HINCRBY', reactions, emoji_count, 1) == 1 then
       redis.call('HINCRBY', reactions, '#', 1)
     end
-    if from_db then redis.call('EXPIRE', reactions, ARGV[7]) end
+    if from_db then redis.call('EXPIRE', reactions, ARGV[6]) end
   elseif kind == 'unreact' then
     redis.call('HDEL', reactions, member)
     if redis.call('HINCRBY', reactions, emoji_count, -1) <= 0 then
       redis.call('HDEL', reactions, emoji_count)
       redis.call('HINCRBY', reactions, '#', -1)
     end
-    if from_db then redis.call('EXPIRE', reactions, ARGV[7]) end
+    if from_db then redis.call('EXPIRE', reactions, ARGV[6]) end
   end
   redis.call('HSET', meta, unpack(meta_fields))
 
@@ -237,8 +237,8 @@ local function append(KEYS, ARGV)
     redis.call('HINCRBY', user_credits, '#total', cost)
   end
   redis.call('XADD', ingest, '*',
-    'team', team, 'off', offset, 'k', kind, 'seq', seq, 'c', ARGV[14], 'd', data)
-  redis.call('PUBLISH', ARGV[6],
+    'team', team, 'off', offset, 'k', kind, 'seq', seq, 'c', ARGV[13], 'd', data)
+  redis.call('PUBLISH', ARGV[5],
     epoch .. '\n' .. offset .. '\n' .. kind .. '\n' .. seq .. '\n' .. src .. '\n' .. data)
 
   return {'1', seq, offset, epoch, id, ts}
@@ -248,7 +248,7 @@ local answers = {}
 for i = 0, #KEYS / 9 - 1 do
   local keys, args = {}, {}
   for k = 1, 9 do keys[k] = KEYS[9 * i + k] end
-  for a = 1, 20 do args[a] = ARGV[20 * i + a] end
+  for a = 1, 19 do args[a] = ARGV[19 * i + a] end
   answers[i + 1] = append(keys, args)
 end
 return answers

@@ -329,6 +329,17 @@ pub struct WorkerConfig {
     /// How often the ingest streams are trimmed behind what the group acknowledged.
     #[arg(long, env = "TRIM_EVERY_MS", default_value_t = 5_000)]
     pub trim_every_ms: u64,
+    /// Events kept in each team stream: the newest this many (approximately) at least,
+    /// never one the workers have not synced (the workers trim the team streams).
+    #[arg(long, env = "STREAM_MAXLEN", default_value_t = 100_000)]
+    pub stream_maxlen: u64,
+    /// Also trim a team stream's events older than this (`7d`, `12h`), once synced;
+    /// unset, time does not trim.
+    #[arg(long, env = "STREAM_RETENTION", value_parser = humantime::parse_duration)]
+    pub stream_retention: Option<std::time::Duration>,
+    /// How often the team streams are trimmed (by one worker at a time).
+    #[arg(long, env = "STREAM_TRIM_EVERY_MS", default_value_t = 60_000)]
+    pub stream_trim_every_ms: u64,
     /// An entry delivered more often than this (the worker kept dying on it) is moved to
     /// the dead letters instead of being tried again.
     #[arg(long, env = "MAX_DELIVERIES", default_value_t = 5)]

@@ -2,13 +2,15 @@
 //! to PostgreSQL in one transaction, and acknowledges entries only after COMMIT.
 //!
 //! Data path: `ingest` (read, claim, ack) → `sync` (the batch loop: retries, halving, dead
-//! letters) → `store` (one transaction per batch). `replay` rebuilds PostgreSQL from the
-//! team streams and exports them; `health` serves `/healthz`, `/readyz` and `/metrics`.
+//! letters) → `store` (one transaction per batch). `retention` trims the team streams
+//! behind what is synced; `replay` rebuilds PostgreSQL from a team's history (`history`:
+//! stream and archive) and exports it; `health` serves `/healthz`, `/readyz` and `/metrics`.
 
 pub mod health;
 pub mod history;
 pub mod ingest;
 pub mod replay;
+pub mod retention;
 pub mod store;
 mod sync;
 
@@ -45,6 +47,12 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     info!(%health, "health endpoints listening");
     store.migrate().await.context("applying migrations")?;
     migrated.store(true, Ordering::Relaxed);
+    let trimming = shutdown.child_token();
+    let trimmer = tokio::spawn(retention::run(
+        config.clone(),
+        store.pool().clone(),
+        trimming.clone(),
+    ));
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         match sync::sync(&config, &store, &shutdown).await {
@@ -59,6 +67,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
             }
         }
     }
+    trimming.cancel();
+    let _ = trimmer.await;
     info!("worker stopped");
     Ok(())
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use teamchat_shared::metrics as m;
 use teamchat_shared::scripts;
 
-/// One event's keys and arguments (9 and 20, in the script's order) and where its answer
+/// One event's keys and arguments (9 and 19, in the script's order) and where its answer
 /// goes.
 struct Job {
     keys: Vec<String>,
@@ -41,7 +41,7 @@ impl Appender {
         Self { shards }
     }
 
-    /// Appends one event of `shard` (its 9 keys and 20 arguments) and returns the
+    /// Appends one event of `shard` (its 9 keys and 19 arguments) and returns the
     /// script's answer for it.
     pub async fn append(
         &self,

@@ -225,7 +225,6 @@ impl Broker {
             arg(data.kind().as_str()),
             arg(src),
             data.encode().into_bytes(),
-            arg(self.stream_maxlen),
             keys.team_channel(team).into_bytes(),
             arg(DEDUPE_TTL_SECS),
             scripts::new_epoch().into_bytes(),

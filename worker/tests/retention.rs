@@ -1,0 +1,109 @@
+//! The workers trim the team streams to `STREAM_MAXLEN` and `STREAM_RETENTION`, never
+//! below what they synced: a stopped worker leaves the unsynced tail in the stream, and
+//! export still reaches every event through the archive.
+
+use std::time::Duration;
+
+use teamchat_gateway::Gateway;
+use teamchat_testkit::{Client, TestEnv, eventually, wait_for_watermark};
+use tokio_util::sync::CancellationToken;
+
+/// The team stream's length and first offset.
+async fn held(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> (u64, Option<u64>) {
+    let len: u64 = redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(redis)
+        .await
+        .unwrap();
+    let first: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(redis)
+        .await
+        .unwrap();
+    let first = first
+        .ids
+        .first()
+        .and_then(|e| e.id.split('-').next()?.parse().ok());
+    (len, first)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_trimmed_behind_the_sync_and_never_ahead_of_it() {
+    let env = TestEnv::new().await;
+    let gateway = Gateway::start(env.gateway_config(&[])).await.unwrap();
+    let mut ann = Client::connect(gateway.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    for n in 1..=40 {
+        ann.send_message("t", &format!("a{n}"), "m").await;
+    }
+    let keys = env.keys();
+    let stream = keys.team_events("t");
+    let mut redis = env.redis().await;
+    let pg = env.pg().await;
+
+    // A worker keeping 10 events per stream, trimming every 100 ms.
+    let mut config = env.worker_config("w1");
+    config.stream_maxlen = 10;
+    config.stream_trim_every_ms = 100;
+    let start = |config: teamchat_shared::config::WorkerConfig| {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(teamchat_worker::run(config, stop.clone()));
+        (stop, task)
+    };
+    let (stop, task) = start(config.clone());
+    wait_for_watermark(&pg, "t", 40).await;
+    eventually(Duration::from_secs(10), "the stream trimmed", || async {
+        let held = held(&mut env.redis().await, &stream).await;
+        (held == (10, Some(31))).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // The worker is down: 30 more events arrive and a trim round keeps all of them.
+    for n in 41..=70 {
+        ann.send_message("t", &format!("a{n}"), "m").await;
+    }
+    let trimmed = teamchat_worker::retention::trim(&pg, &mut redis, &keys, 10, None)
+        .await
+        .unwrap();
+    assert_eq!(trimmed, Some(1));
+    assert_eq!(held(&mut redis, &stream).await, (30, Some(41)));
+
+    // Back up: synced, then trimmed to the newest 10 again.
+    let (stop, task) = start(config.clone());
+    wait_for_watermark(&pg, "t", 70).await;
+    eventually(Duration::from_secs(10), "the stream trimmed", || async {
+        let held = held(&mut env.redis().await, &stream).await;
+        (held == (10, Some(61))).then_some(())
+    })
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+
+    // By time: nothing is an hour old yet; everything synced is older than no time at all.
+    let retention = |secs| Some(Duration::from_secs(secs));
+    teamchat_worker::retention::trim(&pg, &mut redis, &keys, 10, retention(3_600))
+        .await
+        .unwrap();
+    assert_eq!(held(&mut redis, &stream).await, (10, Some(61)));
+    teamchat_worker::retention::trim(&pg, &mut redis, &keys, 10, retention(0))
+        .await
+        .unwrap();
+    assert_eq!(held(&mut redis, &stream).await, (0, None));
+
+    // Every event is still exported, from the archive.
+    let mut out = Vec::new();
+    let exported = teamchat_worker::replay::export(&config, "t", None, None, &mut out)
+        .await
+        .unwrap();
+    assert_eq!((exported.events, exported.missing.len()), (70, 0));
+
+    // And the team goes on after the emptied stream.
+    let ack = ann.send_message("t", "a71", "m").await;
+    assert_eq!(ack["offset"], "71");
+}
