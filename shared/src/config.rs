@@ -337,6 +337,10 @@ pub struct WorkerConfig {
     /// unset, time does not trim.
     #[arg(long, env = "STREAM_RETENTION", value_parser = humantime::parse_duration)]
     pub stream_retention: Option<std::time::Duration>,
+    /// Drop the event archive's months that ended longer ago than this (`400d`); events
+    /// older than it are no longer archived. Unset, the archive keeps everything.
+    #[arg(long, env = "ARCHIVE_RETENTION", value_parser = humantime::parse_duration)]
+    pub archive_retention: Option<std::time::Duration>,
     /// How often the team streams are trimmed (by one worker at a time).
     #[arg(long, env = "STREAM_TRIM_EVERY_MS", default_value_t = 60_000)]
     pub stream_trim_every_ms: u64,

@@ -35,7 +35,8 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
         config.write_concurrency,
         Some(Duration::from_millis(config.statement_timeout_ms)),
     )
-    .await?;
+    .await?
+    .keep_archive_for(config.archive_retention);
     let redis = config.redis.client().context("parsing REDIS_URL")?;
     let migrated = Arc::new(AtomicBool::new(false));
     let readiness = health::Readiness {

@@ -118,7 +118,8 @@ pub async fn replay(
         config.write_concurrency,
         Some(Duration::from_millis(config.statement_timeout_ms)),
     )
-    .await?;
+    .await?
+    .keep_archive_for(config.archive_retention);
     store.migrate().await?;
     let archive = archive(archive_url.unwrap_or(&config.database_url))?;
     let mut conn = redis(config).await?;

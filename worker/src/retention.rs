@@ -2,7 +2,8 @@
 //! with `STREAM_RETENTION`, nothing older than that; but never an event the workers have
 //! not synced: below the team's sync watermark every event is in the archive (or
 //! dead-lettered), so history, replay and export still reach it. One worker trims at a
-//! time (an advisory lock), every `STREAM_TRIM_EVERY_MS`.
+//! time (an advisory lock), every `STREAM_TRIM_EVERY_MS`; in the same rounds, with
+//! `ARCHIVE_RETENTION`, the event archive's months past it are dropped.
 
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +12,9 @@ use sqlx::PgPool;
 use teamchat_shared::config::WorkerConfig;
 use teamchat_shared::keys::Keys;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
+
+use crate::store::{drop_expired_months, horizon_ms};
 
 /// Trims every `STREAM_TRIM_EVERY_MS` until `shutdown`; a failed round is logged and the
 /// next one tries again.
@@ -35,7 +38,15 @@ pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken
                 config.stream_maxlen,
                 config.stream_retention,
             )
-            .await
+            .await?;
+            if config.archive_retention.is_some() {
+                let horizon = horizon_ms(config.archive_retention);
+                let dropped = drop_expired_months(&pool, horizon).await?;
+                if !dropped.is_empty() {
+                    info!(?dropped, "archive months past ARCHIVE_RETENTION dropped");
+                }
+            }
+            anyhow::Ok(())
         };
         if let Err(error) = round.await {
             warn!(%error, "team streams not trimmed this round");

@@ -107,3 +107,74 @@ async fn streams_are_trimmed_behind_the_sync_and_never_ahead_of_it() {
     let ack = ann.send_message("t", "a71", "m").await;
     assert_eq!(ack["offset"], "71");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_months_past_the_retention_are_dropped_and_not_written() {
+    let env = TestEnv::new().await;
+    // An event from 2020 (a replayed backlog, say) and one from now.
+    let old = env
+        .inject_ingest(
+            "t",
+            r#"{"id":"old","client_id":"c1","user":"ann","body":"2020","ts":1577923200000}"#,
+        )
+        .await;
+    let gateway = Gateway::start(env.gateway_config(&[])).await.unwrap();
+    let mut ann = Client::connect(gateway.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    ann.send_message("t", "c2", "now").await;
+
+    let mut config = env.worker_config("w1");
+    config.archive_retention = Some(Duration::from_secs(365 * 86_400));
+    config.stream_trim_every_ms = 100;
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(teamchat_worker::run(config, stop.clone()));
+    let pg = env.pg().await;
+    wait_for_watermark(&pg, "t", 2).await;
+
+    // Both are stored; only the recent one is archived, and no 2020 partition was made.
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE team = 't'")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+    let archived: Vec<i64> =
+        sqlx::query_scalar(r#"SELECT "offset" FROM events WHERE team = 't' ORDER BY 1"#)
+            .fetch_all(&pg)
+            .await
+            .unwrap();
+    assert_eq!(archived, [old as i64 + 1]);
+    let partitions = || async {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+             WHERE i.inhparent = 'events'::regclass ORDER BY 1",
+        )
+        .fetch_all(&pg)
+        .await
+        .unwrap();
+        names
+    };
+    let recent = partitions().await;
+    assert_eq!(recent.len(), 2, "this month and the next: {recent:?}");
+
+    // A month archived before the retention was set goes in the next round.
+    sqlx::query("SELECT events_partition_for('2020-01-02T00:00:00Z')")
+        .execute(&pg)
+        .await
+        .unwrap();
+    sqlx::query(
+        r#"INSERT INTO events (team, "offset", at, kind, seq, user_id, cost, data)
+           VALUES ('t', 1, '2020-01-02T00:00:00Z', 'message', 1, 'ann', 0, '{}')"#,
+    )
+    .execute(&pg)
+    .await
+    .unwrap();
+    assert!(partitions().await.contains(&"events_2020_01".to_owned()));
+    eventually(
+        Duration::from_secs(10),
+        "the 2020 month dropped",
+        || async { (partitions().await == recent).then_some(()) },
+    )
+    .await;
+    stop.cancel();
+    task.await.unwrap().unwrap();
+}

@@ -18,6 +18,41 @@ fn archived_ms(ts: i64) -> i64 {
     ts.clamp(0, LAST_MS)
 }
 
+/// The time (milliseconds) before which events are not archived: `retention` ago, or the
+/// beginning of time.
+pub fn horizon_ms(retention: Option<std::time::Duration>) -> i64 {
+    let Some(retention) = retention else {
+        return i64::MIN;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    now.saturating_sub(retention).as_millis() as i64
+}
+
+/// Drops the archive's months that ended a day or more before `horizon_ms` (the day
+/// covers clocks that disagree: no worker still archives an event of them, since each
+/// skips events older than its own horizon). Returns the partitions dropped.
+pub async fn drop_expired_months(pool: &PgPool, horizon_ms: i64) -> sqlx::Result<Vec<String>> {
+    let expired: Vec<String> = sqlx::query_scalar(
+        r#"SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+           WHERE i.inhparent = 'events'::regclass AND c.relname ~ '^events_[0-9]{4}_[0-9]{2}$'
+             AND to_date(substr(c.relname, 8), 'YYYY_MM') + interval '1 month'
+                 <= (to_timestamp($1 / 1000.0) AT TIME ZONE 'UTC') - interval '1 day'
+           ORDER BY 1"#,
+    )
+    .bind(horizon_ms)
+    .fetch_all(pool)
+    .await?;
+    for name in &expired {
+        // The name matched the pattern above: nothing in it needs quoting.
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP TABLE IF EXISTS {name}")))
+            .execute(pool)
+            .await?;
+    }
+    Ok(expired)
+}
+
 /// The batch's events, column by column, for one UNNEST insert.
 #[derive(Default)]
 pub(super) struct ArchiveColumns<'a> {

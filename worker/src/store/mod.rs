@@ -14,8 +14,8 @@ use sqlx::{Connection, PgPool};
 use teamchat_shared::db::watermark;
 use teamchat_shared::event::StreamEvent;
 
-pub use self::archive::read_page as read_archive;
 use self::archive::{ArchiveColumns, Partitions};
+pub use self::archive::{drop_expired_months, horizon_ms, read_page as read_archive};
 use self::columns::{Changes, LedgerColumns, MessageColumns, TeamOffsets};
 use crate::ingest::Entry;
 
@@ -25,6 +25,8 @@ pub struct Store {
     options: PgConnectOptions,
     /// The event archive's partitions known to exist.
     partitions: Partitions,
+    /// Events older than this are not archived (`ARCHIVE_RETENTION`).
+    archive_retention: Option<Duration>,
 }
 
 impl Store {
@@ -50,7 +52,15 @@ impl Store {
             pool,
             options,
             partitions: Partitions::default(),
+            archive_retention: None,
         })
+    }
+
+    /// Events older than `retention` are not archived: their month's partition is dropped,
+    /// or will be (`retention::drop_expired_months`).
+    pub fn keep_archive_for(mut self, retention: Option<Duration>) -> Self {
+        self.archive_retention = retention;
+        self
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -98,6 +108,7 @@ impl Store {
         let mut synced: Vec<(&str, i64)> = Vec::with_capacity(batch.len());
         let mut dead: Vec<(&Entry, &str)> = Vec::new();
         let mut archive = ArchiveColumns::default();
+        let archived_since = archive::horizon_ms(self.archive_retention);
         for entry in batch {
             let entry: &Entry = entry.borrow();
             let event = match &entry.event {
@@ -111,7 +122,9 @@ impl Store {
                 }
             };
             synced.push((&event.team, event.offset as i64));
-            archive.push(entry, event);
+            if event.data.ts() >= archived_since {
+                archive.push(entry, event);
+            }
             changes.add(event);
             if event.cost > 0 {
                 charges.push(event);
