@@ -40,3 +40,7 @@ BEGIN
     RETURN tstzrange(lo, hi);
 END
 $$;
+
+-- A message's versions (the message, its edits, its delete) for the edit history.
+CREATE INDEX events_versions ON events (team, seq, "offset")
+    WHERE kind IN ('message', 'edit', 'delete');

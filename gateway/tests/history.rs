@@ -317,3 +317,99 @@ async fn history_is_gzipped_for_clients_that_accept_it() {
         "small answers stay plain"
     );
 }
+
+/// (kind, body) of each version the edit history lists.
+fn versions(body: &Value) -> Vec<(String, String)> {
+    body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_lists_its_versions_from_archive_and_stream_until_deleted() {
+    let env = TestEnv::new().await;
+    let g = common::gateway(&env, &[]).await;
+    let token = env.token("alice", &["t"]);
+    let mut c = Client::connect(g.addr(), &token).await;
+    c.join("t").await;
+    c.send_message("t", "c1", "first").await;
+    c.send_message("t", "c2", "other").await;
+    let edit = |seq: u64, body: &str| serde_json::json!({"type":"message:edit","team":"t","seq":seq,"body":body});
+    c.send(edit(1, "second")).await;
+    c.expect("message:ack").await;
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str())];
+    let expected = |bodies: &[(&str, &str)]| -> Vec<(String, String)> {
+        bodies
+            .iter()
+            .map(|(k, b)| (k.to_string(), b.to_string()))
+            .collect()
+    };
+
+    // Nothing synced: from the stream.
+    let (status, body) = http_get(g.addr(), "/v1/teams/t/messages/1/edits", &headers).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        versions(&body),
+        expected(&[("message", "first"), ("edit", "second")])
+    );
+    assert_eq!(
+        (body["seq"].as_u64(), body["deleted"].as_bool()),
+        (Some(1), Some(false))
+    );
+    assert_eq!(body["versions"][1]["offset"], "3");
+    assert_eq!(body["versions"][1]["user"], "alice");
+
+    // Synced, the stream gone: from the archive, with a newer edit from the stream.
+    let stop = common::worker(&env, "w1");
+    let pg = env.pg().await;
+    teamchat_testkit::wait_for_watermark(&pg, "t", 3).await;
+    stop.cancel();
+    let mut redis = env.redis().await;
+    let _: () = redis.del(env.keys().team_events("t")).await.unwrap();
+    c.send(edit(1, "third")).await;
+    c.expect("message:ack").await;
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages/1/edits", &headers).await;
+    assert_eq!(
+        versions(&body),
+        expected(&[("message", "first"), ("edit", "second"), ("edit", "third")])
+    );
+    // A message never edited has its one version; one never sent is not found.
+    let (_, body) = http_get(g.addr(), "/v1/teams/t/messages/2/edits", &headers).await;
+    assert_eq!(versions(&body), expected(&[("message", "other")]));
+    let (status, body) = http_get(g.addr(), "/v1/teams/t/messages/9/edits", &headers).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("not_found")),
+        "{body}"
+    );
+    // Other teams' messages are not readable through it.
+    let outsider = env.token("mallory", &["u"]);
+    let auth = format!("Bearer {outsider}");
+    let (status, _) = http_get(
+        g.addr(),
+        "/v1/teams/t/messages/1/edits",
+        &[("authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    // Deleted: no body of it is shown any more.
+    c.send(serde_json::json!({"type":"message:delete","team":"t","seq":1}))
+        .await;
+    c.expect("message:ack").await;
+    let (status, body) = http_get(g.addr(), "/v1/teams/t/messages/1/edits", &headers).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (body["deleted"].as_bool(), versions(&body)),
+        (Some(true), vec![])
+    );
+}

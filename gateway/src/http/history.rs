@@ -18,7 +18,7 @@ use crate::protocol::MessageView;
 /// The most unsynced events one history request reads from the stream. Past it the
 /// workers are far behind on the team (`TeamchatSyncBacklog` fires), and history answers
 /// 503 rather than read without bound on every request.
-const MAX_UNSYNCED: u64 = 10_000;
+pub(super) const MAX_UNSYNCED: u64 = 10_000;
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 200;
@@ -50,11 +50,21 @@ struct Thread {
     last_reply_ts: Option<i64>,
 }
 
-/// `GET /v1/teams/{team}/messages` and `GET /v1/teams/{team}/messages/{seq}/replies`.
+/// `GET /v1/teams/{team}/messages`, `…/messages/{seq}/replies`, `…/messages/{seq}/edits`
+/// and `…/pins`.
 pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     let path = req.uri().path();
     if path.ends_with("/pins") {
         return pins(state, req).await;
+    }
+    if let Some(rest) = path.strip_suffix("/edits") {
+        return match rest.rsplit_once("/messages/").and_then(|(_, s)| seq(s)) {
+            Some(seq) if seq >= 1 => {
+                let suffix = &path[path.rfind("/messages/").unwrap_or_default()..];
+                super::edits::handle(state, req, suffix, seq).await
+            }
+            _ => json_error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
+        };
     }
     // `/messages/{seq}/replies`: a thread's replies, oldest first.
     let replies_of = path.strip_suffix("/replies").map(|rest| {
@@ -91,7 +101,7 @@ pub(super) struct Reader<'a> {
 
 /// The team of `/v1/teams/{team}{suffix}` and the token's user, if the token may read the
 /// team (and was neither revoked nor removed from it).
-async fn readable_team<'a, B>(
+pub(super) async fn readable_team<'a, B>(
     state: &AppState,
     req: &'a Request<B>,
     suffix: &str,
@@ -172,19 +182,22 @@ fn answer(loaded: anyhow::Result<Option<(Vec<HistoryMessage>, bool)>>) -> Respon
             StatusCode::OK,
             &serde_json::json!({"messages": messages, "has_more": has_more}),
         ),
-        Ok(None) => {
-            let mut response = json_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "history is behind its sync, retry later",
-            );
-            response
-                .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-            response
-        }
+        Ok(None) => behind_its_sync(),
         Err(e) => unavailable("history", &e),
     }
+}
+
+/// 503 for a team the workers are far behind on (more than `MAX_UNSYNCED` events).
+pub(super) fn behind_its_sync() -> Response<Body> {
+    let mut response = json_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "history is behind its sync, retry later",
+    );
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+    response
 }
 
 fn parse_query(query: &str) -> Result<(Page, usize, bool), &'static str> {

@@ -7,6 +7,7 @@ pub(crate) mod compress;
 mod cors;
 pub mod credits;
 pub mod dev;
+mod edits;
 pub mod fallback;
 pub mod history;
 mod server_api;

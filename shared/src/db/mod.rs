@@ -6,8 +6,10 @@
 //! - `floor`: what PostgreSQL holds of a team, where its Redis counters start;
 //! - `history`: pages of a team's messages;
 //! - `credits`: a user's synced credit balance;
-//! - `unread`: a user's unread counts.
+//! - `unread`: a user's unread counts;
+//! - `archive`: a message's versions from the event archive.
 
+pub mod archive;
 pub mod credits;
 pub mod floor;
 pub mod history;
