@@ -390,5 +390,25 @@ pub enum WorkerCommand {
         /// Last offset to write.
         #[arg(long)]
         to: Option<u64>,
+        /// Only events at or after this time (RFC 3339, `2026-12-01T00:00:00Z`).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        since: Option<std::time::SystemTime>,
+        /// Only events at or before this time (RFC 3339).
+        #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
+        until: Option<std::time::SystemTime>,
+        /// `ndjson`: the event as the stream holds it; `flat`: one object of fixed,
+        /// typed columns per event (docs/operations.md, "Export formats").
+        #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
+        format: ExportFormat,
     },
+}
+
+/// How `export` writes each event (one JSON object per line either way).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `{"team","offset","kind","seq","data"}`: the kind's data as the stream holds it.
+    #[default]
+    Ndjson,
+    /// Fixed columns, the same for every kind, for loading into a table.
+    Flat,
 }

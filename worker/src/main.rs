@@ -36,9 +36,23 @@ async fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(WorkerCommand::Export { team, from, to }) => {
+        Some(WorkerCommand::Export {
+            team,
+            from,
+            to,
+            since,
+            until,
+            format,
+        }) => {
+            let spec = teamchat_worker::replay::ExportSpec {
+                from,
+                to,
+                since,
+                until,
+                format,
+            };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            teamchat_worker::replay::export(&config, &team, from, to, &mut out).await?;
+            teamchat_worker::replay::export(&config, &team, &spec, &mut out).await?;
             Ok(())
         }
     }

@@ -5,15 +5,15 @@
 
 use std::io::{IsTerminal, Write};
 use std::ops::RangeInclusive;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use redis::AsyncCommands;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use teamchat_shared::config::WorkerConfig;
-use teamchat_shared::event::StreamEvent;
+use teamchat_shared::config::{ExportFormat, WorkerConfig};
+use teamchat_shared::event::{EventData, StreamEvent};
 
 use crate::history::History;
 use crate::ingest::Entry;
@@ -205,21 +205,36 @@ pub struct Exported {
     pub missing: Vec<RangeInclusive<u64>>,
 }
 
-/// Writes the team's events with offsets in `from..=to` as NDJSON, one per line:
-/// `{"team","offset","kind","seq","data"}`, from the stream and, for what it no longer
-/// holds, the archive. Ranges held by neither are logged and returned.
+/// What to export: an offset range (from the first offset to the last by default),
+/// narrowed to the events of a time window if given, and in which format.
+#[derive(Clone, Debug, Default)]
+pub struct ExportSpec {
+    pub from: Option<u64>,
+    pub to: Option<u64>,
+    pub since: Option<SystemTime>,
+    pub until: Option<SystemTime>,
+    pub format: ExportFormat,
+}
+
+/// Writes the team's events the spec names, one JSON object per line (`format`), from
+/// the stream and, for what it no longer holds, the archive. Ranges held by neither are
+/// logged and returned.
 pub async fn export(
     config: &WorkerConfig,
     team: &str,
-    from: Option<u64>,
-    to: Option<u64>,
+    spec: &ExportSpec,
     out: &mut impl Write,
 ) -> anyhow::Result<Exported> {
     let archive = archive(&config.database_url)?;
     let mut conn = redis(config).await?;
     let keys = config.redis.keys();
-    // Offsets start at 1.
-    let range = from.unwrap_or(1).max(1)..=to.unwrap_or(u64::MAX);
+    let (since, until) = (spec.since.map(millis), spec.until.map(millis));
+    // Offsets start at 1; a time window starts at its first archived event.
+    let mut from = spec.from.unwrap_or(1).max(1);
+    if let Some(since) = since {
+        from = from.max(first_since(&archive, team, since).await?);
+    }
+    let range = from..=spec.to.unwrap_or(u64::MAX);
     let mut history = History::new(&mut conn, &keys, &archive, team, range, PAGE);
     let progress = Progress::new();
     let mut exported = Exported::default();
@@ -230,17 +245,23 @@ pub async fn export(
             exported.missing.push(missing);
         }
         for event in &page.events {
-            let data: serde_json::Value = serde_json::from_str(&event.data.encode())?;
-            let line = json!({
-                "team": event.team,
-                "offset": event.offset.to_string(),
-                "kind": event.kind().as_str(),
-                "seq": event.seq,
-                "data": data,
-            });
+            let ts = event.data.ts();
+            if since.is_some_and(|since| ts < since) || until.is_some_and(|until| ts > until) {
+                continue;
+            }
+            let line = match spec.format {
+                ExportFormat::Ndjson => json!({
+                    "team": event.team,
+                    "offset": event.offset.to_string(),
+                    "kind": event.kind().as_str(),
+                    "seq": event.seq,
+                    "data": serde_json::from_str::<serde_json::Value>(&event.data.encode())?,
+                }),
+                ExportFormat::Flat => flat(event),
+            };
             writeln!(out, "{line}")?;
+            exported.events += 1;
         }
-        exported.events += page.events.len();
         if let Some(last) = page.events.last() {
             progress.show(format_args!(
                 "export {team}: through offset {} ({} events)",
@@ -251,6 +272,64 @@ pub async fn export(
     out.flush()?;
     progress.done();
     Ok(exported)
+}
+
+fn millis(time: SystemTime) -> i64 {
+    match time.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(after) => after.as_millis() as i64,
+        Err(before) => -(before.duration().as_millis() as i64),
+    }
+}
+
+/// The first offset of `team` whose event is at or after `since`: the archive's first
+/// such, or past all it holds when none is (the window is in the unsynced tail).
+async fn first_since(archive: &PgPool, team: &str, since: i64) -> anyhow::Result<u64> {
+    let first: Option<i64> = sqlx::query_scalar(
+        r#"SELECT coalesce(
+               (SELECT min("offset") FROM events WHERE team = $1 AND at >= to_timestamp($2 / 1000.0)),
+               (SELECT max("offset") + 1 FROM events WHERE team = $1))"#,
+    )
+    .bind(team)
+    .bind(since)
+    .fetch_one(archive)
+    .await
+    .context("finding the export's first event in the archive")?;
+    Ok(first.unwrap_or(1).max(1) as u64)
+}
+
+/// An event as the `flat` format writes it: the same columns for every kind, `null`
+/// where the kind has none (docs/operations.md, "Export formats").
+fn flat(event: &StreamEvent) -> serde_json::Value {
+    let ts = event.data.ts();
+    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(ts.max(0) as u64);
+    let mut row = json!({
+        "team": event.team,
+        "offset": event.offset,
+        "kind": event.kind().as_str(),
+        "seq": event.seq,
+        "user": event.data.user(),
+        "ts": ts,
+        "at": humantime::format_rfc3339_millis(at).to_string(),
+        "cost": event.cost,
+        "id": null, "client_id": null, "name": null, "body": null, "meta": null,
+        "parent": null, "mentions": null, "attachments": null, "emoji": null,
+    });
+    match &event.data {
+        EventData::Message(m) => {
+            row["id"] = json!(m.id);
+            row["client_id"] = json!(m.client_id);
+            row["name"] = json!(m.name);
+            row["body"] = json!(m.body);
+            row["meta"] = json!(m.meta);
+            row["parent"] = json!(m.parent);
+            row["mentions"] = json!(m.mentions);
+            row["attachments"] = json!(m.attachments);
+        }
+        EventData::Edit(e) => row["body"] = json!(e.body),
+        EventData::React(r) | EventData::Unreact(r) => row["emoji"] = json!(r.emoji),
+        EventData::Delete(_) | EventData::Receipt(_) | EventData::Pin(_) | EventData::Unpin(_) => {}
+    }
+    row
 }
 
 /// Events read per page by export.

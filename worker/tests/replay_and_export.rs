@@ -144,7 +144,7 @@ async fn export_writes_a_range_of_the_stream_as_ndjson() {
 
     let mut out = Vec::new();
     let config = env.worker_config("exporter");
-    let exported = teamchat_worker::replay::export(&config, "t", Some(2), Some(6), &mut out)
+    let exported = teamchat_worker::replay::export(&config, "t", &span(Some(2), Some(6)), &mut out)
         .await
         .unwrap();
     assert_eq!((exported.events, exported.missing.len()), (5, 0));
@@ -260,7 +260,7 @@ async fn export_and_replay_reach_past_a_trimmed_stream_through_the_archive() {
     let full = {
         let mut out = Vec::new();
         let config = live.worker_config("exporter");
-        teamchat_worker::replay::export(&config, "t", None, None, &mut out)
+        teamchat_worker::replay::export(&config, "t", &span(None, None), &mut out)
             .await
             .unwrap();
         lines(out)
@@ -290,7 +290,7 @@ async fn export_and_replay_reach_past_a_trimmed_stream_through_the_archive() {
     // Export from offset 1: every event once, in order, the same as before the trim.
     let config = live.worker_config("exporter");
     let mut out = Vec::new();
-    let exported = teamchat_worker::replay::export(&config, "t", Some(1), None, &mut out)
+    let exported = teamchat_worker::replay::export(&config, "t", &span(Some(1), None), &mut out)
         .await
         .unwrap();
     assert_eq!(exported.missing, vec![]);
@@ -325,10 +325,133 @@ async fn export_and_replay_reach_past_a_trimmed_stream_through_the_archive() {
         .await
         .unwrap();
     let mut out = Vec::new();
-    let exported = teamchat_worker::replay::export(&config, "t", Some(1), Some(12), &mut out)
-        .await
-        .unwrap();
+    let exported =
+        teamchat_worker::replay::export(&config, "t", &span(Some(1), Some(12)), &mut out)
+            .await
+            .unwrap();
     assert_eq!(exported.missing, vec![5..=7]);
     let offsets: Vec<u64> = lines(out).iter().map(|l| l.0).collect();
     assert_eq!(offsets, [1, 2, 3, 4, 8, 9, 10, 11, 12]);
+}
+
+/// An export of the offsets `from..=to`, as NDJSON.
+fn span(from: Option<u64>, to: Option<u64>) -> teamchat_worker::replay::ExportSpec {
+    teamchat_worker::replay::ExportSpec {
+        from,
+        to,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_narrows_to_a_time_window_and_writes_flat_rows() {
+    let env = TestEnv::new().await;
+    let gateway = Gateway::start(env.gateway_config(&[])).await.unwrap();
+    let mut ann = Client::connect(gateway.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    ann.send_message("t", "c1", "before").await;
+    let last_before = ann.send_message("t", "c2", "also before").await["ts"]
+        .as_i64()
+        .unwrap();
+    // The window opens on the next millisecond after the last event before it.
+    let since = loop {
+        let now = std::time::SystemTime::now();
+        if now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            > last_before
+        {
+            break now;
+        }
+        tokio::task::yield_now().await;
+    };
+    ann.send(json!({"type":"message:edit","team":"t","seq":1,"body":"after"}))
+        .await;
+    ann.expect("message:ack").await;
+    ann.send(json!({"type":"reaction:add","team":"t","seq":2,"emoji":"🎉"}))
+        .await;
+    ann.expect("message:ack").await;
+    ann.send(
+        json!({"type":"message:send","team":"t","client_id":"c3","body":"reply",
+                    "parent":1,"mentions":["ben"],"meta":{"k":"v"}}),
+    )
+    .await;
+    ann.expect("message:ack").await;
+
+    // Synced, and the stream emptied: the window is found and read in the archive.
+    let stop = CancellationToken::new();
+    tokio::spawn(teamchat_worker::run(env.worker_config("w1"), stop.clone()));
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", 5).await;
+    stop.cancel();
+    let mut redis = env.redis().await;
+    let _: () = redis::cmd("DEL")
+        .arg(env.keys().team_events("t"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_teamchat-worker"))
+        .args(env.worker_args("exporter"))
+        .args(["export", "--team", "t", "--format", "flat", "--since"])
+        .arg(humantime::format_rfc3339_millis(since).to_string())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rows: Vec<Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<(&str, u64)> = rows
+        .iter()
+        .map(|r| (r["kind"].as_str().unwrap(), r["offset"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(kinds, [("edit", 3), ("react", 4), ("message", 5)]);
+    // Every row has every column; what a kind lacks is null.
+    let columns = |row: &Value| {
+        let mut keys: Vec<String> = row.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    assert!(rows.iter().all(|r| columns(r) == columns(&rows[0])));
+    assert_eq!(
+        (rows[0]["seq"].as_u64(), rows[0]["body"].as_str()),
+        (Some(1), Some("after"))
+    );
+    assert!(rows[0]["emoji"].is_null() && rows[0]["id"].is_null());
+    assert_eq!(rows[1]["emoji"], "🎉");
+    assert!(rows[1]["body"].is_null());
+    let reply = &rows[2];
+    assert_eq!(
+        (
+            reply["body"].as_str(),
+            reply["parent"].as_u64(),
+            reply["user"].as_str()
+        ),
+        (Some("reply"), Some(1), Some("ann"))
+    );
+    assert_eq!(
+        (reply["mentions"].clone(), reply["meta"].clone()),
+        (json!(["ben"]), json!({"k":"v"}))
+    );
+    assert_eq!(reply["cost"], 1);
+    assert!(reply["at"].as_str().unwrap().ends_with('Z'));
+    assert!(reply["ts"].as_i64().unwrap() >= rows[0]["ts"].as_i64().unwrap());
+
+    // A window that ends before the edit: the two messages alone.
+    let mut out = Vec::new();
+    let spec = teamchat_worker::replay::ExportSpec {
+        until: Some(since - Duration::from_millis(1)),
+        ..Default::default()
+    };
+    let config = env.worker_config("exporter");
+    let exported = teamchat_worker::replay::export(&config, "t", &spec, &mut out)
+        .await
+        .unwrap();
+    assert_eq!(exported.events, 2);
 }

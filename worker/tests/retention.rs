@@ -98,7 +98,7 @@ async fn streams_are_trimmed_behind_the_sync_and_never_ahead_of_it() {
 
     // Every event is still exported, from the archive.
     let mut out = Vec::new();
-    let exported = teamchat_worker::replay::export(&config, "t", None, None, &mut out)
+    let exported = teamchat_worker::replay::export(&config, "t", &span(None, None), &mut out)
         .await
         .unwrap();
     assert_eq!((exported.events, exported.missing.len()), (70, 0));
@@ -177,4 +177,13 @@ async fn archive_months_past_the_retention_are_dropped_and_not_written() {
     .await;
     stop.cancel();
     task.await.unwrap().unwrap();
+}
+
+/// An export of the offsets `from..=to`, as NDJSON.
+fn span(from: Option<u64>, to: Option<u64>) -> teamchat_worker::replay::ExportSpec {
+    teamchat_worker::replay::ExportSpec {
+        from,
+        to,
+        ..Default::default()
+    }
 }
