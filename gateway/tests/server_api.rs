@@ -609,3 +609,106 @@ async fn a_removal_takes_a_member_out_of_the_team_until_a_new_token() {
     .expect("the gateway answers");
     assert_eq!(unkeyed.0, 401);
 }
+
+/// The team's history as the events endpoint streams it: one JSON object per line.
+async fn events(addr: std::net::SocketAddr, query: &str, gzip: bool) -> (u16, Vec<Value>) {
+    use std::io::Read;
+    let auth = format!("Bearer {KEY}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if gzip {
+        headers.push(("accept-encoding", "gzip"));
+    }
+    let path = format!("/v1/server/teams/t/events{query}");
+    let (status, answered, body) = try_http(addr, "GET", &path, &headers, Vec::new())
+        .await
+        .expect("the gateway answers");
+    let mut text = Vec::new();
+    if answered
+        .get("content-encoding")
+        .is_some_and(|v| v == "gzip")
+    {
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut text)
+            .unwrap();
+    } else {
+        text = body.to_vec();
+    }
+    let lines = String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (status, lines)
+}
+
+/// `GET /v1/server/teams/{team}/events` streams a range of the team's history from the
+/// archive and the stream joined, names what neither holds, and needs the API key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_the_history_from_archive_and_stream() {
+    let env = TestEnv::new().await;
+    let g = api_gateway(&env).await;
+    let mut ann = Client::connect(g.addr(), &env.token("ann", &["t"])).await;
+    ann.join("t").await;
+    for n in 1..=1_200 {
+        ann.send_message("t", &format!("c{n}"), &format!("body {n}"))
+            .await;
+    }
+    let stop = common::worker(&env, "w1");
+    teamchat_testkit::wait_for_watermark(&env.pg().await, "t", 1_200).await;
+    stop.cancel();
+    // The stream keeps offsets from 1,001 only; 1,201 and on come after the sync.
+    let mut redis = env.redis().await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(env.keys().team_events("t"))
+        .arg("MINID")
+        .arg("1001")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    ann.send_message("t", "late", "late").await;
+
+    for gzip in [false, true] {
+        let (status, lines) = events(g.addr(), "", gzip).await;
+        assert_eq!(status, 200);
+        let offsets: Vec<u64> = lines
+            .iter()
+            .map(|l| l["offset"].as_str().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(offsets, (1..=1_201).collect::<Vec<u64>>(), "gzip {gzip}");
+        assert_eq!(lines[999]["data"]["body"], "body 1000");
+        assert_eq!(lines[1_200]["data"]["body"], "late");
+    }
+    let (_, lines) = events(g.addr(), "?from=998&to=1002", false).await;
+    let offsets: Vec<&str> = lines
+        .iter()
+        .map(|l| l["offset"].as_str().unwrap())
+        .collect();
+    assert_eq!(offsets, ["998", "999", "1000", "1001", "1002"]);
+
+    // Offsets neither holds are named in their place.
+    let pg = env.pg().await;
+    sqlx::query(r#"DELETE FROM events WHERE team = 't' AND "offset" BETWEEN 10 AND 19"#)
+        .execute(&pg)
+        .await
+        .unwrap();
+    let (_, lines) = events(g.addr(), "?from=9&to=21", false).await;
+    assert_eq!(lines.len(), 4);
+    assert_eq!(lines[1]["missing"], json!({"from": "10", "to": "19"}));
+
+    // The API key, and a valid range.
+    let (status, _, _) = try_http(
+        g.addr(),
+        "GET",
+        "/v1/server/teams/t/events",
+        &[],
+        Vec::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 401);
+    let (status, lines) = events(g.addr(), "?from=x", false).await;
+    assert_eq!(
+        (status, lines[0]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod db;
 pub mod event;
+pub mod history;
 pub mod ids;
 pub mod keys;
 pub mod logging;

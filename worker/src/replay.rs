@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use teamchat_shared::config::{ExportFormat, WorkerConfig};
 use teamchat_shared::event::{EventData, StreamEvent};
+use teamchat_shared::history::History;
 
-use crate::history::History;
 use crate::ingest::Entry;
 use crate::store::Store;
 
@@ -132,10 +132,10 @@ pub async fn replay(
     let mut stats = ReplayStats::default();
     for team in &teams {
         let mut history = History::new(
-            &mut conn,
-            &keys,
-            &archive,
-            team,
+            conn.clone(),
+            keys.clone(),
+            archive.clone(),
+            team.clone(),
             1..=u64::MAX,
             config.batch_size,
         );
@@ -226,7 +226,7 @@ pub async fn export(
     out: &mut impl Write,
 ) -> anyhow::Result<Exported> {
     let archive = archive(&config.database_url)?;
-    let mut conn = redis(config).await?;
+    let conn = redis(config).await?;
     let keys = config.redis.keys();
     let (since, until) = (spec.since.map(millis), spec.until.map(millis));
     // Offsets start at 1; a time window starts at its first archived event.
@@ -235,7 +235,7 @@ pub async fn export(
         from = from.max(first_since(&archive, team, since).await?);
     }
     let range = from..=spec.to.unwrap_or(u64::MAX);
-    let mut history = History::new(&mut conn, &keys, &archive, team, range, PAGE);
+    let mut history = History::new(conn, keys, archive, team.to_owned(), range, PAGE);
     let progress = Progress::new();
     let mut exported = Exported::default();
     while let Some(page) = history.next_page().await? {

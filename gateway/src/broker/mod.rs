@@ -146,6 +146,12 @@ impl Broker {
         })
     }
 
+    /// A handle on the shared connection, for a reader that keeps one (the server API's
+    /// event export).
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     pub fn keys(&self) -> &Keys {
         &self.keys
     }

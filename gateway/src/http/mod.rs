@@ -11,6 +11,7 @@ mod edits;
 pub mod fallback;
 pub mod history;
 mod server_api;
+mod server_events;
 mod unread;
 mod upgrade;
 
@@ -137,6 +138,9 @@ async fn route(
     let server_api = path.starts_with("/v1/server/");
     if api_only || server_api {
         let served_here = api_only == state.config.api_listen.is_some();
+        if server_api && served_here && req.method() == Method::GET && server_events::path(&path) {
+            return Ok(server_events::handle(&state, &req, gzip).await);
+        }
         let response = if server_api && served_here {
             server_api::handle(&state, req).await
         } else {

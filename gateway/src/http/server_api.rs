@@ -30,7 +30,7 @@ use crate::storage::StorageError;
 const SOURCE: &str = "server-api";
 
 /// An endpoint's answer, with the outcome its metric counts.
-type Answer = (Response<Body>, &'static str);
+pub(super) type Answer = (Response<Body>, &'static str);
 
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_owned();
@@ -90,7 +90,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
 }
 
 /// The key's check (every key compared in constant time) and its rate limit.
-fn authorize<B>(state: &AppState, req: &Request<B>) -> Result<(), Box<Answer>> {
+pub(super) fn authorize<B>(state: &AppState, req: &Request<B>) -> Result<(), Box<Answer>> {
     let keys = &state.config.api_keys;
     if keys.is_empty() {
         return Err(Box::new(not_found("the server API is off (no API_KEYS)")));

@@ -1,11 +1,11 @@
-//! The event archive (`events`, migrations/0009): the columns a batch adds to it, the
-//! monthly partitions those need, and a team's archived events read back by offset.
+//! The event archive (`events`, migrations/0009): the columns a batch adds to it, and the
+//! monthly partitions those need (reads are in `shared/src/db/archive.rs`).
 
 use std::borrow::Cow;
 use std::sync::Mutex;
 
 use sqlx::PgPool;
-use teamchat_shared::event::{EventData, EventKind, StreamEvent};
+use teamchat_shared::event::StreamEvent;
 
 use crate::ingest::Entry;
 
@@ -135,40 +135,4 @@ impl Partitions {
         self.known.lock().expect("partitions lock").push(range);
         Ok(range)
     }
-}
-
-/// The archived events of `team` with offsets in `from..=to`, at most `limit`, in offset
-/// order. `src` is not archived: it comes back empty.
-pub async fn read_page(
-    pool: &PgPool,
-    team: &str,
-    from: u64,
-    to: u64,
-    limit: usize,
-) -> anyhow::Result<Vec<StreamEvent>> {
-    let to = to.min(i64::MAX as u64) as i64;
-    let rows: Vec<(i64, String, i64, i64, String)> = sqlx::query_as(
-        r#"SELECT "offset", kind, seq, cost, data::text FROM events
-           WHERE team = $1 AND "offset" BETWEEN $2 AND $3 ORDER BY "offset" LIMIT $4"#,
-    )
-    .bind(team)
-    .bind(from.min(i64::MAX as u64) as i64)
-    .bind(to)
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await?;
-    rows.into_iter()
-        .map(|(offset, kind, seq, cost, data)| {
-            let kind = EventKind::parse(&kind)
-                .ok_or_else(|| anyhow::anyhow!("archived event {team}/{offset}: kind {kind}"))?;
-            Ok(StreamEvent {
-                team: team.to_owned(),
-                offset: offset as u64,
-                seq: seq as u64,
-                src: String::new(),
-                data: EventData::decode(kind, data.as_bytes())?,
-                cost: cost as u64,
-            })
-        })
-        .collect()
 }

@@ -15,7 +15,7 @@ use teamchat_shared::db::watermark;
 use teamchat_shared::event::StreamEvent;
 
 use self::archive::{ArchiveColumns, Partitions};
-pub use self::archive::{drop_expired_months, horizon_ms, read_page as read_archive};
+pub use self::archive::{drop_expired_months, horizon_ms};
 use self::columns::{Changes, LedgerColumns, MessageColumns, TeamOffsets};
 use crate::ingest::Entry;
 

@@ -1,18 +1,18 @@
 //! A team's events by offset from wherever they are still held: the team stream for the
 //! range it holds, the event archive in PostgreSQL for what the stream no longer holds
 //! (trimmed, or lost with a Redis). One ordered sequence, each offset once; offsets held
-//! by neither are reported as missing, never skipped in silence. Replay and export read
-//! through it.
+//! by neither are reported as missing, never skipped in silence. The worker's replay and
+//! export and the server API's event export read through it.
 
 use std::ops::RangeInclusive;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use sqlx::PgPool;
-use teamchat_shared::event::StreamEvent;
-use teamchat_shared::keys::Keys;
-use teamchat_shared::stream;
 
-use crate::store::read_archive;
+use crate::db::archive::read_page as read_archive;
+use crate::event::StreamEvent;
+use crate::keys::Keys;
+use crate::stream;
 
 /// The next events of the range, in offset order.
 #[derive(Debug, Default)]
@@ -25,11 +25,11 @@ pub struct Page {
 }
 
 /// Reads `from..=to` of one team's history, page by page.
-pub struct History<'a> {
-    redis: &'a mut MultiplexedConnection,
-    keys: &'a Keys,
-    archive: &'a PgPool,
-    team: &'a str,
+pub struct History<C> {
+    redis: C,
+    keys: Keys,
+    archive: PgPool,
+    team: String,
     next: u64,
     to: u64,
     page: usize,
@@ -40,12 +40,12 @@ pub struct History<'a> {
     stream_done: bool,
 }
 
-impl<'a> History<'a> {
+impl<C: ConnectionLike + Send + Sync> History<C> {
     pub fn new(
-        redis: &'a mut MultiplexedConnection,
-        keys: &'a Keys,
-        archive: &'a PgPool,
-        team: &'a str,
+        redis: C,
+        keys: Keys,
+        archive: PgPool,
+        team: String,
         range: RangeInclusive<u64>,
         page: usize,
     ) -> Self {
@@ -73,7 +73,12 @@ impl<'a> History<'a> {
         };
         if !below_stream {
             let mut range = stream::read_page(
-                self.redis, self.keys, self.team, self.next, self.to, self.page,
+                &mut self.redis,
+                &self.keys,
+                &self.team,
+                self.next,
+                self.to,
+                self.page,
             )
             .await?;
             let mut offsets: Vec<u64> = range.events.iter().map(|e| e.offset).collect();
@@ -109,7 +114,7 @@ impl<'a> History<'a> {
             Some(from) => self.to.min(from - 1),
             None => self.to,
         };
-        let events = read_archive(self.archive, self.team, self.next, until, self.page).await?;
+        let events = read_archive(&self.archive, &self.team, self.next, until, self.page).await?;
         let Some(first) = events.first().map(|e| e.offset) else {
             // Nothing archived up to the stream's next entry: a hole, with events after it.
             // With no stream entry after it, the history simply ends here.
