@@ -712,3 +712,107 @@ async fn events_stream_the_history_from_archive_and_stream() {
         (400, Some("bad_request"))
     );
 }
+
+/// `POST /v1/server/users/{user}/erase` deletes the user's messages where members see it,
+/// then forgets their texts everywhere: PostgreSQL, the event archive, both streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_forgets_a_users_texts_everywhere() {
+    let env = TestEnv::new().await;
+    let g = api_gateway(&env).await;
+    let stop = common::worker(&env, "w1");
+    let mut ann = Client::connect(g.addr(), &env.token("ann", &["t"])).await;
+    let mut ben = Client::connect(g.addr(), &env.token("ben", &["t"])).await;
+    ann.join("t").await;
+    ben.join("t").await;
+    for frame in [
+        json!({"type":"message:send","team":"t","client_id":"a1","body":"secret one",
+               "meta":{"k":"secret meta"},"mentions":["ben"]}),
+        json!({"type":"message:send","team":"t","client_id":"a2","body":"secret two"}),
+        json!({"type":"message:edit","team":"t","seq":2,"body":"secret edit"}),
+        json!({"type":"message:send","team":"t","client_id":"a3","body":"secret three"}),
+        json!({"type":"message:delete","team":"t","seq":3}),
+    ] {
+        ann.send(frame).await;
+        ann.expect("message:ack").await;
+    }
+    ben.send(json!({"type":"message:send","team":"t","client_id":"b1","body":"ben stays"}))
+        .await;
+    ben.until("message:ack").await;
+
+    let teams = json!({"teams":["t"]});
+    let erase = || post(g.addr(), "/v1/server/users/ann/erase", Some(KEY), &teams);
+    let (status, answer) = erase().await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer["teams"],
+        json!([{"team":"t","deleted":2,"scrubbed":true}])
+    );
+    // Members saw both go.
+    let mut gone = vec![
+        ben.until("message:deleted").await["seq"].as_u64().unwrap(),
+        ben.until("message:deleted").await["seq"].as_u64().unwrap(),
+    ];
+    gone.sort_unstable();
+    assert_eq!(gone, [1, 2]);
+    // Again: nothing left to delete.
+    let (_, again) = erase().await;
+    assert_eq!(again["teams"][0]["deleted"], 0);
+
+    // No trace of the texts anywhere; the other member's message stays.
+    let pg = env.pg().await;
+    let count = |sql: &'static str| {
+        let pg = pg.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pg)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM messages WHERE body LIKE '%secret%' OR meta::text LIKE '%secret%'"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM events WHERE data::text LIKE '%secret%'").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM messages WHERE user_id = 'ann' AND NOT deleted").await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM messages WHERE body = 'ben stays'").await,
+        1
+    );
+    let keys = env.keys();
+    let mut redis = env.redis().await;
+    for stream in [keys.team_events("t"), keys.ingest(keys.shard_of("t"))] {
+        let raw: redis::Value = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let text = format!("{raw:?}");
+        assert!(!text.contains("secret"), "{stream}: {text}");
+        assert!(
+            text.contains("ben stays") || stream.contains("ingest"),
+            "{stream}"
+        );
+    }
+    // Nor in what an export or a replay reads.
+    let mut out = Vec::new();
+    let config = env.worker_config("exporter");
+    let spec = teamchat_worker::replay::ExportSpec::default();
+    teamchat_worker::replay::export(&config, "t", &spec, &mut out)
+        .await
+        .unwrap();
+    let exported = String::from_utf8(out).unwrap();
+    assert!(exported.contains("ben stays") && !exported.contains("secret"));
+    stop.cancel();
+}

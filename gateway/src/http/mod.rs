@@ -8,6 +8,7 @@ mod cors;
 pub mod credits;
 pub mod dev;
 mod edits;
+mod erase;
 pub mod fallback;
 pub mod history;
 mod server_api;

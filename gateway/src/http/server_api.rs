@@ -45,6 +45,7 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
         (&Method::POST, ["users", _, "disconnect"]) => "disconnect",
         (&Method::POST, ["users", _, "notify"]) => "notify",
         (&Method::POST, ["users", _, "revoke"]) => "revoke",
+        (&Method::POST, ["users", _, "erase"]) => "erase",
         (&Method::DELETE, ["teams", _, "members", _]) => "remove",
         _ => "unknown",
     };
@@ -58,6 +59,17 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Response<Body> 
                 bad_request("team and user must be valid ids").answer()
             } else {
                 remove(state, team, user).await
+            }
+        }
+        Ok(()) if endpoint == "erase" => {
+            let user = segments[1].to_owned();
+            if !is_valid_id(&user) {
+                bad_request("user is not a valid id").answer()
+            } else {
+                match read_body(state, req).await {
+                    Ok(fields) => super::erase::erase(state, &user, fields).await,
+                    Err(refusal) => refusal.answer(),
+                }
             }
         }
         Ok(()) if matches!(endpoint, "disconnect" | "notify" | "revoke") => {
@@ -457,7 +469,7 @@ fn ok(response: Response<Body>) -> Answer {
 }
 
 /// A refused request: its status, `code`, message, and the outcome its metric counts.
-struct Refusal {
+pub(super) struct Refusal {
     status: StatusCode,
     code: String,
     message: String,
@@ -474,7 +486,7 @@ impl Refusal {
         }
     }
 
-    fn answer(self) -> Answer {
+    pub(super) fn answer(self) -> Answer {
         (
             json_error(self.status, &self.code, &self.message),
             self.outcome,
@@ -482,7 +494,7 @@ impl Refusal {
     }
 }
 
-fn bad_request(message: &str) -> Refusal {
+pub(super) fn bad_request(message: &str) -> Refusal {
     Refusal::new(
         StatusCode::BAD_REQUEST,
         "bad_request",
@@ -513,7 +525,7 @@ fn refused(code: ErrorCode, message: &str) -> Refusal {
 }
 
 /// Storage did not answer (logged).
-fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
+pub(super) fn unavailable(error: &dyn std::fmt::Display) -> Refusal {
     tracing::warn!(error = %error, "server API: storage unavailable");
     Refusal::new(
         StatusCode::SERVICE_UNAVAILABLE,
