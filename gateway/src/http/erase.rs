@@ -23,8 +23,8 @@ use crate::broker::{Append, AppendOutcome};
 
 /// Teams one request may name.
 const MAX_TEAMS: usize = 100;
-/// How long a team's erasure waits for the workers to sync its deletes before it answers
-/// `scrubbed: false` (ask again).
+/// How long an erasure waits for the workers to sync its deletes (in all its teams at
+/// once) before it answers `scrubbed: false` for a team (ask again).
 const SYNC_WAIT: Duration = Duration::from_secs(20);
 /// Entries read per stream page while looking for the user's.
 const PAGE: usize = 1_000;
@@ -45,11 +45,20 @@ pub(super) async fn erase(
         }
         _ => return bad_request("teams must be an array of 1..100 team ids").answer(),
     };
+    // Every team's deletes first, then one wait for the workers to sync them all.
+    let mut deleted = Vec::new();
+    for team in &teams {
+        match delete_messages(state, user, team).await {
+            Ok(done) => deleted.push(done),
+            Err(e) => return unavailable(&e).answer(),
+        }
+    }
+    let deadline = Instant::now() + SYNC_WAIT;
     let mut erased = Vec::new();
-    for team in teams {
-        match erase_team(state, user, team).await {
-            Ok((deleted, scrubbed)) => {
-                erased.push(json!({"team": team, "deleted": deleted, "scrubbed": scrubbed}));
+    for (team, (count, through)) in teams.iter().zip(deleted) {
+        match scrub_once_synced(state, user, team, through, deadline).await {
+            Ok(scrubbed) => {
+                erased.push(json!({"team": team, "deleted": count, "scrubbed": scrubbed}));
             }
             Err(e) => return unavailable(&e).answer(),
         }
@@ -58,9 +67,9 @@ pub(super) async fn erase(
     (super::json(hyper::StatusCode::OK, &answer), "ok")
 }
 
-/// Deletes the user's messages in `team` and, once synced, scrubs their texts. Returns
-/// how many were deleted now and whether the scrub is done.
-async fn erase_team(state: &AppState, user: &str, team: &str) -> anyhow::Result<(usize, bool)> {
+/// Deletes the user's messages in `team` not yet deleted. Returns how many, and the
+/// team's newest offset after them (what must be synced before the scrub).
+async fn delete_messages(state: &AppState, user: &str, team: &str) -> anyhow::Result<(usize, u64)> {
     // Their messages not deleted: as stored, and in the stream past the sync.
     let mut live: BTreeSet<u64> = sqlx::query_scalar::<_, i64>(
         "SELECT seq FROM messages WHERE team = $1 AND user_id = $2 AND id IS NOT NULL AND NOT deleted",
@@ -115,23 +124,32 @@ async fn erase_team(state: &AppState, user: &str, team: &str) -> anyhow::Result<
         }
     }
 
-    // Scrub only what PostgreSQL has stored: an unsynced message's row would bring its
-    // text back when the worker writes it.
-    let through = state.broker.stream_top(team).await?;
-    let started = Instant::now();
+    Ok((deleted, state.broker.stream_top(team).await?))
+}
+
+/// Scrubs the user's texts in `team` once the workers synced it `through` that offset
+/// (an unsynced message's row would bring its text back when the worker writes it);
+/// false if that did not happen by `deadline`.
+async fn scrub_once_synced(
+    state: &AppState,
+    user: &str,
+    team: &str,
+    through: u64,
+    deadline: Instant,
+) -> anyhow::Result<bool> {
     loop {
         let synced = db::watermark::read(&state.db, team).await?.unwrap_or(0) as u64;
         if synced >= through {
             break;
         }
-        if started.elapsed() > SYNC_WAIT {
-            return Ok((deleted, false));
+        if Instant::now() > deadline {
+            return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     scrub_postgres(state, user, team).await?;
-    scrub_streams(state, user, team).await?;
-    Ok((deleted, true))
+    scrub_streams(state, user, team, deadline).await?;
+    Ok(true)
 }
 
 async fn scrub_postgres(state: &AppState, user: &str, team: &str) -> sqlx::Result<()> {
@@ -169,7 +187,12 @@ fn theirs(entry: &redis::streams::StreamId, user: &str, team: &str) -> bool {
 /// Removes the user's message and edit entries from the team stream, and from the shard's
 /// ingest stream once the workers acknowledged them (they ack just after the commit the
 /// caller waited for; one still held at `SYNC_WAIT` goes when the stream is trimmed).
-async fn scrub_streams(state: &AppState, user: &str, team: &str) -> redis::RedisResult<()> {
+async fn scrub_streams(
+    state: &AppState,
+    user: &str,
+    team: &str,
+    deadline: Instant,
+) -> redis::RedisResult<()> {
     let keys = state.broker.keys();
     let mut conn = state.broker.connection();
     let events = keys.team_events(team);
@@ -178,7 +201,6 @@ async fn scrub_streams(state: &AppState, user: &str, team: &str) -> redis::Redis
 
     let ingest = keys.ingest(keys.shard_of(team));
     let mut doomed = entries_of(&mut conn, &ingest, user, team).await?;
-    let started = Instant::now();
     while !doomed.is_empty() {
         let held_from = oldest_pending(&mut conn, &ingest).await?;
         let (acked, held): (Vec<String>, Vec<String>) = doomed
@@ -186,7 +208,7 @@ async fn scrub_streams(state: &AppState, user: &str, team: &str) -> redis::Redis
             .partition(|id| held_from.as_deref().is_none_or(|held| older(id, held)));
         delete(&mut conn, &ingest, &acked).await?;
         doomed = held;
-        if started.elapsed() > SYNC_WAIT {
+        if Instant::now() > deadline {
             break;
         }
         if !doomed.is_empty() {
