@@ -175,6 +175,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     let setup = Instant::now();
     // The sending connection of each room, by room number.
     let mut senders: Vec<Option<Sender>> = (0..args.rooms).map(|_| None).collect();
+    let mut readers = tokio::task::JoinSet::new();
     let mut joined = stream::iter(0..connections)
         .map(|n| {
             let (room, member) = (n / args.members, n % args.members);
@@ -256,28 +257,28 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                     let (sink, reader) = (*ws).split();
                     let sink = Arc::new(tokio::sync::Mutex::new(sink));
                     senders[room] = Some(sink.clone());
-                    tokio::spawn(read_peer_acks(reader, sink, windows, base_us));
+                    readers.spawn(read_peer_acks(reader, sink, windows, base_us));
                 } else {
-                    tokio::spawn(read_peer_deliveries(*ws, windows, frames, closed));
+                    readers.spawn(read_peer_deliveries(*ws, windows, frames, closed));
                 }
             }
             Joined::Ws(ws) => {
                 let (sink, reader) = (*ws).split();
                 if member == 0 {
                     senders[room] = Some(Arc::new(tokio::sync::Mutex::new(sink)));
-                    tokio::spawn(read_acks(reader, windows));
+                    readers.spawn(read_acks(reader, windows));
                 } else {
-                    tokio::spawn(read_deliveries(reader, windows, frames, closed));
+                    readers.spawn(read_deliveries(reader, windows, frames, closed));
                 }
             }
             Joined::Deflate(ws) => {
-                tokio::spawn(read_deflated_deliveries(*ws, windows, frames, closed));
+                readers.spawn(read_deflated_deliveries(*ws, windows, frames, closed));
             }
             Joined::Sse(sse) => {
-                tokio::spawn(read_sse_deliveries(sse, windows, frames, closed));
+                readers.spawn(read_sse_deliveries(sse, windows, frames, closed));
             }
             Joined::Poll(poll) => {
-                tokio::spawn(read_polled_deliveries(poll, windows, frames, closed));
+                readers.spawn(read_polled_deliveries(poll, windows, frames, closed));
             }
         }
     }
@@ -536,6 +537,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
         }
     }
     drop(senders);
+    // The readers end before their gateways do (a poller would reconnect and fail).
+    readers.abort_all();
     // Gone before the clean-up, so that nothing they wrote lands after it.
     for gateway in gateways {
         gateway.stop().await;

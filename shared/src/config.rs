@@ -401,6 +401,20 @@ pub enum WorkerCommand {
         #[arg(long, value_enum, default_value_t = ExportFormat::Ndjson)]
         format: ExportFormat,
     },
+    /// Forget what a user wrote: delete their messages (members hear `message:deleted`),
+    /// then, once the workers synced the deletes, blank their texts in PostgreSQL and the
+    /// event archive and remove their entries from the streams (docs/operations.md,
+    /// "Erasure"). Prints what was done as JSON; run it again if a team was not scrubbed.
+    Erase {
+        #[arg(long)]
+        user: String,
+        /// Only this team (repeat for several); every team the user wrote in when absent.
+        #[arg(long)]
+        team: Vec<String>,
+        /// How long to wait for the running workers to sync the deletes (`2m`).
+        #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
 }
 
 /// How `export` writes each event (one JSON object per line either way).

@@ -37,3 +37,8 @@ pub fn new_epoch() -> String {
         .unwrap_or_default();
     format!("{:x}", nanos ^ (u128::from(std::process::id()) << 64))
 }
+
+/// A script's answer for a team whose counters are not set yet (append, team state).
+pub fn is_unseeded(reply: &[String]) -> bool {
+    matches!(reply, [only] if only == "unseeded")
+}

@@ -95,3 +95,19 @@ pub async fn read_range<C: ConnectionLike + Send + Sync>(
     }
     Ok(range)
 }
+
+/// The offset of the newest entry the team's stream holds (0 for none).
+pub async fn top<C: ConnectionLike + Send + Sync>(
+    conn: &mut C,
+    keys: &Keys,
+    team: &str,
+) -> redis::RedisResult<u64> {
+    let reply: StreamRangeReply = conn
+        .xrevrange_count(keys.team_events(team), "+", "-", 1)
+        .await?;
+    Ok(reply
+        .ids
+        .first()
+        .and_then(|entry| event::offset_of_entry_id(&entry.id))
+        .unwrap_or(0))
+}

@@ -4,8 +4,10 @@
 //! Data path: `ingest` (read, claim, ack) → `sync` (the batch loop: retries, halving, dead
 //! letters) → `store` (one transaction per batch). `retention` trims the team streams
 //! behind what is synced; `replay` rebuilds PostgreSQL from a team's history (stream and
-//! archive, `teamchat_shared::history`) and exports it; `health` serves `/healthz`, `/readyz` and `/metrics`.
+//! archive, `teamchat_shared::history`) and exports it; `erase` forgets what a user wrote;
+//! `health` serves `/healthz`, `/readyz` and `/metrics`.
 
+pub mod erase;
 pub mod health;
 pub mod ingest;
 pub mod replay;

@@ -1,5 +1,5 @@
-//! `teamchat-worker`: parse config, then sync until SIGTERM or Ctrl-C, or run `replay` or
-//! `export` once.
+//! `teamchat-worker`: parse config, then sync until SIGTERM or Ctrl-C, or run `replay`,
+//! `export` or `erase` once.
 
 use clap::Parser;
 use teamchat_shared::config::{WorkerCommand, WorkerConfig};
@@ -53,6 +53,20 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             teamchat_worker::replay::export(&config, &team, &spec, &mut out).await?;
+            Ok(())
+        }
+        Some(WorkerCommand::Erase { user, team, wait }) => {
+            let erased = teamchat_worker::erase::erase(&config, &user, &team, wait).await?;
+            println!("{}", serde_json::json!({"user": user, "teams": &erased}));
+            let waiting: Vec<&str> = erased
+                .iter()
+                .filter(|e| !e.scrubbed)
+                .map(|e| e.team.as_str())
+                .collect();
+            anyhow::ensure!(
+                waiting.is_empty(),
+                "the deletes in {waiting:?} were not synced within {wait:?} (are the workers running?): run erase again"
+            );
             Ok(())
         }
     }

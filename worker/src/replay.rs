@@ -63,7 +63,7 @@ async fn redis(config: &WorkerConfig) -> anyhow::Result<redis::aio::MultiplexedC
 
 /// A connection to the database whose event archive is read (connected on first use: a
 /// range the streams hold needs none).
-fn archive(url: &str) -> anyhow::Result<PgPool> {
+pub(crate) fn archive(url: &str) -> anyhow::Result<PgPool> {
     let options: sqlx::postgres::PgConnectOptions =
         url.parse().context("parsing the archive's database URL")?;
     Ok(PgPoolOptions::new()

@@ -9,6 +9,7 @@ use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use teamchat_shared::append::{ScriptSender, script_answer};
 use teamchat_shared::metrics as m;
 use teamchat_shared::scripts;
 
@@ -40,10 +41,12 @@ impl Appender {
             .collect();
         Self { shards }
     }
+}
 
-    /// Appends one event of `shard` (its 9 keys and 19 arguments) and returns the
-    /// script's answer for it.
-    pub async fn append(
+/// Appends one event of `shard` (its 9 keys and 19 arguments) in the shard's next batch
+/// and returns the script's answer for it.
+impl ScriptSender for Appender {
+    async fn send(
         &self,
         shard: u32,
         keys: Vec<String>,
@@ -79,7 +82,7 @@ async fn run(
         match answers {
             Ok(answers) if answers.len() == batch.len() => {
                 for (job, answer) in batch.drain(..).zip(answers) {
-                    let _ = job.answer.send(parse(answer));
+                    let _ = job.answer.send(script_answer(answer));
                 }
             }
             Ok(_) => {
@@ -101,20 +104,6 @@ async fn run(
                 }
             }
         }
-    }
-}
-
-/// One event's answer: an array of strings, or `{'failed', error}` when its stream
-/// append failed (nothing of it written).
-fn parse(answer: Value) -> RedisResult<Vec<String>> {
-    let answer: Vec<String> = redis::from_redis_value(answer)?;
-    match answer.as_slice() {
-        [failed, error] if failed == "failed" => Err(RedisError::from((
-            redis::ErrorKind::Extension,
-            "append failed",
-            error.clone(),
-        ))),
-        _ => Ok(answer),
     }
 }
 

@@ -18,7 +18,7 @@ pub async fn handle<B>(state: &AppState, req: &Request<B>) -> Response<Body> {
     if let Err(refused) = super::check_access(state, &claims, None).await {
         return *refused;
     }
-    let used = match state.broker.credits_used(user).await {
+    let used = match state.storage.credits_used(user).await {
         Ok(per_shard) => per_shard.iter().sum::<u64>(),
         Err(e) => return unavailable("credits", &e),
     };

@@ -427,7 +427,7 @@ impl Post {
                 "duplicate": !appended.is_new,
                 }))
             }
-            Ok(AppendOutcome::Refused(code)) => Err(refused(code, "refused")),
+            Ok(AppendOutcome::Refused(code)) => Err(refused(code.into(), "refused")),
             Ok(_) => Err(unavailable(&"the team's state is missing")),
             Err(e) => Err(unavailable(&e)),
         }

@@ -38,6 +38,20 @@ pub struct RequestError {
 /// unknown `type`, a field that did not parse), and no reply echoes unbounded input.
 pub const MAX_MESSAGE: usize = 200;
 
+/// The append script's refusals, each the error code of the same name.
+impl From<teamchat_shared::append::Refusal> for ErrorCode {
+    fn from(refusal: teamchat_shared::append::Refusal) -> Self {
+        use teamchat_shared::append::Refusal;
+        match refusal {
+            Refusal::NotFound => Self::NotFound,
+            Refusal::Forbidden => Self::Forbidden,
+            Refusal::QuotaExceeded => Self::QuotaExceeded,
+            Refusal::TooLarge => Self::TooLarge,
+            Refusal::BadRequest => Self::BadRequest,
+        }
+    }
+}
+
 impl RequestError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         let mut message = message.into();

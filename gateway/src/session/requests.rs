@@ -17,7 +17,7 @@ use super::auth::AuthError;
 use super::limits::Operation;
 use super::receipts;
 use super::{CloseAsked, Session};
-use crate::broker::{Append, AppendOutcome};
+use crate::broker::{Append, AppendOutcome, Refusal};
 use crate::protocol::{self, ClientFrame, ErrorCode, Request, RequestError, ServerFrame};
 use crate::room::{Join, Left, Member};
 
@@ -409,17 +409,17 @@ impl Session {
                     rid,
                 }))
             }
-            Ok(AppendOutcome::Refused(ErrorCode::NotFound)) => {
+            Ok(AppendOutcome::Refused(Refusal::NotFound)) => {
                 Err(error(ErrorCode::NotFound, "no such message"))
             }
-            Ok(AppendOutcome::Refused(ErrorCode::Forbidden)) => Err(error(
+            Ok(AppendOutcome::Refused(Refusal::Forbidden)) => Err(error(
                 ErrorCode::Forbidden,
                 "only the author may change a message",
             )),
-            Ok(AppendOutcome::Refused(ErrorCode::QuotaExceeded)) => {
+            Ok(AppendOutcome::Refused(Refusal::QuotaExceeded)) => {
                 Err(error(ErrorCode::QuotaExceeded, "credit limit reached"))
             }
-            Ok(AppendOutcome::Refused(ErrorCode::BadRequest))
+            Ok(AppendOutcome::Refused(Refusal::BadRequest))
                 if matches!(data, EventData::Message(_)) =>
             {
                 Err(error(
@@ -427,11 +427,11 @@ impl Session {
                     "a thread reply's parent must be a top-level message",
                 ))
             }
-            Ok(AppendOutcome::Refused(ErrorCode::TooLarge)) => Err(error(
+            Ok(AppendOutcome::Refused(Refusal::TooLarge)) => Err(error(
                 ErrorCode::TooLarge,
                 "a message has at most 50 distinct reactions",
             )),
-            Ok(AppendOutcome::Refused(code)) => Err(error(code, "refused")),
+            Ok(AppendOutcome::Refused(code)) => Err(error(code.into(), "refused")),
             Ok(AppendOutcome::Ignored) => Ok(None),
             // Already as asked: acked without an offset (nothing was appended).
             Ok(AppendOutcome::Unchanged(id)) => Ok(Some(ServerFrame::MessageAck {
