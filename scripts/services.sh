@@ -9,6 +9,10 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379}
 export DATABASE_URL=${DATABASE_URL:-postgres://teamchat:teamchat@127.0.0.1:5432/teamchat}
 STARTED_REDIS=""
 STARTED_PG=""
+STARTED_CLUSTER=""
+# The local Redis Cluster the tests also run on (cluster_up): 3 masters and 3 replicas on
+# loopback ports CLUSTER_PORT .. CLUSTER_PORT+5.
+CLUSTER_PORT=${CLUSTER_PORT:-7100}
 
 log() { printf '\033[1m[services]\033[0m %s\n' "$*" >&2; }
 
@@ -128,6 +132,57 @@ services_start_postgres() {
     || { log "cannot connect to $DATABASE_URL"; return 1; }
 }
 
+cluster_ports() { seq "$CLUSTER_PORT" $((CLUSTER_PORT + 5)); }
+
+cluster_answers() {
+  [ "$(redis-cli -p "$CLUSTER_PORT" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:')" = "cluster_state:ok" ]
+}
+
+# Starts a local Redis Cluster (3 masters, 3 replicas, AOF on, data in .data/cluster/)
+# unless one answers at CLUSTER_PORT, and exports its nodes as TEST_REDIS_CLUSTER_URLS
+# for the tests that run on it (not REDIS_CLUSTER_URLS, which every binary would read).
+cluster_up() {
+  local port urls=()
+  for port in $(cluster_ports); do urls+=("redis://127.0.0.1:$port"); done
+  export TEST_REDIS_CLUSTER_URLS
+  TEST_REDIS_CLUSTER_URLS=$(IFS=,; echo "${urls[*]}")
+  if cluster_answers; then
+    log "a Redis Cluster answers at 127.0.0.1:$CLUSTER_PORT"
+    return
+  fi
+  log "starting a Redis Cluster on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5)) (data in $DATA/cluster)"
+  for port in $(cluster_ports); do
+    # A cluster is created from empty nodes: what an earlier run left is thrown away.
+    rm -rf "$DATA/cluster/$port"
+    mkdir -p "$DATA/cluster/$port"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$DATA/cluster/$port" \
+      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+      --appendonly yes --appendfsync everysec --save "" \
+      --daemonize yes --pidfile "$DATA/cluster/$port/redis.pid" \
+      --logfile "$DATA/cluster/$port/redis.log"
+  done
+  STARTED_CLUSTER=1
+  for port in $(cluster_ports); do
+    for _ in $(seq 100); do
+      [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ] && break
+      sleep 0.1
+    done
+  done
+  local nodes=()
+  for port in $(cluster_ports); do nodes+=("127.0.0.1:$port"); done
+  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DATA/cluster/create.log" 2>&1 \
+    || { log "creating the cluster failed; see $DATA/cluster/create.log"; return 1; }
+  for _ in $(seq 100); do cluster_answers && break; sleep 0.1; done
+  cluster_answers || { log "the cluster did not become ready"; return 1; }
+}
+
+cluster_stop() {
+  local port
+  for port in $(cluster_ports); do
+    redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  done
+}
+
 services_up() {
   services_install
   services_start_redis
@@ -135,6 +190,10 @@ services_up() {
 }
 
 services_stop() {
+  if [ -n "$STARTED_CLUSTER" ]; then
+    log "stopping the Redis Cluster it started"
+    cluster_stop
+  fi
   if [ -n "$STARTED_REDIS" ]; then
     log "stopping the Redis it started"
     redis-cli -p "$STARTED_REDIS" shutdown nosave >/dev/null 2>&1 || true

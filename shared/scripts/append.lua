@@ -1,8 +1,8 @@
 -- Appends durable events of a shard's teams, each atomically and in order (group commit:
 -- the gateway sends what queued for the shard while its previous call was in flight, so
 -- the call's cost is paid per batch; docs/architecture.md, Data path). Each event has 9
--- KEYS and 19 ARGV, event i's at KEYS[9*i+1 ..] and ARGV[19*i+1 ..], described below as
--- KEYS[1..9] and ARGV[1..19]; the answer is an array of one answer per event, in order.
+-- KEYS and 20 ARGV, event i's at KEYS[9*i+1 ..] and ARGV[20*i+1 ..], described below as
+-- KEYS[1..9] and ARGV[1..20]; the answer is an array of one answer per event, in order.
 --
 -- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; for edits and deletes the
@@ -34,6 +34,8 @@
 -- ARGV[18] the emoji (react, unreact)
 -- ARGV[19] for a reaction with ARGV[17]: the message's reactions as PostgreSQL has them,
 -- 'user \t emoji' lines; '-' when not loaded
+-- ARGV[20] how the event is published on ARGV[5]: 'PUBLISH', or 'SPUBLISH' on a Redis
+-- Cluster (the channel has the shard's hash tag: published on its shard's node only)
 --
 -- An event's answer: {'1', seq, offset, epoch, id, ts} for an appended event; {'0', …} with the first
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
@@ -56,7 +58,7 @@ local function int(n) return string.format('%d', n) end
 -- The most distinct emojis one message may carry (../shared/PROTOCOL.md, "Chat model").
 local MAX_EMOJIS = 50
 
--- One event: KEYS and ARGV are its 9 keys and 19 arguments.
+-- One event: KEYS and ARGV are its 9 keys and 20 arguments.
 local function append(KEYS, ARGV)
   local meta, events, ingest, dedupe, messages, receipts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
   local user_credits = KEYS[7]
@@ -238,7 +240,7 @@ local function append(KEYS, ARGV)
   end
   redis.call('XADD', ingest, '*',
     'team', team, 'off', offset, 'k', kind, 'seq', seq, 'c', ARGV[13], 'd', data)
-  redis.call('PUBLISH', ARGV[5],
+  redis.call(ARGV[20], ARGV[5],
     epoch .. '\n' .. offset .. '\n' .. kind .. '\n' .. seq .. '\n' .. src .. '\n' .. data)
 
   return {'1', seq, offset, epoch, id, ts}
@@ -248,7 +250,7 @@ local answers = {}
 for i = 0, #KEYS / 9 - 1 do
   local keys, args = {}, {}
   for k = 1, 9 do keys[k] = KEYS[9 * i + k] end
-  for a = 1, 19 do args[a] = ARGV[19 * i + a] end
+  for a = 1, 20 do args[a] = ARGV[20 * i + a] end
   answers[i + 1] = append(keys, args)
 end
 return answers

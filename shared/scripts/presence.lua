@@ -6,17 +6,18 @@
 -- KEYS[3] users hash:    user -> live session count
 -- ARGV[1] operation: 'join' | 'leave' | 'tick'
 -- ARGV[2] now (ms)   ARGV[3] new expiry (ms)   ARGV[4] channel
--- join:  ARGV[5..] session, user, name of each joining session (a batch of joins)
+-- ARGV[5] 'PUBLISH', or 'SPUBLISH' on a Redis Cluster
+-- join:  ARGV[6..] session, user, name of each joining session (a batch of joins)
 --                                                       -> returns HVALS of the sessions hash
--- leave: ARGV[5] session                                -> returns 1
--- tick:  ARGV[5..] sessions still connected here         -> returns the ones it no longer
+-- leave: ARGV[6] session                                -> returns 1
+-- tick:  ARGV[6..] sessions still connected here         -> returns the ones it no longer
 --        had (expired while their gateway could not refresh): the gateway joins them again
 --
 -- `presence:update` is published as '!presence:online|offline \n src \n user' exactly when a
 -- user's first session appears or last one goes, expiry included.
 
 local sessions, expiry, users = KEYS[1], KEYS[2], KEYS[3]
-local op, now, expires, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local op, now, expires, channel, publish = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 
 local function drop(session, src)
   local entry = redis.call('HGET', sessions, session)
@@ -26,7 +27,7 @@ local function drop(session, src)
   local user = string.match(entry, '^([^\n]*)')
   if redis.call('HINCRBY', users, user, -1) <= 0 then
     redis.call('HDEL', users, user)
-    redis.call('PUBLISH', channel, '!presence:offline\n' .. src .. '\n' .. user)
+    redis.call(publish, channel, '!presence:offline\n' .. src .. '\n' .. user)
   end
 end
 
@@ -35,21 +36,21 @@ for _, session in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now)) do
 end
 
 if op == 'join' then
-  for i = 5, #ARGV - 2, 3 do
+  for i = 6, #ARGV - 2, 3 do
     local session, user, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if redis.call('HSETNX', sessions, session, user .. '\n' .. name .. '\n' .. now) == 1 then
       redis.call('ZADD', expiry, expires, session)
       if redis.call('HINCRBY', users, user, 1) == 1 then
-        redis.call('PUBLISH', channel, '!presence:online\n' .. session .. '\n' .. user)
+        redis.call(publish, channel, '!presence:online\n' .. session .. '\n' .. user)
       end
     end
   end
   return redis.call('HVALS', sessions)
 elseif op == 'leave' then
-  drop(ARGV[5], ARGV[5])
+  drop(ARGV[6], ARGV[6])
 elseif op == 'tick' then
   local missing = {}
-  for i = 5, #ARGV do
+  for i = 6, #ARGV do
     if redis.call('ZSCORE', expiry, ARGV[i]) then
       redis.call('ZADD', expiry, 'XX', expires, ARGV[i])
     else

@@ -10,13 +10,13 @@
 
 use std::future::Future;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult};
 use sqlx::PgPool;
 
 use crate::db::{floor, history, watermark};
 use crate::event::EventData;
 use crate::keys::Keys;
+use crate::redis_conn::Redis;
 use crate::scripts;
 
 /// How long `message:send` dedupe keys live (docs/protocol.md: a retry within 24 h).
@@ -109,7 +109,7 @@ pub enum AppendError {
     Postgres(#[from] sqlx::Error),
 }
 
-/// Runs the append script for one event of a shard (its 9 keys and 19 arguments) and
+/// Runs the append script for one event of a shard (its 9 keys and 20 arguments) and
 /// answers the script's answer for it.
 pub trait ScriptSender: Send + Sync {
     fn send(
@@ -122,7 +122,7 @@ pub trait ScriptSender: Send + Sync {
 
 /// One script call per event, on a connection of its own: for writers that append a few
 /// events (the worker's `erase`).
-impl ScriptSender for ConnectionManager {
+impl ScriptSender for Redis {
     async fn send(
         &self,
         _shard: u32,
@@ -164,7 +164,7 @@ pub fn script_answer(answer: redis::Value) -> RedisResult<Vec<String>> {
 pub struct Appends<S> {
     sender: S,
     /// For the credits read and the seeding.
-    conn: ConnectionManager,
+    conn: Redis,
     /// Where the workers store what was given out: a team's counters start after it.
     db: PgPool,
     keys: Keys,
@@ -173,13 +173,7 @@ pub struct Appends<S> {
 }
 
 impl<S: ScriptSender> Appends<S> {
-    pub fn new(
-        sender: S,
-        conn: ConnectionManager,
-        db: PgPool,
-        keys: Keys,
-        stream_maxlen: u64,
-    ) -> Self {
+    pub fn new(sender: S, conn: Redis, db: PgPool, keys: Keys, stream_maxlen: u64) -> Self {
         Self {
             sender,
             conn,
@@ -260,19 +254,26 @@ impl<S: ScriptSender> Appends<S> {
             }
             _ => 0,
         };
-        let (script_keys, args) =
-            script_input(keys, append, authored, used_elsewhere, self.stream_maxlen);
+        let (script_keys, args) = script_input(
+            keys,
+            append,
+            authored,
+            used_elsewhere,
+            self.stream_maxlen,
+            self.conn.publish_command(),
+        );
         let reply = self.sender.send(shard, script_keys, args).await?;
         parse_outcome(&reply).ok_or_else(|| unexpected("append script reply"))
     }
 
     /// The credits the user used, per shard (shard 0 first).
     pub async fn credits_used(&self, user: &str) -> RedisResult<Vec<u64>> {
-        let mut pipe = redis::pipe();
-        for shard in 0..self.keys.shards() {
-            pipe.hget(self.keys.user_credits(shard), user);
-        }
-        let per_shard: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let reads = (0..self.keys.shards()).map(|shard| {
+            let mut read = redis::cmd("HGET");
+            read.arg(self.keys.user_credits(shard)).arg(user);
+            read
+        });
+        let per_shard: Vec<Option<u64>> = self.conn.each(reads.collect()).await?;
         Ok(per_shard
             .into_iter()
             .map(Option::unwrap_or_default)
@@ -327,13 +328,14 @@ impl<S: ScriptSender> Appends<S> {
     }
 }
 
-/// The append script's keys and arguments for one event (9 and 19, in its order).
+/// The append script's keys and arguments for one event (9 and 20, in its order).
 fn script_input(
     keys: &Keys,
     append: &Append<'_>,
     authored: Option<&Authored>,
     used_elsewhere: u64,
     stream_maxlen: u64,
+    publish_command: &str,
 ) -> (Vec<String>, Vec<Vec<u8>>) {
     let Append {
         team,
@@ -407,6 +409,7 @@ fn script_input(
         authored.into_bytes(),
         arg(emoji),
         reactions.into_bytes(),
+        arg(publish_command),
     ];
     (script_keys, args)
 }
@@ -453,4 +456,78 @@ fn postgres_failed(team: &str, e: &sqlx::Error) {
 /// A team's counters still missing right after it was seeded.
 fn still_unseeded() -> AppendError {
     AppendError::Redis(unexpected("team's counters missing right after seeding"))
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::cluster_routing::Slot;
+
+    use super::*;
+    use crate::event::{ActorData, EditData, EventData, MessageData, ReactionData};
+
+    /// On a Redis Cluster a script may only touch keys of one slot, and `SPUBLISH` from a
+    /// script only a channel of that slot: every event kind's keys and channel, for teams
+    /// on every shard, share their shard's slot.
+    #[test]
+    fn every_append_touches_one_cluster_slot() {
+        let keys = Keys::new("tc", 128);
+        let actor = ActorData {
+            user: "u:1".into(),
+            ts: 1,
+        };
+        let kinds = [
+            EventData::Delete(actor.clone()),
+            EventData::Message(MessageData {
+                id: "id".into(),
+                client_id: "c:1".into(),
+                user: "u:1".into(),
+                name: None,
+                body: "b".into(),
+                meta: None,
+                ts: 1,
+                parent: None,
+                mentions: Vec::new(),
+                attachments: Vec::new(),
+            }),
+            EventData::Edit(EditData {
+                user: "u:1".into(),
+                body: "b".into(),
+                ts: 1,
+            }),
+            EventData::React(ReactionData {
+                user: "u:1".into(),
+                emoji: "👍".into(),
+                ts: 1,
+            }),
+        ];
+        for n in 0..500 {
+            let team = format!("team-{n}");
+            for data in &kinds {
+                let append = Append {
+                    team: &team,
+                    src: "s",
+                    data,
+                    target: n,
+                    staff: false,
+                    cost: 1,
+                    limit: Some(10),
+                };
+                let (script_keys, args) = script_input(&keys, &append, None, 0, 10, "SPUBLISH");
+                let slot = Slot::for_key(&script_keys[0]);
+                let channel = String::from_utf8(args[4].clone()).unwrap();
+                for key in script_keys.iter().chain([&channel]) {
+                    assert_eq!(Slot::for_key(key), slot, "{key} of team {team}");
+                }
+            }
+            let presence = keys.presence(&team);
+            for key in presence.iter().chain([&keys.team_pins(&team)]) {
+                assert_eq!(Slot::for_key(key), Slot::for_key(keys.team_meta(&team)));
+            }
+            let user = format!("user:{n}");
+            assert_eq!(
+                Slot::for_key(keys.user_connections(&user)),
+                Slot::for_key(keys.user_revoked(&user))
+            );
+        }
+    }
 }

@@ -5,6 +5,7 @@ use clap::{Args, Parser};
 use std::net::SocketAddr;
 
 use crate::keys::Keys;
+use crate::redis_conn::Redis;
 
 /// Where Redis is and how keys are laid out; gateways and workers must agree on it.
 #[derive(Args, Clone, Debug)]
@@ -12,6 +13,11 @@ pub struct RedisArgs {
     /// Redis server URL.
     #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+    /// A Redis Cluster's seed nodes, comma-separated (`redis://10.0.0.1:6379,redis://…`):
+    /// when set, teamchat runs on the cluster instead of `REDIS_URL` (docs/operations.md,
+    /// "Redis Cluster").
+    #[arg(long, env = "REDIS_CLUSTER_URLS", value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
     /// Prefix of every Redis key and channel (lets several deployments share one Redis).
     #[arg(long, env = "REDIS_PREFIX", default_value = "tc")]
     pub redis_prefix: String,
@@ -43,9 +49,95 @@ impl RedisArgs {
         Keys::new(self.redis_prefix.clone(), self.shards)
     }
 
+    /// Whether teamchat runs on a Redis Cluster (`REDIS_CLUSTER_URLS`).
+    pub fn is_cluster(&self) -> bool {
+        !self.redis_cluster_urls.is_empty()
+    }
+
+    /// The shared connection to the configured Redis or Redis Cluster: requests fail after
+    /// `timeouts.response`, a lost connection is opened again.
+    pub async fn connect(&self, timeouts: Timeouts) -> redis::RedisResult<Redis> {
+        if self.is_cluster() {
+            let conn = self
+                .cluster_client(timeouts, None)?
+                .get_async_connection()
+                .await?;
+            return Ok(Redis::Cluster(conn));
+        }
+        let mut manager = redis::aio::ConnectionManagerConfig::new()
+            .set_response_timeout(timeouts.response)
+            .set_connection_timeout(Some(timeouts.connect));
+        if let Some(retries) = timeouts.retries {
+            manager = manager
+                .set_number_of_retries(retries)
+                .set_min_delay(std::time::Duration::from_millis(50))
+                .set_max_delay(std::time::Duration::from_millis(500));
+        }
+        let conn = self
+            .client()?
+            .get_connection_manager_with_config(manager)
+            .await?;
+        Ok(Redis::Single(conn))
+    }
+
+    /// A connection of its own to the configured Redis (`Redis::Direct`: not reconnected;
+    /// a lost connection fails its requests), or to the cluster.
+    pub async fn connect_direct(&self, timeouts: Timeouts) -> redis::RedisResult<Redis> {
+        if self.is_cluster() {
+            return self.connect(timeouts).await;
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeouts.connect))
+            .set_response_timeout(timeouts.response);
+        let conn = self
+            .client()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Redis::Direct(conn))
+    }
+
+    /// Connects and answers whether Redis (every master of a cluster) answers PING.
+    pub async fn ping(&self) -> redis::RedisResult<()> {
+        let mut conn = self.connect_direct(Timeouts::default()).await?;
+        redis::cmd("PING").query_async::<()>(&mut conn).await
+    }
+
+    /// A client of the configured cluster, with the CA and client certificate for
+    /// `rediss://` nodes; `pushes` receives what the nodes push (RESP3: pub/sub messages).
+    pub fn cluster_client(
+        &self,
+        timeouts: Timeouts,
+        pushes: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut builder =
+            redis::cluster::ClusterClientBuilder::new(self.redis_cluster_urls.clone())
+                .connection_timeout(timeouts.connect)
+                .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        if let Some(response) = timeouts.response {
+            builder = builder.response_timeout(response);
+        }
+        if let Some(retries) = timeouts.retries {
+            builder = builder.retries(retries as u32);
+        }
+        if let Some(certs) = self.tls_certificates()? {
+            builder = builder.certs(certs);
+        }
+        if let Some(pushes) = pushes {
+            builder = builder
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(pushes);
+        }
+        builder.build()
+    }
+
     /// A client of the configured Redis (see [`redis_client`]), with the CA and client
     /// certificate for a `rediss://` URL.
     pub fn client(&self) -> redis::RedisResult<redis::Client> {
+        redis_client_with(&self.redis_url, self.tls_certificates()?)
+    }
+
+    /// The CA and client certificate configured for `rediss://` (none set: `None`).
+    fn tls_certificates(&self) -> redis::RedisResult<Option<redis::TlsCertificates>> {
         let read = |path: &std::path::Path| {
             std::fs::read(path).map_err(|e| {
                 redis::RedisError::from(std::io::Error::new(
@@ -62,11 +154,12 @@ impl RedisArgs {
             }),
             _ => None,
         };
-        let tls = (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        });
-        redis_client_with(&self.redis_url, tls)
+        Ok(
+            (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            }),
+        )
     }
 }
 
@@ -79,6 +172,25 @@ pub fn redis_client(url: &str) -> redis::RedisResult<redis::Client> {
 }
 
 /// [`redis_client`] with the certificates of a `rediss://` URL (none: the system's roots).
+/// How long a Redis connection waits: to connect, for a reply (`None`: as long as it
+/// takes), and how often a failed request is retried (`None`: the client's default).
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub connect: std::time::Duration,
+    pub response: Option<std::time::Duration>,
+    pub retries: Option<usize>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: std::time::Duration::from_secs(5),
+            response: None,
+            retries: None,
+        }
+    }
+}
+
 pub fn redis_client_with(
     url: &str,
     tls: Option<redis::TlsCertificates>,
@@ -176,6 +288,15 @@ pub struct GatewayConfig {
     /// a shard while its previous call was in flight); 1 sends each event alone.
     #[arg(long, env = "APPEND_BATCH_MAX", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub append_batch_max: u32,
+    /// Acks a durable event only once this many replicas of its Redis master have it
+    /// (`WAIT` after each append call); 0 acks once the master has it. Without the
+    /// replicas' confirmation within `REDIS_WAIT_TIMEOUT_MS` the senders get
+    /// `unavailable` and retry (a message's retry with its `client_id` is idempotent).
+    #[arg(long, env = "REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
+    /// How long an append waits for `REDIS_WAIT_REPLICAS` replicas.
+    #[arg(long, env = "REDIS_WAIT_TIMEOUT_MS", default_value_t = 1_000)]
+    pub redis_wait_timeout_ms: u64,
     /// Approximate number of events kept in each team stream (what recovery can replay).
     #[arg(long, env = "STREAM_MAXLEN", default_value_t = 100_000)]
     pub stream_maxlen: u64,

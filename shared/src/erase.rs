@@ -11,7 +11,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
 use redis::streams::{StreamId, StreamInfoGroupsReply, StreamPendingReply, StreamRangeReply};
 use sqlx::PgPool;
 
@@ -19,6 +18,7 @@ use crate::append::{Append, AppendOutcome, Appends, ScriptSender};
 use crate::db;
 use crate::event::{self, ActorData, EventData, EventKind};
 use crate::keys::Keys;
+use crate::redis_conn::Redis;
 use crate::runtime::now_ms;
 use crate::stream;
 
@@ -41,7 +41,7 @@ pub struct Erased {
 /// What an erasure needs: the append path for the deletes, Redis and PostgreSQL.
 pub struct Eraser<S> {
     pub appends: Appends<S>,
-    pub conn: ConnectionManager,
+    pub conn: Redis,
     pub db: PgPool,
     pub keys: Keys,
 }
@@ -245,7 +245,7 @@ impl<S: ScriptSender> Eraser<S> {
 
 /// Calls `each` with every entry of `stream`, oldest first, a page at a time.
 async fn for_each_entry(
-    conn: &mut ConnectionManager,
+    conn: &mut Redis,
     stream: &str,
     mut each: impl FnMut(&StreamId),
 ) -> redis::RedisResult<()> {
@@ -272,7 +272,7 @@ async fn for_each_entry(
 
 /// The ids of the user's message and edit entries of `team` in `stream`.
 async fn entries_of(
-    conn: &mut ConnectionManager,
+    conn: &mut Redis,
     stream: &str,
     user: &str,
     team: &str,
@@ -298,11 +298,7 @@ fn theirs(entry: &StreamId, user: &str, team: &str) -> bool {
     }
 }
 
-async fn delete(
-    conn: &mut ConnectionManager,
-    stream: &str,
-    ids: &[String],
-) -> redis::RedisResult<()> {
+async fn delete(conn: &mut Redis, stream: &str, ids: &[String]) -> redis::RedisResult<()> {
     for chunk in ids.chunks(PAGE) {
         redis::cmd("XDEL")
             .arg(stream)
@@ -314,10 +310,7 @@ async fn delete(
 }
 
 /// The oldest ingest entry a worker of any group still holds.
-async fn oldest_pending(
-    conn: &mut ConnectionManager,
-    ingest: &str,
-) -> redis::RedisResult<Option<String>> {
+async fn oldest_pending(conn: &mut Redis, ingest: &str) -> redis::RedisResult<Option<String>> {
     let groups: StreamInfoGroupsReply = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(ingest)

@@ -13,6 +13,7 @@ pub mod ids;
 pub mod keys;
 pub mod logging;
 pub mod metrics;
+pub mod redis_conn;
 pub mod runtime;
 pub mod scripts;
 pub mod stream;

@@ -24,6 +24,7 @@ pub const EVENTS_OUT: &str = "teamchat_gateway_events_out_total";
 pub const SOCKET_WRITES: &str = "teamchat_gateway_socket_writes_total";
 pub const APPEND_SECONDS: &str = "teamchat_gateway_append_seconds";
 pub const APPEND_BATCH: &str = "teamchat_gateway_append_batch_events";
+pub const APPEND_UNREPLICATED: &str = "teamchat_gateway_append_unreplicated_total";
 pub const FANOUT_SECONDS: &str = "teamchat_gateway_fanout_seconds";
 pub const QUEUE_OVERFLOWS: &str = "teamchat_gateway_send_queue_overflows_total";
 pub const ROOM_EVENTS_DROPPED: &str = "teamchat_gateway_room_events_dropped_total";
@@ -100,6 +101,12 @@ pub const CATALOGUE: &[(&str, Kind, &str, &str)] = &[
         Kind::Histogram,
         "",
         "durable events per append script call (group commit: what queued for a shard while its previous call was in flight)",
+    ),
+    (
+        APPEND_UNREPLICATED,
+        Kind::Counter,
+        "",
+        "append batches answered unavailable: fewer than REDIS_WAIT_REPLICAS replicas confirmed them in time",
     ),
     (
         FANOUT_SECONDS,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use teamchat_shared::append::Appends;
-use teamchat_shared::config::WorkerConfig;
+use teamchat_shared::config::{Timeouts, WorkerConfig};
 use teamchat_shared::erase::{Erased, Eraser};
 use teamchat_shared::ids::is_valid_id;
 
@@ -25,8 +25,7 @@ pub async fn erase(
     let db = crate::replay::archive(&config.database_url)?;
     let conn = config
         .redis
-        .client()?
-        .get_connection_manager()
+        .connect(Timeouts::default())
         .await
         .context("connecting to Redis")?;
     let keys = config.redis.keys();

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 pub struct Readiness {
     pub db: PgPool,
-    pub redis: redis::Client,
+    pub redis: teamchat_shared::config::RedisArgs,
     /// Set once the migrations are applied, so nothing relies on a schema not there yet.
     pub migrated: Arc<AtomicBool>,
 }
@@ -91,10 +91,6 @@ async fn respond(
     Ok(response)
 }
 
-async fn ping(redis: &redis::Client) -> redis::RedisResult<()> {
-    let mut conn = redis.get_multiplexed_async_connection().await?;
-    redis::cmd("PING")
-        .query_async::<String>(&mut conn)
-        .await
-        .map(|_| ())
+async fn ping(redis: &teamchat_shared::config::RedisArgs) -> redis::RedisResult<()> {
+    redis.ping().await
 }

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use anyhow::Context;
 use redis::AsyncCommands;
-use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 
 use redis::streams::{
     StreamAutoClaimReply, StreamInfoGroupsReply, StreamPendingReply, StreamReadOptions,
 };
-use teamchat_shared::config::WorkerConfig;
+use teamchat_shared::config::{Timeouts, WorkerConfig};
 use teamchat_shared::event::{self, StreamEvent};
+use teamchat_shared::redis_conn::Redis;
 
 /// One ingest entry: where it came from, and the event or why it could not be decoded.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ pub struct Ingest {
     keys: teamchat_shared::keys::Keys,
     /// Blocking reads get a connection of their own, whose replies may take up to
     /// `BATCH_WAIT_MS` (plus `REPLY_GRACE`).
-    blocking: MultiplexedConnection,
+    blocking: Redis,
     streams: Vec<String>,
     group: String,
     consumer: String,
@@ -51,17 +51,18 @@ pub struct Ingest {
 
 impl Ingest {
     pub async fn connect(config: &WorkerConfig) -> anyhow::Result<Self> {
-        let client = config.redis.client()?;
         // A blocking read answers within BATCH_WAIT_MS. A reply much later means the
         // connection is half open (Redis's host went away without a reset): the read
         // fails, and the worker connects again instead of waiting for ever.
         let wait = Duration::from_millis(config.batch_wait_ms);
-        let blocking = client
-            .get_multiplexed_async_connection_with_config(
-                &redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(REPLY_GRACE))
-                    .set_response_timeout(Some(wait + REPLY_GRACE)),
-            )
+        let timeouts = Timeouts {
+            connect: REPLY_GRACE,
+            response: Some(wait + REPLY_GRACE),
+            retries: None,
+        };
+        let blocking = config
+            .redis
+            .connect_direct(timeouts)
             .await
             .context("connecting to Redis")?;
         Ok(Self {
@@ -94,6 +95,13 @@ impl Ingest {
 
     /// New entries, waiting up to `batch_wait_ms` for the first.
     pub async fn read_new(&mut self) -> anyhow::Result<Vec<Entry>> {
+        if self.blocking.is_cluster() {
+            let entries = self.read_each_shard(">").await?;
+            if entries.is_empty() {
+                tokio::time::sleep(self.wait).await;
+            }
+            return Ok(entries);
+        }
         let ids = vec![">"; self.streams.len()];
         let options = StreamReadOptions::default()
             .group(&self.group, &self.consumer)
@@ -106,17 +114,45 @@ impl Ingest {
         read_reply(reply)
     }
 
+    /// On a cluster, where one read cannot span the shards' slots: each shard's stream
+    /// read at once, without blocking (`read_new` waits `BATCH_WAIT_MS` when all were
+    /// empty).
+    async fn read_each_shard(&mut self, id: &str) -> anyhow::Result<Vec<Entry>> {
+        let reads = self.streams.iter().map(|stream| {
+            let mut read = redis::cmd("XREADGROUP");
+            read.arg("GROUP")
+                .arg(&self.group)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(self.batch_size)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(id);
+            read
+        });
+        let replies: Vec<redis::Value> = self.blocking.each(reads.collect()).await?;
+        let mut entries = Vec::new();
+        for reply in replies {
+            entries.extend(read_reply(reply)?);
+        }
+        Ok(entries)
+    }
+
     /// Entries delivered to this consumer but never acked (it crashed before COMMIT).
     pub async fn read_own_pending(&mut self) -> anyhow::Result<Vec<Entry>> {
-        let ids = vec!["0"; self.streams.len()];
-        let options = StreamReadOptions::default()
-            .group(&self.group, &self.consumer)
-            .count(self.batch_size);
-        let reply: redis::Value = self
-            .blocking
-            .xread_options(&self.streams, &ids, &options)
-            .await?;
-        let mut entries = read_reply(reply)?;
+        let mut entries = if self.blocking.is_cluster() {
+            self.read_each_shard("0").await?
+        } else {
+            let ids = vec!["0"; self.streams.len()];
+            let options = StreamReadOptions::default()
+                .group(&self.group, &self.consumer)
+                .count(self.batch_size);
+            let reply: redis::Value = self
+                .blocking
+                .xread_options(&self.streams, &ids, &options)
+                .await?;
+            read_reply(reply)?
+        };
         self.count_deliveries(&mut entries).await?;
         Ok(entries)
     }
@@ -182,11 +218,12 @@ impl Ingest {
 
     /// The credits counted by the append script on every shard (each shard's `#total`).
     pub async fn credit_total(&mut self) -> anyhow::Result<i64> {
-        let mut pipe = redis::pipe();
-        for shard in 0..self.keys.shards() {
-            pipe.hget(self.keys.user_credits(shard), "#total");
-        }
-        let totals: Vec<Option<i64>> = pipe.query_async(&mut self.blocking).await?;
+        let reads = (0..self.keys.shards()).map(|shard| {
+            let mut read = redis::cmd("HGET");
+            read.arg(self.keys.user_credits(shard)).arg("#total");
+            read
+        });
+        let totals: Vec<Option<i64>> = self.blocking.each(reads.collect()).await?;
         Ok(totals.into_iter().flatten().sum())
     }
 
@@ -221,12 +258,12 @@ impl Ingest {
         if dead.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
+        let mut adds = Vec::with_capacity(dead.len());
         for (entry, error) in dead {
             let key = format!("{}:dead", entry.stream.trim_end_matches(":ingest"));
             let fields = entry.fields_json().to_string();
-            pipe.cmd("XADD")
-                .arg(key)
+            let mut add = redis::cmd("XADD");
+            add.arg(key)
                 .arg("MAXLEN")
                 .arg("~")
                 .arg(DEAD_LETTER_STREAM_MAXLEN)
@@ -235,10 +272,10 @@ impl Ingest {
                     ("entry", entry.id.as_str()),
                     ("error", error.as_str()),
                     ("fields", fields.as_str()),
-                ])
-                .ignore();
+                ]);
+            adds.push(add);
         }
-        pipe.query_async::<()>(&mut self.blocking).await?;
+        self.blocking.each::<redis::Value>(adds).await?;
         Ok(())
     }
 
@@ -252,11 +289,12 @@ impl Ingest {
                 .or_default()
                 .push(entry.id.as_str());
         }
-        let mut pipe = redis::pipe();
-        for (stream, ids) in by_stream {
-            pipe.xack(stream, &self.group, &ids).ignore();
-        }
-        pipe.query_async::<()>(&mut self.blocking).await?;
+        let acks = by_stream.into_iter().map(|(stream, ids)| {
+            let mut ack = redis::cmd("XACK");
+            ack.arg(stream).arg(&self.group).arg(ids);
+            ack
+        });
+        self.blocking.each::<redis::Value>(acks.collect()).await?;
         Ok(())
     }
 }

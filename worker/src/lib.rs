@@ -38,7 +38,10 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::R
     )
     .await?
     .keep_archive_for(config.archive_retention);
-    let redis = config.redis.client().context("parsing REDIS_URL")?;
+    let redis = config.redis.clone();
+    if !redis.is_cluster() {
+        redis.client().context("parsing REDIS_URL")?;
+    }
     let migrated = Arc::new(AtomicBool::new(false));
     let readiness = health::Readiness {
         db: store.pool().clone(),

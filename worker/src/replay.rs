@@ -8,13 +8,13 @@ use std::ops::RangeInclusive;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use redis::AsyncCommands;
 use serde_json::json;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
-use teamchat_shared::config::{ExportFormat, WorkerConfig};
+use teamchat_shared::config::{ExportFormat, Timeouts, WorkerConfig};
 use teamchat_shared::event::{EventData, StreamEvent};
 use teamchat_shared::history::History;
+use teamchat_shared::redis_conn::Redis;
 
 use crate::ingest::Entry;
 use crate::store::Store;
@@ -53,10 +53,10 @@ impl Progress {
     }
 }
 
-async fn redis(config: &WorkerConfig) -> anyhow::Result<redis::aio::MultiplexedConnection> {
-    let client = config.redis.client()?;
-    client
-        .get_multiplexed_async_connection()
+async fn redis(config: &WorkerConfig) -> anyhow::Result<Redis> {
+    config
+        .redis
+        .connect_direct(Timeouts::default())
         .await
         .context("connecting to Redis")
 }
@@ -74,15 +74,13 @@ pub(crate) fn archive(url: &str) -> anyhow::Result<PgPool> {
 
 /// Teams with a stream under the configured prefix, or with archived events.
 async fn all_teams(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &Redis,
     config: &WorkerConfig,
     archive: &PgPool,
 ) -> anyhow::Result<Vec<String>> {
     let keys = config.redis.keys();
     let mut found: Vec<String> = Vec::new();
-    let mut iter: redis::AsyncIter<String> = conn.scan_match(keys.team_events_pattern()).await?;
-    while let Some(key) = iter.next_item().await {
-        let key = key?;
+    for key in conn.scan_match(&keys.team_events_pattern()).await? {
         if let Some(team) = keys.team_of_events_key(&key) {
             found.push(team.to_owned());
         }
@@ -122,10 +120,10 @@ pub async fn replay(
     .keep_archive_for(config.archive_retention);
     store.migrate().await?;
     let archive = archive(archive_url.unwrap_or(&config.database_url))?;
-    let mut conn = redis(config).await?;
+    let conn = redis(config).await?;
     let teams = match team {
         Some(team) => vec![team.to_owned()],
-        None => all_teams(&mut conn, config, &archive).await?,
+        None => all_teams(&conn, config, &archive).await?,
     };
     let keys = config.redis.keys();
     let progress = Progress::new();

@@ -7,10 +7,10 @@
 
 use std::time::{Duration, SystemTime};
 
-use redis::aio::ConnectionLike;
 use sqlx::PgPool;
-use teamchat_shared::config::WorkerConfig;
+use teamchat_shared::config::{Timeouts, WorkerConfig};
 use teamchat_shared::keys::Keys;
+use teamchat_shared::redis_conn::Redis;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -29,11 +29,10 @@ pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken
             _ = shutdown.cancelled() => return,
         }
         let round = async {
-            let client = config.redis.client()?;
-            let mut redis = client.get_multiplexed_async_connection().await?;
+            let redis = config.redis.connect_direct(Timeouts::default()).await?;
             trim(
                 &pool,
-                &mut redis,
+                &redis,
                 &keys,
                 config.stream_maxlen,
                 config.stream_retention,
@@ -56,9 +55,9 @@ pub async fn run(config: WorkerConfig, pool: PgPool, shutdown: CancellationToken
 
 /// One round: each team's stream is trimmed below the first offset it must keep. Returns
 /// how many streams were trimmed, or `None` when another worker holds the round.
-pub async fn trim<C: ConnectionLike + Send>(
+pub async fn trim(
     pool: &PgPool,
-    redis: &mut C,
+    redis: &Redis,
     keys: &Keys,
     maxlen: u64,
     retention: Option<Duration>,
@@ -91,27 +90,26 @@ pub async fn trim<C: ConnectionLike + Send>(
     if teams.is_empty() {
         return Ok(Some(0));
     }
-    let mut tops = redis::pipe();
-    for (team, _, _) in &teams {
-        tops.hget(keys.team_meta(team), "offset");
-    }
-    let tops: Vec<Option<u64>> = tops.query_async(redis).await?;
-    let mut trims = redis::pipe();
-    let mut trimmed = 0;
+    let reads = teams.iter().map(|(team, _, _)| {
+        let mut read = redis::cmd("HGET");
+        read.arg(keys.team_meta(team)).arg("offset");
+        read
+    });
+    let tops: Vec<Option<u64>> = redis.each(reads.collect()).await?;
+    let mut trims = Vec::new();
     for ((team, synced, aged), top) in teams.iter().zip(tops) {
         let keep = keep_from(top.unwrap_or(0), maxlen, *aged, *synced);
         if keep > 1 {
-            trims
-                .cmd("XTRIM")
-                .arg(keys.team_events(team))
+            let mut trim = redis::cmd("XTRIM");
+            trim.arg(keys.team_events(team))
                 .arg("MINID")
-                .arg(format!("{keep}-0"))
-                .ignore();
-            trimmed += 1;
+                .arg(format!("{keep}-0"));
+            trims.push(trim);
         }
     }
+    let trimmed = trims.len();
     if trimmed > 0 {
-        trims.query_async::<()>(redis).await?;
+        redis.each::<redis::Value>(trims).await?;
     }
     tx.commit().await?;
     Ok(Some(trimmed))

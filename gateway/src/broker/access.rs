@@ -58,11 +58,8 @@ impl Broker {
 
     /// The revocation records of many users (0: none), in one round trip.
     pub async fn revocations(&self, users: &[std::sync::Arc<str>]) -> redis::RedisResult<Vec<u64>> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.get(self.keys.user_revoked(user));
-        }
-        let found: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let gets = users.iter().map(|user| get(self.keys.user_revoked(user)));
+        let found: Vec<Option<u64>> = self.conn.each(gets.collect()).await?;
         Ok(found.into_iter().map(Option::unwrap_or_default).collect())
     }
 
@@ -74,12 +71,13 @@ impl Broker {
         user: &str,
         teams: &[String],
     ) -> redis::RedisResult<Vec<AccessRecords>> {
-        let mut pipe = redis::pipe();
-        pipe.get(self.keys.user_revoked(user));
-        for team in teams {
-            pipe.get(self.keys.team_removed(team, user));
-        }
-        let found: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut gets = vec![get(self.keys.user_revoked(user))];
+        gets.extend(
+            teams
+                .iter()
+                .map(|team| get(self.keys.team_removed(team, user))),
+        );
+        let found: Vec<Option<u64>> = self.conn.each(gets).await?;
         let revoked_before = found.first().copied().flatten().unwrap_or(0);
         Ok(found
             .iter()
@@ -96,15 +94,18 @@ impl Broker {
         user: &str,
         team: Option<&str>,
     ) -> redis::RedisResult<AccessRecords> {
-        let mut pipe = redis::pipe();
-        pipe.get(self.keys.user_revoked(user));
-        if let Some(team) = team {
-            pipe.get(self.keys.team_removed(team, user));
-        }
-        let found: Vec<Option<u64>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut gets = vec![get(self.keys.user_revoked(user))];
+        gets.extend(team.map(|team| get(self.keys.team_removed(team, user))));
+        let found: Vec<Option<u64>> = self.conn.each(gets).await?;
         Ok(AccessRecords {
             revoked_before: found.first().copied().flatten().unwrap_or(0),
             removed_before: found.get(1).copied().flatten().unwrap_or(0),
         })
     }
+}
+
+fn get(key: String) -> redis::Cmd {
+    let mut cmd = redis::cmd("GET");
+    cmd.arg(key);
+    cmd
 }

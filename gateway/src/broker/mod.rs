@@ -16,10 +16,10 @@ pub use presence::ConnectionOpen;
 
 use anyhow::Context;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
-use teamchat_shared::config::GatewayConfig;
+use teamchat_shared::config::{GatewayConfig, Timeouts};
 use teamchat_shared::event::Ephemeral;
 use teamchat_shared::keys::Keys;
+use teamchat_shared::redis_conn::Redis;
 use teamchat_shared::scripts;
 use teamchat_shared::stream;
 
@@ -38,7 +38,7 @@ pub struct Top {
 
 #[derive(Clone)]
 pub struct Broker {
-    conn: ConnectionManager,
+    conn: Redis,
     /// Durable events go through it, batched per shard.
     appender: appender::Appender,
     keys: Keys,
@@ -56,19 +56,18 @@ pub struct TeamState {
 
 impl Broker {
     pub async fn connect(config: &GatewayConfig) -> anyhow::Result<Self> {
-        let client = config.redis.client()?;
         // A slow append that still succeeds must not be reported as "nothing was accepted":
         // allow seconds, not the default 500 ms.
         // While Redis is away, fail requests within a fraction of a second (they answer
         // `unavailable` and the client retries) instead of queueing them on reconnects.
-        let manager = redis::aio::ConnectionManagerConfig::new()
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_connection_timeout(Some(std::time::Duration::from_secs(1)))
-            .set_number_of_retries(2)
-            .set_min_delay(std::time::Duration::from_millis(50))
-            .set_max_delay(std::time::Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_with_config(manager)
+        let timeouts = Timeouts {
+            connect: std::time::Duration::from_secs(1),
+            response: Some(std::time::Duration::from_secs(5)),
+            retries: Some(2),
+        };
+        let conn = config
+            .redis
+            .connect(timeouts)
             .await
             .context("connecting to Redis")?;
         let keys = config.redis.keys();
@@ -77,6 +76,10 @@ impl Broker {
                 &conn,
                 keys.shards(),
                 config.append_batch_max as usize,
+                (config.redis_wait_replicas > 0).then_some(appender::Replicas {
+                    count: config.redis_wait_replicas,
+                    timeout_ms: config.redis_wait_timeout_ms,
+                }),
             ),
             conn,
             keys,
@@ -86,7 +89,7 @@ impl Broker {
 
     /// A handle on the shared connection, for a reader that keeps one (the server API's
     /// event export).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Redis {
         self.conn.clone()
     }
 
@@ -151,18 +154,17 @@ impl Broker {
         Ok(tops.pop().unwrap_or_default())
     }
 
-    /// The epochs and top offsets of many teams in one round trip (an empty epoch and 0
-    /// for a team with none).
+    /// The epochs and top offsets of many teams in one round trip on one Redis (an empty
+    /// epoch and 0 for a team with none).
     pub async fn top_offsets(&self, teams: &[String]) -> redis::RedisResult<Vec<Top>> {
-        let mut pipe = redis::pipe();
-        for team in teams {
-            pipe.cmd("HMGET")
-                .arg(self.keys.team_meta(team))
+        let reads = teams.iter().map(|team| {
+            let mut read = redis::cmd("HMGET");
+            read.arg(self.keys.team_meta(team))
                 .arg("epoch")
                 .arg("offset");
-        }
-        let tops: Vec<(Option<String>, Option<u64>)> =
-            pipe.query_async(&mut self.conn.clone()).await?;
+            read
+        });
+        let tops: Vec<(Option<String>, Option<u64>)> = self.conn.each(reads.collect()).await?;
         Ok(tops
             .into_iter()
             .map(|(epoch, offset)| Top {
@@ -203,9 +205,10 @@ impl Broker {
         src: &str,
         user: &str,
     ) -> redis::RedisResult<()> {
-        self.conn
-            .clone()
-            .publish(self.keys.team_channel(team), kind.encode(src, user))
+        redis::cmd(self.conn.publish_command())
+            .arg(self.keys.team_channel(team))
+            .arg(kind.encode(src, user))
+            .query_async(&mut self.conn.clone())
             .await
     }
 

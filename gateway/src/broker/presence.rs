@@ -34,7 +34,8 @@ impl Broker {
         call.arg(op)
             .arg(now)
             .arg(now + ttl_ms as i64)
-            .arg(self.keys.team_channel(team));
+            .arg(self.keys.team_channel(team))
+            .arg(self.conn.publish_command());
         call
     }
 
@@ -144,24 +145,23 @@ impl Broker {
             .map(|_| ())
     }
 
-    /// Keeps this gateway's connections counted (one pipeline for all of them).
+    /// Keeps this gateway's connections counted (one pipeline for all of them on one
+    /// Redis).
     pub async fn connections_refresh(
         &self,
         connections: &[(Arc<str>, Arc<str>)],
         ttl_ms: u64,
     ) -> redis::RedisResult<()> {
         let expires = now_ms() + ttl_ms as i64;
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::with_capacity(connections.len() * 2);
         for (user, session) in connections {
             let key = self.keys.user_connections(user);
-            pipe.cmd("ZADD")
-                .arg(&key)
-                .arg("XX")
-                .arg(expires)
-                .arg(session.as_ref())
-                .ignore();
-            pipe.cmd("PEXPIREAT").arg(&key).arg(expires).ignore();
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&key).arg("XX").arg(expires).arg(session.as_ref());
+            let mut expire = redis::cmd("PEXPIREAT");
+            expire.arg(&key).arg(expires);
+            commands.extend([zadd, expire]);
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.conn.each::<redis::Value>(commands).await.map(|_| ())
     }
 }

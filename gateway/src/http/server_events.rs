@@ -12,11 +12,11 @@ use http_body_util::{Either, StreamBody};
 use hyper::body::Frame;
 use hyper::header::{CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY};
 use hyper::{Request, Response, StatusCode};
-use redis::aio::ConnectionManager;
 use serde_json::json;
 use teamchat_shared::history::History;
 use teamchat_shared::ids::is_valid_id;
 use teamchat_shared::metrics as m;
+use teamchat_shared::redis_conn::Redis;
 
 use super::compress::StreamGzip;
 use super::{AnyBody, json_error, server_api};
@@ -112,7 +112,7 @@ fn answer<B>(
 }
 
 struct Reading {
-    history: History<ConnectionManager>,
+    history: History<Redis>,
     team: String,
     gzip: Option<StreamGzip>,
     done: bool,

@@ -2,6 +2,7 @@
 //! (see `room`) and one channel subscription that lives exactly as long as the room. The
 //! subscriptions are kept by `tail`, which hands what it receives back through `Rooms`.
 
+mod cluster_tail;
 pub mod tail;
 
 use std::collections::HashMap;
@@ -52,7 +53,10 @@ impl Hub {
         connections: Arc<Connections>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Arc<Self>> {
-        let client = config.redis.client().context("parsing REDIS_URL")?;
+        let redis = config.redis.clone();
+        if !redis.is_cluster() {
+            redis.client().context("parsing REDIS_URL")?;
+        }
         let (subs, sub_cmds) = mpsc::unbounded_channel();
         let hub = Arc::new(Self {
             rooms: Mutex::new(HashMap::new()),
@@ -67,7 +71,7 @@ impl Hub {
             tail_check: Duration::from_millis(config.tail_check_ms.max(10)),
         });
         let keys = hub.keys().clone();
-        let tail = tokio::spawn(tail::run(client, keys, hub.clone(), sub_cmds));
+        let tail = tokio::spawn(tail::run(redis, keys, hub.clone(), sub_cmds));
         let check = tokio::spawn(check_tops(hub.clone()));
         let refresh = tokio::spawn(refresh_presence(hub.clone()));
         tokio::spawn(async move {
@@ -222,6 +226,15 @@ impl tail::Rooms for Hub {
                 Err(e) => tracing::warn!(error = %e, "revocations not rechecked"),
             }
         });
+    }
+
+    /// Asks the team's room, if there is one here, to read what its stream has beyond
+    /// what it delivered.
+    fn catch_up(&self, team: &str) {
+        let rooms = self.rooms.lock().expect("hub lock");
+        if let Some(entry) = rooms.get(team) {
+            let _ = entry.queue.try_send(RoomCmd::CatchUp);
+        }
     }
 
     /// Asks every room to read what its stream has beyond what it delivered.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
+use teamchat_shared::config::RedisArgs;
 use teamchat_shared::event::Published;
 use teamchat_shared::keys::Keys;
 use tokio::sync::{mpsc, oneshot};
@@ -22,6 +23,8 @@ pub trait Rooms: Send + Sync + 'static {
     fn channels(&self) -> Vec<String>;
     /// Asks every room to read what its stream has beyond what it delivered.
     fn catch_up_all(&self);
+    /// The same for one team's room, if there is one here.
+    fn catch_up(&self, team: &str);
     /// Hands a published event to its team's room.
     fn dispatch(&self, team: &str, published: Published);
     /// Carries out a message of the control channel (`Keys::control`).
@@ -41,6 +44,23 @@ pub enum SubCmd {
 
 /// Runs the pub/sub side of the gateway until the command channel closes.
 pub async fn run(
+    redis: RedisArgs,
+    keys: Keys,
+    rooms: Arc<impl Rooms>,
+    cmds: mpsc::UnboundedReceiver<SubCmd>,
+) {
+    if redis.is_cluster() {
+        return super::cluster_tail::run(redis, keys, rooms, cmds).await;
+    }
+    let Ok(client) = redis.client() else {
+        // Checked when the hub started.
+        return error!("REDIS_URL does not parse");
+    };
+    run_single(client, keys, rooms, cmds).await
+}
+
+/// On one Redis: one pub/sub connection, opened again when it drops.
+async fn run_single(
     client: redis::Client,
     keys: Keys,
     rooms: Arc<impl Rooms>,
@@ -99,20 +119,7 @@ pub async fn run(
                 }
                 message = stream.next() => match message {
                     Some(msg) => {
-                        let channel = msg.get_channel_name();
-                        if channel == control {
-                            rooms.control(msg.get_payload_bytes());
-                            continue;
-                        }
-                        let Some(team) = keys.team_of_channel(channel) else { continue };
-                        match Published::parse(team, msg.get_payload_bytes()) {
-                            Ok(published) => rooms.dispatch(team, published),
-                            // The room reads a durable event it missed from the stream.
-                            Err(e) => {
-                                metrics::counter!(teamchat_shared::metrics::UNDECODABLE_EVENTS, "source" => "pubsub").increment(1);
-                                error!(error = %e, channel, "undecodable published event passed over");
-                            }
-                        }
+                        received(&keys, &control, rooms.as_ref(), msg.get_channel_name(), msg.get_payload_bytes());
                     }
                     None => {
                         warn!("pub/sub connection lost; reconnecting");
@@ -120,6 +127,31 @@ pub async fn run(
                     }
                 },
             }
+        }
+    }
+}
+
+/// Hands a message received on `channel` to the control or to its team's room.
+pub(super) fn received(
+    keys: &Keys,
+    control: &str,
+    rooms: &impl Rooms,
+    channel: &str,
+    payload: &[u8],
+) {
+    if channel == control {
+        return rooms.control(payload);
+    }
+    let Some(team) = keys.team_of_channel(channel) else {
+        return;
+    };
+    match Published::parse(team, payload) {
+        Ok(published) => rooms.dispatch(team, published),
+        // The room reads a durable event it missed from the stream.
+        Err(e) => {
+            metrics::counter!(teamchat_shared::metrics::UNDECODABLE_EVENTS, "source" => "pubsub")
+                .increment(1);
+            error!(error = %e, channel, "undecodable published event passed over");
         }
     }
 }
