@@ -129,19 +129,29 @@ impl ScriptSender for Redis {
         keys: Vec<String>,
         args: Vec<Vec<u8>>,
     ) -> RedisResult<Vec<String>> {
-        let mut call = scripts::APPEND.prepare_invoke();
-        for key in &keys {
-            call.key(key);
-        }
-        for arg in &args {
-            call.arg(arg);
-        }
+        let call = script_call([(keys.as_slice(), args.as_slice())]);
         let answers: Vec<redis::Value> = call.invoke_async(&mut self.clone()).await?;
         match <[redis::Value; 1]>::try_from(answers) {
             Ok([answer]) => script_answer(answer),
             Err(_) => Err(unexpected("one answer per event")),
         }
     }
+}
+
+/// One call of the append script for a batch of events, each its keys and arguments.
+pub fn script_call<'a>(
+    events: impl IntoIterator<Item = (&'a [String], &'a [Vec<u8>])>,
+) -> redis::ScriptInvocation<'static> {
+    let mut call = scripts::APPEND.prepare_invoke();
+    for (keys, args) in events {
+        for key in keys {
+            call.key(key);
+        }
+        for arg in args {
+            call.arg(arg);
+        }
+    }
+    call
 }
 
 /// One event's answer in a batch: an array of strings, or `{'failed', error}` when its

@@ -8,10 +8,9 @@
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use teamchat_shared::append::{ScriptSender, script_answer};
+use teamchat_shared::append::{ScriptSender, script_answer, script_call};
 use teamchat_shared::metrics as m;
 use teamchat_shared::redis_conn::Redis;
-use teamchat_shared::scripts;
 
 /// One event's keys and arguments (9 and 20, in the script's order) and where its answer
 /// goes.
@@ -78,15 +77,11 @@ async fn run(
     let mut batch = Vec::with_capacity(max_batch);
     while jobs.recv_many(&mut batch, max_batch).await > 0 {
         metrics::histogram!(m::APPEND_BATCH).record(batch.len() as f64);
-        let mut call = scripts::APPEND.prepare_invoke();
-        for job in &batch {
-            for key in &job.keys {
-                call.key(key);
-            }
-            for arg in &job.args {
-                call.arg(arg);
-            }
-        }
+        let call = script_call(
+            batch
+                .iter()
+                .map(|job| (job.keys.as_slice(), job.args.as_slice())),
+        );
         let mut answers: RedisResult<Vec<Value>> = call.invoke_async(&mut conn).await;
         // Held until the replicas have the batch: an ack then survives the master's loss.
         if let (Ok(_), Some(replicas)) = (&answers, replicas)

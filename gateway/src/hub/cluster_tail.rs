@@ -20,7 +20,7 @@ use teamchat_shared::keys::Keys;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::tail::{Rooms, SubCmd, received};
+use super::tail::{Rooms, SubCmd, back_off, received};
 
 /// How often subscriptions that failed are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -48,23 +48,10 @@ pub async fn run(
         match client.get_async_connection().await {
             Ok(conn) => break conn,
             Err(e) => {
-                metrics::counter!(teamchat_shared::metrics::GATEWAY_REDIS_ERRORS).increment(1);
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cluster pub/sub connection failed");
-                // Keep answering subscribe requests meanwhile, so joins do not wait: every
-                // room's channel is subscribed once connected.
-                let deadline = tokio::time::sleep(backoff);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = &mut deadline => break,
-                        cmd = cmds.recv() => match cmd {
-                            Some(SubCmd::Subscribe(_, ready)) => { let _ = ready.send(()); }
-                            Some(SubCmd::Unsubscribe(_)) => {}
-                            None => return,
-                        },
-                    }
+                if !back_off(&mut cmds, &mut backoff).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
             }
         }
     };

@@ -72,22 +72,10 @@ async fn run_single(
         let pubsub = match client.get_async_pubsub().await {
             Ok(pubsub) => pubsub,
             Err(e) => {
-                metrics::counter!(teamchat_shared::metrics::GATEWAY_REDIS_ERRORS).increment(1);
                 warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "pub/sub connection failed");
-                // Keep answering subscribe requests meanwhile, so joins do not wait.
-                let deadline = tokio::time::sleep(backoff);
-                tokio::pin!(deadline);
-                loop {
-                    tokio::select! {
-                        _ = &mut deadline => break,
-                        cmd = cmds.recv() => match cmd {
-                            Some(SubCmd::Subscribe(_, ready)) => { let _ = ready.send(()); }
-                            Some(SubCmd::Unsubscribe(_)) => {}
-                            None => return,
-                        },
-                    }
+                if !back_off(&mut cmds, &mut backoff).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
@@ -129,6 +117,30 @@ async fn run_single(
             }
         }
     }
+}
+
+/// After a failed connection: waits `backoff` (then doubles it, up to 2 s) while still
+/// answering subscribe requests, so joins do not wait; every room's channel is subscribed
+/// once connected. False when the command channel closed (the gateway stops).
+pub(super) async fn back_off(
+    cmds: &mut mpsc::UnboundedReceiver<SubCmd>,
+    backoff: &mut Duration,
+) -> bool {
+    metrics::counter!(teamchat_shared::metrics::GATEWAY_REDIS_ERRORS).increment(1);
+    let deadline = tokio::time::sleep(*backoff);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            cmd = cmds.recv() => match cmd {
+                Some(SubCmd::Subscribe(_, ready)) => { let _ = ready.send(()); }
+                Some(SubCmd::Unsubscribe(_)) => {}
+                None => return false,
+            },
+        }
+    }
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    true
 }
 
 /// Hands a message received on `channel` to the control or to its team's room.
