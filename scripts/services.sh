@@ -155,11 +155,7 @@ cluster_up() {
     # A cluster is created from empty nodes: what an earlier run left is thrown away.
     rm -rf "$DATA/cluster/$port"
     mkdir -p "$DATA/cluster/$port"
-    redis-server --port "$port" --bind 127.0.0.1 --dir "$DATA/cluster/$port" \
-      --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
-      --appendonly yes --appendfsync everysec --save "" \
-      --daemonize yes --pidfile "$DATA/cluster/$port/redis.pid" \
-      --logfile "$DATA/cluster/$port/redis.log"
+    cluster_node_start "$port"
   done
   STARTED_CLUSTER=1
   for port in $(cluster_ports); do
@@ -174,6 +170,17 @@ cluster_up() {
     || { log "creating the cluster failed; see $DATA/cluster/create.log"; return 1; }
   for _ in $(seq 100); do cluster_answers && break; sleep 0.1; done
   cluster_answers || { log "the cluster did not become ready"; return 1; }
+}
+
+# cluster_node_start PORT: starts the cluster node of PORT from its folder (its nodes.conf
+# and AOF, if any: the failover test restarts a killed master this way).
+cluster_node_start() {
+  local port=$1
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$DATA/cluster/$port" \
+    --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout 2000 \
+    --appendonly yes --appendfsync everysec --save "" \
+    --daemonize yes --pidfile "$DATA/cluster/$port/redis.pid" \
+    --logfile "$DATA/cluster/$port/redis.log"
 }
 
 cluster_stop() {

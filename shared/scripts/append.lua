@@ -1,8 +1,9 @@
 -- Appends durable events of a shard's teams, each atomically and in order (group commit:
 -- the gateway sends what queued for the shard while its previous call was in flight, so
--- the call's cost is paid per batch; docs/architecture.md, Data path). Each event has 9
--- KEYS and 20 ARGV, event i's at KEYS[9*i+1 ..] and ARGV[20*i+1 ..], described below as
--- KEYS[1..9] and ARGV[1..20]; the answer is an array of one answer per event, in order.
+-- the call's cost is paid per batch; docs/architecture.md, Data path). Each event has 10
+-- KEYS and 20 ARGV, event i's at KEYS[10*i+1 ..] and ARGV[20*i+1 ..], described below as
+-- KEYS[1..10] and ARGV[1..20]; the answer is an array of one answer per event, in order.
+-- lineage.lua comes before this script (its `generation`).
 --
 -- KEYS[1] team meta hash     KEYS[2] team event stream     KEYS[3] shard ingest stream
 -- KEYS[4] dedupe key of (team, user, client_id) for messages; for edits and deletes the
@@ -21,6 +22,7 @@
 -- (or for an older message, loaded from PostgreSQL) it lives ARGV[6] seconds after its
 -- last change, and a missing one is loaded from PostgreSQL (ARGV[19]). The key of another
 -- seq is this one with its seq replaced (same hash tag, so the same cluster slot).
+-- KEYS[10] the shard's lineage hash (lineage.lua)
 -- ARGV[1] team   ARGV[2] kind (message|edit|delete|receipt|pin|unpin|react|unreact)   ARGV[3] src session
 -- ARGV[4] data (JSON)   ARGV[5] channel
 -- ARGV[6] dedupe TTL seconds   ARGV[7] epoch to use if the team has none
@@ -41,8 +43,9 @@
 -- append's values for a repeated client_id (not charged again); {'err', code} for a
 -- refused one (nothing written); {'ignored'} for a receipt not above the user's last;
 -- {'unchanged', id} for a pin of a pinned message or an unpin of one that is not, or a
--- reaction the user already has (or a removal of one they have not) (nothing written); {'unseeded'} for a team whose counters seed_team.lua must set first (nothing
--- written);
+-- reaction the user already has (or a removal of one they have not) (nothing written);
+-- {'unseeded'} for a team whose counters seed_team.lua must set first, or set again on a
+-- promoted replica (nothing written);
 -- {'lookup'} for an edit, delete, pin or reaction of a message (or a reply to a parent)
 -- older than the hash holds: call again with its entry from PostgreSQL in ARGV[17]
 -- (nothing written); {'reactions'} for a reaction to such a message whose reactions Redis
@@ -58,7 +61,7 @@ local function int(n) return string.format('%d', n) end
 -- The most distinct emojis one message may carry (../shared/PROTOCOL.md, "Chat model").
 local MAX_EMOJIS = 50
 
--- One event: KEYS and ARGV are its 9 keys and 20 arguments.
+-- One event: KEYS and ARGV are its 10 keys and 20 arguments.
 local function append(KEYS, ARGV)
   local meta, events, ingest, dedupe, messages, receipts = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
   local user_credits = KEYS[7]
@@ -67,10 +70,13 @@ local function append(KEYS, ARGV)
 
   -- Each redis.call costs about as much as the command it runs: the meta hash is read once
   -- and written once.
-  local state = redis.call('HMGET', meta, 'seq', 'offset', 'epoch')
-  -- A new team, or one whose meta hash was lost: its counters must first be set after what
-  -- was given out before (seed_team.lua, with what PostgreSQL holds).
-  if not (state[1] and state[2]) then return {'unseeded'} end
+  local state = redis.call('HMGET', meta, 'seq', 'offset', 'epoch', 'gen')
+  -- A new team, or one whose meta hash was lost, or whose counters were given out before
+  -- this node was promoted: its counters must first be set after what was given out
+  -- before (seed_team.lua, with what PostgreSQL holds).
+  if not (state[1] and state[2]) or (state[4] or '0') ~= generation(KEYS[10]) then
+    return {'unseeded'}
+  end
   local top_seq = tonumber(state[1])
   local epoch = state[3]
   local seq, entry, from_db
@@ -247,9 +253,9 @@ local function append(KEYS, ARGV)
 end
 
 local answers = {}
-for i = 0, #KEYS / 9 - 1 do
+for i = 0, #KEYS / 10 - 1 do
   local keys, args = {}, {}
-  for k = 1, 9 do keys[k] = KEYS[9 * i + k] end
+  for k = 1, 10 do keys[k] = KEYS[10 * i + k] end
   for a = 1, 20 do args[a] = ARGV[20 * i + a] end
   answers[i + 1] = append(keys, args)
 end

@@ -25,6 +25,9 @@ const DEDUPE_TTL_SECS: u64 = 24 * 60 * 60;
 /// The most pins a team's seeding restores (the most recent; the pins list shows as many).
 const MAX_SEEDED_PINS: i64 = 1_000;
 
+/// `seed_team.lua`'s status for a team seeded again on a promoted replica.
+const SEEDED_AFTER_PROMOTION: &str = "2";
+
 /// A durable event to append, with what the script checks before it does.
 pub struct Append<'a> {
     pub team: &'a str,
@@ -109,7 +112,7 @@ pub enum AppendError {
     Postgres(#[from] sqlx::Error),
 }
 
-/// Runs the append script for one event of a shard (its 9 keys and 20 arguments) and
+/// Runs the append script for one event of a shard (its 10 keys and 20 arguments) and
 /// answers the script's answer for it.
 pub trait ScriptSender: Send + Sync {
     fn send(
@@ -323,22 +326,68 @@ impl<S: ScriptSender> Appends<S> {
                 Vec::new()
             }
         };
-        let _: i64 = scripts::SEED_TEAM
-            .key(keys.team_meta(team))
-            .key(keys.team_events(team))
-            .key(keys.team_messages(team))
-            .key(keys.team_pins(team))
-            .arg(floor.seq)
-            .arg(floor.offset)
-            .arg(scripts::new_epoch())
-            .arg(&pinned)
-            .invoke_async(&mut conn)
-            .await?;
+        // On a promoted replica the script first asks for the messages synced past what
+        // the replica holds (their dedupe keys are set again), then seeds with them.
+        let mut synced: Option<(i64, Vec<floor::SyncedMessage>)> = None;
+        let (status, held) = loop {
+            let mut seed = scripts::SEED_TEAM.prepare_invoke();
+            seed.key(keys.team_meta(team))
+                .key(keys.team_events(team))
+                .key(keys.team_messages(team))
+                .key(keys.team_pins(team))
+                .key(keys.shard_lineage(keys.shard_of(team)));
+            let messages = synced
+                .as_ref()
+                .map(|(_, m)| m.as_slice())
+                .unwrap_or_default();
+            for m in messages {
+                seed.key(keys.dedupe(team, &m.user_id, &m.client_id));
+            }
+            seed.arg(floor.seq)
+                .arg(floor.offset)
+                .arg(scripts::new_epoch())
+                .arg(
+                    synced
+                        .as_ref()
+                        .map(|(past, _)| past.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(DEDUPE_TTL_SECS)
+                .arg(pinned.len())
+                .arg(&pinned);
+            for m in messages {
+                seed.arg(format!("{} {} {} {}", m.seq, m.offset, m.id, m.ts));
+            }
+            let (status, held): (String, i64) = seed.invoke_async(&mut conn).await?;
+            if status != "synced" || synced.is_some() {
+                break (status, held);
+            }
+            let messages = floor::synced_after(&self.db, team, held)
+                .await
+                .inspect_err(|e| postgres_failed(team, e))?;
+            synced = Some((held, messages));
+        };
+        // Seeded again on a promoted replica: the offsets PostgreSQL has past what the
+        // replica holds were synced from the lost master, and those between them were
+        // lost with it. The watermark passes over the lost ones once it gets there.
+        if status == SEEDED_AFTER_PROMOTION {
+            tracing::warn!(
+                team,
+                held,
+                synced = floor.offset,
+                "team seeded again on a promoted replica: new epoch"
+            );
+            if floor.offset > held {
+                watermark::mark_gone(&self.db, team, held + 1, floor.offset)
+                    .await
+                    .inspect_err(|e| postgres_failed(team, e))?;
+            }
+        }
         Ok(())
     }
 }
 
-/// The append script's keys and arguments for one event (9 and 20, in its order).
+/// The append script's keys and arguments for one event (10 and 20, in its order).
 fn script_input(
     keys: &Keys,
     append: &Append<'_>,
@@ -398,6 +447,7 @@ fn script_input(
         keys.user_credits(shard),
         keys.tombstone(team, target),
         keys.message_reactions(team, target),
+        keys.shard_lineage(shard),
     ];
     let args = vec![
         arg(team),

@@ -146,6 +146,12 @@ impl Keys {
         format!("{}:{{s{}}}:credits:users", self.prefix, shard)
     }
 
+    /// The shard's lineage: the replication id of the node that gave out its teams'
+    /// counters and their generation (`scripts/lineage.lua`).
+    pub fn shard_lineage(&self, shard: u32) -> String {
+        format!("{}:{{s{}}}:lineage", self.prefix, shard)
+    }
+
     /// The shard's ingest stream, read by the workers' consumer group.
     pub fn ingest(&self, shard: u32) -> String {
         format!("{}:{{s{}}}:ingest", self.prefix, shard)

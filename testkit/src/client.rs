@@ -109,6 +109,24 @@ impl Client {
         Self::connect_with(addr, None, auth, msgpack).await
     }
 
+    /// Connects (JSON, the token in the query); `None` if the upgrade fails or the server
+    /// closes before its welcome (for a test in which the server may be unavailable).
+    pub async fn try_connect(addr: SocketAddr, token: &str) -> Option<Client> {
+        let protocol = "teamchat.v1.json";
+        let (ws, _) = open_with(addr, None, Auth::Query(token), Some(protocol))
+            .await
+            .ok()?;
+        let mut client = Client {
+            ws,
+            msgpack: false,
+            welcome: Value::Null,
+        };
+        let welcome = client.next_frame().await?;
+        (welcome["type"] == "session:welcome").then_some(())?;
+        client.welcome = welcome;
+        Some(client)
+    }
+
     /// Connects over wss:// (JSON, the token in the query), trusting what `tls` trusts.
     pub async fn connect_tls(
         addr: SocketAddr,
@@ -175,6 +193,23 @@ impl Client {
                     return rmp_serde::from_slice(&bytes).expect("server frames are MessagePack");
                 }
                 Message::Close(frame) => panic!("connection closed: {frame:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// The next data frame, or `None` once the connection closed or ended (for a test in
+    /// which the server may close it, and the client reconnects).
+    pub async fn next_frame(&mut self) -> Option<Value> {
+        loop {
+            let message = tokio::time::timeout(RECV_TIMEOUT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame")?
+                .ok()?;
+            match message {
+                Message::Text(text) => return serde_json::from_str(&text).ok(),
+                Message::Binary(bytes) => return rmp_serde::from_slice(&bytes).ok(),
+                Message::Close(_) => return None,
                 _ => {}
             }
         }

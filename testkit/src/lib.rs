@@ -3,6 +3,7 @@
 //! and a WebSocket client that speaks docs/protocol.md over TCP.
 
 pub mod client;
+pub mod cluster;
 pub mod http_session;
 pub mod pg_server;
 pub mod redis_server;

@@ -7,14 +7,10 @@ use std::collections::BTreeSet;
 
 use serde_json::json;
 use teamchat_gateway::Gateway;
-use teamchat_shared::config::{RedisArgs, Timeouts, WorkerConfig};
+use teamchat_shared::config::WorkerConfig;
+use teamchat_testkit::cluster;
 use teamchat_testkit::{Client, TestEnv, wait_for_watermark};
 use tokio_util::sync::CancellationToken;
-
-fn cluster_urls() -> String {
-    std::env::var("TEST_REDIS_CLUSTER_URLS")
-        .expect("TEST_REDIS_CLUSTER_URLS: run scripts/test, which starts a local Redis Cluster")
-}
 
 /// Teams whose shards spread over every master.
 const TEAMS: [&str; 8] = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"];
@@ -22,29 +18,22 @@ const TEAMS: [&str; 8] = ["c0", "c1", "c2", "c3", "c4", "c5", "c6", "c7"];
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateways_and_a_worker_keep_every_guarantee_on_a_cluster() {
     let env = TestEnv::new().await;
-    let urls = format!("--redis-cluster-urls={}", cluster_urls());
+    let urls = format!("--redis-cluster-urls={}", cluster::urls());
     let a = Gateway::start(env.gateway_config(&[&urls])).await.unwrap();
     let b = Gateway::start(env.gateway_config(&[&urls])).await.unwrap();
     let mut worker_args = vec!["teamchat-worker".to_owned()];
     worker_args.extend(env.worker_args("w1"));
     worker_args.push(urls.clone());
     let worker = <WorkerConfig as clap::Parser>::try_parse_from(worker_args).unwrap();
-    let redis: RedisArgs = worker.redis.clone();
     let stop = CancellationToken::new();
     tokio::spawn(teamchat_worker::run(worker, stop.clone()));
 
     // The teams' shards live on more than one master.
     let keys = env.keys();
-    let conn = redis.connect(Timeouts::default()).await.unwrap();
     let mut owners = BTreeSet::new();
     for team in TEAMS {
-        let slot: u16 = redis::cmd("CLUSTER")
-            .arg("KEYSLOT")
-            .arg(keys.team_events(team))
-            .query_async(&mut conn.clone())
-            .await
-            .unwrap();
-        owners.insert(slot / 5462);
+        let slot = cluster::slot_of(&keys.team_events(team)).await;
+        owners.insert(cluster::nodes_of_slot(slot).await.0);
     }
     assert!(owners.len() > 1, "{owners:?}");
 
@@ -121,76 +110,13 @@ async fn gateways_and_a_worker_keep_every_guarantee_on_a_cluster() {
     stop.cancel();
 }
 
-/// A connection to the test cluster.
-async fn cluster(urls: &str) -> redis::cluster_async::ClusterConnection {
-    redis::cluster::ClusterClient::new(urls.split(',').collect::<Vec<_>>())
-        .unwrap()
-        .get_async_connection()
-        .await
-        .unwrap()
-}
-
-/// The addresses (`host:port`) of the master serving `slot` and of its replicas, from
-/// `CLUSTER NODES` as `node` sees it.
-async fn nodes_of_slot(node: &str, slot: u16) -> (String, Vec<String>) {
-    let client = redis::Client::open(node).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let lines: Vec<Vec<&str>> = nodes.lines().map(|l| l.split(' ').collect()).collect();
-    let address = |fields: &[&str]| fields[1].split('@').next().unwrap().to_owned();
-    let master = lines
-        .iter()
-        .find(|f| {
-            f[2].contains("master")
-                && f[8..].iter().any(|range| {
-                    let (from, to) = range.split_once('-').unwrap_or((range, range));
-                    matches!((from.parse::<u16>(), to.parse::<u16>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
-                })
-        })
-        .expect("a master serves the slot");
-    let replicas = lines
-        .iter()
-        .filter(|f| f[3] == master[0])
-        .map(|f| address(f))
-        .collect();
-    (address(master), replicas)
-}
-
-/// The process id of the Redis at `address`.
-async fn pid_of(address: &str) -> String {
-    let client = redis::Client::open(format!("redis://{address}")).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .unwrap()
-        .trim()
-        .to_owned()
-}
-
-fn signal(pid: &str, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// With `REDIS_WAIT_REPLICAS=1` an ack means a replica has the append: while the team's
 /// master's replica is stopped, a send answers `unavailable` (written, not acked); once
 /// it runs again, the retry with the same `client_id` is acked, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_wait_replicas_an_ack_waits_for_a_replica() {
     let env = TestEnv::new().await;
-    let urls = cluster_urls();
+    let urls = cluster::urls();
     let a = Gateway::start(env.gateway_config(&[
         &format!("--redis-cluster-urls={urls}"),
         "--redis-wait-replicas=1",
@@ -203,20 +129,15 @@ async fn with_redis_wait_replicas_an_ack_waits_for_a_replica() {
     assert_eq!(ann.send_message("w", "m1", "replicated").await["seq"], 1);
 
     let keys = env.keys();
-    let mut redis = cluster(&urls).await;
-    let slot: u16 = redis::cmd("CLUSTER")
-        .arg("KEYSLOT")
-        .arg(keys.team_events("w"))
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let (_, replicas) = nodes_of_slot(urls.split(',').next().unwrap(), slot).await;
-    let replica = pid_of(&replicas[0]).await;
-    signal(&replica, "-STOP");
+    let mut redis = cluster::connect().await;
+    let slot = cluster::slot_of(&keys.team_events("w")).await;
+    let (_, replicas) = cluster::nodes_of_slot(slot).await;
+    let replica = cluster::pid_of(&replicas[0]).await;
+    cluster::signal(&replica, "-STOP");
     ann.send(json!({"type":"message:send","team":"w","client_id":"m2","body":"held"}))
         .await;
     let refused = ann.expect("error").await;
-    signal(&replica, "-CONT");
+    cluster::signal(&replica, "-CONT");
     assert_eq!(refused["code"], "unavailable");
 
     let retried = ann.send_message("w", "m2", "held").await;

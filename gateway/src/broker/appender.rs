@@ -50,7 +50,7 @@ impl Appender {
     }
 }
 
-/// Appends one event of `shard` (its 9 keys and 20 arguments) in the shard's next batch
+/// Appends one event of `shard` (its 10 keys and 20 arguments) in the shard's next batch
 /// and returns the script's answer for it.
 impl ScriptSender for Appender {
     async fn send(

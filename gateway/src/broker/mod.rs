@@ -115,6 +115,7 @@ impl Broker {
         let reply: Vec<String> = scripts::TEAM_STATE
             .key(self.keys.team_meta(team))
             .key(self.keys.team_receipts(team))
+            .key(self.keys.shard_lineage(self.keys.shard_of(team)))
             .arg(scripts::new_epoch())
             .invoke_async(&mut self.conn.clone())
             .await?;

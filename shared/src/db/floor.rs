@@ -57,3 +57,37 @@ pub async fn read(db: &PgPool, team: &str) -> sqlx::Result<Floor> {
         Err(e) => Err(e),
     }
 }
+
+/// A message PostgreSQL holds, as its sender's dedupe key remembers it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SyncedMessage {
+    pub user_id: String,
+    pub client_id: String,
+    pub seq: i64,
+    pub offset: i64,
+    pub id: String,
+    pub ts: i64,
+}
+
+/// The messages of `team` synced at offsets past `offset` (at most `MAX_SYNCED_AFTER`):
+/// on a promoted replica that holds the team up to `offset`, those the lost master gave out.
+pub async fn synced_after(
+    db: &PgPool,
+    team: &str,
+    offset: i64,
+) -> sqlx::Result<Vec<SyncedMessage>> {
+    sqlx::query_as(
+        r#"SELECT user_id, client_id, seq, "offset", id, ts FROM messages
+           WHERE team = $1 AND "offset" > $2
+             AND user_id IS NOT NULL AND client_id IS NOT NULL AND id IS NOT NULL
+           ORDER BY "offset" LIMIT $3"#,
+    )
+    .bind(team)
+    .bind(offset)
+    .bind(MAX_SYNCED_AFTER)
+    .fetch_all(db)
+    .await
+}
+
+/// More than a team can append between a master's last replicated write and its death.
+const MAX_SYNCED_AFTER: i64 = 10_000;

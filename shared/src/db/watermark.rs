@@ -80,6 +80,31 @@ pub async fn pass_through(db: &PgPool, team: &str, offset: i64) -> sqlx::Result<
     tx.commit().await
 }
 
+/// Marks the offsets `from..=to` of the team that PostgreSQL does not hold as gone for good
+/// (lost with a Redis master whose replica did not have them): the watermark passes over
+/// them once the offsets before them are synced, as over synced ones.
+pub async fn mark_gone(db: &PgPool, team: &str, from: i64, to: i64) -> sqlx::Result<()> {
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO team_sync (team) VALUES ($1)
+         ON CONFLICT (team) DO UPDATE SET synced_offset = team_sync.synced_offset",
+    )
+    .bind(team)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        r#"INSERT INTO synced_ahead (team, "offset") SELECT $1, generate_series($2::int8, $3::int8)
+           ON CONFLICT DO NOTHING"#,
+    )
+    .bind(team)
+    .bind(from)
+    .bind(to)
+    .execute(&mut *tx)
+    .await?;
+    settle(&mut tx, &[team]).await?;
+    tx.commit().await
+}
+
 /// Moves the (locked) teams' watermarks over the waiting offsets that now follow on,
 /// deletes the offsets they passed, and sets the rows' `waiting`.
 async fn settle(tx: &mut PgConnection, teams: &[&str]) -> sqlx::Result<()> {
