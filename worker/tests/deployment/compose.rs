@@ -90,6 +90,33 @@ fn compose_file_agrees_with_the_binaries() {
         }
     }
 
+    // The `cluster` profile: six nodes and the service that forms them into a cluster, which
+    // the gateways and the worker wait for when the profile is on and use when
+    // REDIS_CLUSTER_URLS is set.
+    for n in 1..=6 {
+        let node = &services[format!("redis-node-{n}").as_str()];
+        assert_eq!(node["profiles"][0].as_str(), Some("cluster"), "node {n}");
+        assert!(node["command"].as_str().unwrap().contains("--cluster-enabled yes"));
+        assert!(node.get("healthcheck").is_some(), "node {n}");
+    }
+    let forming = &services["redis-cluster"];
+    assert_eq!(forming["profiles"][0].as_str(), Some("cluster"));
+    assert_eq!(forming["depends_on"].as_mapping().unwrap().len(), 6);
+    for name in ["gateway1", "gateway2", "worker"] {
+        let service = &services[name];
+        assert_eq!(
+            service["depends_on"]["redis-cluster"]["required"].as_bool(),
+            Some(false),
+            "{name} needs the cluster only in its profile"
+        );
+        assert!(
+            environment(service)
+                .iter()
+                .any(|(k, v)| k == "REDIS_CLUSTER_URLS" && v == "${REDIS_CLUSTER_URLS:-}"),
+            "{name} passes REDIS_CLUSTER_URLS"
+        );
+    }
+
     let gateway_vars = variables(GatewayConfig::command());
     let worker_vars = variables(WorkerConfig::command());
     let mut prometheus_targets = BTreeSet::new();
