@@ -134,8 +134,10 @@ services_start_postgres() {
 
 cluster_ports() { seq "$CLUSTER_PORT" $((CLUSTER_PORT + 5)); }
 
+# cluster_answers [PORT]: whether the cluster node at PORT (CLUSTER_PORT) says its cluster
+# is ok.
 cluster_answers() {
-  [ "$(redis-cli -p "$CLUSTER_PORT" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:')" = "cluster_state:ok" ]
+  [ "$(redis-cli -p "${1:-$CLUSTER_PORT}" cluster info 2>/dev/null | tr -d '\r' | grep '^cluster_state:')" = "cluster_state:ok" ]
 }
 
 # Starts a local Redis Cluster (3 masters, 3 replicas, AOF on, data in .data/cluster/)
@@ -151,25 +153,39 @@ cluster_up() {
     return
   fi
   log "starting a Redis Cluster on 127.0.0.1:$CLUSTER_PORT-$((CLUSTER_PORT + 5)) (data in $DATA/cluster)"
-  for port in $(cluster_ports); do
+  STARTED_CLUSTER=1
+  cluster_create "$CLUSTER_PORT" 3 1
+}
+
+# cluster_create FIRST_PORT MASTERS REPLICAS: starts MASTERS × (1 + REPLICAS) empty nodes
+# on loopback ports from FIRST_PORT and makes them one cluster, REPLICAS replicas per
+# master. A single master without replicas gets every slot itself (redis-cli's create
+# needs three masters).
+cluster_create() {
+  local first=$1 masters=$2 replicas=$3 port nodes=()
+  local last=$((first + masters * (1 + replicas) - 1))
+  for port in $(seq "$first" "$last"); do
     # A cluster is created from empty nodes: what an earlier run left is thrown away.
     rm -rf "$DATA/cluster/$port"
     mkdir -p "$DATA/cluster/$port"
     cluster_node_start "$port"
   done
-  STARTED_CLUSTER=1
-  for port in $(cluster_ports); do
+  for port in $(seq "$first" "$last"); do
     for _ in $(seq 100); do
       [ "$(redis-cli -p "$port" ping 2>/dev/null)" = "PONG" ] && break
       sleep 0.1
     done
+    nodes+=("127.0.0.1:$port")
   done
-  local nodes=()
-  for port in $(cluster_ports); do nodes+=("127.0.0.1:$port"); done
-  redis-cli --cluster create "${nodes[@]}" --cluster-replicas 1 --cluster-yes >"$DATA/cluster/create.log" 2>&1 \
-    || { log "creating the cluster failed; see $DATA/cluster/create.log"; return 1; }
-  for _ in $(seq 100); do cluster_answers && break; sleep 0.1; done
-  cluster_answers || { log "the cluster did not become ready"; return 1; }
+  if [ "$masters" = 1 ] && [ "$replicas" = 0 ]; then
+    redis-cli -p "$first" cluster addslotsrange 0 16383 >/dev/null
+  else
+    redis-cli --cluster create "${nodes[@]}" --cluster-replicas "$replicas" --cluster-yes \
+      >"$DATA/cluster/create-$first.log" 2>&1 \
+      || { log "creating the cluster failed; see $DATA/cluster/create-$first.log"; return 1; }
+  fi
+  for _ in $(seq 100); do cluster_answers "$first" && break; sleep 0.1; done
+  cluster_answers "$first" || { log "the cluster at $first did not become ready"; return 1; }
 }
 
 # cluster_node_start PORT: starts the cluster node of PORT from its folder (its nodes.conf
@@ -183,9 +199,10 @@ cluster_node_start() {
     --logfile "$DATA/cluster/$port/redis.log"
 }
 
+# cluster_stop [FIRST_PORT NODES]: stops the nodes of a cluster (CLUSTER_PORT's six).
 cluster_stop() {
   local port
-  for port in $(cluster_ports); do
+  for port in $(seq "${1:-$CLUSTER_PORT}" $((${1:-$CLUSTER_PORT} + ${2:-6} - 1))); do
     redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
   done
 }

@@ -29,7 +29,10 @@ pub async fn run(args: &ConnectArgs) -> anyhow::Result<Vec<Row>> {
     let processes = vec![
         ("gateways".to_owned(), gateways[0].pid),
         ("gateways".to_owned(), gateways[1].pid),
-        ("redis".to_owned(), stack::redis_pid(&args.stack).await?),
+        (
+            "redis".to_owned(),
+            stack::redis_pid(args.stack.first_redis_url()).await?,
+        ),
         ("generator".to_owned(), std::process::id()),
     ];
     let tokens: Vec<(String, String)> = (0..args.clients)

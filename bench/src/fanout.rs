@@ -150,8 +150,8 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     let mut processes = vec![
         ("gateway 1".to_owned(), gateways[0].pid),
         ("gateway 2".to_owned(), gateways[1].pid),
-        ("redis".to_owned(), stack::redis_pid(&args.stack).await?),
     ];
+    processes.extend(stack::redis_pids(&args.stack).await?);
     let worker = match args.worker {
         true => Some(stack::start_worker(&args.stack, &prefix).await?),
         false => None,
@@ -300,7 +300,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
     // No response timeout: a slow PING is what it measures, not a failure.
     let no_timeout = redis::AsyncConnectionConfig::new().set_response_timeout(None);
     let mut redis_prober = Some(
-        teamchat_shared::config::redis_client(&args.stack.redis_url)?
+        teamchat_shared::config::redis_client(args.stack.first_redis_url())?
             .get_multiplexed_async_connection_with_config(&no_timeout)
             .await?,
     );
@@ -495,14 +495,43 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<Vec<Row>> {
                 "gateway µs/delivery",
                 round(gateway_cpu * 1e6 / delivered.max(1) as f64, 2),
             );
+        // Redis: one server, or a cluster's masters (their sum, and per master).
+        let redis: Vec<(f64, f64)> = cpu
+            .iter()
+            .filter(|(name, _, _)| name.starts_with("redis"))
+            .map(|(_, secs, share)| (*secs, *share))
+            .collect();
+        let masters = redis.len().max(1) as f64;
+        row = row
+            .with("redis masters", redis.len())
+            .with(
+                "redis CPU %",
+                round(redis.iter().map(|(_, s)| s).sum::<f64>() * 100.0, 0),
+            )
+            .with(
+                "redis CPU % per master",
+                round(
+                    redis.iter().map(|(_, s)| s).sum::<f64>() * 100.0 / masters,
+                    0,
+                ),
+            )
+            .with(
+                "redis µs/message per master",
+                round(
+                    redis.iter().map(|(secs, _)| secs).sum::<f64>() * 1e6
+                        / masters
+                        / sent.max(1) as f64,
+                    1,
+                ),
+            );
         for (name, _, share) in &cpu {
             let column: &'static str = match name.as_str() {
                 "gateway 1" => "gateway 1 CPU %",
                 "gateway 2" => "gateway 2 CPU %",
-                "redis" => "redis CPU %",
                 "worker" => "worker CPU %",
                 "postgres" => "postgres CPU %",
-                _ => "generator CPU %",
+                "generator" => "generator CPU %",
+                _ => continue,
             };
             row = row.with(column, round(share * 100.0, 0));
         }
@@ -561,6 +590,11 @@ fn refuse_for_peers(args: &FanoutArgs) -> anyhow::Result<()> {
         ),
         (args.send != Sends::Messages, "--send reactions"),
         (args.stack.gateway_bin.is_some(), "--gateway-bin"),
+        (
+            !args.stack.redis_cluster_urls.is_empty(),
+            "--redis-cluster-urls",
+        ),
+        (args.stack.wait_replicas > 0, "--wait-replicas"),
     ];
     if let Some((_, option)) = refused.iter().find(|(given, _)| *given) {
         anyhow::bail!(

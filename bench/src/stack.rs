@@ -32,12 +32,35 @@ pub struct StackArgs {
     /// it; `idle` then offers it).
     #[arg(long)]
     pub deflate: bool,
+    /// Run the gateways and the worker on this Redis Cluster (seed nodes, comma-separated)
+    /// instead of `--redis-url`; each master's CPU is measured.
+    #[arg(long, value_delimiter = ',')]
+    pub redis_cluster_urls: Vec<String>,
+    /// Gateways ack only once this many replicas have an append (`REDIS_WAIT_REPLICAS`).
+    #[arg(long, default_value_t = 0)]
+    pub wait_replicas: u32,
 }
 
 /// The certificate authority of a `--tls` run, kept for the run's length.
 static TEST_CA: std::sync::OnceLock<teamchat_testkit::tls::TestCa> = std::sync::OnceLock::new();
 
 impl StackArgs {
+    /// The Redis the probers and the clean-up reach first: the cluster's first seed node,
+    /// or `--redis-url`.
+    pub fn first_redis_url(&self) -> &str {
+        self.redis_cluster_urls
+            .first()
+            .map_or(self.redis_url.as_str(), String::as_str)
+    }
+
+    /// The variables that point a gateway or worker at the Redis of this run.
+    fn redis_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_URL", self.redis_url.clone()),
+            ("REDIS_CLUSTER_URLS", self.redis_cluster_urls.join(",")),
+        ]
+    }
+
     fn gateway_bin(&self) -> anyhow::Result<PathBuf> {
         match &self.gateway_bin {
             Some(path) => Ok(path.clone()),
@@ -64,7 +87,7 @@ pub struct WorkerProcess {
 pub async fn start_worker(args: &StackArgs, prefix: &str) -> anyhow::Result<WorkerProcess> {
     let bin = beside_this_binary("teamchat-worker")?;
     let child = Command::new(&bin)
-        .env("REDIS_URL", &args.redis_url)
+        .envs(args.redis_env())
         .env("REDIS_PREFIX", prefix)
         .env("DATABASE_URL", &args.database_url)
         .env("WORKER_LISTEN", "127.0.0.1:0")
@@ -142,7 +165,8 @@ pub async fn start_gateways(
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let child = Command::new(&bin)
             .env("LISTEN", addr.to_string())
-            .env("REDIS_URL", &args.redis_url)
+            .envs(args.redis_env())
+            .env("REDIS_WAIT_REPLICAS", args.wait_replicas.to_string())
             .env("REDIS_PREFIX", &prefix)
             .env("DATABASE_URL", &args.database_url)
             .env("JWT_SECRET", SECRET)
@@ -304,37 +328,86 @@ async fn wait_peer_ready(peer: &mut GatewayProcess, server: Server) -> anyhow::R
     )
 }
 
-/// Deletes every key of a run's prefix, so benchmarks do not fill Redis.
+/// Deletes every key of a run's prefix, so benchmarks do not fill Redis (every master's,
+/// on a cluster: one key per UNLINK there, since keys of several slots cannot share one).
 pub async fn clean_redis(args: &StackArgs, prefix: &str) -> anyhow::Result<()> {
-    let mut redis = teamchat_shared::config::redis_client(&args.redis_url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    let mut cursor = 0u64;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(10_000)
-            .query_async(&mut redis)
+    for (_, url) in redis_servers(args).await? {
+        let mut redis = teamchat_shared::config::redis_client(&url)?
+            .get_multiplexed_async_connection()
             .await?;
-        if !keys.is_empty() {
-            let _: () = redis::cmd("UNLINK")
-                .arg(&keys)
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(10_000)
                 .query_async(&mut redis)
                 .await?;
+            let mut unlink = redis::pipe();
+            for key in &keys {
+                unlink.cmd("UNLINK").arg(key).ignore();
+            }
+            let _: () = unlink.query_async(&mut redis).await?;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
     }
+    Ok(())
 }
 
-/// The Redis server's process id (same machine), for its CPU time.
-pub async fn redis_pid(args: &StackArgs) -> anyhow::Result<u32> {
-    let mut redis = teamchat_shared::config::redis_client(&args.redis_url)?
+/// The Redis servers of the run, named and with their URLs: `redis`, or on a cluster its
+/// masters (`redis master 1`, … in the order of their addresses).
+async fn redis_servers(args: &StackArgs) -> anyhow::Result<Vec<(String, String)>> {
+    if args.redis_cluster_urls.is_empty() {
+        return Ok(vec![("redis".to_owned(), args.redis_url.clone())]);
+    }
+    let mut seed = teamchat_shared::config::redis_client(args.first_redis_url())?
+        .get_multiplexed_async_connection()
+        .await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut seed)
+        .await?;
+    let mut masters: Vec<String> = nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let master = fields.get(2)?.contains("master") && fields.len() > 8;
+            master.then(|| fields[1].split('@').next().unwrap_or_default().to_owned())
+        })
+        .collect();
+    masters.sort();
+    Ok(masters
+        .into_iter()
+        .enumerate()
+        .map(|(i, address)| {
+            // A node alone in its cluster knows no address of its own (`:7200`): the seed.
+            let url = match address.starts_with(':') {
+                true => args.first_redis_url().to_owned(),
+                false => format!("redis://{address}"),
+            };
+            (format!("redis master {}", i + 1), url)
+        })
+        .collect())
+}
+
+/// The Redis servers' process ids (same machine), for their CPU time: `redis`, or each
+/// master of a cluster.
+pub async fn redis_pids(args: &StackArgs) -> anyhow::Result<Vec<(String, u32)>> {
+    let mut pids = Vec::new();
+    for (name, url) in redis_servers(args).await? {
+        pids.push((name, redis_pid(&url).await?));
+    }
+    Ok(pids)
+}
+
+/// The process id of the Redis at `url` (same machine).
+pub async fn redis_pid(url: &str) -> anyhow::Result<u32> {
+    let mut redis = teamchat_shared::config::redis_client(url)?
         .get_multiplexed_async_connection()
         .await?;
     let info: String = redis::cmd("INFO")

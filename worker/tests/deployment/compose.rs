@@ -96,7 +96,12 @@ fn compose_file_agrees_with_the_binaries() {
     for n in 1..=6 {
         let node = &services[format!("redis-node-{n}").as_str()];
         assert_eq!(node["profiles"][0].as_str(), Some("cluster"), "node {n}");
-        assert!(node["command"].as_str().unwrap().contains("--cluster-enabled yes"));
+        assert!(
+            node["command"]
+                .as_str()
+                .unwrap()
+                .contains("--cluster-enabled yes")
+        );
         assert!(node.get("healthcheck").is_some(), "node {n}");
     }
     let forming = &services["redis-cluster"];
