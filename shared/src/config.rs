@@ -51,7 +51,14 @@ impl RedisArgs {
 
     /// Whether teamchat runs on a Redis Cluster (`REDIS_CLUSTER_URLS`).
     pub fn is_cluster(&self) -> bool {
-        !self.redis_cluster_urls.is_empty()
+        !self.cluster_urls().is_empty()
+    }
+
+    /// The cluster's seed nodes; none for an empty `REDIS_CLUSTER_URLS` (a deployment file
+    /// that passes the variable through whether or not it is set).
+    fn cluster_urls(&self) -> Vec<String> {
+        let urls = self.redis_cluster_urls.iter();
+        urls.filter(|url| !url.trim().is_empty()).cloned().collect()
     }
 
     /// The shared connection to the configured Redis or Redis Cluster: requests fail after
@@ -109,10 +116,9 @@ impl RedisArgs {
         timeouts: Timeouts,
         pushes: Option<tokio::sync::mpsc::UnboundedSender<redis::PushInfo>>,
     ) -> redis::RedisResult<redis::cluster::ClusterClient> {
-        let mut builder =
-            redis::cluster::ClusterClientBuilder::new(self.redis_cluster_urls.clone())
-                .connection_timeout(timeouts.connect)
-                .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let mut builder = redis::cluster::ClusterClientBuilder::new(self.cluster_urls())
+            .connection_timeout(timeouts.connect)
+            .tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
         if let Some(response) = timeouts.response {
             builder = builder.response_timeout(response);
         }
@@ -546,4 +552,23 @@ pub enum ExportFormat {
     Ndjson,
     /// Fixed columns, the same for every kind, for loading into a table.
     Flat,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// compose.yaml passes `REDIS_CLUSTER_URLS` through empty when it is not set: that is
+    /// one Redis, not a cluster with a blank seed.
+    #[test]
+    fn an_empty_cluster_list_means_one_redis() {
+        let parse = |urls: &str| {
+            let flag = format!("--redis-cluster-urls={urls}");
+            WorkerConfig::try_parse_from(["teamchat-worker", flag.as_str()]).unwrap()
+        };
+        assert!(!parse("").redis.is_cluster());
+        assert!(parse("redis://a:1,redis://b:2").redis.is_cluster());
+    }
 }
