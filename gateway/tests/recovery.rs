@@ -17,7 +17,7 @@ async fn ack_of(client: &mut Client) -> serde_json::Value {
 
 /// Deletes the team's stream and meta, as a Redis restart without persistence would;
 /// returns the connection used.
-async fn lose_team_stream(env: &TestEnv, team: &str) -> redis::aio::MultiplexedConnection {
+async fn lose_team_stream(env: &TestEnv, team: &str) -> teamchat_shared::redis_conn::Redis {
     use redis::AsyncCommands;
     let keys = env.keys();
     let mut redis = env.redis().await;

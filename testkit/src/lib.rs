@@ -19,6 +19,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, PgPool};
 use teamchat_shared::config::{GatewayConfig, WorkerConfig};
 use teamchat_shared::keys::Keys;
+use teamchat_shared::redis_conn::Redis;
 
 pub use client::Client;
 pub use tokio_tungstenite;
@@ -30,6 +31,10 @@ const SHARDS: u32 = 4;
 pub struct TestEnv {
     pub prefix: String,
     pub redis_url: String,
+    /// With `TEST_BACKEND=cluster`, the Redis Cluster (`TEST_REDIS_CLUSTER_URLS`) the
+    /// test's gateways and workers run on instead of `redis_url`: the same tests on the
+    /// second backend (`scripts/test` runs the cross-gateway ones both ways).
+    pub cluster_urls: Option<String>,
     pub database_url: String,
     /// `DATABASE_URL`: where the test's database was created, and is dropped from.
     admin_url: String,
@@ -56,10 +61,17 @@ impl Drop for TestEnv {
     /// servers leaves nothing to remove. (On a thread of its own: a test's runtime cannot
     /// be blocked on from within.)
     fn drop(&mut self) {
-        let (redis_url, prefix) = (self.redis_url.clone(), self.prefix.clone());
+        let prefix = self.prefix.clone();
+        let redis_urls: Vec<String> = match &self.cluster_urls {
+            Some(urls) => urls.split(',').map(str::to_owned).collect(),
+            None => vec![self.redis_url.clone()],
+        };
+        let one_by_one = self.cluster_urls.is_some();
         let (admin_url, database) = (self.admin_url.clone(), self.prefix.clone());
         let cleanup = std::thread::spawn(move || {
-            remove_keys(&redis_url, &prefix);
+            for url in &redis_urls {
+                remove_keys(url, &prefix, one_by_one);
+            }
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -70,8 +82,9 @@ impl Drop for TestEnv {
     }
 }
 
-/// Unlinks every key under `prefix`.
-fn remove_keys(redis_url: &str, prefix: &str) {
+/// Unlinks every key under `prefix` (`one_by_one` on a cluster node, where keys of several
+/// slots cannot go in one command; a replica refuses, its master's unlink reaches it).
+fn remove_keys(redis_url: &str, prefix: &str, one_by_one: bool) {
     let Ok(client) = redis::Client::open(redis_url) else {
         return;
     };
@@ -89,7 +102,8 @@ fn remove_keys(redis_url: &str, prefix: &str) {
         Ok(keys) => keys.filter_map(Result::ok).collect(),
         Err(_) => return,
     };
-    for chunk in keys.chunks(500) {
+    let chunk_size = if one_by_one { 1 } else { 500 };
+    for chunk in keys.chunks(chunk_size) {
         let _: redis::RedisResult<()> = redis::cmd("UNLINK").arg(chunk).query(&mut conn);
     }
 }
@@ -141,9 +155,14 @@ impl TestEnv {
             .await
             .expect("applying migrations");
         pool.close().await;
+        let cluster_urls = (std::env::var("TEST_BACKEND").as_deref() == Ok("cluster")).then(|| {
+            std::env::var("TEST_REDIS_CLUSTER_URLS")
+                .expect("TEST_BACKEND=cluster needs TEST_REDIS_CLUSTER_URLS (scripts/test)")
+        });
         TestEnv {
             prefix: name,
             redis_url,
+            cluster_urls,
             database_url,
             admin_url,
         }
@@ -154,12 +173,16 @@ impl TestEnv {
     }
 
     fn common_args(&self) -> Vec<String> {
-        vec![
+        let mut args = vec![
             format!("--redis-url={}", self.redis_url),
             format!("--redis-prefix={}", self.prefix),
             format!("--shards={SHARDS}"),
             format!("--database-url={}", self.database_url),
-        ]
+        ];
+        if let Some(urls) = &self.cluster_urls {
+            args.push(format!("--redis-cluster-urls={urls}"));
+        }
+        args
     }
 
     /// A gateway on a free loopback port; `extra` are more CLI flags (`--heartbeat-ms=200`).
@@ -203,12 +226,24 @@ impl TestEnv {
             .expect("test database")
     }
 
-    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
+    /// A connection to the Redis the test's gateways use (the cluster's, with
+    /// `TEST_BACKEND=cluster`).
+    pub async fn redis(&self) -> Redis {
+        if let Some(urls) = &self.cluster_urls {
+            let nodes: Vec<&str> = urls.split(',').collect();
+            let cluster = redis::cluster::ClusterClient::new(nodes)
+                .unwrap()
+                .get_async_connection()
+                .await
+                .expect("the Redis Cluster at TEST_REDIS_CLUSTER_URLS");
+            return Redis::Cluster(cluster);
+        }
+        let conn = redis::Client::open(self.redis_url.as_str())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
-            .expect("Redis at REDIS_URL (run scripts/test)")
+            .expect("Redis at REDIS_URL (run scripts/test)");
+        Redis::Direct(conn)
     }
 
     /// Appends a raw `message` entry for `team` to its shard's ingest stream, at the team's
@@ -265,6 +300,10 @@ pub async fn spawn_gateway(
     let child = tokio::process::Command::new(binary)
         .env("LISTEN", format!("127.0.0.1:{port}"))
         .env("REDIS_URL", &config.redis.redis_url)
+        .env(
+            "REDIS_CLUSTER_URLS",
+            config.redis.redis_cluster_urls.join(","),
+        )
         .env("REDIS_PREFIX", &config.redis.redis_prefix)
         .env("SHARDS", config.redis.shards.to_string())
         .env("DATABASE_URL", &config.database_url)

@@ -3,14 +3,14 @@
 //! export still reaches every event through the archive.
 
 use std::time::Duration;
-use teamchat_shared::redis_conn::Redis;
 
 use teamchat_gateway::Gateway;
+use teamchat_shared::redis_conn::Redis;
 use teamchat_testkit::{Client, TestEnv, eventually, wait_for_watermark};
 use tokio_util::sync::CancellationToken;
 
 /// The team stream's length and first offset.
-async fn held(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> (u64, Option<u64>) {
+async fn held(redis: &mut Redis, stream: &str) -> (u64, Option<u64>) {
     let len: u64 = redis::cmd("XLEN")
         .arg(stream)
         .query_async(redis)
@@ -69,10 +69,9 @@ async fn streams_are_trimmed_behind_the_sync_and_never_ahead_of_it() {
     for n in 41..=70 {
         ann.send_message("t", &format!("a{n}"), "m").await;
     }
-    let trimmed =
-        teamchat_worker::retention::trim(&pg, &Redis::Direct(redis.clone()), &keys, 10, None)
-            .await
-            .unwrap();
+    let trimmed = teamchat_worker::retention::trim(&pg, &redis, &keys, 10, None)
+        .await
+        .unwrap();
     assert_eq!(trimmed, Some(1));
     assert_eq!(held(&mut redis, &stream).await, (30, Some(41)));
 
@@ -89,17 +88,11 @@ async fn streams_are_trimmed_behind_the_sync_and_never_ahead_of_it() {
 
     // By time: nothing is an hour old yet; everything synced is older than no time at all.
     let retention = |secs| Some(Duration::from_secs(secs));
-    teamchat_worker::retention::trim(
-        &pg,
-        &Redis::Direct(redis.clone()),
-        &keys,
-        10,
-        retention(3_600),
-    )
-    .await
-    .unwrap();
+    teamchat_worker::retention::trim(&pg, &redis, &keys, 10, retention(3_600))
+        .await
+        .unwrap();
     assert_eq!(held(&mut redis, &stream).await, (10, Some(61)));
-    teamchat_worker::retention::trim(&pg, &Redis::Direct(redis.clone()), &keys, 10, retention(0))
+    teamchat_worker::retention::trim(&pg, &redis, &keys, 10, retention(0))
         .await
         .unwrap();
     assert_eq!(held(&mut redis, &stream).await, (0, None));
