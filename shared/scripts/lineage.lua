@@ -11,12 +11,14 @@ local lineages = {}
 local function generation(lineage)
   local known = lineages[lineage]
   if known then return known end
-  local info = redis.call('INFO', 'replication')
-  local replid = string.match(info, 'master_replid:(%x+)')
-  local former = string.match(info, 'master_replid2:(%x+)')
   local recorded = redis.call('HMGET', lineage, 'replid', 'gen')
   local gen = recorded[2] or '0'
-  if recorded[1] ~= replid then
+  -- A Redis that does not let scripts run INFO (a managed service's restriction) goes
+  -- without the check rather than without appends.
+  local info = redis.pcall('INFO', 'replication')
+  local replid = type(info) == 'string' and string.match(info, 'master_replid:(%x+)')
+  if replid and recorded[1] ~= replid then
+    local former = string.match(info, 'master_replid2:(%x+)')
     -- A node restarted from its own files, or one the shard's slot moved to in a
     -- resharding, holds all the shard had: only a promotion moves the generation on.
     if recorded[1] and recorded[1] == former then
