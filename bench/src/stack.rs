@@ -345,11 +345,13 @@ pub async fn clean_redis(args: &StackArgs, prefix: &str) -> anyhow::Result<()> {
                 .arg(10_000)
                 .query_async(&mut redis)
                 .await?;
-            let mut unlink = redis::pipe();
-            for key in &keys {
-                unlink.cmd("UNLINK").arg(key).ignore();
+            if !keys.is_empty() {
+                let mut unlink = redis::pipe();
+                for key in &keys {
+                    unlink.cmd("UNLINK").arg(key).ignore();
+                }
+                let _: () = unlink.query_async(&mut redis).await?;
             }
-            let _: () = unlink.query_async(&mut redis).await?;
             if next == 0 {
                 break;
             }
