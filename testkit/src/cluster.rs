@@ -156,6 +156,44 @@ pub fn signal(pid: &str, signal: &str) {
     assert!(status.success());
 }
 
+/// A node stopped with SIGSTOP, continued when dropped: a test that fails while holding
+/// one does not leave the cluster stuck for the tests after it.
+pub struct Stopped(String);
+
+impl Stopped {
+    pub async fn new(address: &str) -> Stopped {
+        let pid = pid_of(address).await;
+        signal(&pid, "-STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // No assertion: this may run while a failed test unwinds.
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0])
+            .status();
+    }
+}
+
+/// A node killed with SIGKILL, started again from its folder when dropped (it rejoins as a
+/// replica if it was failed over meanwhile).
+pub struct Killed(String);
+
+impl Killed {
+    pub async fn new(address: &str) -> Killed {
+        signal(&pid_of(address).await, "-KILL");
+        Killed(address.to_owned())
+    }
+}
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        start_node(&self.0);
+    }
+}
+
 /// Makes the master at `address` drop its replicas' connections (`CLIENT KILL TYPE
 /// replica`): with a replica stopped, what the master writes next never reaches it (what it
 /// wrote before sits in the stopped replica's socket buffer, and would).
@@ -172,16 +210,16 @@ pub async fn drop_replicas(address: &str) {
 }
 
 /// Starts the node of `address` again from its folder (`cluster_node_start` of
-/// `scripts/services.sh`): it rejoins the cluster, as a replica if it was failed over.
-pub fn restart(address: &str) {
-    let port = address.rsplit(':').next().unwrap();
+/// `scripts/services.sh`); whether it started. It rejoins the cluster, as a replica if it
+/// was failed over.
+fn start_node(address: &str) -> bool {
+    let port = address.rsplit(':').next().unwrap_or_default();
     let services = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
-    let status = std::process::Command::new("bash")
+    std::process::Command::new("bash")
         .arg("-c")
         .arg(format!("source {services} && cluster_node_start {port}"))
         .status()
-        .unwrap();
-    assert!(status.success(), "restarting the node on {port}");
+        .is_ok_and(|status| status.success())
 }
 
 /// Waits until every node answers, says `cluster_state:ok`, every slot has a master, and

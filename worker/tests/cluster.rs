@@ -132,12 +132,11 @@ async fn with_redis_wait_replicas_an_ack_waits_for_a_replica() {
     let mut redis = cluster::connect().await;
     let slot = cluster::slot_of(&keys.team_events("w")).await;
     let (_, replicas) = cluster::nodes_of_slot(slot).await;
-    let replica = cluster::pid_of(&replicas[0]).await;
-    cluster::signal(&replica, "-STOP");
+    let stopped = cluster::Stopped::new(&replicas[0]).await;
     ann.send(json!({"type":"message:send","team":"w","client_id":"m2","body":"held"}))
         .await;
     let refused = ann.expect("error").await;
-    cluster::signal(&replica, "-CONT");
+    drop(stopped);
     assert_eq!(refused["code"], "unavailable");
 
     let retried = ann.send_message("w", "m2", "held").await;

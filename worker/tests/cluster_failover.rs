@@ -424,8 +424,7 @@ async fn failover(wait_replicas: bool) -> (usize, usize) {
     }
 
     // The replica falls behind for good; without WAIT its master goes on acking.
-    let replica = cluster::pid_of(&replicas[0]).await;
-    cluster::signal(&replica, "-STOP");
+    let stopped = cluster::Stopped::new(&replicas[0]).await;
     cluster::drop_replicas(&victim).await;
     let before_stop = load.acked_in(&doomed);
     match wait_replicas {
@@ -452,8 +451,8 @@ async fn failover(wait_replicas: bool) -> (usize, usize) {
         .zip(&before_stop)
         .map(|(n, b)| n - b)
         .sum();
-    cluster::signal(&cluster::pid_of(&victim).await, "-KILL");
-    cluster::signal(&replica, "-CONT");
+    let killed = cluster::Killed::new(&victim).await;
+    drop(stopped);
 
     // The replica takes over; the killed master comes back as its replica.
     eventually(
@@ -465,7 +464,7 @@ async fn failover(wait_replicas: bool) -> (usize, usize) {
         },
     )
     .await;
-    cluster::restart(&victim);
+    drop(killed);
     cluster::wait_until_settled().await;
     let after = load.acked_in(&doomed);
     load.until_acked(&doomed, &after, 20).await;
