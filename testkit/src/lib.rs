@@ -246,6 +246,19 @@ impl TestEnv {
         Redis::Direct(conn)
     }
 
+    /// Every entry of a Redis stream of the test, as text: for checking what it does not
+    /// hold any more (an erased message's text).
+    pub async fn stream_text(&self, stream: &str) -> String {
+        let raw: redis::Value = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis().await)
+            .await
+            .expect("XRANGE of a test stream");
+        format!("{raw:?}")
+    }
+
     /// Appends a raw `message` entry for `team` to its shard's ingest stream, at the team's
     /// next offset and seq, bypassing the append script's checks (for poison entries and
     /// backlogs). Returns its offset.

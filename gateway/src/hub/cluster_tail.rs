@@ -20,7 +20,7 @@ use teamchat_shared::keys::Keys;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
-use super::tail::{Rooms, SubCmd, back_off, received};
+use super::tail::{Rooms, SubCmd, SubRun, back_off, received, runs};
 
 /// How often subscriptions that failed are tried again.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -100,26 +100,19 @@ struct Subscriptions {
 impl Subscriptions {
     /// Applies queued subscription changes in order, batching runs of one kind.
     async fn apply(&mut self, conn: &mut ClusterConnection, pending: &mut Vec<SubCmd>) {
-        let mut items = pending.drain(..).peekable();
-        while let Some(first) = items.next() {
-            match first {
-                SubCmd::Subscribe(channel, ready) => {
-                    let (mut channels, mut readies) = (vec![channel], vec![ready]);
-                    while let Some(SubCmd::Subscribe(..)) = items.peek() {
-                        if let Some(SubCmd::Subscribe(c, r)) = items.next() {
-                            channels.push(c);
-                            readies.push(r);
-                        }
-                    }
+        for run in runs(pending) {
+            match run {
+                SubRun::Subscribe(channels, readies) => {
                     self.subscribe(conn, channels).await;
                     for ready in readies {
                         let _ = ready.send(());
                     }
                 }
-                SubCmd::Unsubscribe(channel) => {
-                    self.failed.remove(&channel);
-                    let by_shard = self.by_shard(vec![channel]);
-                    for channels in by_shard.into_values() {
+                SubRun::Unsubscribe(channels) => {
+                    for channel in &channels {
+                        self.failed.remove(channel);
+                    }
+                    for channels in self.by_shard(channels).into_values() {
                         if let Err(e) = conn.sunsubscribe(&channels).await {
                             warn!(error = %e, "SUNSUBSCRIBE failed");
                         }

@@ -168,21 +168,13 @@ pub(super) fn received(
     }
 }
 
-/// Applies queued subscription changes in order, batching runs of one kind. Returns false
-/// when the connection failed (the caller reconnects and resubscribes everything).
+/// Applies queued subscription changes in order, a command per run of one kind. Returns
+/// false when the connection failed (the caller reconnects and resubscribes everything).
 async fn apply(sink: &mut PubSubSink, pending: &mut Vec<SubCmd>) -> bool {
     let mut healthy = true;
-    let mut items = pending.drain(..).peekable();
-    while let Some(first) = items.next() {
-        match first {
-            SubCmd::Subscribe(channel, ready) => {
-                let (mut channels, mut readies) = (vec![channel], vec![ready]);
-                while let Some(SubCmd::Subscribe(..)) = items.peek() {
-                    if let Some(SubCmd::Subscribe(c, r)) = items.next() {
-                        channels.push(c);
-                        readies.push(r);
-                    }
-                }
+    for run in runs(pending) {
+        match run {
+            SubRun::Subscribe(channels, readies) => {
                 if healthy && let Err(e) = sink.subscribe(&channels).await {
                     error!(error = %e, "SUBSCRIBE failed");
                     healthy = false;
@@ -191,13 +183,7 @@ async fn apply(sink: &mut PubSubSink, pending: &mut Vec<SubCmd>) -> bool {
                     let _ = ready.send(());
                 }
             }
-            SubCmd::Unsubscribe(channel) => {
-                let mut channels = vec![channel];
-                while let Some(SubCmd::Unsubscribe(_)) = items.peek() {
-                    if let Some(SubCmd::Unsubscribe(c)) = items.next() {
-                        channels.push(c);
-                    }
-                }
+            SubRun::Unsubscribe(channels) => {
                 if healthy && let Err(e) = sink.unsubscribe(&channels).await {
                     warn!(error = %e, "UNSUBSCRIBE failed");
                     healthy = false;
@@ -206,4 +192,32 @@ async fn apply(sink: &mut PubSubSink, pending: &mut Vec<SubCmd>) -> bool {
         }
     }
     healthy
+}
+
+/// Queued subscription changes of one kind, in a row: the channels, and for subscriptions
+/// who waits for each.
+pub(super) enum SubRun {
+    Subscribe(Vec<String>, Vec<oneshot::Sender<()>>),
+    Unsubscribe(Vec<String>),
+}
+
+/// Drains `pending` into runs of one kind, keeping their order (each run is one command).
+pub(super) fn runs(pending: &mut Vec<SubCmd>) -> Vec<SubRun> {
+    let mut runs: Vec<SubRun> = Vec::new();
+    for cmd in pending.drain(..) {
+        match (runs.last_mut(), cmd) {
+            (Some(SubRun::Subscribe(channels, readies)), SubCmd::Subscribe(channel, ready)) => {
+                channels.push(channel);
+                readies.push(ready);
+            }
+            (Some(SubRun::Unsubscribe(channels)), SubCmd::Unsubscribe(channel)) => {
+                channels.push(channel);
+            }
+            (_, SubCmd::Subscribe(channel, ready)) => {
+                runs.push(SubRun::Subscribe(vec![channel], vec![ready]));
+            }
+            (_, SubCmd::Unsubscribe(channel)) => runs.push(SubRun::Unsubscribe(vec![channel])),
+        }
+    }
+    runs
 }
